@@ -1,0 +1,31 @@
+"""Evaluation of vision-language models: zero-shot classification and image-text retrieval."""
+
+from .embeddings import embed_images, embed_texts, iter_image_embeddings, iter_text_embeddings
+from .retrieval import (
+    RetrievalComputeMetrics,
+    image_to_text_ranks,
+    make_compute_metrics,
+    recall_at_k,
+    retrieval_metrics_from_model,
+    retrieval_recall,
+    text_to_image_ranks,
+)
+from .zero_shot import DEFAULT_TEMPLATES, build_zero_shot_classifier, class_prompts, zero_shot_accuracy
+
+__all__ = [
+    "DEFAULT_TEMPLATES",
+    "RetrievalComputeMetrics",
+    "build_zero_shot_classifier",
+    "class_prompts",
+    "embed_images",
+    "embed_texts",
+    "image_to_text_ranks",
+    "iter_image_embeddings",
+    "iter_text_embeddings",
+    "make_compute_metrics",
+    "recall_at_k",
+    "retrieval_metrics_from_model",
+    "retrieval_recall",
+    "text_to_image_ranks",
+    "zero_shot_accuracy",
+]

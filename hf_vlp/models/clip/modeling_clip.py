@@ -1,0 +1,420 @@
+"""CLIP: a ViT or ModifiedResNet image tower and a causal text tower aligned by a symmetric contrastive loss.
+
+    image -> vision tower -> pooled -> visual_projection -> image_features --\
+                                                                            logit_scale * cos -> logits_per_image
+    text  -> text tower (EOT pooling) -> text_projection -> text_features --/
+"""
+
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import PreTrainedModel
+from transformers import initialization as init
+from transformers.modeling_outputs import BaseModelOutputWithPooling, ImageClassifierOutput, ModelOutput
+
+from ...losses import contrastive_loss
+from ...modules.pooling import AttentionPool2d
+from ...modules.text import CausalTextTransformer
+from ...modules.transformer import BlockOptions
+from ...modules.vision import Bottleneck, ModifiedResNet, VisionTransformer
+from .configuration_clip import VlpClipConfig, VlpClipTextConfig, VlpClipVisionConfig
+
+
+@dataclass
+class VlpClipOutput(ModelOutput):
+    """Contrastive outputs; ``image_embeds``/``text_embeds`` are L2-normalised projected features."""
+
+    loss: torch.Tensor | None = None
+    logits_per_image: torch.Tensor | None = None
+    logits_per_text: torch.Tensor | None = None
+    text_embeds: torch.Tensor | None = None
+    image_embeds: torch.Tensor | None = None
+    text_model_output: BaseModelOutputWithPooling | None = None
+    vision_model_output: BaseModelOutputWithPooling | None = None
+
+
+@dataclass
+class VlpClipTowerOutput(ModelOutput):
+    """One tower with its projection: ``embeds`` are projected, un-normalised features."""
+
+    embeds: torch.Tensor | None = None
+    last_hidden_state: torch.Tensor | None = None
+    pooler_output: torch.Tensor | None = None
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+    attentions: tuple[torch.Tensor, ...] | None = None
+
+
+def _block_options(config: VlpClipVisionConfig | VlpClipTextConfig) -> BlockOptions:
+    return BlockOptions(
+        hidden_size=config.hidden_size,
+        num_heads=config.num_attention_heads,
+        intermediate_size=config.intermediate_size,
+        activation=config.hidden_act,
+        layer_norm_eps=config.layer_norm_eps,
+        attention_dropout=config.attention_dropout,
+    )
+
+
+def build_visual_projection(config: VlpClipVisionConfig) -> nn.Module:
+    """ViT: a bias-free projection of the class token; ResNet: none (attention pooling already projects)."""
+    if config.architecture == "resnet":
+        return nn.Identity()
+    return nn.Linear(config.hidden_size, config.projection_dim, bias=False)
+
+
+class VlpClipPreTrainedModel(PreTrainedModel):
+    config: VlpClipConfig
+    base_model_prefix = "clip"
+    main_input_name = "pixel_values"
+    input_modalities = ("image", "text")
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _supports_attention_backend = True
+    _no_split_modules = ["PreNormBlock", "Bottleneck"]
+    accepts_loss_kwargs = False
+
+    def _init_weights(self, module: nn.Module) -> None:
+        """OpenAI's initialisation (clip/model.py ``initialize_parameters``) for every tower."""
+        super()._init_weights(module)
+        if isinstance(module, VisionTransformer):
+            width = module.class_embedding.shape[0]
+            init.normal_(module.class_embedding, std=width**-0.5)
+            init.normal_(module.position_embedding, std=width**-0.5)
+        elif isinstance(module, CausalTextTransformer):
+            init.normal_(module.token_embedding.weight, std=0.02)
+            init.normal_(module.position_embedding, std=0.01)
+            width, depth = module.token_embedding.weight.shape[1], len(module.encoder.layers)
+            for layer in module.encoder.layers:
+                init.normal_(layer.attn.qkv.weight, std=width**-0.5)
+                init.normal_(layer.attn.out_proj.weight, std=width**-0.5 * (2 * depth) ** -0.5)
+                init.normal_(layer.mlp.fc1.weight, std=(2 * width) ** -0.5)
+                init.normal_(layer.mlp.fc2.weight, std=width**-0.5 * (2 * depth) ** -0.5)
+        elif isinstance(module, AttentionPool2d):
+            std = module.position_embedding.shape[1] ** -0.5
+            init.normal_(module.position_embedding, std=std)
+            for linear in (module.attn.q, module.attn.kv, module.attn.out_proj):
+                init.normal_(linear.weight, std=std)
+        elif isinstance(module, ModifiedResNet):
+            for conv in module.modules():
+                if isinstance(conv, nn.Conv2d):
+                    init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(module, Bottleneck):
+            init.zeros_(module.bn3.weight)
+        elif isinstance(module, (VlpClipModel, VlpClipTextModelWithProjection, VlpClipVisionModelWithProjection)):
+            for name in ("text_projection", "visual_projection"):
+                projection = getattr(module, name, None)
+                if isinstance(projection, nn.Linear):
+                    init.normal_(projection.weight, std=projection.in_features**-0.5)
+            if isinstance(module, VlpClipModel):
+                init.constant_(module.logit_scale, self.config.logit_scale_init_value)
+
+
+class VlpClipVisionModel(VlpClipPreTrainedModel):
+    """The image tower without projection: a ViT (``transformer``) or a ResNet (``trunk`` + ``attnpool``).
+
+    ``pooler_output`` is the normalised class token (ViT) or the attention-pooled, already projected vector (ResNet).
+    """
+
+    config: VlpClipVisionConfig
+    main_input_name = "pixel_values"
+    input_modalities = ("image",)
+
+    def __init__(self, config: VlpClipVisionConfig) -> None:
+        super().__init__(config)
+        if config.architecture == "resnet":
+            self.trunk = ModifiedResNet(config.resnet_layers, config.resnet_width, config.num_channels)
+            self.attnpool = AttentionPool2d(
+                config.image_size // 32,
+                config.resnet_feature_size,
+                config.resnet_attention_heads,
+                config.projection_dim,
+                config=config,
+            )
+        else:
+            self.transformer = VisionTransformer(
+                _block_options(config),
+                num_layers=config.num_hidden_layers,
+                image_size=config.image_size,
+                patch_size=config.patch_size,
+                num_channels=config.num_channels,
+                patch_bias=False,
+                norm_pre=True,
+                final_norm="cls",
+                config=config,
+            )
+        self.post_init()
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        interpolate_pos_encoding: bool = False,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        return_dict: bool | None = None,
+        **_: Any,
+    ) -> BaseModelOutputWithPooling | tuple:
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        if self.config.architecture == "resnet":
+            feature_map = self.trunk(pixel_values)
+            output = BaseModelOutputWithPooling(last_hidden_state=feature_map, pooler_output=self.attnpool(feature_map))
+        else:
+            output = self.transformer(
+                pixel_values,
+                interpolate_pos_encoding=interpolate_pos_encoding,
+                output_hidden_states=bool(output_hidden_states),
+                output_attentions=bool(output_attentions),
+            )
+        return output if return_dict else output.to_tuple()
+
+
+class VlpClipTextModel(VlpClipPreTrainedModel):
+    """The text tower without projection; ``pooler_output`` is the end-of-text token after the final norm."""
+
+    config: VlpClipTextConfig
+    main_input_name = "input_ids"
+    input_modalities = ("text",)
+
+    def __init__(self, config: VlpClipTextConfig) -> None:
+        super().__init__(config)
+        self.transformer = CausalTextTransformer(
+            _block_options(config),
+            num_layers=config.num_hidden_layers,
+            vocab_size=config.vocab_size,
+            context_length=config.max_position_embeddings,
+            eos_token_id=config.eos_token_id,
+            config=config,
+        )
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.transformer.token_embedding
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.transformer.token_embedding = value
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        return_dict: bool | None = None,
+        **_: Any,
+    ) -> BaseModelOutputWithPooling | tuple:
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        output = self.transformer(
+            input_ids,
+            attention_mask,
+            output_hidden_states=bool(output_hidden_states),
+            output_attentions=bool(output_attentions),
+        )
+        return output if return_dict else output.to_tuple()
+
+
+class VlpClipModel(VlpClipPreTrainedModel):
+    """CLIP dual encoder: ``get_image_features``, ``get_text_features`` and contrastive ``forward``."""
+
+    def __init__(self, config: VlpClipConfig) -> None:
+        super().__init__(config)
+        self.vision_model = VlpClipVisionModel(config.vision_config)
+        self.text_model = VlpClipTextModel(config.text_config)
+        self.visual_projection = build_visual_projection(config.vision_config)
+        self.text_projection = nn.Linear(config.text_config.hidden_size, config.projection_dim, bias=False)
+        self.logit_scale = nn.Parameter(torch.tensor(config.logit_scale_init_value))
+        self.post_init()
+
+    def get_image_features(self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool = False) -> torch.Tensor:
+        """Projected, un-normalised image features ``[B, projection_dim]``."""
+        pooled = self.vision_model(
+            pixel_values, interpolate_pos_encoding=interpolate_pos_encoding, return_dict=True
+        ).pooler_output
+        return self.visual_projection(pooled)
+
+    def get_text_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Projected, un-normalised text features ``[B, projection_dim]`` (pooled at the end-of-text token)."""
+        return self.text_projection(self.text_model(input_ids, attention_mask, return_dict=True).pooler_output)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        return_loss: bool | None = None,
+        interpolate_pos_encoding: bool = False,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        return_dict: bool | None = None,
+        **_: Any,
+    ) -> VlpClipOutput | tuple:
+        """Similarity logits of every image against every text; the contrastive loss when ``return_loss``.
+
+        ``return_loss`` defaults to ``True`` in training mode, so the stock ``Trainer`` needs no labels. Across
+        processes the loss gathers features (with gradient) from every rank: see :func:`hf_vlp.losses.contrastive_loss`.
+        """
+        if input_ids is None or pixel_values is None:
+            raise ValueError("VlpClipModel.forward needs both input_ids and pixel_values (use get_*_features for one)")
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        output_hidden_states = bool(output_hidden_states or self.config.output_hidden_states)
+        output_attentions = bool(output_attentions or self.config.output_attentions)
+        return_loss = self.training if return_loss is None else return_loss
+        vision_outputs = self.vision_model(
+            pixel_values,
+            interpolate_pos_encoding=interpolate_pos_encoding,
+            output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions,
+            return_dict=True,
+        )
+        text_outputs = self.text_model(
+            input_ids,
+            attention_mask,
+            output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions,
+            return_dict=True,
+        )
+        image_embeds = nn.functional.normalize(self.visual_projection(vision_outputs.pooler_output), dim=-1)
+        text_embeds = nn.functional.normalize(self.text_projection(text_outputs.pooler_output), dim=-1)
+        scale = self.logit_scale.exp()
+        logits_per_image = scale * image_embeds @ text_embeds.t()
+        loss = contrastive_loss(image_embeds, text_embeds, scale) if return_loss else None
+        output = VlpClipOutput(
+            loss=loss,
+            logits_per_image=logits_per_image,
+            logits_per_text=logits_per_image.t(),
+            text_embeds=text_embeds,
+            image_embeds=image_embeds,
+            text_model_output=text_outputs,
+            vision_model_output=vision_outputs,
+        )
+        return output if return_dict else output.to_tuple()
+
+
+class VlpClipTextModelWithProjection(VlpClipPreTrainedModel):
+    """The text tower alone (e.g. to embed label sets or caption galleries offline)."""
+
+    config: VlpClipTextConfig
+    main_input_name = "input_ids"
+    input_modalities = ("text",)
+
+    def __init__(self, config: VlpClipTextConfig) -> None:
+        super().__init__(config)
+        self.text_model = VlpClipTextModel(config)
+        self.text_projection = nn.Linear(config.hidden_size, config.projection_dim, bias=False)
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        return_dict: bool | None = None,
+        **_: Any,
+    ) -> VlpClipTowerOutput | tuple:
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        outputs = self.text_model(
+            input_ids,
+            attention_mask,
+            output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions,
+            return_dict=True,
+        )
+        output = VlpClipTowerOutput(embeds=self.text_projection(outputs.pooler_output), **outputs)
+        return output if return_dict else output.to_tuple()
+
+
+class VlpClipVisionModelWithProjection(VlpClipPreTrainedModel):
+    """The image tower alone (e.g. to embed large image galleries offline)."""
+
+    config: VlpClipVisionConfig
+    main_input_name = "pixel_values"
+    input_modalities = ("image",)
+
+    def __init__(self, config: VlpClipVisionConfig) -> None:
+        super().__init__(config)
+        self.vision_model = VlpClipVisionModel(config)
+        self.visual_projection = build_visual_projection(config)
+        self.post_init()
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        interpolate_pos_encoding: bool = False,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        return_dict: bool | None = None,
+        **_: Any,
+    ) -> VlpClipTowerOutput | tuple:
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        outputs = self.vision_model(
+            pixel_values,
+            interpolate_pos_encoding=interpolate_pos_encoding,
+            output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions,
+            return_dict=True,
+        )
+        output = VlpClipTowerOutput(embeds=self.visual_projection(outputs.pooler_output), **outputs)
+        return output if return_dict else output.to_tuple()
+
+
+@dataclass
+class VlpClipImageClassifierOutput(ImageClassifierOutput):
+    image_embeds: torch.Tensor | None = None
+
+
+class VlpClipForImageClassification(VlpClipPreTrainedModel):
+    """Linear classifier on the projected image features: a linear probe or a fine-tuning head.
+
+    ``freeze_vision_tower=True`` (a config field read at init) keeps the tower fixed for linear probing.
+    """
+
+    config: VlpClipConfig
+    main_input_name = "pixel_values"
+    input_modalities = ("image",)
+    # loading a full CLIP checkpoint into the classifier drops the text side on purpose
+    _keys_to_ignore_on_load_unexpected = [r"^text_model\.", r"^text_projection\.", r"^logit_scale$"]
+
+    def __init__(self, config: VlpClipConfig) -> None:
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.vision_model = VlpClipVisionModel(config.vision_config)
+        self.visual_projection = build_visual_projection(config.vision_config)
+        self.classifier = nn.Linear(config.projection_dim, config.num_labels)
+        if getattr(config, "freeze_vision_tower", False):
+            for module in (self.vision_model, self.visual_projection):
+                module.requires_grad_(False)
+        self.post_init()
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        interpolate_pos_encoding: bool = False,
+        return_dict: bool | None = None,
+        **_: Any,
+    ) -> VlpClipImageClassifierOutput | tuple:
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        pooled = self.vision_model(
+            pixel_values, interpolate_pos_encoding=interpolate_pos_encoding, return_dict=True
+        ).pooler_output
+        image_embeds = self.visual_projection(pooled)
+        logits = self.classifier(image_embeds)
+        loss = None
+        if labels is not None:
+            loss = nn.functional.cross_entropy(logits, labels.to(logits.device), ignore_index=-100)
+        output = VlpClipImageClassifierOutput(loss=loss, logits=logits, image_embeds=image_embeds)
+        return output if return_dict else output.to_tuple()
+
+
+__all__ = [
+    "VlpClipModel",
+    "VlpClipOutput",
+    "VlpClipPreTrainedModel",
+    "VlpClipTextModelWithProjection",
+    "VlpClipVisionModelWithProjection",
+    "VlpClipForImageClassification",
+    "VlpClipTowerOutput",
+]
+

@@ -1,0 +1,40 @@
+"""Registers every hf_vlp config, model and processor with transformers' Auto classes (run on ``import hf_vlp``)."""
+
+from __future__ import annotations
+
+from transformers import (
+    AutoConfig,
+    AutoImageProcessor,
+    AutoModel,
+    AutoModelForImageClassification,
+    AutoModelForZeroShotImageClassification,
+    AutoProcessor,
+)
+
+from .models.clip import (
+    VlpClipConfig,
+    VlpClipForImageClassification,
+    VlpClipImageProcessor,
+    VlpClipModel,
+    VlpClipProcessor,
+    VlpClipTextConfig,
+    VlpClipTextModel,
+    VlpClipVisionConfig,
+    VlpClipVisionModel,
+)
+
+
+def register_all() -> None:
+    """Idempotent: safe to call again (e.g. after ``importlib.reload``)."""
+    for config in (VlpClipConfig, VlpClipVisionConfig, VlpClipTextConfig):
+        AutoConfig.register(config.model_type, config, exist_ok=True)
+    AutoModel.register(VlpClipConfig, VlpClipModel, exist_ok=True)
+    AutoModel.register(VlpClipVisionConfig, VlpClipVisionModel, exist_ok=True)
+    AutoModel.register(VlpClipTextConfig, VlpClipTextModel, exist_ok=True)
+    AutoModelForZeroShotImageClassification.register(VlpClipConfig, VlpClipModel, exist_ok=True)
+    AutoModelForImageClassification.register(VlpClipConfig, VlpClipForImageClassification, exist_ok=True)
+    for config in (VlpClipConfig, VlpClipVisionConfig):
+        AutoImageProcessor.register(
+            config, image_processor_classes={"pil": VlpClipImageProcessor, "torchvision": VlpClipImageProcessor}, exist_ok=True
+        )
+    AutoProcessor.register(VlpClipConfig, VlpClipProcessor, exist_ok=True)
