@@ -11,6 +11,7 @@ from transformers import (
     AutoProcessor,
 )
 
+from .pipelines import register_pipelines
 from .models.clip import (
     VlpClipConfig,
     VlpClipForImageClassification,
@@ -38,3 +39,4 @@ def register_all() -> None:
             config, image_processor_classes={"pil": VlpClipImageProcessor, "torchvision": VlpClipImageProcessor}, exist_ok=True
         )
     AutoProcessor.register(VlpClipConfig, VlpClipProcessor, exist_ok=True)
+    register_pipelines()
