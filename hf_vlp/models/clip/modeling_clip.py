@@ -11,11 +11,11 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.modeling_outputs import BaseModelOutputWithPooling, ImageClassifierOutput, ModelOutput
 
 from ...losses import contrastive_loss
+from ...modeling_utils import VlpPreTrainedModel
 from ...modules.pooling import AttentionPool2d
 from ...modules.text import CausalTextTransformer
 from ...modules.transformer import BlockOptions
@@ -65,7 +65,7 @@ def build_visual_projection(config: VlpClipVisionConfig) -> nn.Module:
     return nn.Linear(config.hidden_size, config.projection_dim, bias=False)
 
 
-class VlpClipPreTrainedModel(PreTrainedModel):
+class VlpClipPreTrainedModel(VlpPreTrainedModel):
     config: VlpClipConfig
     base_model_prefix = "clip"
     main_input_name = "pixel_values"
@@ -75,6 +75,34 @@ class VlpClipPreTrainedModel(PreTrainedModel):
     _supports_attention_backend = True
     _no_split_modules = ["PreNormBlock", "Bottleneck"]
     accepts_loss_kwargs = False
+    model_card_template = "clip"
+    model_card_pipeline_tag = "zero-shot-image-classification"
+
+    def model_card_fields(self) -> dict[str, Any]:
+        config = self.config
+        vision = getattr(config, "vision_config", config if isinstance(config, VlpClipVisionConfig) else None)
+        text = getattr(config, "text_config", config if isinstance(config, VlpClipTextConfig) else None)
+        fields: dict[str, Any] = {"prompt_template": "a photo of a {}.", "logit_scale": "n/a"}
+        if vision is not None:
+            if vision.architecture == "resnet":
+                fields["vision_description"] = (
+                    f"ModifiedResNet ({'-'.join(map(str, vision.resnet_layers))} blocks, width {vision.resnet_width}, "
+                    f"{vision.image_size}px, attention pooling)"
+                )
+            else:
+                fields["vision_description"] = (
+                    f"ViT ({vision.num_hidden_layers} layers, width {vision.hidden_size}, patch {vision.patch_size}, "
+                    f"{vision.image_size}px)"
+                )
+            fields["projection_dim"] = vision.projection_dim
+        if text is not None:
+            fields["text_description"] = (
+                f"{text.num_hidden_layers}-layer, width-{text.hidden_size}, {text.max_position_embeddings}-token"
+            )
+            fields["projection_dim"] = text.projection_dim
+        if hasattr(self, "logit_scale"):
+            fields["logit_scale"] = f"{self.logit_scale.item():.4f}"
+        return fields
 
     def _init_weights(self, module: nn.Module) -> None:
         """OpenAI's initialisation (clip/model.py ``initialize_parameters``) for every tower."""

@@ -1,0 +1,74 @@
+"""Model cards rendered from the templates in ``model_cards/`` whenever an hf_vlp model is saved or pushed."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+TEMPLATE_DIRS = (
+    Path(__file__).resolve().parent.parent / "model_cards",  # a source checkout / editable install
+    Path(sys.prefix) / "share" / "hf_vlp" / "model_cards",  # a regular install (setup.cfg data_files)
+)
+
+
+def template_path(name: str) -> Path:
+    """Location of ``model_cards/<name>.md``; a clear error if the package was installed without it."""
+    for directory in TEMPLATE_DIRS:
+        candidate = directory / f"{name}.md"
+        if candidate.is_file():
+            return candidate
+    searched = ", ".join(str(d) for d in TEMPLATE_DIRS)
+    raise FileNotFoundError(f"Model-card template {name}.md not found (searched {searched}); reinstall hf_vlp.")
+
+
+def _evaluation_section(metrics: dict[str, float] | None, dataset: str | None) -> str:
+    if not metrics:
+        return "Not evaluated yet. `hf-vlp evaluate DIR --dataset SPEC` prints zero-shot and retrieval metrics."
+    rows = "\n".join(f"| {name} | {value:.4f} |" for name, value in sorted(metrics.items()))
+    where = f" on `{dataset}`" if dataset else ""
+    return f"Measured{where}:\n\n| metric | value |\n|---|---|\n{rows}"
+
+
+def render_model_card(
+    model: Any,
+    *,
+    repo_id: str | None = None,
+    metrics: dict[str, float] | None = None,
+    dataset: str | None = None,
+    provenance: str | None = None,
+    tags: list[str] | None = None,
+) -> ModelCard:
+    """Fill the model's architecture template with its configuration, provenance and measured metrics."""
+    name = model.model_card_template
+    repo_id = repo_id or getattr(model, "name_or_path", "") or f"your-name/{name}"
+    eval_results = [
+        EvalResult(
+            task_type=model.model_card_pipeline_tag,
+            dataset_type=dataset or "custom",
+            dataset_name=dataset or "custom",
+            metric_type=metric,
+            metric_value=float(value),
+        )
+        for metric, value in sorted((metrics or {}).items())
+    ]
+    card_data = ModelCardData(
+        library_name="transformers",
+        pipeline_tag=model.model_card_pipeline_tag,
+        license="mit",
+        tags=sorted({"hf_vlp", name, *(tags or [])}),
+        model_name=repo_id,
+        eval_results=eval_results or None,
+    )
+    parameters = sum(p.numel() for p in model.parameters())
+    fields = {
+        "model_name": repo_id.rsplit("/", 1)[-1],
+        "repo_id": repo_id,
+        "parameters": f"{parameters / 1e6:.1f}M" if parameters >= 1e6 else f"{parameters / 1e3:.1f}K",
+        "provenance": provenance or "Initialised or trained with hf_vlp.",
+        "evaluation": _evaluation_section(metrics, dataset),
+        **model.model_card_fields(),
+    }
+    return ModelCard.from_template(card_data, template_path=str(template_path(name)), **fields)
