@@ -1,0 +1,205 @@
+"""`TrainerCallback`s for the stock `transformers.Trainer`.
+
+- ``LogitScaleClampCallback``: clamps learnable temperatures after every optimizer step (CLIP/CoCa).
+- ``MomentumCallback``: ALBEF/BLIP momentum machinery - queue-size check, EMA of the momentum towers
+  once per optimizer step, and the distillation-weight (alpha) ramp.
+
+Both take the model from the callback kwargs (Trainer passes the bare model under DDP; DDP,
+DataParallel, DeepSpeed and torch.compile wrappers are unwrapped anyway) and keep no training state, so resuming from a checkpoint is exact: the momentum
+towers and queues live in the model's state dict and alpha is a function of ``state.global_step``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import torch
+from accelerate.utils import extract_model_from_parallel
+from torch import nn
+from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+
+from ..momentum import FeatureQueue, momentum_update
+
+
+logger = logging.getLogger(__name__)
+
+
+def _unwrap(model: nn.Module | None, callback: str) -> nn.Module:
+    if model is None:
+        raise ValueError(f"{callback} needs the model; use it with transformers.Trainer, which passes model=...")
+    # DDP / DataParallel / DeepSpeed / torch.compile wrappers; Trainer itself passes the bare model.
+    return extract_model_from_parallel(model, keep_torch_compile=False)
+
+
+class LogitScaleClampCallback(TrainerCallback):
+    """Clamp every parameter named ``parameter_name`` to ``[min_value, max_value]`` after each optimizer step.
+
+    The default is CLIP's rule for ``logit_scale`` (the log of the multiplier): ``[0, log(100)]``, so the
+    multiplier stays in ``[1, 100]``. It applies to any model; a model without such a parameter is an error.
+    """
+
+    def __init__(
+        self,
+        max_value: float = math.log(100),
+        min_value: float = 0.0,
+        parameter_name: str = "logit_scale",
+    ) -> None:
+        if min_value > max_value:
+            raise ValueError(f"min_value ({min_value}) must not exceed max_value ({max_value})")
+        self.max_value = max_value
+        self.min_value = min_value
+        self.parameter_name = parameter_name
+
+    def _parameters(self, model: nn.Module) -> list[nn.Parameter]:
+        return [
+            param
+            for name, param in model.named_parameters()
+            if name.rsplit(".", 1)[-1] == self.parameter_name
+        ]
+
+    def on_train_begin(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, model=None, **kwargs
+    ) -> None:
+        model = _unwrap(model, type(self).__name__)
+        if not self._parameters(model):
+            raise ValueError(
+                f"LogitScaleClampCallback found no parameter named '{self.parameter_name}' in "
+                f"{type(model).__name__}; remove the callback or pass parameter_name=<the temperature's name>."
+            )
+
+    @torch.no_grad()
+    def on_optimizer_step(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, model=None, **kwargs
+    ) -> None:
+        for param in self._parameters(_unwrap(model, type(self).__name__)):
+            param.clamp_(self.min_value, self.max_value)
+
+
+def distill_alpha_at(step: int, alpha_max: float, warmup_steps: int) -> float:
+    """Linear ramp of the originals: ``alpha_max * min(1, step / warmup_steps)``; no ramp if warmup is 0."""
+    if warmup_steps <= 0:
+        return alpha_max
+    return alpha_max * min(1.0, step / warmup_steps)
+
+
+class MomentumCallback(TrainerCallback):
+    """EMA update, queue check and alpha ramp for models with momentum towers (ALBEF, BLIP).
+
+    The model provides ``momentum_pairs()`` (``(online, momentum)`` module pairs) and ``momentum``
+    (see ``hf_vlp.momentum.MomentumModelMixin``); ``distill_alpha`` (attribute or 0-d buffer) is optional.
+
+    - ``on_train_begin``: every ``FeatureQueue`` must hold a whole number of global micro-batches
+      (``per_device_train_batch_size x world_size``: each forward enqueues one all-gathered micro-batch).
+    - ``on_step_begin``: ``distill_alpha = alpha_max * min(1, global_step / warmup)``. ``alpha_max`` is
+      ``alpha`` or the model's ``distill_alpha_max``; ``warmup`` is ``alpha_warmup_steps`` or
+      ``alpha_warmup_epochs`` epochs of optimizer steps (1: ALBEF and BLIP retrieval, 2: BLIP pretraining).
+    - ``on_optimizer_step``: one EMA step ``p_m = m p_m + (1 - m) p`` per optimizer step. The originals
+      update at the start of every forward, i.e. per micro-batch; with gradient accumulation this is
+      once per real update instead, which is the rule accumulation is meant to preserve.
+    """
+
+    def __init__(
+        self,
+        alpha_warmup_steps: int | None = None,
+        *,
+        alpha_warmup_epochs: float = 1.0,
+        alpha: float | None = None,
+    ) -> None:
+        if alpha_warmup_steps is not None and alpha_warmup_steps < 0:
+            raise ValueError(f"alpha_warmup_steps must be >= 0, got {alpha_warmup_steps}")
+        if alpha_warmup_epochs < 0:
+            raise ValueError(f"alpha_warmup_epochs must be >= 0, got {alpha_warmup_epochs}")
+        self.alpha_warmup_steps = alpha_warmup_steps
+        self.alpha_warmup_epochs = alpha_warmup_epochs
+        self.alpha = alpha
+        # Derived from the dataloader length at each train() start; never part of the training state.
+        self._warmup_steps: int | None = alpha_warmup_steps
+
+    @staticmethod
+    def _momentum_model(model: nn.Module | None) -> nn.Module:
+        model = _unwrap(model, "MomentumCallback")
+        if not callable(getattr(model, "momentum_pairs", None)) or not hasattr(model, "momentum"):
+            raise ValueError(
+                f"MomentumCallback needs a model with momentum_pairs() and momentum (see "
+                f"hf_vlp.momentum.MomentumModelMixin); {type(model).__name__} has none - remove the callback."
+            )
+        return model
+
+    def _check_queues(self, model: nn.Module, args: TrainingArguments, state: TrainerState) -> None:
+        per_device = state.train_batch_size or args.per_device_train_batch_size
+        global_batch = per_device * args.world_size
+        for name, queue in model.named_modules():
+            if isinstance(queue, FeatureQueue) and queue.size % global_batch != 0:
+                smaller = max(global_batch, queue.size // global_batch * global_batch)
+                raise ValueError(
+                    f"FeatureQueue '{name}' has size {queue.size}, which is not a multiple of the global batch "
+                    f"enqueued per forward, {global_batch} (per_device_train_batch_size={per_device} x "
+                    f"world_size={args.world_size}). Set the queue size to a multiple of {global_batch} "
+                    f"(e.g. {smaller} or {smaller + global_batch}) or change per_device_train_batch_size."
+                )
+
+    def _steps_per_epoch(self, args: TrainingArguments, state: TrainerState, train_dataloader) -> int:
+        try:
+            batches = len(train_dataloader)
+        except TypeError:
+            batches = 0
+        if batches > 0:
+            return math.ceil(batches / args.gradient_accumulation_steps)
+        if state.max_steps > 0 and state.num_train_epochs > 0:
+            return math.ceil(state.max_steps / state.num_train_epochs)
+        raise ValueError(
+            "MomentumCallback cannot tell the number of steps per epoch (the dataloader has no length); "
+            "pass alpha_warmup_steps=..."
+        )
+
+    def on_train_begin(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        model=None,
+        train_dataloader=None,
+        **kwargs,
+    ) -> None:
+        model = self._momentum_model(model)
+        self._check_queues(model, args, state)
+        if self.alpha_warmup_steps is None:
+            steps_per_epoch = self._steps_per_epoch(args, state, train_dataloader)
+            self._warmup_steps = round(self.alpha_warmup_epochs * steps_per_epoch)
+        if not args.dataloader_drop_last and any(isinstance(m, FeatureQueue) for m in model.modules()):
+            logger.warning(
+                "MomentumCallback: dataloader_drop_last=False; a smaller last batch cannot be enqueued. "
+                "Set dataloader_drop_last=True."
+            )
+
+    def _alpha_max(self, model: nn.Module) -> float | None:
+        if self.alpha is not None:
+            return self.alpha
+        alpha_max = getattr(model, "distill_alpha_max", None)
+        return None if alpha_max is None else float(alpha_max)
+
+    def on_step_begin(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, model=None, **kwargs
+    ) -> None:
+        model = _unwrap(model, type(self).__name__)
+        if not hasattr(model, "distill_alpha"):
+            return
+        alpha_max = self._alpha_max(model)
+        if alpha_max is None:
+            raise ValueError(
+                f"{type(model).__name__} has distill_alpha but no distill_alpha_max; pass "
+                "MomentumCallback(alpha=...)."
+            )
+        alpha = distill_alpha_at(state.global_step, alpha_max, self._warmup_steps or 0)
+        current = model.distill_alpha
+        if isinstance(current, torch.Tensor):
+            current.fill_(alpha)
+        else:
+            model.distill_alpha = alpha
+
+    def on_optimizer_step(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, model=None, **kwargs
+    ) -> None:
+        model = self._momentum_model(model)
+        momentum_update(model.momentum_pairs(), float(model.momentum))
