@@ -498,23 +498,6 @@ def write_output_dir(output: str | Path, write: Callable[[Path], None], overwrit
     return output
 
 
-def render_model_card(
-    title: str,
-    sections: Sequence[tuple[str, str]],
-    metadata: Mapping[str, Any] | None = None,
-) -> str:
-    """A model card: YAML front matter (hub metadata), a title, then one ``## heading`` per section."""
-    from huggingface_hub import ModelCardData
-
-    parts = []
-    if metadata:
-        parts.append("---\n" + ModelCardData(**metadata).to_yaml().strip() + "\n---\n")
-    parts.append(f"# {title}\n")
-    for heading, body in sections:
-        parts.append(f"## {heading}\n\n{body.strip()}\n")
-    return "\n".join(parts)
-
-
 def command_line(argv: Sequence[str] | None = None, program: str | None = None) -> str:
     """The command that ran this conversion, shell-quoted, for the model card."""
     import shlex

@@ -36,6 +36,7 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import hf_vlp  # noqa: F401  (registers the Auto classes)
+from hf_vlp.model_card import render_model_card
 from hf_vlp.models.clip.configuration_clip import VlpClipConfig, VlpClipTextConfig
 from hf_vlp.models.clip.image_processing_clip import VlpClipImageProcessor
 from hf_vlp.models.clip.modeling_clip import VlpClipModel, VlpClipTextModel
@@ -60,7 +61,6 @@ from conversion.common import (
     prepare_torchscript_for_cpu,
     read_checkpoint,
     read_transformers_weights,
-    render_model_card,
     run_cli,
     transpose,
     write_output_dir,
@@ -699,59 +699,19 @@ def _api_call(checkpoint: Any, original_config: Any, tokenizer: Any, verify: boo
 
 
 def model_card(result: ClipConversion, source: ClipSource, command: str) -> str:
-    """Model card: source, conversion command and verification, configuration, usage."""
-    config = result.model.config
-    vision, text = config.vision_config, config.text_config
-    if vision.architecture == "resnet":
-        tower = (
-            f"ModifiedResNet {vision.resnet_layers}, width {vision.resnet_width}, "
-            f"{vision.resnet_attention_heads} pooling heads"
-        )
-    else:
-        tower = (
-            f"ViT {vision.num_hidden_layers} layers x {vision.hidden_size} ({vision.num_attention_heads} heads), "
-            f"patch {vision.patch_size}"
-        )
-    parameters = sum(parameter.numel() for parameter in result.model.parameters())
+    """The architecture's model card (``model_cards/clip.md``) with the conversion's provenance."""
     processor_line = (
         "The processor tokenises like the original `clip.tokenize(..., truncate=True)` and preprocesses images like "
         "`clip._transform`."
         if result.processor is not None
         else "No tokenizer was given, so this folder holds the model only (convert again with `--tokenizer`)."
     )
-    sections = [
-        (
-            "Source",
-            f"Converted from `{source.path.name}` ({source.kind}) to hf_vlp's `VlpClipModel`. "
-            "Weights are upcast to float32; `logit_scale` is carried over exactly.",
-        ),
-        (
-            "Conversion",
-            f"```bash\n{command}\n```\n\nVerification: {result.verification_note}.",
-        ),
-        (
-            "Configuration",
-            f"- image tower: {tower}, image size {vision.image_size}\n"
-            f"- text tower: {text.num_hidden_layers} layers x {text.hidden_size} ({text.num_attention_heads} heads), "
-            f"context {text.max_position_embeddings}, vocabulary {text.vocab_size}, "
-            f"end-of-text id {text.eos_token_id}\n"
-            f"- projection dim {config.projection_dim}; {parameters / 1e6:.2f}M parameters",
-        ),
-        (
-            "Usage",
-            "```python\nimport hf_vlp\nfrom transformers import AutoModel, AutoProcessor\n\n"
-            'model = AutoModel.from_pretrained("path/to/this/folder")\n'
-            'processor = AutoProcessor.from_pretrained("path/to/this/folder")\n'
-            'inputs = processor(images=image, text=["a photo of a cat", "a photo of a dog"], return_tensors="pt")\n'
-            "probs = model(**inputs).logits_per_image.softmax(dim=-1)\n```\n\n" + processor_line,
-        ),
-    ]
-    metadata = {
-        "library_name": "transformers",
-        "pipeline_tag": "zero-shot-image-classification",
-        "tags": ["hf_vlp", "clip", "vision-language", "converted"],
-    }
-    return render_model_card(f"CLIP ({vision.architecture}) for hf_vlp", sections, metadata)
+    provenance = (
+        f"Converted from `{source.path.name}` ({source.kind}); weights upcast to float32, `logit_scale` carried over "
+        f"exactly.\n\n```bash\n{command}\n```\n\nVerification: {result.verification_note}. {processor_line}"
+    )
+    card = render_model_card(result.model, provenance=provenance, tags=["converted"])
+    return str(card)
 
 
 # --------------------------------------------------------------------------------------------------- CLI

@@ -26,7 +26,6 @@ from conversion.common import (
     prepare_torchscript_for_cpu,
     read_checkpoint,
     read_transformers_weights,
-    render_model_card,
     run_cli,
     transpose,
     unwrap_state_dict,
@@ -257,15 +256,6 @@ def test_output_may_be_an_empty_directory_but_not_a_file(tmp_path: Path) -> None
     (tmp_path / "file").write_text("x")
     with pytest.raises(ConversionError, match="is not a directory"):
         check_output_dir(tmp_path / "file", overwrite=True)
-
-
-def test_model_card_has_front_matter_title_and_sections() -> None:
-    card = render_model_card(
-        "Tiny", [("Source", "from `a.pt`"), ("Usage", "call it")], {"library_name": "transformers", "tags": ["x"]}
-    )
-    assert card.startswith("---\nlibrary_name: transformers\ntags:\n- x\n---\n")
-    assert "# Tiny\n" in card and "## Source\n\nfrom `a.pt`\n" in card
-    assert card.index("## Source") < card.index("## Usage")
 
 
 def test_differences_and_their_check() -> None:
