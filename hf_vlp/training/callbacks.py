@@ -203,3 +203,16 @@ class MomentumCallback(TrainerCallback):
     ) -> None:
         model = self._momentum_model(model)
         momentum_update(model.momentum_pairs(), float(model.momentum))
+
+
+class CollatorEpochCallback(TrainerCallback):
+    """Tells a collator which epoch starts, so per-sample augmentation varies across epochs yet stays a pure
+    function of (seed, epoch, sample): exact on resume (``state.epoch`` is restored from the checkpoint)."""
+
+    def __init__(self, collator: Any) -> None:
+        if not hasattr(collator, "set_epoch"):
+            raise TypeError(f"{type(collator).__name__} has no set_epoch(epoch); use an hf_vlp image-text collator")
+        self.collator = collator
+
+    def on_epoch_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
+        self.collator.set_epoch(math.floor((state.epoch or 0.0) + 1e-9))

@@ -10,6 +10,8 @@ dropped and counted. ``processor`` is any callable with the transformers process
 
 from __future__ import annotations
 
+import functools
+
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -47,6 +49,10 @@ class ImageTextCollator:
         bad_samples: the counter to record skips in; one is created when omitted (read ``collator.bad_samples``).
         max_length: token limit passed to the tokenizer; ``None`` uses the tokenizer's own limit.
         padding: tokenizer padding mode (``True``/"longest" or "max_length").
+        augmentation_seed: when set, ``image_transform`` gets a generator seeded from (seed, epoch, sample index):
+            every sample's augmentation is then a pure function of the data, not of global RNG state, so a run
+            resumed from a checkpoint or split over processes sees exactly the same images. :meth:`set_epoch`
+            (called by :class:`~hf_vlp.training.callbacks.CollatorEpochCallback`) varies it per epoch.
     """
 
     def __init__(
@@ -57,6 +63,7 @@ class ImageTextCollator:
         bad_samples: BadSampleCounter | None = None,
         max_length: int | None = None,
         padding: bool | str = True,
+        augmentation_seed: int | None = None,
     ):
         if not callable(processor):
             raise TypeError(
@@ -68,7 +75,19 @@ class ImageTextCollator:
         self.bad_samples = bad_samples if bad_samples is not None else BadSampleCounter()
         self.max_length = max_length
         self.padding = padding
+        self.augmentation_seed = augmentation_seed
+        self.epoch = 0
         self._warned_truncation = False
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose augmentation draws are used (with ``augmentation_seed``)."""
+        self.epoch = epoch
+
+    def _transform_for(self, index: int) -> ImageTransform | None:
+        if self.image_transform is None or self.augmentation_seed is None:
+            return self.image_transform
+        generator = torch.Generator().manual_seed(hash((self.augmentation_seed, self.epoch, int(index))) & (2**63 - 1))
+        return functools.partial(self.image_transform, generator=generator)
 
     @property
     def tokenizer(self) -> Any:
@@ -82,7 +101,7 @@ class ImageTextCollator:
         try:
             if image_key not in row:
                 raise BadSampleError(index, source, f"the row has no {image_key!r} entry (keys: {sorted(row)})")
-            return decode_sample(row[image_key], row.get(text_key), index, source, self.image_transform)
+            return decode_sample(row[image_key], row.get(text_key), index, source, self._transform_for(index))
         except BadSampleError as error:
             if has_index:
                 raise
@@ -160,9 +179,10 @@ class ImageTextCollator:
 class ContrastiveCollator(ImageTextCollator):
     """Image-text contrastive batches (CLIP, ALBEF/BLIP ITC): ``pixel_values``, ``input_ids``, ``attention_mask``."""
 
-    def __call__(self, rows: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    def __call__(self, rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
         batch = self.collect(rows)
-        return self.encode(batch.images, batch.texts)
+        # a scalar flag (not a column) so Trainer.evaluate() also asks the model for its loss
+        return {**self.encode(batch.images, batch.texts), "return_loss": True}
 
 
 class CaptioningCollator(ImageTextCollator):

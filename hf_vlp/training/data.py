@@ -196,7 +196,9 @@ def decode_sample(
 class RandomResizedCropPil:
     """RandomResizedCrop on PIL images (torchvision's sampling), so an image processor can still run after it.
 
-    Random numbers come from torch's generator, which ``Trainer``'s seed and DataLoader workers already manage.
+    Random numbers come from ``generator`` when one is given (the collators pass a per-sample generator so that
+    crops do not depend on global RNG state: resumed and multi-process runs see the same crops), else from torch's
+    global generator.
     """
 
     def __init__(
@@ -214,18 +216,18 @@ class RandomResizedCropPil:
             raise ValueError(f"ratio must satisfy 0 < min <= max, got {ratio}.")
         self.size, self.scale, self.ratio, self.resample = size, scale, ratio, resample
 
-    def crop_box(self, width: int, height: int) -> tuple[int, int, int, int]:
+    def crop_box(self, width: int, height: int, generator: torch.Generator | None = None) -> tuple[int, int, int, int]:
         """Sample a crop ``(left, top, right, bottom)`` for an image of the given size."""
         area = width * height
         log_ratio = (math.log(self.ratio[0]), math.log(self.ratio[1]))
         for _ in range(10):
-            target_area = area * torch.empty(1).uniform_(self.scale[0], self.scale[1]).item()
-            aspect = math.exp(torch.empty(1).uniform_(*log_ratio).item())
+            target_area = area * torch.empty(1).uniform_(self.scale[0], self.scale[1], generator=generator).item()
+            aspect = math.exp(torch.empty(1).uniform_(*log_ratio, generator=generator).item())
             crop_w = round(math.sqrt(target_area * aspect))
             crop_h = round(math.sqrt(target_area / aspect))
             if 0 < crop_w <= width and 0 < crop_h <= height:
-                left = int(torch.randint(0, width - crop_w + 1, (1,)).item())
-                top = int(torch.randint(0, height - crop_h + 1, (1,)).item())
+                left = int(torch.randint(0, width - crop_w + 1, (1,), generator=generator).item())
+                top = int(torch.randint(0, height - crop_h + 1, (1,), generator=generator).item())
                 return left, top, left + crop_w, top + crop_h
         # Fallback: the largest central crop whose aspect ratio lies within `ratio`.
         aspect = width / height
@@ -238,8 +240,8 @@ class RandomResizedCropPil:
         left, top = (width - crop_w) // 2, (height - crop_h) // 2
         return left, top, left + crop_w, top + crop_h
 
-    def __call__(self, image: Image.Image) -> Image.Image:
-        box = self.crop_box(*image.size)
+    def __call__(self, image: Image.Image, generator: torch.Generator | None = None) -> Image.Image:
+        box = self.crop_box(*image.size, generator=generator)
         return image.resize((self.size, self.size), self.resample, box=box)
 
     def __repr__(self) -> str:

@@ -4,6 +4,7 @@ import io
 import logging
 import string
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -68,7 +69,7 @@ def _png(colour=(200, 10, 10), size=(40, 30)):
 
 def test_contrastive_batch_shapes_and_dtypes(processor, synthetic_rows):
     batch = ContrastiveCollator(processor)(synthetic_rows[:4])
-    assert set(batch) == {"pixel_values", "input_ids", "attention_mask"}
+    assert set(batch) == {"pixel_values", "input_ids", "attention_mask", "return_loss"} and batch["return_loss"] is True
     assert batch["pixel_values"].shape == (4, 3, IMAGE_SIZE, IMAGE_SIZE)
     assert batch["pixel_values"].dtype == torch.float32
     assert batch["input_ids"].dtype == torch.long and batch["attention_mask"].dtype == torch.long
@@ -165,3 +166,25 @@ def test_captioning_prompt_tokens_are_ignored_with_right_and_left_padding(synthe
             caption_ids = tokenizer(row["text"], add_special_tokens=False)["input_ids"]
             assert kept == caption_ids + [tokenizer.sep_token_id]
             assert ids[mask == 1][:4].tolist() == tokenizer(prompt)["input_ids"][:4]  # [CLS] a picture of
+
+
+def test_seeded_augmentation_is_a_function_of_seed_epoch_and_sample_only(processor):
+    from hf_vlp.training.callbacks import CollatorEpochCallback
+    from hf_vlp.training.data import clip_train_transform
+
+    rows = [{"image": Image.fromarray(np.random.default_rng(i).integers(0, 255, (48, 40, 3), dtype=np.uint8)),
+             "text": "a red circle", "sample_index": i} for i in range(3)]
+    collator = ContrastiveCollator(processor, image_transform=clip_train_transform(IMAGE_SIZE, scale=(0.3, 1.0)),
+                                   augmentation_seed=7)
+    torch.manual_seed(0)
+    first = collator(rows)["pixel_values"]
+    torch.manual_seed(123)  # global RNG state must not matter
+    again = collator(rows)["pixel_values"]
+    assert torch.equal(first, again)
+    assert torch.equal(collator(rows[1:])["pixel_values"], first[1:])  # per sample, not per batch position
+    callback = CollatorEpochCallback(collator)
+    callback.on_epoch_begin(None, type("State", (), {"epoch": 1.0})(), None)
+    assert collator.epoch == 1
+    assert not torch.equal(collator(rows)["pixel_values"], first)
+    unseeded = ContrastiveCollator(processor, image_transform=clip_train_transform(IMAGE_SIZE, scale=(0.3, 1.0)))
+    assert not torch.equal(unseeded(rows)["pixel_values"], unseeded(rows)["pixel_values"])

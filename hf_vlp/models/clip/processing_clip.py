@@ -57,6 +57,7 @@ class VlpClipProcessor(ProcessorMixin):
         truncation: bool = True,
         context_length: int | None = None,
         return_tensors: str | TensorType | None = None,
+        max_length: int | None = None,
         **images_kwargs: Any,
     ) -> BatchFeature:
         """Tokenise `text` and/or preprocess `images`.
@@ -64,7 +65,8 @@ class VlpClipProcessor(ProcessorMixin):
         Returns `input_ids` and `attention_mask` for text, `pixel_values` for images. `padding` is
         `"max_length"` (pad to the context length, as the original) or `"longest"`/`True` (pad to the longest
         text). With `truncation=False` over-long text raises instead of being cut. Extra keyword arguments go to
-        the image processor.
+        the image processor. ``max_length`` (the tokenizer-style name generic collators pass) caps the context
+        length; it never extends it past the model's ``context_length``.
         """
         if text is None and images is None:
             raise ValueError("Pass `text`, `images` or both to VlpClipProcessor.")
@@ -77,7 +79,7 @@ class VlpClipProcessor(ProcessorMixin):
                     text,
                     padding=padding,
                     truncation=truncation,
-                    context_length=self.context_length if context_length is None else context_length,
+                    context_length=_resolve_context_length(self.context_length, context_length, max_length),
                 )
             )
         if images is not None:
@@ -125,6 +127,11 @@ class VlpClipProcessor(ProcessorMixin):
         if isinstance(labels, str) or not all(isinstance(label, str) for label in labels):
             raise TypeError("`labels` must be a list of strings.")
         return [self.prompt_template.format(label) for label in labels]
+
+
+def _resolve_context_length(default: int, context_length: int | None, max_length: int | None) -> int:
+    length = default if context_length is None else context_length
+    return length if max_length is None else min(length, max_length)
 
 
 def _check_context_length(context_length: Any) -> None:

@@ -1,0 +1,77 @@
+"""``hf-vlp`` command line: ``train <arch>`` and ``evaluate <dir>``.
+
+Every ``transformers.TrainingArguments`` field is accepted as a flag (``--max-steps``, ``--bf16``,
+``--per-device-train-batch-size``, ``--gradient-checkpointing``, ``--report-to``, ``--resume-from-checkpoint``, ...);
+the architecture's recipe only fills in what is not given. Works under ``torchrun`` (DDP through accelerate).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+from transformers import HfArgumentParser, TrainingArguments
+
+from .training.recipes import RECIPES, get_recipe
+from .training.runner import JobArguments, evaluate, train
+
+USAGE = """hf-vlp train ARCH [options]     pre-train / fine-tune ARCH (one of: {archs}) with the stock Trainer
+hf-vlp evaluate DIR [options]    zero-shot and retrieval metrics of a saved model
+Add --help after a command for its options."""
+
+
+def _train(arguments: Sequence[str]) -> int:
+    if not arguments or arguments[0].startswith("-"):
+        print(f"hf-vlp train: name an architecture, one of {sorted(RECIPES)}", file=sys.stderr)
+        return 2
+    architecture, rest = arguments[0], list(arguments[1:])
+    try:
+        recipe = get_recipe(architecture)
+    except ValueError as error:
+        print(f"hf-vlp train: {error}", file=sys.stderr)
+        return 2
+    parser = HfArgumentParser((JobArguments, TrainingArguments), prog=f"hf-vlp train {architecture}")
+    parser.set_defaults(output_dir=f"hf_vlp_output/{architecture}", **recipe.training_defaults)
+    job, training_args = parser.parse_args_into_dataclasses(args=rest)
+    return _run(lambda: train(architecture, job, training_args))
+
+
+def _evaluate(arguments: Sequence[str]) -> int:
+    if not arguments or arguments[0].startswith("-"):
+        print("hf-vlp evaluate: give the directory of a saved model", file=sys.stderr)
+        return 2
+    parser = HfArgumentParser(JobArguments, prog="hf-vlp evaluate DIR", epilog="also: --batch-size N (default 128)")
+    job, extra = parser.parse_args_into_dataclasses(args=list(arguments[1:]), return_remaining_strings=True)
+    batch = argparse.ArgumentParser(add_help=False)
+    batch.add_argument("--batch-size", type=int, default=128)
+    known, unknown = batch.parse_known_args(extra)
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    return _run(lambda: evaluate(arguments[0], job, batch_size=known.batch_size))
+
+
+def _run(job: Callable[[], object]) -> int:
+    """Run a job; problems with the user's input become one clear line and exit status 1, not a traceback."""
+    try:
+        job()
+    except (ValueError, FileNotFoundError, ConnectionError, OSError) as error:
+        print(f"hf-vlp: error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    commands = {"train": _train, "evaluate": _evaluate}
+    if not arguments or arguments[0] in ("-h", "--help") or arguments[0] not in commands:
+        stream = sys.stdout if arguments and arguments[0] in ("-h", "--help") else sys.stderr
+        if arguments and arguments[0] not in ("-h", "--help"):
+            print(f"hf-vlp: unknown command {arguments[0]!r}", file=stream)
+        print(USAGE.format(archs=", ".join(sorted(RECIPES))), file=stream)
+        return 0 if stream is sys.stdout else 2
+    return commands[arguments[0]](arguments[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

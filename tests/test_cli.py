@@ -1,0 +1,125 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from huggingface_hub import ModelCard
+from safetensors.torch import load_file
+from transformers import AutoModel, AutoProcessor
+
+import hf_vlp  # noqa: F401
+from hf_vlp.cli import main
+
+ROOT = Path(__file__).resolve().parent.parent
+SMALL = ["--dataset", "synthetic-shapes:n=512", "--eval-max-samples", "128", "--logging-steps", "1"]
+
+
+def _cli(*args: str, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "hf_vlp.cli", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
+
+
+@pytest.mark.slow
+def test_main_job_learns_and_writes_every_artifact(tmp_path, capsys):
+    output = tmp_path / "clip"
+    code = main(["train", "clip", "--output-dir", str(output), "--max-steps", "60", "--dataset", "synthetic-shapes:n=4000",
+                 "--eval-max-samples", "480"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "zero_shot_top1" in printed and "before" in printed and "after" in printed
+    metrics = json.loads((output / "metrics.json").read_text())
+    after, before = metrics["after"], metrics["before"]
+    assert after["zero_shot_top1"] >= 3 * after["zero_shot_chance_top1"], after
+    assert after["retrieval_mean_recall"] > 3 * before["retrieval_mean_recall"]
+    for name in ("model.safetensors", "config.json", "processor_config.json", "README.md", "loss_curve.png", "metrics.png"):
+        assert (output / name).is_file(), name
+    card = ModelCard.load(output / "README.md")
+    assert "zero_shot_top1" in card.text and card.data.eval_results
+    model = AutoModel.from_pretrained(output)
+    processor = AutoProcessor.from_pretrained(output)
+    assert type(model).__name__ == "VlpClipModel" and type(processor).__name__ == "VlpClipProcessor"
+    assert model.logit_scale.item() <= torch.log(torch.tensor(100.0)).item() + 1e-6
+
+    code = main(["evaluate", str(output), "--dataset", "synthetic-shapes:n=4000", "--eval-max-samples", "480"])
+    assert code == 0
+    evaluated = capsys.readouterr().out
+    top1_line = next(line for line in evaluated.splitlines() if line.startswith("zero_shot_top1 "))
+    assert f"{100 * after['zero_shot_top1']:.2f}%" in top1_line
+
+
+def test_trainer_arguments_pass_through_and_resume_is_exact(tmp_path):
+    common = ["train", "clip", *SMALL, "--skip-eval", "--per-device-train-batch-size", "8", "--max-steps", "8",
+              "--save-steps", "4", "--gradient-accumulation-steps", "2"]
+    straight = tmp_path / "straight"
+    assert _cli(*common, "--output-dir", str(straight)).returncode == 0
+
+    interrupted = tmp_path / "interrupted"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "hf_vlp.cli", *common, "--output-dir", str(interrupted)],
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    checkpoint = interrupted / "checkpoint-4" / "trainer_state.json"
+    deadline = time.time() + 300
+    while not checkpoint.exists() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert checkpoint.exists()
+    for late in ("checkpoint-8", "model.safetensors"):  # the kill may have come after the run finished
+        path = interrupted / late
+        if path.is_dir():
+            import shutil
+
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+    resumed = _cli(*common, "--output-dir", str(interrupted), "--resume-from-checkpoint", "last")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    expected, got = load_file(straight / "model.safetensors"), load_file(interrupted / "model.safetensors")
+    assert expected.keys() == got.keys()
+    for name in expected:
+        assert torch.equal(expected[name], got[name]), name
+    state = json.loads((straight / "checkpoint-8" / "trainer_state.json").read_text())
+    assert state["global_step"] == 8 and len([e for e in state["log_history"] if "loss" in e]) == 8
+
+
+def test_bad_input_gets_one_clear_line(tmp_path):
+    unknown = _cli("train", "vilbert")
+    assert unknown.returncode == 2 and "available" in unknown.stderr and "clip" in unknown.stderr
+    missing = _cli("train", "clip", "--dataset", str(tmp_path / "nowhere"), "--output-dir", str(tmp_path / "o"))
+    assert missing.returncode == 1
+    assert "hf-vlp: error:" in missing.stderr and "nowhere" in missing.stderr and "Traceback" not in missing.stderr
+    no_checkpoint = _cli("train", "clip", *SMALL, "--output-dir", str(tmp_path / "empty"), "--resume-from-checkpoint", "last",
+                         "--skip-eval")
+    assert no_checkpoint.returncode == 1 and "no checkpoint" in no_checkpoint.stderr
+    assert _cli("--help").returncode == 0
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_equal_one_process_with_the_same_global_batch(tmp_path):
+    common = ["train", "clip", *SMALL, "--skip-eval", "--no-augment", "--max-steps", "3", "--save-strategy", "no",
+              "--use-cpu", "--ddp-backend", "gloo", "--seed", "1"]
+    single = tmp_path / "single"
+    one = _cli(*common, "--per-device-train-batch-size", "16", "--output-dir", str(single))
+    assert one.returncode == 0, one.stderr[-3000:]
+    double = tmp_path / "double"
+    two = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "hf_vlp.cli",
+         *common, "--per-device-train-batch-size", "8", "--output-dir", str(double)],
+        cwd=ROOT, capture_output=True, text=True, timeout=900, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert two.returncode == 0, two.stderr[-3000:]
+    expected, got = load_file(single / "model.safetensors"), load_file(double / "model.safetensors")
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], atol=2e-5, rtol=1e-4, msg=name)
+    losses = [json.loads((d / "metrics.json").read_text())["log_history"] for d in (single, double)]
+    single_losses = [e["loss"] for e in losses[0] if "loss" in e]
+    double_losses = [e["loss"] for e in losses[1] if "loss" in e]
+    assert single_losses == pytest.approx(double_losses, abs=1e-4)
