@@ -277,17 +277,17 @@ class VlpClipModel(VlpClipPreTrainedModel):
         return_dict: bool | None = None,
         **_: Any,
     ) -> VlpClipOutput | tuple:
-        """Similarity logits of every image against every text; the contrastive loss when ``return_loss``.
+        """Similarity logits of every image against every text; the contrastive loss only when ``return_loss=True``.
 
-        ``return_loss`` defaults to ``True`` in training mode, so the stock ``Trainer`` needs no labels. Across
-        processes the loss gathers features (with gradient) from every rank: see :func:`hf_vlp.losses.contrastive_loss`.
+        hf_vlp's collators put ``return_loss=True`` in every batch, so the stock ``Trainer`` trains and evaluates
+        without labels. Across processes the loss gathers features (with gradient) from every rank: see
+        :func:`hf_vlp.losses.contrastive_loss`.
         """
         if input_ids is None or pixel_values is None:
             raise ValueError("VlpClipModel.forward needs both input_ids and pixel_values (use get_*_features for one)")
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         output_hidden_states = bool(output_hidden_states or self.config.output_hidden_states)
         output_attentions = bool(output_attentions or self.config.output_attentions)
-        return_loss = self.training if return_loss is None else return_loss
         vision_outputs = self.vision_model(
             pixel_values,
             interpolate_pos_encoding=interpolate_pos_encoding,

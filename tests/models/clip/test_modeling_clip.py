@@ -57,7 +57,7 @@ def test_forward_contract(architecture):
         out = model(**inputs)
         image_features = model.get_image_features(inputs["pixel_values"])
         text_features = model.get_text_features(inputs["input_ids"])
-    assert out.loss is None  # eval mode: loss only when asked
+    assert out.loss is None  # loss only when asked
     assert out.logits_per_image.shape == (4, 4)
     torch.testing.assert_close(out.logits_per_text, out.logits_per_image.t())
     torch.testing.assert_close(out.image_embeds, torch.nn.functional.normalize(image_features, dim=-1))
@@ -68,10 +68,11 @@ def test_forward_contract(architecture):
     assert math.isclose(model.logit_scale.item(), math.log(1 / 0.07), rel_tol=1e-6)
 
 
-def test_loss_defaults_on_in_training_and_matches_symmetric_cross_entropy():
+def test_loss_only_when_asked_and_matches_symmetric_cross_entropy():
     config = tiny_config()
     model = VlpClipModel(config).train()
-    out = model(**tiny_inputs(config))
+    assert model(**tiny_inputs(config)).loss is None
+    out = model(**tiny_inputs(config), return_loss=True)
     labels = torch.arange(4)
     expected = (
         torch.nn.functional.cross_entropy(out.logits_per_image, labels)
@@ -110,7 +111,7 @@ def test_gradient_checkpointing_gives_same_loss_and_gradients():
     inputs = tiny_inputs(config)
     losses = []
     for model in (plain, checkpointed):
-        loss = model(**inputs).loss
+        loss = model(**inputs, return_loss=True).loss
         loss.backward()
         losses.append(loss)
     torch.testing.assert_close(losses[0], losses[1])
@@ -207,7 +208,7 @@ def test_overfits_eight_pairs():
     inputs = tiny_inputs(config, batch=8, seed=1)
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
     for _ in range(60):
-        loss = model(**inputs).loss
+        loss = model(**inputs, return_loss=True).loss
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
