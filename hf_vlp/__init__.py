@@ -24,3 +24,34 @@ from .registration import register_all
 register_all()
 
 __version__ = "0.1.0"
+
+# Training and evaluation helpers load on first use, so `import hf_vlp` stays as light as transformers itself.
+_LAZY = {
+    "MomentumCallback": "hf_vlp.training.callbacks",
+    "LogitScaleClampCallback": "hf_vlp.training.callbacks",
+    "CollatorEpochCallback": "hf_vlp.training.callbacks",
+    "ContrastiveCollator": "hf_vlp.training.collators",
+    "CaptioningCollator": "hf_vlp.training.collators",
+    "load_image_text_dataset": "hf_vlp.training.data",
+    "clip_train_transform": "hf_vlp.training.data",
+    "BadSampleCounter": "hf_vlp.training.data",
+    "build_synthetic_dataset": "hf_vlp.synthetic",
+    "SYNTHETIC_CLASS_NAMES": "hf_vlp.synthetic",
+    "contrastive_loss": "hf_vlp.losses",
+    "FeatureQueue": "hf_vlp.momentum",
+    "zero_shot_accuracy": "hf_vlp.evaluation",
+    "retrieval_recall": "hf_vlp.evaluation",
+    "make_compute_metrics": "hf_vlp.evaluation",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'hf_vlp' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_LAZY])

@@ -68,3 +68,4 @@ def test_missing_template_is_a_clear_error():
     assert template_path("clip").name == "clip.md"
     with pytest.raises(FileNotFoundError, match="nonexistent.md not found"):
         template_path("nonexistent")
+
