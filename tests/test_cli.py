@@ -123,3 +123,53 @@ def test_torchrun_two_processes_equal_one_process_with_the_same_global_batch(tmp
     single_losses = [e["loss"] for e in losses[0] if "loss" in e]
     double_losses = [e["loss"] for e in losses[1] if "loss" in e]
     assert single_losses == pytest.approx(double_losses, abs=1e-4)
+
+
+def _write_images(folder: Path, count: int) -> list[str]:
+    import numpy as np
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    names = []
+    for index in range(count):
+        name = f"img{index}.png"
+        Image.fromarray(np.full((40, 40, 3), (index * 37) % 255, dtype=np.uint8)).save(folder / name)
+        names.append(name)
+    return names
+
+
+def test_training_on_an_imagefolder_skips_and_reports_bad_samples(tmp_path):
+    folder = tmp_path / "data"
+    names = _write_images(folder, 12)
+    (folder / "img3.png").write_bytes(b"not a png")
+    (folder / "metadata.jsonl").write_text("".join(json.dumps({"file_name": n, "caption": f"shade {i}"}) + "\n" for i, n in enumerate(names)))
+    output = tmp_path / "out"
+    args = ["train", "clip", "--dataset", str(folder), "--eval-split", "train", "--max-steps", "2",
+            "--per-device-train-batch-size", "4", "--output-dir", str(output), "--save-strategy", "no"]
+    failed = _cli(*args)
+    assert failed.returncode == 1 and "img3.png" in failed.stderr and "--skip-bad-samples" in failed.stderr
+    skipped = _cli(*args, "--skip-bad-samples")
+    assert skipped.returncode == 0, skipped.stderr[-3000:]
+    assert "Skipped" in skipped.stdout and "img3.png" in skipped.stdout
+    assert json.loads((output / "metrics.json").read_text())["bad_samples"] >= 1
+
+
+def test_training_streams_webdataset_shards(tmp_path):
+    import io
+    import tarfile
+
+    images = _write_images(tmp_path / "raw", 16)
+    for shard in range(2):
+        with tarfile.open(tmp_path / f"shard-{shard}.tar", "w") as archive:
+            for index in range(shard * 8, shard * 8 + 8):
+                for suffix, payload in (("png", (tmp_path / "raw" / images[index]).read_bytes()), ("txt", f"shade {index}".encode())):
+                    info = tarfile.TarInfo(f"sample{index:03d}.{suffix}")
+                    info.size = len(payload)
+                    archive.addfile(info, io.BytesIO(payload))
+    output = tmp_path / "out"
+    run = _cli("train", "clip", "--dataset", str(tmp_path / "shard-{0..1}.tar"), "--eval-split", "train",
+               "--eval-max-samples", "8", "--max-steps", "2", "--per-device-train-batch-size", "4",
+               "--output-dir", str(output), "--save-strategy", "no")
+    assert run.returncode == 0, run.stderr[-3000:]
+    metrics = json.loads((output / "metrics.json").read_text())
+    assert metrics["train"]["train_loss"] > 0 and "retrieval_i2t_r1" in metrics["after"]

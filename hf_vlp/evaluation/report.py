@@ -5,6 +5,7 @@ Used by ``hf-vlp evaluate`` and before/after training by ``hf-vlp train``.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from typing import Any
 
@@ -21,11 +22,20 @@ def dataset_class_names(dataset: Any) -> list[str] | None:
     return list(label.names) if isinstance(label, datasets.ClassLabel) else None
 
 
-def _column(dataset: Any, name: str, limit: int) -> list[Any]:
-    """``limit`` values of one column, decoded lazily batch by batch through the dataset's transform."""
-    values: list[Any] = []
-    for start in range(0, limit, 256):
-        values.extend(dataset[start : min(start + 256, limit)][name])
+def _columns(dataset: Any, names: Sequence[str], limit: int | None) -> dict[str, list[Any]]:
+    """The first ``limit`` values of some columns: sliced batch by batch from a map-style dataset (decoded lazily
+    through its transform), or read row by row from a streamed one."""
+    values: dict[str, list[Any]] = {name: [] for name in names}
+    if isinstance(dataset, datasets.IterableDataset):
+        for row in itertools.islice(dataset, limit):
+            for name in names:
+                values[name].append(row[name])
+        return values
+    size = len(dataset) if limit is None else min(limit, len(dataset))
+    for start in range(0, size, 256):
+        batch = dataset[start : min(start + 256, size)]
+        for name in names:
+            values[name].extend(batch[name])
     return values
 
 
@@ -41,17 +51,20 @@ def evaluate_dual_encoder(
 ) -> dict[str, float]:
     """Zero-shot top-1/top-5 (when the rows carry class labels) and image<->text recall@1/5/10.
 
-    Row ``i``'s caption is the positive for row ``i``'s image. Returns fractions in [0, 1], plus the chance levels.
+    Row ``i``'s caption is the positive for row ``i``'s image; at most ``max_samples`` rows are used (the first
+    ones; streamed datasets included). Returns fractions in [0, 1], plus the chance levels.
     """
-    size = len(dataset) if max_samples is None else min(max_samples, len(dataset))
+    class_names = list(class_names) if class_names is not None else dataset_class_names(dataset)
+    with_labels = bool(class_names) and "label" in (dataset.column_names or ())
+    columns = _columns(dataset, ["image", "text", *(["label"] if with_labels else [])], max_samples)
+    kept = [i for i, image in enumerate(columns["image"]) if image is not None]  # drops skipped bad samples
+    columns = {name: [values[i] for i in kept] for name, values in columns.items()}
+    images, texts, size = columns["image"], columns["text"], len(columns["image"])
     if size == 0:
         raise ValueError("The evaluation dataset is empty.")
-    class_names = list(class_names) if class_names is not None else dataset_class_names(dataset)
-    images = _column(dataset, "image", size)
-    texts = _column(dataset, "text", size)
     metrics: dict[str, float] = {}
-    if class_names and "label" in dataset.column_names:
-        labels = _column(dataset, "label", size)
+    if with_labels:
+        labels = columns["label"]
         zero_shot = zero_shot_accuracy(model, processor, images, labels, class_names, templates=templates, batch_size=batch_size)
         metrics.update({f"zero_shot_{name}": value for name, value in zero_shot.items()})
     retrieval = retrieval_metrics_from_model(model, processor, images, texts, batch_size=batch_size)

@@ -71,7 +71,7 @@ class BadSampleError(ValueError):
     def __init__(self, index: int | None, source: str | None, reason: str):
         self.index, self.source, self.reason = index, source, reason
         super().__init__(
-            f"{self.description}. Fix or remove it, or pass skip_bad_samples=True to skip and count such samples."
+            f"{self.description}. Fix or remove it, or pass skip_bad_samples=True (--skip-bad-samples on the command line) to skip and count such samples."
         )
 
     @property
