@@ -29,7 +29,7 @@ def _cli(*args: str, env: dict | None = None, timeout: int = 600) -> subprocess.
 @pytest.mark.slow
 def test_main_job_learns_and_writes_every_artifact(tmp_path, capsys):
     output = tmp_path / "clip"
-    code = main(["train", "clip", "--output-dir", str(output), "--max-steps", "60", "--dataset", "synthetic-shapes:n=4000",
+    code = main(["train", "clip", "--output-dir", str(output), "--max-steps", "250", "--dataset", "synthetic-shapes:n=4000",
                  "--eval-max-samples", "480"])
     assert code == 0
     printed = capsys.readouterr().out
@@ -173,3 +173,27 @@ def test_training_streams_webdataset_shards(tmp_path):
     assert run.returncode == 0, run.stderr[-3000:]
     metrics = json.loads((output / "metrics.json").read_text())
     assert metrics["train"]["train_loss"] > 0 and "retrieval_i2t_r1" in metrics["after"]
+
+
+def test_fine_tuning_a_converted_model_and_training_a_released_size(tmp_path):
+    from conversion.convert_clip import convert_clip_checkpoint
+
+    fixture = ROOT / "tests" / "fixtures" / "originals" / "clip_vit"
+    converted = tmp_path / "converted"
+    convert_clip_checkpoint(fixture / "checkpoint.pt", output=converted,
+                            original_config=json.loads((fixture / "original_config.json").read_text()),
+                            tokenizer=fixture / "bpe_simple_vocab_truncated.txt.gz")
+    tuned = tmp_path / "tuned"
+    run = _cli("train", "clip", "--from-pretrained", str(converted), *SMALL, "--max-steps", "2",
+               "--per-device-train-batch-size", "4", "--output-dir", str(tuned), "--save-strategy", "no")
+    assert run.returncode == 0, run.stderr[-3000:]
+    before, after = load_file(converted / "model.safetensors"), load_file(tuned / "model.safetensors")
+    assert before.keys() == after.keys() and any(not torch.equal(before[k], after[k]) for k in before)
+    assert json.loads((tuned / "config.json").read_text())["vision_config"]["image_size"] == 32
+
+    released = tmp_path / "b32"
+    run = _cli("train", "clip", "--preset", "ViT-B/32", *SMALL, "--skip-eval", "--max-steps", "1",
+               "--per-device-train-batch-size", "2", "--output-dir", str(released), "--save-strategy", "no")
+    assert run.returncode == 0, run.stderr[-3000:]
+    config = json.loads((released / "config.json").read_text())
+    assert config["vision_config"]["hidden_size"] == 768 and config["vision_config"]["patch_size"] == 32

@@ -41,29 +41,28 @@ CLIP = Recipe(
     tiny_config={
         "projection_dim": 64,
         "vision_config": dict(
-            hidden_size=96, intermediate_size=384, num_hidden_layers=3, num_attention_heads=4, image_size=64, patch_size=8
+            hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4, image_size=64, patch_size=16
         ),
         "text_config": dict(
-            hidden_size=96, intermediate_size=384, num_hidden_layers=3, num_attention_heads=4, max_position_embeddings=32
+            hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=32
         ),
     },
     image_size=64,
     context_length=32,
     training_defaults={
         **CLIP_PAPER_OPTIMIZER,
-        "learning_rate": 1e-3,
+        "learning_rate": 2e-3,
         "warmup_steps": 0.1,
         "per_device_train_batch_size": 64,
         "per_device_eval_batch_size": 128,
-        "max_steps": 160,
-        "logging_steps": 10,
-        "save_steps": 80,
+        "max_steps": 600,
+        "logging_steps": 25,
+        "save_steps": 200,
         "save_total_limit": 2,
         "eval_strategy": "no",
         "dataloader_drop_last": True,
         "remove_unused_columns": False,
         "report_to": "none",
-        "use_cpu": False,
         "seed": 0,
     },
     paper_notes="AdamW(0.9, 0.98, eps 1e-6), wd 0.2, cosine, logit scale clamp ln 100, batch 32,768 (global).",
