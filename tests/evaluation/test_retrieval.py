@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 
 import datasets
 import numpy as np
@@ -15,8 +14,8 @@ from transformers import Trainer, TrainingArguments
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.trainer_pt_utils import EvalLoopContainer, nested_detach
 from transformers.trainer_utils import EvalPrediction
-from transformers.utils import ModelOutput
 
+from hf_vlp import VlpClipOutput
 from hf_vlp.evaluation import (
     image_to_text_ranks,
     make_compute_metrics,
@@ -157,19 +156,6 @@ def test_bad_embeddings_are_rejected():
 # --- a toy dual encoder usable both directly and through transformers.Trainer -------------------------
 
 
-@dataclass
-class ToyClipOutput(ModelOutput):
-    """Same field order as the planned VlpClipOutput (and transformers' CLIPOutput)."""
-
-    loss: torch.Tensor | None = None
-    logits_per_image: torch.Tensor | None = None
-    logits_per_text: torch.Tensor | None = None
-    text_embeds: torch.Tensor | None = None
-    image_embeds: torch.Tensor | None = None
-    text_model_output: BaseModelOutputWithPooling | None = None
-    vision_model_output: BaseModelOutputWithPooling | None = None
-
-
 class ToyClip(nn.Module):
     """Images are 6-d vectors, texts are token ids; both linearly embedded into 4-d."""
 
@@ -185,13 +171,13 @@ class ToyClip(nn.Module):
     def get_text_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         return self.token_embedding(input_ids).mean(dim=1)
 
-    def forward(self, pixel_values: torch.Tensor, input_ids: torch.Tensor, return_loss: bool = True) -> ToyClipOutput:
+    def forward(self, pixel_values: torch.Tensor, input_ids: torch.Tensor, return_loss: bool = True) -> VlpClipOutput:
         image_embeds = F.normalize(self.get_image_features(pixel_values), dim=-1)
         text_embeds = F.normalize(self.get_text_features(input_ids), dim=-1)
         logits_per_image = 10.0 * image_embeds @ text_embeds.T
         targets = torch.arange(len(image_embeds))
         loss = F.cross_entropy(logits_per_image, targets) if return_loss else None
-        return ToyClipOutput(
+        return VlpClipOutput(
             loss=loss,
             logits_per_image=logits_per_image,
             logits_per_text=logits_per_image.T,
