@@ -22,7 +22,9 @@ def end_of_text_positions(input_ids: torch.Tensor, eos_token_id: int) -> torch.T
     """
     is_eos = input_ids == eos_token_id
     found = is_eos.any(dim=-1)
-    if not bool(found.all()):
+    if input_ids.device.type != "cpu":  # no host sync on accelerators: the check runs asynchronously there
+        torch._assert_async(found.all(), f"input_ids contain a row without the end-of-text token {eos_token_id}")
+    elif not bool(found.all()):
         rows = torch.nonzero(~found).flatten().tolist()
         raise ValueError(
             f"input_ids rows {rows} contain no end-of-text token (id {eos_token_id}). Tokenize the text with the "

@@ -25,7 +25,7 @@ class Mlp(nn.Module):
         self.fc1 = nn.Linear(hidden_size, intermediate_size)
         self.act = ACT2FN[activation]
         self.fc2 = nn.Linear(intermediate_size, hidden_size)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = nn.Dropout(dropout) if dropout else nn.Identity()
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         return self.dropout(self.fc2(self.act(self.fc1(hidden_states))))
@@ -74,7 +74,7 @@ class PreNormBlock(GradientCheckpointingLayer):
         )
         self.norm2 = nn.LayerNorm(options.hidden_size, eps=options.layer_norm_eps)
         self.mlp = Mlp(options.hidden_size, options.intermediate_size, options.activation, options.hidden_dropout)
-        self.dropout = nn.Dropout(options.hidden_dropout)
+        self.dropout = nn.Dropout(options.hidden_dropout) if options.hidden_dropout else nn.Identity()
 
     def forward(
         self,
