@@ -3,6 +3,17 @@
 Importing the package registers every configuration, model, image processor and processor with the Auto classes.
 """
 
+from .models.albef import (
+    VlpAlbefConfig,
+    VlpAlbefForMaskedLM,
+    VlpAlbefModel,
+    VlpAlbefOutput,
+    VlpAlbefPreTrainedModel,
+    VlpAlbefTextConfig,
+    VlpAlbefTextModel,
+    VlpAlbefVisionConfig,
+    VlpAlbefVisionModel,
+)
 from .models.clip import (
     CLIP_PRESETS,
     VlpClipConfig,

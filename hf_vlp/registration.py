@@ -11,7 +11,14 @@ from transformers import (
     AutoProcessor,
 )
 
-from .pipelines import register_pipelines
+from .models.albef import (
+    VlpAlbefConfig,
+    VlpAlbefModel,
+    VlpAlbefTextConfig,
+    VlpAlbefTextModel,
+    VlpAlbefVisionConfig,
+    VlpAlbefVisionModel,
+)
 from .models.clip import (
     VlpClipConfig,
     VlpClipForImageClassification,
@@ -23,6 +30,7 @@ from .models.clip import (
     VlpClipVisionConfig,
     VlpClipVisionModel,
 )
+from .pipelines import register_pipelines
 
 
 def register_all() -> None:
@@ -39,4 +47,9 @@ def register_all() -> None:
             config, image_processor_classes={"pil": VlpClipImageProcessor, "torchvision": VlpClipImageProcessor}, exist_ok=True
         )
     AutoProcessor.register(VlpClipConfig, VlpClipProcessor, exist_ok=True)
+    for config in (VlpAlbefConfig, VlpAlbefVisionConfig, VlpAlbefTextConfig):
+        AutoConfig.register(config.model_type, config, exist_ok=True)
+    AutoModel.register(VlpAlbefConfig, VlpAlbefModel, exist_ok=True)
+    AutoModel.register(VlpAlbefVisionConfig, VlpAlbefVisionModel, exist_ok=True)
+    AutoModel.register(VlpAlbefTextConfig, VlpAlbefTextModel, exist_ok=True)
     register_pipelines()

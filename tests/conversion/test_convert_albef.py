@@ -1,0 +1,199 @@
+"""ALBEF converter: parity with the original code's outputs after conversion, the CLI, and every error path."""
+
+from __future__ import annotations
+
+import json
+import logging
+import runpy
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoTokenizer
+
+from conversion.common import ConversionError, run_cli
+from conversion.convert_albef import MOMENTUM_PREFIXES, convert_albef_checkpoint, main
+from hf_vlp.models.albef import VlpAlbefForMaskedLM, VlpAlbefModel
+
+ROOT = Path(__file__).resolve().parents[2]
+FIXTURE = ROOT / "tests" / "fixtures" / "originals" / "albef_pretrain"
+CHECKPOINT, CONFIG, VOCAB = FIXTURE / "checkpoint.pth", FIXTURE / "original_config.json", FIXTURE / "vocab.txt"
+LOGIT_ATOL = 1e-4
+
+
+def fixture_tensors() -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    return load_file(FIXTURE / "inputs.safetensors"), load_file(FIXTURE / "outputs.safetensors")
+
+
+def assert_reproduces_fixture(model: VlpAlbefForMaskedLM) -> None:
+    inputs, expected = fixture_tensors()
+    with torch.no_grad():
+        out = model.albef(inputs["input_ids"], inputs["pixel_values"], inputs["attention_mask"], output_itm=True)
+        mlm = model(inputs["mlm_input_ids"], inputs["pixel_values"], inputs["attention_mask"]).logits
+    torch.testing.assert_close(out.logits_per_image, expected["sim_i2t"], atol=LOGIT_ATOL, rtol=0)
+    torch.testing.assert_close(out.itm_logits, expected["itm_logits_pos"], atol=LOGIT_ATOL, rtol=0)
+    torch.testing.assert_close(out.text_embeds, expected["text_feat"], atol=1e-5, rtol=0)
+    torch.testing.assert_close(mlm, expected["mlm_logits"], atol=LOGIT_ATOL, rtol=0)
+
+
+@pytest.fixture
+def state_dict() -> dict[str, torch.Tensor]:
+    return torch.load(CHECKPOINT, weights_only=True)["model"]
+
+
+def save_checkpoint(tmp_path: Path, state: dict[str, torch.Tensor]) -> Path:
+    path = tmp_path / "ckpt.pth"
+    torch.save({"model": state, "config": {}, "epoch": 0}, path)
+    return path
+
+
+def cli_error(tmp_path: Path, capsys: pytest.CaptureFixture[str], checkpoint: Path, *extra: str) -> str:
+    """Run the CLI in-process; assert it fails and writes nothing; return stderr."""
+    before = set(tmp_path.iterdir())
+    status = run_cli(main, ["--checkpoint", str(checkpoint), "--output", str(tmp_path / "out"), *extra])
+    assert status == 1
+    assert set(tmp_path.iterdir()) == before, "a failed conversion must leave no output behind"
+    return capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------------------------------- success
+
+
+def test_cli_end_to_end_with_config_and_tokenizer(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    output = tmp_path / "albef"
+    status = run_cli(
+        main,
+        ["--checkpoint", str(CHECKPOINT), "--output", str(output), "--original-config", str(CONFIG), "--tokenizer", str(VOCAB)],
+    )
+    assert status == 0, capsys.readouterr().err
+    assert {"config.json", "model.safetensors", "README.md", "tokenizer_config.json"} <= {p.name for p in output.iterdir()}
+    readme = (output / "README.md").read_text()
+    assert "checkpoint.pth" in readme and "momentum" in readme and "--original-config" in readme
+    model = VlpAlbefForMaskedLM.from_pretrained(output, dtype=torch.float32).eval()
+    assert_reproduces_fixture(model)
+    assert isinstance(VlpAlbefModel.from_pretrained(output, dtype=torch.float32), VlpAlbefModel)
+
+    tokenizer = AutoTokenizer.from_pretrained(output)
+    inputs, _ = fixture_tensors()
+    metadata = json.loads(load_file_metadata(FIXTURE / "inputs.safetensors")["captions_after_pre_caption"])
+    ids = tokenizer(metadata)["input_ids"]
+    assert all(row[-1] == tokenizer.sep_token_id for row in ids)
+    # ALBEF's format is [CLS] tokens without [SEP]: the stock tokenizer's ids minus the last one
+    for row, expected, mask in zip(ids, inputs["input_ids"], inputs["attention_mask"]):
+        assert row[:-1] == expected[mask.bool()].tolist()
+    special = (tokenizer.pad_token_id, tokenizer.unk_token_id, tokenizer.cls_token_id, tokenizer.sep_token_id)
+    assert special + (tokenizer.mask_token_id,) == (0, 1, 2, 3, 4)
+
+
+def load_file_metadata(path: Path) -> dict[str, str]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        return handle.metadata()
+
+
+def test_momentum_towers_and_queues_are_dropped_explicitly(
+    state_dict: dict[str, torch.Tensor], caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.INFO, logger="conversion.albef"):
+        result = convert_albef_checkpoint(CHECKPOINT, original_config=CONFIG)
+    momentum = {key for key in state_dict if key.split(".")[0] in MOMENTUM_PREFIXES}
+    queues = {"image_queue", "text_queue", "queue_ptr"}
+    extras = {"text_encoder.bert.embeddings.position_ids", "text_encoder.cls.predictions.bias"}
+    assert len(momentum) > 100 and set(result.dropped) == momentum | queues | extras
+    assert f"dropped {len(momentum) + 3} momentum/queue tensors" in caplog.text
+    assert result.tokenizer is None
+    assert_reproduces_fixture(result.model)
+
+
+def test_script_exits_non_zero_on_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["convert_albef.py", "--checkpoint", str(tmp_path / "missing.pth"), "--output", str(tmp_path / "out")]
+    monkeypatch.setattr(sys, "argv", argv)
+    with pytest.raises(SystemExit) as exited:
+        runpy.run_path(str(ROOT / "conversion" / "convert_albef.py"), run_name="__main__")
+    assert exited.value.code == 1
+    assert "Checkpoint not found" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+# --------------------------------------------------------------------------------------------------- error paths
+
+
+def test_error_missing_key(tmp_path: Path, capsys: pytest.CaptureFixture[str], state_dict: dict) -> None:
+    del state_dict["text_encoder.bert.encoder.layer.3.output.LayerNorm.bias"]
+    message = cli_error(tmp_path, capsys, save_checkpoint(tmp_path, state_dict), "--original-config", str(CONFIG))
+    assert "target keys that no source key fills (1): albef.text_model.transformer.encoder.layers.3.norm2.bias" in message
+
+
+def test_error_missing_part_of_a_fused_tensor(tmp_path: Path, capsys: pytest.CaptureFixture[str], state_dict: dict) -> None:
+    del state_dict["text_encoder.bert.encoder.layer.2.crossattention.self.value.weight"]
+    message = cli_error(tmp_path, capsys, save_checkpoint(tmp_path, state_dict), "--original-config", str(CONFIG))
+    assert "albef.text_model.transformer.encoder.layers.2.cross_attn.kv.weight" in message and "lacks ['value']" in message
+
+
+def test_error_extra_unknown_key(tmp_path: Path, capsys: pytest.CaptureFixture[str], state_dict: dict) -> None:
+    state_dict["cls_head.0.weight"] = torch.zeros(3)
+    message = cli_error(tmp_path, capsys, save_checkpoint(tmp_path, state_dict), "--original-config", str(CONFIG))
+    assert "unexpected source keys that no rule consumes (1): cls_head.0.weight" in message
+
+
+def test_error_untied_decoder(tmp_path: Path, capsys: pytest.CaptureFixture[str], state_dict: dict) -> None:
+    state_dict["text_encoder.cls.predictions.decoder.weight"] = state_dict["text_encoder.cls.predictions.decoder.weight"] + 1
+    message = cli_error(tmp_path, capsys, save_checkpoint(tmp_path, state_dict), "--original-config", str(CONFIG))
+    assert "decoder.weight differs from text_encoder.bert.embeddings.word_embeddings.weight" in message
+
+
+def test_error_shape_mismatch(tmp_path: Path, capsys: pytest.CaptureFixture[str], state_dict: dict) -> None:
+    state_dict["itm_head.bias"] = torch.zeros(3)
+    message = cli_error(tmp_path, capsys, save_checkpoint(tmp_path, state_dict), "--original-config", str(CONFIG))
+    assert "albef.itm_head.bias (from itm_head.bias): expected [2], got [3]" in message
+
+
+def test_error_head_counts_need_the_original_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    message = cli_error(tmp_path, capsys, CHECKPOINT)
+    assert "width 48 cannot be split into 0 attention heads" in message and "vit_num_heads" in message
+
+
+def test_error_config_that_contradicts_the_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    original = json.loads(CONFIG.read_text())
+    original["bert_config"]["fusion_layer"] = 1
+    (tmp_path / "config.json").write_text(json.dumps(original))
+    message = cli_error(tmp_path, capsys, CHECKPOINT, "--original-config", str(tmp_path / "config.json"))
+    assert "bert_config.fusion_layer 1 contradicts the checkpoint" in message
+    original["bert_config"] = "configs/config_bert.json"
+    (tmp_path / "config.json").write_text(json.dumps(original))
+    message = cli_error(tmp_path, capsys, CHECKPOINT, "--original-config", str(tmp_path / "config.json"))
+    assert "must hold the CONTENT of the BERT json" in message
+    assert "Original config not found" in cli_error(tmp_path, capsys, CHECKPOINT, "--original-config", str(tmp_path / "x.json"))
+
+
+def test_error_tokenizer(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    base = ("--original-config", str(CONFIG), "--tokenizer")
+    assert "Tokenizer not found" in cli_error(tmp_path, capsys, CHECKPOINT, *base, str(tmp_path / "vocab.txt"))
+    tokens = VOCAB.read_text().splitlines()
+    (tmp_path / "short.txt").write_text("\n".join(tokens[:60]))
+    message = cli_error(tmp_path, capsys, CHECKPOINT, *base, str(tmp_path / "short.txt"))
+    assert "The tokenizer has 60 tokens but the checkpoint's vocabulary has 64" in message
+    (tmp_path / "nomask.txt").write_text("\n".join(["[unused]" if t == "[MASK]" else t for t in tokens]))
+    assert "lacks the special tokens ['[MASK]']" in cli_error(tmp_path, capsys, CHECKPOINT, *base, str(tmp_path / "nomask.txt"))
+
+
+def test_error_not_an_albef_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = save_checkpoint(tmp_path, {"visual.proj": torch.zeros(2, 2)})
+    assert "unexpected source keys that no rule consumes (1): visual.proj" in cli_error(tmp_path, capsys, path)
+
+
+def test_error_existing_output_without_overwrite(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    output = tmp_path / "out"
+    output.mkdir()
+    (output / "keep.txt").write_text("precious")
+    arguments = ["--checkpoint", str(CHECKPOINT), "--output", str(output), "--original-config", str(CONFIG)]
+    assert run_cli(main, arguments) == 1
+    assert "exists and is not empty; pass --overwrite" in capsys.readouterr().err
+    assert [path.name for path in output.iterdir()] == ["keep.txt"]
+    assert run_cli(main, [*arguments, "--overwrite"]) == 0
+    assert not (output / "keep.txt").exists() and (output / "model.safetensors").is_file()
