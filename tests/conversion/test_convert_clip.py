@@ -18,8 +18,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 from safetensors.torch import load_file
-from transformers import AutoModel, AutoProcessor, CLIPConfig, CLIPModel
+from transformers import AutoModel, AutoProcessor, CLIPConfig, CLIPModel, pipeline
 
 import hf_vlp
 from conversion.common import ConversionError, run_cli
@@ -183,6 +184,12 @@ def test_cli_end_to_end_with_tokenizer_and_verify(tmp_path: Path) -> None:
     encoded = processor(text=texts, images=list(inputs["raw_images_uint8"].numpy()), return_tensors="pt")
     assert torch.equal(encoded["input_ids"], inputs["input_ids"])
     torch.testing.assert_close(encoded["pixel_values"], inputs["pixel_values"], atol=1e-5, rtol=0)
+
+    classifier = pipeline("zero-shot-image-classification", model=str(output))
+    image = Image.fromarray(inputs["raw_images_uint8"][0].numpy())
+    scores = classifier(image, candidate_labels=["cat", "dog", "bicycle"])
+    assert sorted(entry["label"] for entry in scores) == ["bicycle", "cat", "dog"]
+    assert abs(sum(entry["score"] for entry in scores) - 1) < 1e-5
 
 
 def test_script_exits_non_zero_on_error(
