@@ -1,11 +1,12 @@
 """Convert an original ALBEF pretraining checkpoint (salesforce/ALBEF ``{'model': state_dict, ...}``) to hf_vlp's
-``VlpAlbefForMaskedLM`` (every online weight: ViT, BERT text/fusion encoder, MLM head, projections, ITM head, ``temp``)
-plus a BERT tokenizer.
+``VlpAlbefForPretraining`` (online weights: ViT, BERT text/fusion encoder, MLM head, projections, ITM head, ``temp``;
+the momentum ``*_m`` towers as ``momentum_*``; ``image_queue``/``text_queue`` with the shared ``queue_ptr`` copied into
+each queue's ``ptr``) plus a BERT tokenizer. ``--head masked_lm`` (or a checkpoint without momentum towers) writes
+``VlpAlbefForMaskedLM`` with the momentum towers and queues dropped explicitly.
 
-The momentum towers (``*_m``) and the feature queues are dropped explicitly and reported: the pretraining head that
-uses them is not part of hf_vlp yet. Sizes are inferred from tensor shapes; head counts are not stored in shapes, so
-they default to ``width // 64`` (ViT-B/16 and BERT-base) unless ``--original-config`` (the original yaml keys as JSON,
-with the BERT json content under ``bert_config``) gives them.
+Sizes are inferred from tensor shapes; head counts are not stored in shapes, so they default to ``width // 64``
+(ViT-B/16 and BERT-base) unless ``--original-config`` (the original yaml keys as JSON, with the BERT json content under
+``bert_config``) gives them.
 
     python conversion/convert_albef.py --checkpoint ALBEF.pth --output out/albef-base \
         --original-config pretrain_config.json --tokenizer vocab.txt
@@ -30,13 +31,15 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import hf_vlp  # noqa: F401  (registers the Auto classes)
+from hf_vlp.model_card import render_model_card
 from hf_vlp.models.albef.configuration_albef import VlpAlbefConfig
-from hf_vlp.models.albef.modeling_albef import VlpAlbefForMaskedLM
+from hf_vlp.models.albef.modeling_albef import VlpAlbefForMaskedLM, VlpAlbefForPretraining
 
 from conversion.common import (
     ConversionError,
     Drop,
     Fuse,
+    MappedStateDict,
     MappingRule,
     Rename,
     check_output_dir,
@@ -56,9 +59,10 @@ VIT_DEFAULTS = {"vit_patch_size": 16, "vit_depth": 12, "vit_num_heads": 12, "vit
 SPECIAL_TOKENS = {"pad_token": "[PAD]", "unk_token": "[UNK]", "cls_token": "[CLS]", "sep_token": "[SEP]", "mask_token": "[MASK]"}
 MOMENTUM_PREFIXES = ("visual_encoder_m", "text_encoder_m", "vision_proj_m", "text_proj_m")
 # tied copies in the original: (copy, source) must hold the same values
-TIED_KEYS = (
-    ("text_encoder.cls.predictions.decoder.weight", "text_encoder.bert.embeddings.word_embeddings.weight"),
-    ("text_encoder.cls.predictions.decoder.bias", "text_encoder.cls.predictions.bias"),
+TIED_KEYS = tuple(
+    (f"{encoder}.cls.predictions.decoder.{copy}", f"{encoder}.{source}")
+    for encoder in ("text_encoder", "text_encoder_m")
+    for copy, source in (("weight", "bert.embeddings.word_embeddings.weight"), ("bias", "cls.predictions.bias"))
 )
 
 
@@ -73,32 +77,32 @@ def _squeeze_batch(tensor: torch.Tensor) -> torch.Tensor:
     return tensor[0]
 
 
-def albef_rules() -> list[MappingRule]:
-    """Original ``model_pretrain.ALBEF`` names -> ``VlpAlbefForMaskedLM`` names (online towers)."""
-    vit, text, p = "albef.vision_model.transformer.", "albef.text_model.transformer.", r"(?P<p>weight|bias)"
-    block, layer = r"visual_encoder\.blocks\.(?P<i>\d+)\.", r"text_encoder\.bert\.encoder\.layer\.(?P<i>\d+)\."
-    vit_layer, text_layer = vit + r"encoder.layers.\g<i>.", text + r"encoder.layers.\g<i>."
-    momentum = "|".join(MOMENTUM_PREFIXES)
+def tower_rules(source: str, vision: str, text: str, mlm_head: str, vision_proj: str, text_proj: str) -> list[MappingRule]:
+    """Rules for one set of towers: ``source`` is ``""`` (online) or ``"_m"`` (momentum copies), the other arguments
+    the target prefixes (with the trailing dot) of the ViT, the BERT encoder, the MLM head and the two projections."""
+    vit, bert, p = vision + "transformer.", text + "transformer.", r"(?P<p>weight|bias)"
+    visual, encoder = rf"visual_encoder{source}\.", rf"text_encoder{source}\."
+    block, layer = visual + r"blocks\.(?P<i>\d+)\.", encoder + r"bert\.encoder\.layer\.(?P<i>\d+)\."
+    vit_layer, text_layer = vit + r"encoder.layers.\g<i>.", bert + r"encoder.layers.\g<i>."
+    head = encoder + r"cls\.predictions\."
     return [
-        Drop(rf"(?:{momentum})\..+", "momentum tower (the momentum-distillation pretraining head is not ported yet)"),
-        Drop(r"image_queue|text_queue|queue_ptr", "feature queue of momentum distillation (not ported yet)"),
-        Drop(r"text_encoder\.bert\.embeddings\.position_ids", "index buffer; positions are computed"),
-        Drop(r"text_encoder\.cls\.predictions\.bias", "same tensor as cls.predictions.decoder.bias (tied)"),
-        Rename(r"temp", "albef.temp"),
-        Rename(r"(vision_proj|text_proj|itm_head)\.(weight|bias)", r"albef.\1.\2"),
+        Drop(encoder + r"bert\.embeddings\.position_ids", "index buffer; positions are computed"),
+        Drop(head + "bias", "same tensor as cls.predictions.decoder.bias (tied)"),
+        Rename(rf"vision_proj{source}\.{p}", vision_proj + r"\g<p>"),
+        Rename(rf"text_proj{source}\.{p}", text_proj + r"\g<p>"),
         # ViT (timm layout)
-        Rename(r"visual_encoder\.cls_token", vit + "class_embedding", _flatten),
-        Rename(r"visual_encoder\.pos_embed", vit + "position_embedding", _squeeze_batch),
-        Rename(r"visual_encoder\.patch_embed\.proj\." + p, vit + r"patch_embed.\g<p>"),
-        Rename(r"visual_encoder\.norm\." + p, vit + r"norm_post.\g<p>"),
+        Rename(visual + r"cls_token", vit + "class_embedding", _flatten),
+        Rename(visual + r"pos_embed", vit + "position_embedding", _squeeze_batch),
+        Rename(visual + r"patch_embed\.proj\." + p, vit + r"patch_embed.\g<p>"),
+        Rename(visual + r"norm\." + p, vit + r"norm_post.\g<p>"),
         Rename(block + r"(?P<m>norm1|norm2|attn\.qkv|mlp\.fc1|mlp\.fc2)\." + p, vit_layer + r"\g<m>.\g<p>"),
         Rename(block + r"attn\.proj\." + p, vit_layer + r"attn.out_proj.\g<p>"),
         # BERT embeddings and layers (xbert layout)
         Rename(
-            r"text_encoder\.bert\.embeddings\.(?P<e>word|position|token_type)_embeddings\.weight",
-            text + r"embeddings.\g<e>_embeddings.weight",
+            encoder + r"bert\.embeddings\.(?P<e>word|position|token_type)_embeddings\.weight",
+            bert + r"embeddings.\g<e>_embeddings.weight",
         ),
-        Rename(r"text_encoder\.bert\.embeddings\.LayerNorm\." + p, text + r"embeddings.norm.\g<p>"),
+        Rename(encoder + r"bert\.embeddings\.LayerNorm\." + p, bert + r"embeddings.norm.\g<p>"),
         Fuse(layer + r"attention\.self\.(?P<part>query|key|value)\." + p, text_layer + r"attn.qkv.\g<p>",
              parts=("query", "key", "value")),
         Rename(layer + r"attention\.output\.dense\." + p, text_layer + r"attn.out_proj.\g<p>"),
@@ -112,10 +116,58 @@ def albef_rules() -> list[MappingRule]:
         Rename(layer + r"output\.dense\." + p, text_layer + r"mlp.fc2.\g<p>"),
         Rename(layer + r"output\.LayerNorm\." + p, text_layer + r"norm2.\g<p>"),
         # MLM head (decoder.weight is tied to the word embeddings in both layouts)
-        Rename(r"text_encoder\.cls\.predictions\.transform\.dense\." + p, r"mlm_head.dense.\g<p>"),
-        Rename(r"text_encoder\.cls\.predictions\.transform\.LayerNorm\." + p, r"mlm_head.norm.\g<p>"),
-        Rename(r"text_encoder\.cls\.predictions\.decoder\." + p, r"mlm_head.decoder.\g<p>"),
+        Rename(head + r"transform\.dense\." + p, mlm_head + r"dense.\g<p>"),
+        Rename(head + r"transform\.LayerNorm\." + p, mlm_head + r"norm.\g<p>"),
+        Rename(head + r"decoder\." + p, mlm_head + r"decoder.\g<p>"),
     ]
+
+
+def albef_rules(with_momentum: bool = False) -> list[MappingRule]:
+    """Original ``model_pretrain.ALBEF`` names -> ``VlpAlbefForPretraining`` names (``with_momentum``), else ->
+    ``VlpAlbefForMaskedLM`` names with the momentum towers and queues dropped. The original's single
+    ``queue_ptr`` goes to ``image_queue.ptr`` here and is copied to ``text_queue.ptr`` by :func:`map_albef_state_dict`."""
+    online = tower_rules(
+        "", "albef.vision_model.", "albef.text_model.", "mlm_head.", "albef.vision_proj.", "albef.text_proj."
+    )
+    shared = [
+        Rename(r"temp", "albef.temp"),
+        Rename(r"itm_head\.(weight|bias)", r"albef.itm_head.\1"),
+    ]
+    if not with_momentum:
+        momentum = "|".join(MOMENTUM_PREFIXES)
+        return [
+            Drop(rf"(?:{momentum})\..+", "momentum tower (only VlpAlbefForPretraining keeps it)"),
+            Drop(r"image_queue|text_queue|queue_ptr", "feature queue of momentum distillation (only VlpAlbefForPretraining keeps it)"),
+            *shared,
+            *online,
+        ]
+    momentum_towers = tower_rules(
+        "_m", "momentum_vision_model.", "momentum_text_model.", "momentum_mlm_head.", "momentum_vision_proj.",
+        "momentum_text_proj.",
+    )
+    queues = [
+        Rename(r"(image|text)_queue", r"\1_queue.queue"),
+        Rename(r"queue_ptr", "image_queue.ptr", _as_scalar),
+    ]
+    return [*shared, *momentum_towers, *online, *queues]
+
+
+def _as_scalar(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.reshape(())
+
+
+def has_momentum_towers(state_dict: Mapping[str, torch.Tensor]) -> bool:
+    """True for a pretraining checkpoint that holds the momentum (``*_m``) towers."""
+    return any(key.split(".")[0] in MOMENTUM_PREFIXES for key in state_dict)
+
+
+def map_albef_state_dict(state_dict: Mapping[str, torch.Tensor], with_momentum: bool) -> MappedStateDict:
+    """Apply :func:`albef_rules`; with momentum, every ``FeatureQueue`` gets its own copy of ``queue_ptr``."""
+    mapped = map_state_dict(state_dict, albef_rules(with_momentum))
+    if with_momentum and "image_queue.ptr" in mapped.tensors:
+        mapped.tensors["text_queue.ptr"] = mapped.tensors["image_queue.ptr"].clone()
+        mapped.sources["text_queue.ptr"] = list(mapped.sources["image_queue.ptr"])
+    return mapped
 
 
 def check_ties(state_dict: Mapping[str, torch.Tensor]) -> None:
@@ -256,11 +308,14 @@ def load_tokenizer(path: str | Path, vocab_size: int) -> Any:
 # --------------------------------------------------------------------------------------------------- conversion
 
 
+HEADS = ("auto", "pretraining", "masked_lm")
+
+
 @dataclass
 class AlbefConversion:
     """Result of :func:`convert_albef_checkpoint`."""
 
-    model: VlpAlbefForMaskedLM
+    model: VlpAlbefForPretraining | VlpAlbefForMaskedLM
     tokenizer: Any
     dropped: dict[str, str]
     output: Path | None = None
@@ -273,12 +328,17 @@ def convert_albef_checkpoint(
     tokenizer: str | Path | None = None,
     overwrite: bool = False,
     command: str | None = None,
+    head: str = "auto",
 ) -> AlbefConversion:
-    """Convert an ALBEF pretraining checkpoint to ``VlpAlbefForMaskedLM`` (+ tokenizer); write it to ``output``.
+    """Convert an ALBEF pretraining checkpoint (+ tokenizer); write it to ``output``.
 
-    Every source key is mapped or explicitly dropped (momentum towers, queues, ``position_ids``, the tied bias copy)
-    and every target key filled, or a :class:`ConversionError` names the keys and nothing is written.
+    ``head="auto"`` writes ``VlpAlbefForPretraining`` (momentum towers and queues kept) when the checkpoint holds
+    momentum towers, else ``VlpAlbefForMaskedLM``; ``"masked_lm"`` keeps only the online weights, dropping the
+    momentum towers and queues explicitly. Every source key is mapped or explicitly dropped (``position_ids``, the
+    tied bias copies) and every target key filled, or a :class:`ConversionError` names the keys and nothing is written.
     """
+    if head not in HEADS:
+        raise ConversionError(f"head must be one of {HEADS}, got {head!r}")
     if output is not None:
         check_output_dir(output, overwrite)
     source = read_checkpoint(checkpoint, allow_torchscript=False)
@@ -286,38 +346,46 @@ def convert_albef_checkpoint(
     logger.info(f"Source: {source.path} ({len(state_dict)} tensors)")
     if original_config is not None and not isinstance(original_config, Mapping):
         original_config = read_original_config(original_config)
+    with_momentum = head == "pretraining" or (head == "auto" and has_momentum_towers(state_dict))
     check_ties(state_dict)
-    mapped = map_state_dict(state_dict, albef_rules())
+    mapped = map_albef_state_dict(state_dict, with_momentum)
     config = albef_config(state_dict, original_config or {})
     bert_tokenizer = load_tokenizer(tokenizer, config.text_config.vocab_size) if tokenizer is not None else None
     if bert_tokenizer is not None:
+        # the pretraining head masks tokens itself and must know the special ids
         config.text_config.pad_token_id = bert_tokenizer.pad_token_id
-    model = VlpAlbefForMaskedLM(config)
+        config.text_config.cls_token_id = bert_tokenizer.cls_token_id
+        config.text_config.mask_token_id = bert_tokenizer.mask_token_id
+    model = (VlpAlbefForPretraining if with_momentum else VlpAlbefForMaskedLM)(config)
     load_mapped_state_dict(model, mapped)
     model.eval()
     momentum = sorted(key for key in mapped.dropped if key.startswith(MOMENTUM_PREFIXES) or "queue" in key)
     logger.info(
-        f"Mapped {len(mapped.tensors)} tensors; dropped {len(momentum)} momentum/queue tensors (momentum "
-        f"distillation is not ported yet) and {sorted(set(mapped.dropped) - set(momentum))}."
+        f"Wrote {type(model).__name__}: mapped {len(mapped.tensors)} tensors; dropped {len(momentum)} momentum/queue "
+        f"tensors and {sorted(set(mapped.dropped) - set(momentum))}."
     )
     if bert_tokenizer is None:
         logger.warning("No tokenizer given (--tokenizer): writing the model without one.")
     result = AlbefConversion(model, bert_tokenizer, mapped.dropped)
     if output is not None:
-        readme = provenance(source.path.name, command or f"convert_albef_checkpoint({source.path.name!r}, ...)", momentum)
+        call = command or f"convert_albef_checkpoint({source.path.name!r}, ...)"
+        readme = provenance(source.path.name, call, momentum, type(model).__name__)
         result.output = write_output_dir(output, lambda directory: _write(directory, result, readme), overwrite)
         logger.info(f"Wrote {result.output}")
     return result
 
 
-def provenance(checkpoint_name: str, command: str, momentum: Sequence[str]) -> str:
+def provenance(checkpoint_name: str, command: str, momentum: Sequence[str], model_class: str) -> str:
+    """The conversion's provenance paragraph for the ALBEF model card."""
+    if momentum:
+        kept = f"{len(momentum)} momentum-tower/queue tensors were dropped (`--head masked_lm`)."
+    else:
+        kept = "Momentum towers (`momentum_*`) and feature queues (`image_queue`, `text_queue`) carried over too."
     return (
-        "# ALBEF (hf_vlp)\n\n"
-        f"Converted from `{checkpoint_name}` (salesforce/ALBEF pretraining checkpoint) with\n\n```bash\n{command}\n```\n\n"
-        "Online towers, MLM head, projections, ITM head and `temp` carried over exactly; "
-        f"{len(momentum)} momentum-tower/queue tensors were dropped (momentum distillation is not ported yet). "
-        "Load with `AutoModel.from_pretrained(DIR)` (encoders) or `VlpAlbefForMaskedLM.from_pretrained(DIR)` after "
-        "`import hf_vlp`. ALBEF's text format is `[CLS] tokens` without a trailing `[SEP]`.\n"
+        f"Converted from `{checkpoint_name}` (salesforce/ALBEF pretraining checkpoint) to `{model_class}` with\n\n"
+        f"```bash\n{command}\n```\n\n"
+        f"Online towers, MLM head, projections, ITM head and `temp` carried over exactly. {kept} "
+        "ALBEF's text format is `[CLS] tokens` without a trailing `[SEP]`."
     )
 
 
@@ -325,7 +393,7 @@ def _write(directory: Path, result: AlbefConversion, readme: str) -> None:
     result.model.save_pretrained(directory)
     if result.tokenizer is not None:
         result.tokenizer.save_pretrained(directory)
-    (directory / "README.md").write_text(readme, encoding="utf-8")
+    render_model_card(result.model, provenance=readme, tags=["converted"]).save(directory / "README.md")
 
 
 # --------------------------------------------------------------------------------------------------- CLI
@@ -338,6 +406,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--original-config", help="JSON of the original yaml keys, BERT json content under bert_config")
     parser.add_argument("--tokenizer", help="the WordPiece vocab.txt the checkpoint was trained with")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --output directory")
+    parser.add_argument(
+        "--head", choices=HEADS, default="auto",
+        help="auto: VlpAlbefForPretraining when the checkpoint has momentum towers, else VlpAlbefForMaskedLM",
+    )
     return parser.parse_args(argv)
 
 
@@ -349,6 +421,7 @@ def main(argv: Sequence[str] | None = None) -> AlbefConversion:
         original_config=args.original_config,
         tokenizer=args.tokenizer,
         overwrite=args.overwrite,
+        head=args.head,
         command=command_line(argv, program="python conversion/convert_albef.py"),
     )
 

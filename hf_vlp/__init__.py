@@ -6,9 +6,13 @@ Importing the package registers every configuration, model, image processor and 
 from .models.albef import (
     VlpAlbefConfig,
     VlpAlbefForMaskedLM,
+    VlpAlbefForPretraining,
+    VlpAlbefForPretrainingOutput,
+    VlpAlbefImageProcessor,
     VlpAlbefModel,
     VlpAlbefOutput,
     VlpAlbefPreTrainedModel,
+    VlpAlbefProcessor,
     VlpAlbefTextConfig,
     VlpAlbefTextModel,
     VlpAlbefVisionConfig,

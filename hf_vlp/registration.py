@@ -7,13 +7,17 @@ from transformers import (
     AutoImageProcessor,
     AutoModel,
     AutoModelForImageClassification,
+    AutoModelForPreTraining,
     AutoModelForZeroShotImageClassification,
     AutoProcessor,
 )
 
 from .models.albef import (
     VlpAlbefConfig,
+    VlpAlbefForPretraining,
+    VlpAlbefImageProcessor,
     VlpAlbefModel,
+    VlpAlbefProcessor,
     VlpAlbefTextConfig,
     VlpAlbefTextModel,
     VlpAlbefVisionConfig,
@@ -52,4 +56,10 @@ def register_all() -> None:
     AutoModel.register(VlpAlbefConfig, VlpAlbefModel, exist_ok=True)
     AutoModel.register(VlpAlbefVisionConfig, VlpAlbefVisionModel, exist_ok=True)
     AutoModel.register(VlpAlbefTextConfig, VlpAlbefTextModel, exist_ok=True)
+    AutoModelForPreTraining.register(VlpAlbefConfig, VlpAlbefForPretraining, exist_ok=True)
+    for config in (VlpAlbefConfig, VlpAlbefVisionConfig):
+        AutoImageProcessor.register(
+            config, image_processor_classes={"pil": VlpAlbefImageProcessor, "torchvision": VlpAlbefImageProcessor}, exist_ok=True
+        )
+    AutoProcessor.register(VlpAlbefConfig, VlpAlbefProcessor, exist_ok=True)
     register_pipelines()

@@ -15,7 +15,7 @@ from transformers import AutoTokenizer
 
 from conversion.common import ConversionError, run_cli
 from conversion.convert_albef import MOMENTUM_PREFIXES, convert_albef_checkpoint, main
-from hf_vlp.models.albef import VlpAlbefForMaskedLM, VlpAlbefModel
+from hf_vlp.models.albef import VlpAlbefForMaskedLM, VlpAlbefForPretraining, VlpAlbefModel
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURE = ROOT / "tests" / "fixtures" / "originals" / "albef_pretrain"
@@ -27,11 +27,15 @@ def fixture_tensors() -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]
     return load_file(FIXTURE / "inputs.safetensors"), load_file(FIXTURE / "outputs.safetensors")
 
 
-def assert_reproduces_fixture(model: VlpAlbefForMaskedLM) -> None:
+def assert_reproduces_fixture(model: VlpAlbefForMaskedLM | VlpAlbefForPretraining) -> None:
     inputs, expected = fixture_tensors()
     with torch.no_grad():
         out = model.albef(inputs["input_ids"], inputs["pixel_values"], inputs["attention_mask"], output_itm=True)
-        mlm = model(inputs["mlm_input_ids"], inputs["pixel_values"], inputs["attention_mask"]).logits
+        image_states = out.vision_model_output.last_hidden_state
+        mlm_states = model.albef.text_model(
+            inputs["mlm_input_ids"], inputs["attention_mask"], encoder_hidden_states=image_states
+        ).last_hidden_state
+        mlm = model.mlm_head(mlm_states)
     torch.testing.assert_close(out.logits_per_image, expected["sim_i2t"], atol=LOGIT_ATOL, rtol=0)
     torch.testing.assert_close(out.itm_logits, expected["itm_logits_pos"], atol=LOGIT_ATOL, rtol=0)
     torch.testing.assert_close(out.text_embeds, expected["text_feat"], atol=1e-5, rtol=0)
@@ -71,6 +75,11 @@ def test_cli_end_to_end_with_config_and_tokenizer(tmp_path: Path, capsys: pytest
     assert {"config.json", "model.safetensors", "README.md", "tokenizer_config.json"} <= {p.name for p in output.iterdir()}
     readme = (output / "README.md").read_text()
     assert "checkpoint.pth" in readme and "momentum" in readme and "--original-config" in readme
+    assert json.loads((output / "config.json").read_text())["architectures"] == ["VlpAlbefForPretraining"]
+    pretraining = VlpAlbefForPretraining.from_pretrained(output, dtype=torch.float32).eval()
+    assert_reproduces_fixture(pretraining)
+    config = pretraining.config.text_config
+    assert (config.pad_token_id, config.cls_token_id, config.mask_token_id) == (0, 2, 4)  # for in-model MLM masking
     model = VlpAlbefForMaskedLM.from_pretrained(output, dtype=torch.float32).eval()
     assert_reproduces_fixture(model)
     assert isinstance(VlpAlbefModel.from_pretrained(output, dtype=torch.float32), VlpAlbefModel)
@@ -94,11 +103,12 @@ def load_file_metadata(path: Path) -> dict[str, str]:
         return handle.metadata()
 
 
-def test_momentum_towers_and_queues_are_dropped_explicitly(
+def test_masked_lm_head_drops_momentum_towers_and_queues_explicitly(
     state_dict: dict[str, torch.Tensor], caplog: pytest.LogCaptureFixture
 ) -> None:
     with caplog.at_level(logging.INFO, logger="conversion.albef"):
-        result = convert_albef_checkpoint(CHECKPOINT, original_config=CONFIG)
+        result = convert_albef_checkpoint(CHECKPOINT, original_config=CONFIG, head="masked_lm")
+    assert type(result.model) is VlpAlbefForMaskedLM
     momentum = {key for key in state_dict if key.split(".")[0] in MOMENTUM_PREFIXES}
     queues = {"image_queue", "text_queue", "queue_ptr"}
     extras = {"text_encoder.bert.embeddings.position_ids", "text_encoder.cls.predictions.bias"}
@@ -106,6 +116,72 @@ def test_momentum_towers_and_queues_are_dropped_explicitly(
     assert f"dropped {len(momentum) + 3} momentum/queue tensors" in caplog.text
     assert result.tokenizer is None
     assert_reproduces_fixture(result.model)
+
+
+def test_momentum_towers_and_queues_are_mapped_into_the_pretraining_head(state_dict: dict[str, torch.Tensor]) -> None:
+    result = convert_albef_checkpoint(CHECKPOINT, original_config=CONFIG)
+    model = result.model
+    assert type(model) is VlpAlbefForPretraining
+    assert set(result.dropped) == {
+        f"{encoder}.{key}"
+        for encoder in ("text_encoder", "text_encoder_m")
+        for key in ("bert.embeddings.position_ids", "cls.predictions.bias")
+    }
+    assert torch.equal(model.image_queue.queue, state_dict["image_queue"])
+    assert torch.equal(model.text_queue.queue, state_dict["text_queue"])
+    for queue in (model.image_queue, model.text_queue):  # the shared [1] pointer copied into each 0-d ptr
+        assert queue.ptr.shape == () and queue.ptr.dtype == torch.long and queue.ptr.item() == state_dict["queue_ptr"].item()
+    assert model.image_queue.ptr.data_ptr() != model.text_queue.ptr.data_ptr()
+    pairs = {
+        "momentum_vision_proj.weight": "vision_proj_m.weight",
+        "momentum_text_proj.bias": "text_proj_m.bias",
+        "momentum_vision_model.transformer.norm_post.weight": "visual_encoder_m.norm.weight",
+        "momentum_vision_model.transformer.class_embedding": "visual_encoder_m.cls_token",
+        "momentum_text_model.transformer.embeddings.word_embeddings.weight": "text_encoder_m.bert.embeddings.word_embeddings.weight",
+        "momentum_text_model.transformer.encoder.layers.3.cross_attn.q.weight": "text_encoder_m.bert.encoder.layer.3.crossattention.self.query.weight",
+        "momentum_mlm_head.dense.weight": "text_encoder_m.cls.predictions.transform.dense.weight",
+        "momentum_mlm_head.decoder.bias": "text_encoder_m.cls.predictions.bias",
+        "albef.vision_proj.weight": "vision_proj.weight",
+    }
+    ours = model.state_dict()
+    for target, source in pairs.items():
+        assert torch.equal(ours[target].reshape(-1), state_dict[source].reshape(-1)), target
+    qkv = ours["momentum_text_model.transformer.encoder.layers.0.attn.qkv.weight"]
+    original = [state_dict[f"text_encoder_m.bert.encoder.layer.0.attention.self.{p}.weight"] for p in ("query", "key", "value")]
+    assert torch.equal(qkv, torch.cat(original))
+    # momentum towers differ from the online ones in the fixture, so a swapped mapping would show
+    assert not torch.equal(ours["momentum_vision_proj.weight"], ours["albef.vision_proj.weight"])
+    assert all(not p.requires_grad for n, p in model.named_parameters() if n.startswith("momentum_"))
+    assert_reproduces_fixture(model)
+
+
+def test_pretraining_errors_name_momentum_and_queue_keys(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], state_dict: dict
+) -> None:
+    broken = dict(state_dict)
+    del broken["queue_ptr"], broken["text_encoder_m.bert.encoder.layer.1.output.dense.bias"]
+    message = cli_error(tmp_path, capsys, save_checkpoint(tmp_path, broken), "--original-config", str(CONFIG))
+    assert "target keys that no source key fills (3)" in message
+    assert "image_queue.ptr" in message and "text_queue.ptr" in message
+    assert "momentum_text_model.transformer.encoder.layers.1.mlp.fc2.bias" in message
+    untied = dict(state_dict)
+    untied["text_encoder_m.cls.predictions.decoder.bias"] = untied["text_encoder_m.cls.predictions.bias"] + 1
+    message = cli_error(tmp_path, capsys, save_checkpoint(tmp_path, untied), "--original-config", str(CONFIG))
+    assert "text_encoder_m.cls.predictions.decoder.bias differs from text_encoder_m.cls.predictions.bias" in message
+
+
+def test_cli_masked_lm_head_and_checkpoints_without_momentum(tmp_path: Path, state_dict: dict) -> None:
+    online_only = {k: v for k, v in state_dict.items() if k.split(".")[0] not in MOMENTUM_PREFIXES and "queue" not in k}
+    result = convert_albef_checkpoint(save_checkpoint(tmp_path, online_only), original_config=CONFIG)
+    assert type(result.model) is VlpAlbefForMaskedLM  # auto: no momentum towers
+    assert_reproduces_fixture(result.model)
+    output = tmp_path / "masked_lm"
+    arguments = ["--checkpoint", str(CHECKPOINT), "--output", str(output), "--original-config", str(CONFIG)]
+    assert run_cli(main, [*arguments, "--head", "masked_lm"]) == 0
+    assert json.loads((output / "config.json").read_text())["architectures"] == ["VlpAlbefForMaskedLM"]
+    assert "--head masked_lm" in (output / "README.md").read_text()
+    with pytest.raises(ConversionError, match="head must be one of"):
+        convert_albef_checkpoint(CHECKPOINT, original_config=CONFIG, head="retrieval")
 
 
 def test_script_exits_non_zero_on_error(

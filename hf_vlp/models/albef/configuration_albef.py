@@ -61,6 +61,8 @@ class VlpAlbefTextConfig(PretrainedConfig):
     attention_probs_dropout_prob: float = 0.1
     initializer_range: float = 0.02
     pad_token_id: int | None = 0
+    cls_token_id: int | None = None  # set from the tokenizer (by name) by the converter / processor
+    mask_token_id: int | None = None
     tie_word_embeddings: bool = True
 
     def validate_architecture(self) -> None:
@@ -80,7 +82,8 @@ class VlpAlbefConfig(PretrainedConfig):
 
     ``temp`` is the learnable softmax temperature (logits = similarity / temp), clamped to ``[temp_min, temp_max]``
     during pretraining as the original does. ``queue_size``, ``momentum``, ``alpha`` and ``mlm_probability`` are the
-    pretraining settings of the momentum-distillation objective.
+    pretraining settings of the momentum-distillation objective. ``itm_negative_eps`` is added to the hard-negative
+    sampling weights (0 as the original; a small value keeps sampling defined once the softmax underflows).
     """
 
     model_type = "hf_vlp_albef"
@@ -96,6 +99,7 @@ class VlpAlbefConfig(PretrainedConfig):
     momentum: float = 0.995
     alpha: float = 0.4
     mlm_probability: float = 0.15
+    itm_negative_eps: float = 0.0
     tie_word_embeddings: bool = True
 
     def __post_init__(self, **kwargs: Any) -> None:

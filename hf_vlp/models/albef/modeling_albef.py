@@ -6,7 +6,8 @@
                  \-> [CLS] -> text_proj -> text_features                         -> multimodal [CLS] -> itm_head
     similarity logits = normalised image_features @ normalised text_features.T / temp
 
-The momentum towers, feature queues and the pretraining losses live in the pretraining head, not here.
+``VlpAlbefForPretraining`` adds the momentum towers (EMA copies, frozen), the feature queues and the three
+pretraining losses (ITC with momentum distillation, ITM on hard negatives, MLM with momentum distillation).
 """
 
 from dataclasses import dataclass
@@ -22,11 +23,15 @@ from transformers.modeling_outputs import (
     ModelOutput,
 )
 
+from ...distributed import all_gather_no_grad
+from ...losses import distillation_targets, sample_hard_negatives, soft_target_contrastive
 from ...modeling_utils import VlpPreTrainedModel
+from ...momentum import FeatureQueue, MomentumModelMixin, ModulePair
 from ...modules.heads import ItmHead, MaskedLMHead
 from ...modules.text import BertStyleTextTransformer
 from ...modules.transformer import BlockOptions
 from ...modules.vision import VisionTransformer
+from ...tower_init import LoadReport, TowerSource, load_text_tower_from_transformers, load_vision_tower_from_transformers
 from .configuration_albef import VlpAlbefConfig, VlpAlbefTextConfig, VlpAlbefVisionConfig
 
 
@@ -108,6 +113,50 @@ class VlpAlbefPreTrainedModel(VlpPreTrainedModel):
     _supports_attention_backend = True
     _no_split_modules = ["PreNormBlock", "PostNormBlock"]
     accepts_loss_kwargs = False
+    model_card_template = "albef"
+    model_card_pipeline_tag = "zero-shot-image-classification"
+
+    def model_card_fields(self) -> dict[str, Any]:
+        config = self.config
+        vision = getattr(config, "vision_config", config if isinstance(config, VlpAlbefVisionConfig) else None)
+        text = getattr(config, "text_config", config if isinstance(config, VlpAlbefTextConfig) else None)
+        fields: dict[str, Any] = {
+            "vision_description": "n/a",
+            "text_description": "n/a",
+            "embed_dim": getattr(config, "embed_dim", "n/a"),
+            "fusion_layer": "n/a",
+        }
+        if vision is not None:
+            fields["vision_description"] = (
+                f"ViT ({vision.num_hidden_layers} layers, width {vision.hidden_size}, patch {vision.patch_size}, "
+                f"{vision.image_size}px)"
+            )
+        if text is not None:
+            fields["text_description"] = f"{text.num_hidden_layers}-layer, width-{text.hidden_size}"
+            fields["fusion_layer"] = text.fusion_layer
+        return fields
+
+    @classmethod
+    def from_pretrained_towers(
+        cls, config: VlpAlbefConfig, *, vision: TowerSource, text: TowerSource
+    ) -> tuple["VlpAlbefPreTrainedModel", dict[str, LoadReport]]:
+        """Start as the paper does: the image tower from a transformers ViT/DeiT, the text encoder and fusion layers
+        from a transformers BERT (cross-attention freshly initialised); momentum towers copy the result.
+
+        Returns the model and a report per tower of what was copied, interpolated, dropped and left initialised.
+        """
+        model = cls(config)
+        albef = model if isinstance(model, VlpAlbefModel) else model.albef
+        reports = {
+            "vision": load_vision_tower_from_transformers(albef.vision_model.transformer, vision),
+            "text": load_text_tower_from_transformers(
+                albef.text_model.transformer, text, mlm_head=getattr(model, "mlm_head", None)
+            ),
+        }
+        model.tie_weights()
+        if hasattr(model, "init_momentum"):
+            model.init_momentum()
+        return model, reports
 
     def _init_weights(self, module: nn.Module) -> None:
         """BERT/timm initialisation: linear and embedding weights N(0, 0.02) (super), ViT tokens trunc-normal."""
@@ -117,6 +166,8 @@ class VlpAlbefPreTrainedModel(VlpPreTrainedModel):
             init.trunc_normal_(module.position_embedding, std=0.02)
         elif isinstance(module, VlpAlbefModel):
             init.constant_(module.temp, self.config.temp)
+        elif isinstance(module, FeatureQueue):
+            module.reset_buffers()
 
 
 class VlpAlbefVisionModel(VlpAlbefPreTrainedModel):
@@ -201,7 +252,7 @@ class VlpAlbefModel(VlpAlbefPreTrainedModel):
     grounded text states), ``itm_head`` and a contrastive ``forward``."""
 
     # a converted checkpoint (VlpAlbefForMaskedLM) also holds the MLM head, which this class does not use
-    _keys_to_ignore_on_load_unexpected = [r"^mlm_head\."]
+    _keys_to_ignore_on_load_unexpected = [r"^mlm_head\.", r"^momentum_", r"^(image|text)_queue\."]
 
     def __init__(self, config: VlpAlbefConfig) -> None:
         super().__init__(config)
@@ -352,6 +403,8 @@ class VlpAlbefForMaskedLM(VlpAlbefPreTrainedModel):
 
     main_input_name = "input_ids"
     _tied_weights_keys = {"mlm_head.decoder.weight": "albef.text_model.transformer.embeddings.word_embeddings.weight"}
+    # a converted pretraining checkpoint (VlpAlbefForPretraining) also holds momentum towers and queues
+    _keys_to_ignore_on_load_unexpected = [r"^momentum_", r"^(image|text)_queue\."]
 
     def __init__(self, config: VlpAlbefConfig) -> None:
         super().__init__(config)
@@ -410,8 +463,336 @@ class VlpAlbefForMaskedLM(VlpAlbefPreTrainedModel):
         return output if return_dict else output.to_tuple()
 
 
+@dataclass
+class VlpAlbefForPretrainingOutput(ModelOutput):
+    """ALBEF pretraining outputs. The losses are set only with ``return_loss=True``; ``loss`` is their sum.
+
+    ``logits_per_image`` ``[B, B + Q]``: online image features against the momentum text features of the batch
+    followed by the text queue, divided by ``temp`` (``logits_per_text`` the reverse). ``itm_logits`` ``[3B, 2]``
+    score ``[positives ; (text b, negative image) ; (negative text, image b)]``; ``mlm_logits`` are over
+    ``mlm_input_ids`` (the masked text) and ``mlm_labels`` are -100 where a token was not masked.
+    """
+
+    loss: torch.Tensor | None = None
+    loss_itc: torch.Tensor | None = None
+    loss_itm: torch.Tensor | None = None
+    loss_mlm: torch.Tensor | None = None
+    logits_per_image: torch.Tensor | None = None
+    logits_per_text: torch.Tensor | None = None
+    image_embeds: torch.Tensor | None = None
+    text_embeds: torch.Tensor | None = None
+    momentum_image_embeds: torch.Tensor | None = None
+    momentum_text_embeds: torch.Tensor | None = None
+    itm_logits: torch.Tensor | None = None
+    itm_labels: torch.Tensor | None = None
+    itm_negative_image_indices: torch.Tensor | None = None
+    itm_negative_text_indices: torch.Tensor | None = None
+    mlm_logits: torch.Tensor | None = None
+    mlm_input_ids: torch.Tensor | None = None
+    mlm_labels: torch.Tensor | None = None
+
+
+def mask_tokens(
+    input_ids: torch.Tensor,
+    *,
+    vocab_size: int,
+    mask_token_id: int,
+    special_token_ids: tuple[int, ...],
+    mlm_probability: float,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """ALBEF's ``mask()``: each token except ``special_token_ids`` (``[PAD]``, ``[CLS]``) is picked with
+    ``mlm_probability``; of those 80% become ``mask_token_id``, half the rest a uniform random id, the rest stay.
+
+    Returns ``(masked_input_ids, labels)`` with labels -100 on unpicked tokens. The draws follow the original's
+    order (pick, replace, random, random ids) so a seeded run consumes the random stream the same way.
+    """
+    device = input_ids.device
+    masked_ids, labels = input_ids.clone(), input_ids.clone()
+
+    def bernoulli(probability: float) -> torch.Tensor:
+        return torch.bernoulli(torch.full(input_ids.shape, probability), generator=generator).bool().to(device)
+
+    picked = bernoulli(mlm_probability)
+    for token_id in special_token_ids:
+        picked &= input_ids != token_id
+    labels[~picked] = -100
+    replaced = bernoulli(0.8) & picked
+    masked_ids[replaced] = mask_token_id
+    randomised = bernoulli(0.5) & picked & ~replaced
+    random_ids = torch.randint(vocab_size, input_ids.shape, dtype=torch.long, generator=generator).to(device)
+    masked_ids[randomised] = random_ids[randomised]
+    return masked_ids, labels
+
+
+def distilled_mlm_loss(
+    logits: torch.Tensor, labels: torch.Tensor, teacher_logits: torch.Tensor, alpha: float
+) -> torch.Tensor:
+    """``(1 - alpha) * CE + alpha * soft-CE against softmax(teacher_logits)``, both averaged over labelled tokens
+    (xbert's ``BertForMaskedLM`` with ``soft_labels``). Zero, with a gradient path, when nothing is labelled."""
+    labelled = labels != -100
+    if not bool(labelled.any()):
+        return logits.sum() * 0.0
+    log_probs = nn.functional.log_softmax(logits[labelled], dim=-1)
+    hard = nn.functional.nll_loss(log_probs, labels[labelled])
+    soft = -(log_probs * nn.functional.softmax(teacher_logits[labelled], dim=-1)).sum(dim=-1).mean()
+    return (1 - alpha) * hard + alpha * soft
+
+
+class VlpAlbefForPretraining(MomentumModelMixin, VlpAlbefPreTrainedModel):
+    """ALBEF pretraining (``models/model_pretrain.py``): ITC with momentum distillation against feature queues,
+    ITM on hard negatives, and MLM distilled from the momentum model; ``loss = loss_itc + loss_itm + loss_mlm``.
+
+    Online weights carry ``VlpAlbefForMaskedLM``'s names (``albef.*``, ``mlm_head.*``); the frozen EMA copies are
+    ``momentum_vision_model``, ``momentum_vision_proj``, ``momentum_text_model``, ``momentum_text_proj`` and
+    ``momentum_mlm_head``, and the queues ``image_queue``/``text_queue`` (normalised momentum features, each with its
+    own ``ptr``). All of them are saved. Train with ``hf_vlp.MomentumCallback``: it runs the EMA step once per
+    optimizer step (the original does it at the start of every forward) and ramps ``distill_alpha``. Queues are
+    updated by training-mode forwards (``update_queues`` overrides) with all-gathered features.
+    """
+
+    main_input_name = "pixel_values"
+    accepts_loss_kwargs = False
+    _tied_weights_keys = {
+        "mlm_head.decoder.weight": "albef.text_model.transformer.embeddings.word_embeddings.weight",
+        "momentum_mlm_head.decoder.weight": "momentum_text_model.transformer.embeddings.word_embeddings.weight",
+    }
+
+    def __init__(self, config: VlpAlbefConfig) -> None:
+        super().__init__(config)
+        vision, text = config.vision_config, config.text_config
+        self.albef = VlpAlbefModel(config)
+        self.mlm_head = self._build_mlm_head(text)
+        self.momentum_vision_model = VlpAlbefVisionModel(vision)
+        self.momentum_vision_proj = nn.Linear(vision.hidden_size, config.embed_dim)
+        self.momentum_text_model = VlpAlbefTextModel(text)
+        self.momentum_text_proj = nn.Linear(text.hidden_size, config.embed_dim)
+        self.momentum_mlm_head = self._build_mlm_head(text)
+        self.image_queue = FeatureQueue(config.embed_dim, config.queue_size)
+        self.text_queue = FeatureQueue(config.embed_dim, config.queue_size)
+        self.post_init()
+        self.init_momentum()
+
+    @classmethod
+    def from_pretrained(cls, *args: Any, **kwargs: Any) -> "VlpAlbefForPretraining":
+        """``PreTrainedModel.from_pretrained``, then re-freeze the momentum towers: loading replaces their
+        parameters with fresh trainable ones, which the optimizer would otherwise update."""
+        loaded = super().from_pretrained(*args, **kwargs)
+        model = loaded[0] if isinstance(loaded, tuple) else loaded  # output_loading_info=True
+        model.freeze_momentum()
+        return loaded
+
+    @property
+    def itm_negative_eps(self) -> float:
+        """Added to the hard-negative sampling weights: 0 as in the original; ``config.itm_negative_eps > 0`` keeps
+        every negative reachable once the softmax underflows (tiny models, very low ``temp``)."""
+        return float(self.config.itm_negative_eps)
+
+    def freeze_momentum(self) -> None:
+        """Exclude every momentum parameter from gradients (they change only by the EMA)."""
+        for _, momentum in self.momentum_pairs():
+            momentum.requires_grad_(False)
+
+    @staticmethod
+    def _build_mlm_head(text: VlpAlbefTextConfig) -> MaskedLMHead:
+        return MaskedLMHead(
+            text.hidden_size, text.vocab_size, activation=text.hidden_act, layer_norm_eps=text.layer_norm_eps
+        )
+
+    def momentum_pairs(self) -> list[ModulePair]:
+        """(online, momentum) module pairs for the EMA; the text encoder and its MLM head form one pair so the
+        decoder tied to the word embeddings is counted once."""
+        return [
+            (self.albef.vision_model, self.momentum_vision_model),
+            (self.albef.vision_proj, self.momentum_vision_proj),
+            (nn.ModuleList([self.albef.text_model, self.mlm_head]),
+             nn.ModuleList([self.momentum_text_model, self.momentum_mlm_head])),
+            (self.albef.text_proj, self.momentum_text_proj),
+        ]
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.albef.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.albef.set_input_embeddings(value)
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.mlm_head.decoder
+
+    def set_output_embeddings(self, value: nn.Linear) -> None:
+        self.mlm_head.decoder = value
+
+    def mask_tokens(
+        self, input_ids: torch.Tensor, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mask ``input_ids`` for MLM as the original does (see :func:`mask_tokens`); needs
+        ``config.text_config.mask_token_id`` and ``cls_token_id`` (set by the converter from the tokenizer)."""
+        text = self.config.text_config
+        mask_id, cls_id = text.mask_token_id, text.cls_token_id
+        if mask_id is None or cls_id is None:
+            raise ValueError(
+                "MLM masking needs config.text_config.mask_token_id and cls_token_id (the tokenizer's [MASK] and "
+                "[CLS] ids); set them, or pass mlm_input_ids and mlm_labels masked by the data collator."
+            )
+        special = tuple(i for i in (text.pad_token_id, cls_id) if i is not None)
+        return mask_tokens(
+            input_ids,
+            vocab_size=text.vocab_size,
+            mask_token_id=mask_id,
+            special_token_ids=special,
+            mlm_probability=self.config.mlm_probability,
+            generator=generator,
+        )
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        pixel_values: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        return_loss: bool | None = None,
+        mlm_input_ids: torch.Tensor | None = None,
+        mlm_labels: torch.Tensor | None = None,
+        itm_negative_image_indices: torch.Tensor | None = None,
+        itm_negative_text_indices: torch.Tensor | None = None,
+        alpha: float | None = None,
+        update_queues: bool | None = None,
+        generator: torch.Generator | None = None,
+        interpolate_pos_encoding: bool = False,
+        return_dict: bool | None = None,
+    ) -> VlpAlbefForPretrainingOutput | tuple:
+        """One pretraining step's forward on ``B`` matching (image, text) pairs.
+
+        Args:
+            return_loss: compute ``loss_itc``/``loss_itm``/``loss_mlm`` and their sum ``loss``.
+            mlm_input_ids, mlm_labels: a given MLM masking (both or neither); otherwise ``input_ids`` are masked here.
+            itm_negative_image_indices: ``[B]`` in-batch index of the negative image of each text, and
+                ``itm_negative_text_indices`` of the negative text of each image (both or neither); otherwise
+                drawn from the softmaxed similarities with the diagonal masked.
+            alpha: distillation weight; default ``self.distill_alpha`` (ramped by ``MomentumCallback``).
+            update_queues: enqueue the batch's momentum features; default ``self.training``.
+            generator: random generator for the hard negatives and the masking.
+        """
+        if input_ids.shape[0] != pixel_values.shape[0]:
+            raise ValueError(
+                f"pretraining takes matching pairs: got {pixel_values.shape[0]} images and {input_ids.shape[0]} texts"
+            )
+        if (mlm_input_ids is None) != (mlm_labels is None):
+            raise ValueError("pass both mlm_input_ids and mlm_labels (a given masking), or neither")
+        if (itm_negative_image_indices is None) != (itm_negative_text_indices is None):
+            raise ValueError("pass both itm_negative_image_indices and itm_negative_text_indices, or neither")
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        alpha = self.distill_alpha if alpha is None else float(alpha)
+        update_queues = self.training if update_queues is None else update_queues
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        albef, batch = self.albef, input_ids.shape[0]
+        with torch.no_grad():
+            albef.temp.clamp_(self.config.temp_min, self.config.temp_max)
+
+        image_states = albef.encode_image(pixel_values, interpolate_pos_encoding).last_hidden_state
+        text_states = albef.encode_text(input_ids, attention_mask, token_type_ids).last_hidden_state
+        image_embeds = nn.functional.normalize(albef.vision_proj(image_states[:, 0]), dim=-1)
+        text_embeds = nn.functional.normalize(albef.text_proj(text_states[:, 0]), dim=-1)
+
+        with torch.no_grad():
+            momentum_image_states = self.momentum_vision_model(
+                pixel_values, interpolate_pos_encoding=interpolate_pos_encoding, return_dict=True
+            ).last_hidden_state
+            momentum_text_states = self.momentum_text_model(
+                input_ids, attention_mask, token_type_ids, mode="text", return_dict=True
+            ).last_hidden_state
+            momentum_image_embeds = self.momentum_vision_proj(momentum_image_states[:, 0])
+            momentum_image_embeds = nn.functional.normalize(momentum_image_embeds, dim=-1)
+            momentum_text_embeds = nn.functional.normalize(self.momentum_text_proj(momentum_text_states[:, 0]), dim=-1)
+            image_columns = self.image_queue.with_batch(momentum_image_embeds)
+            text_columns = self.text_queue.with_batch(momentum_text_embeds)
+
+        logits_per_image = image_embeds @ text_columns / albef.temp
+        logits_per_text = text_embeds @ image_columns / albef.temp
+        loss_itc = None
+        if return_loss:
+            with torch.no_grad():
+                hard_targets = torch.zeros_like(logits_per_image)
+                hard_targets[:, :batch].fill_diagonal_(1)
+                momentum_i2t = momentum_image_embeds @ text_columns / albef.temp
+                momentum_t2i = momentum_text_embeds @ image_columns / albef.temp
+                targets_i2t = distillation_targets(momentum_i2t, alpha, hard_targets)
+                targets_t2i = distillation_targets(momentum_t2i, alpha, hard_targets)
+            loss_itc = soft_target_contrastive(logits_per_image, logits_per_text, targets_i2t, targets_t2i)
+        if update_queues:
+            self.image_queue.enqueue(all_gather_no_grad(momentum_image_embeds))
+            self.text_queue.enqueue(all_gather_no_grad(momentum_text_embeds))
+
+        # ITM: [positives ; (text b, negative image) ; (negative text, image b)]
+        if itm_negative_image_indices is None:
+            diagonal = torch.eye(batch, dtype=torch.bool, device=logits_per_image.device)
+            itm_negative_image_indices, itm_negative_text_indices = sample_hard_negatives(
+                logits_per_image[:, :batch].detach(),
+                logits_per_text[:, :batch].detach(),
+                diagonal,
+                generator,
+                eps=self.itm_negative_eps,
+            )
+        negative_images, negative_texts = itm_negative_image_indices, itm_negative_text_indices
+        fused = albef.fuse(
+            torch.cat([text_states, text_states, text_states[negative_texts]]),
+            torch.cat([image_states, image_states[negative_images], image_states]),
+            torch.cat([attention_mask, attention_mask, attention_mask[negative_texts]]),
+        ).last_hidden_state
+        itm_logits = albef.itm_head(fused[:, 0])
+        itm_labels = torch.cat(
+            [torch.ones(batch, dtype=torch.long), torch.zeros(2 * batch, dtype=torch.long)]
+        ).to(itm_logits.device)
+
+        # MLM, distilled from the momentum text encoder on the momentum image tokens
+        if mlm_input_ids is None:
+            mlm_input_ids, mlm_labels = self.mask_tokens(input_ids, generator)
+        mlm_logits = self.mlm_head(
+            albef.text_model(
+                mlm_input_ids, attention_mask, token_type_ids, encoder_hidden_states=image_states, mode="full",
+                return_dict=True,
+            ).last_hidden_state
+        )
+
+        loss = loss_itm = loss_mlm = None
+        if return_loss:
+            loss_itm = nn.functional.cross_entropy(itm_logits, itm_labels)
+            with torch.no_grad():
+                teacher_logits = self.momentum_mlm_head(
+                    self.momentum_text_model(
+                        mlm_input_ids, attention_mask, token_type_ids, encoder_hidden_states=momentum_image_states,
+                        mode="full", return_dict=True,
+                    ).last_hidden_state
+                )
+            loss_mlm = distilled_mlm_loss(mlm_logits, mlm_labels.to(mlm_logits.device), teacher_logits, alpha)
+            loss = loss_itc + loss_itm + loss_mlm
+        output = VlpAlbefForPretrainingOutput(
+            loss=loss,
+            loss_itc=loss_itc,
+            loss_itm=loss_itm,
+            loss_mlm=loss_mlm,
+            logits_per_image=logits_per_image,
+            logits_per_text=logits_per_text,
+            image_embeds=image_embeds,
+            text_embeds=text_embeds,
+            momentum_image_embeds=momentum_image_embeds,
+            momentum_text_embeds=momentum_text_embeds,
+            itm_logits=itm_logits,
+            itm_labels=itm_labels,
+            itm_negative_image_indices=itm_negative_image_indices,
+            itm_negative_text_indices=itm_negative_text_indices,
+            mlm_logits=mlm_logits,
+            mlm_input_ids=mlm_input_ids,
+            mlm_labels=mlm_labels,
+        )
+        return output if return_dict else output.to_tuple()
+
+
 __all__ = [
     "VlpAlbefForMaskedLM",
+    "VlpAlbefForPretraining",
+    "VlpAlbefForPretrainingOutput",
     "VlpAlbefModel",
     "VlpAlbefOutput",
     "VlpAlbefPreTrainedModel",

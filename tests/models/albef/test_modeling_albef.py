@@ -20,7 +20,7 @@ FEATURE_ATOL, LOGIT_ATOL = 1e-5, 1e-4
 
 @functools.cache
 def converted_state() -> tuple[VlpAlbefConfig, dict[str, torch.Tensor]]:
-    result = convert_albef_checkpoint(FIXTURE / "checkpoint.pth", original_config=FIXTURE / "original_config.json")
+    result = convert_albef_checkpoint(FIXTURE / "checkpoint.pth", original_config=FIXTURE / "original_config.json", head="masked_lm")
     return result.model.config, {key: value.clone() for key, value in result.model.state_dict().items()}
 
 
