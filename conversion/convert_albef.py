@@ -2,7 +2,10 @@
 ``VlpAlbefForPretraining`` (online weights: ViT, BERT text/fusion encoder, MLM head, projections, ITM head, ``temp``;
 the momentum ``*_m`` towers as ``momentum_*``; ``image_queue``/``text_queue`` with the shared ``queue_ptr`` copied into
 each queue's ``ptr``) plus a BERT tokenizer. ``--head masked_lm`` (or a checkpoint without momentum towers) writes
-``VlpAlbefForMaskedLM`` with the momentum towers and queues dropped explicitly.
+``VlpAlbefForMaskedLM`` with the momentum towers and queues dropped explicitly. A retrieval fine-tuning checkpoint
+(``models/model_retrieval.py``: ``text_encoder.*`` without ``bert.``, an ``idx_queue``) is detected and written as
+``VlpAlbefForImageTextRetrieval``; ``--head retrieval`` on a pretraining checkpoint starts retrieval fine-tuning as
+``Retrieval.py`` does (MLM heads dropped, ``idx_queue`` filled with -100).
 
 Sizes are inferred from tensor shapes; head counts are not stored in shapes, so they default to ``width // 64``
 (ViT-B/16 and BERT-base) unless ``--original-config`` (the original yaml keys as JSON, with the BERT json content under
@@ -33,7 +36,11 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 import hf_vlp  # noqa: F401  (registers the Auto classes)
 from hf_vlp.model_card import render_model_card
 from hf_vlp.models.albef.configuration_albef import VlpAlbefConfig
-from hf_vlp.models.albef.modeling_albef import VlpAlbefForMaskedLM, VlpAlbefForPretraining
+from hf_vlp.models.albef.modeling_albef import (
+    VlpAlbefForImageTextRetrieval,
+    VlpAlbefForMaskedLM,
+    VlpAlbefForPretraining,
+)
 
 from conversion.common import (
     ConversionError,
@@ -77,17 +84,31 @@ def _squeeze_batch(tensor: torch.Tensor) -> torch.Tensor:
     return tensor[0]
 
 
-def tower_rules(source: str, vision: str, text: str, mlm_head: str, vision_proj: str, text_proj: str) -> list[MappingRule]:
+def tower_rules(
+    source: str, vision: str, text: str, mlm_head: str | None, vision_proj: str, text_proj: str, bert: str = r"bert\."
+) -> list[MappingRule]:
     """Rules for one set of towers: ``source`` is ``""`` (online) or ``"_m"`` (momentum copies), the other arguments
-    the target prefixes (with the trailing dot) of the ViT, the BERT encoder, the MLM head and the two projections."""
-    vit, bert, p = vision + "transformer.", text + "transformer.", r"(?P<p>weight|bias)"
+    the target prefixes (with the trailing dot) of the ViT, the BERT encoder, the MLM head and the two projections.
+    ``bert`` is the source's BERT prefix after ``text_encoder.`` (``""`` for the retrieval layout's ``BertModel``);
+    ``mlm_head=None`` drops the MLM head (a retrieval model has none)."""
+    vit, text_tower, p = vision + "transformer.", text + "transformer.", r"(?P<p>weight|bias)"
     visual, encoder = rf"visual_encoder{source}\.", rf"text_encoder{source}\."
-    block, layer = visual + r"blocks\.(?P<i>\d+)\.", encoder + r"bert\.encoder\.layer\.(?P<i>\d+)\."
-    vit_layer, text_layer = vit + r"encoder.layers.\g<i>.", bert + r"encoder.layers.\g<i>."
+    block, layer = visual + r"blocks\.(?P<i>\d+)\.", encoder + bert + r"encoder\.layer\.(?P<i>\d+)\."
+    vit_layer, text_layer = vit + r"encoder.layers.\g<i>.", text_tower + r"encoder.layers.\g<i>."
     head = encoder + r"cls\.predictions\."
+    if mlm_head is None:
+        head_rules: list[MappingRule] = [Drop(head + r".+", "MLM head (the retrieval model has none, as Retrieval.py)")]
+    else:
+        head_rules = [
+            Drop(head + "bias", "same tensor as cls.predictions.decoder.bias (tied)"),
+            # MLM head (decoder.weight is tied to the word embeddings in both layouts)
+            Rename(head + r"transform\.dense\." + p, mlm_head + r"dense.\g<p>"),
+            Rename(head + r"transform\.LayerNorm\." + p, mlm_head + r"norm.\g<p>"),
+            Rename(head + r"decoder\." + p, mlm_head + r"decoder.\g<p>"),
+        ]
     return [
-        Drop(encoder + r"bert\.embeddings\.position_ids", "index buffer; positions are computed"),
-        Drop(head + "bias", "same tensor as cls.predictions.decoder.bias (tied)"),
+        Drop(encoder + bert + r"embeddings\.position_ids", "index buffer; positions are computed"),
+        *head_rules,
         Rename(rf"vision_proj{source}\.{p}", vision_proj + r"\g<p>"),
         Rename(rf"text_proj{source}\.{p}", text_proj + r"\g<p>"),
         # ViT (timm layout)
@@ -99,10 +120,10 @@ def tower_rules(source: str, vision: str, text: str, mlm_head: str, vision_proj:
         Rename(block + r"attn\.proj\." + p, vit_layer + r"attn.out_proj.\g<p>"),
         # BERT embeddings and layers (xbert layout)
         Rename(
-            encoder + r"bert\.embeddings\.(?P<e>word|position|token_type)_embeddings\.weight",
-            bert + r"embeddings.\g<e>_embeddings.weight",
+            encoder + bert + r"embeddings\.(?P<e>word|position|token_type)_embeddings\.weight",
+            text_tower + r"embeddings.\g<e>_embeddings.weight",
         ),
-        Rename(encoder + r"bert\.embeddings\.LayerNorm\." + p, bert + r"embeddings.norm.\g<p>"),
+        Rename(encoder + bert + r"embeddings\.LayerNorm\." + p, text_tower + r"embeddings.norm.\g<p>"),
         Fuse(layer + r"attention\.self\.(?P<part>query|key|value)\." + p, text_layer + r"attn.qkv.\g<p>",
              parts=("query", "key", "value")),
         Rename(layer + r"attention\.output\.dense\." + p, text_layer + r"attn.out_proj.\g<p>"),
@@ -115,10 +136,6 @@ def tower_rules(source: str, vision: str, text: str, mlm_head: str, vision_proj:
         Rename(layer + r"intermediate\.dense\." + p, text_layer + r"mlp.fc1.\g<p>"),
         Rename(layer + r"output\.dense\." + p, text_layer + r"mlp.fc2.\g<p>"),
         Rename(layer + r"output\.LayerNorm\." + p, text_layer + r"norm2.\g<p>"),
-        # MLM head (decoder.weight is tied to the word embeddings in both layouts)
-        Rename(head + r"transform\.dense\." + p, mlm_head + r"dense.\g<p>"),
-        Rename(head + r"transform\.LayerNorm\." + p, mlm_head + r"norm.\g<p>"),
-        Rename(head + r"decoder\." + p, mlm_head + r"decoder.\g<p>"),
     ]
 
 
@@ -150,6 +167,55 @@ def albef_rules(with_momentum: bool = False) -> list[MappingRule]:
         Rename(r"queue_ptr", "image_queue.ptr", _as_scalar),
     ]
     return [*shared, *momentum_towers, *online, *queues]
+
+
+def text_encoder_prefix(state_dict: Mapping[str, torch.Tensor]) -> str:
+    """``text_encoder.bert.`` (pretraining's ``BertForMaskedLM``) or ``text_encoder.`` (retrieval's ``BertModel``)."""
+    if any(key.startswith("text_encoder.bert.") for key in state_dict):
+        return "text_encoder.bert."
+    return "text_encoder."
+
+
+def is_retrieval_checkpoint(state_dict: Mapping[str, torch.Tensor]) -> bool:
+    """True for a ``models/model_retrieval.py`` state dict (it alone has the image-id queue ``idx_queue``)."""
+    return "idx_queue" in state_dict
+
+
+def retrieval_rules(bert: str) -> list[MappingRule]:
+    """Original ``model_retrieval.ALBEF`` names (or a pretraining checkpoint's, ``bert="bert\\."``, with its MLM heads
+    dropped as ``Retrieval.py`` ignores them) -> ``VlpAlbefForImageTextRetrieval`` names. The single ``queue_ptr`` goes
+    to ``image_queue.ptr`` and is copied to the other queues by :func:`map_retrieval_state_dict`."""
+    online = tower_rules(
+        "", "albef.vision_model.", "albef.text_model.", None, "albef.vision_proj.", "albef.text_proj.", bert
+    )
+    momentum_towers = tower_rules(
+        "_m", "momentum_vision_model.", "momentum_text_model.", None, "momentum_vision_proj.", "momentum_text_proj.",
+        bert,
+    )
+    return [
+        Rename(r"temp", "albef.temp"),
+        Rename(r"itm_head\.(weight|bias)", r"albef.itm_head.\1"),
+        *momentum_towers,
+        *online,
+        Rename(r"(image|text|idx)_queue", r"\1_queue.queue"),
+        Rename(r"queue_ptr", "image_queue.ptr", _as_scalar),
+    ]
+
+
+def map_retrieval_state_dict(state_dict: Mapping[str, torch.Tensor]) -> MappedStateDict:
+    """Apply :func:`retrieval_rules`; every queue gets its own copy of ``queue_ptr``, and a pretraining checkpoint
+    (no ``idx_queue``) gets one filled with -100 (no image id), as the original's fresh buffer."""
+    prefix = text_encoder_prefix(state_dict)
+    mapped = map_state_dict(state_dict, retrieval_rules(r"bert\." if prefix.endswith("bert.") else ""))
+    if "idx_queue.queue" not in mapped.tensors and "image_queue.queue" in mapped.tensors:
+        size = mapped.tensors["image_queue.queue"].shape[1]
+        mapped.tensors["idx_queue.queue"] = torch.full((1, size), -100, dtype=torch.long)
+        mapped.sources["idx_queue.queue"] = ["(new: -100, as model_retrieval.py initialises it)"]
+    if "image_queue.ptr" in mapped.tensors:
+        for queue in ("text_queue", "idx_queue"):
+            mapped.tensors[f"{queue}.ptr"] = mapped.tensors["image_queue.ptr"].clone()
+            mapped.sources[f"{queue}.ptr"] = list(mapped.sources["image_queue.ptr"])
+    return mapped
 
 
 def _as_scalar(tensor: torch.Tensor) -> torch.Tensor:
@@ -187,7 +253,8 @@ def check_ties(state_dict: Mapping[str, torch.Tensor]) -> None:
 def _require(state_dict: Mapping[str, torch.Tensor], key: str) -> torch.Tensor:
     if key not in state_dict:
         raise ConversionError(
-            f"Missing key {key!r}: the checkpoint is not an ALBEF pretraining state dict (models/model_pretrain.py) "
+            f"Missing key {key!r}: the checkpoint is not an ALBEF pretraining or retrieval state dict "
+            "(models/model_pretrain.py, models/model_retrieval.py) "
             f"(it has {len(state_dict)} keys, e.g. {sorted(state_dict)[:5]})."
         )
     return state_dict[key]
@@ -219,16 +286,17 @@ def read_original_config(path: str | Path) -> dict[str, Any]:
 
 def albef_config(state_dict: Mapping[str, torch.Tensor], original: Mapping[str, Any]) -> VlpAlbefConfig:
     """``VlpAlbefConfig`` from tensor shapes, with head counts and training settings from the original config."""
-    bert = dict(original.get("bert_config") or {})
+    bert_json = dict(original.get("bert_config") or {})
     vit = {key: original.get(key, default) for key, default in VIT_DEFAULTS.items()}
     width = _require(state_dict, "visual_encoder.cls_token").shape[-1]
     patch = _require(state_dict, "visual_encoder.patch_embed.proj.weight").shape[-1]
     grid = round((_require(state_dict, "visual_encoder.pos_embed").shape[1] - 1) ** 0.5)
     vision_layers = _layer_indices(state_dict, r"visual_encoder\.blocks\.(\d+)\.")
-    words = _require(state_dict, "text_encoder.bert.embeddings.word_embeddings.weight")
+    bert = text_encoder_prefix(state_dict)
+    words = _require(state_dict, f"{bert}embeddings.word_embeddings.weight")
     text_width = words.shape[1]
-    text_layers = _layer_indices(state_dict, r"text_encoder\.bert\.encoder\.layer\.(\d+)\.")
-    fusion_layers = _layer_indices(state_dict, r"text_encoder\.bert\.encoder\.layer\.(\d+)\.crossattention\.")
+    text_layers = _layer_indices(state_dict, re.escape(bert) + r"encoder\.layer\.(\d+)\.")
+    fusion_layers = _layer_indices(state_dict, re.escape(bert) + r"encoder\.layer\.(\d+)\.crossattention\.")
     if patch != vit["vit_patch_size"] and "vit_patch_size" in original:
         raise ConversionError(f"vit_patch_size {vit['vit_patch_size']} contradicts the checkpoint's patch size {patch}")
     vision = dict(
@@ -242,21 +310,21 @@ def albef_config(state_dict: Mapping[str, torch.Tensor], original: Mapping[str, 
     text = dict(
         vocab_size=words.shape[0],
         hidden_size=text_width,
-        intermediate_size=_require(state_dict, "text_encoder.bert.encoder.layer.0.intermediate.dense.weight").shape[0],
+        intermediate_size=_require(state_dict, f"{bert}encoder.layer.0.intermediate.dense.weight").shape[0],
         num_hidden_layers=len(text_layers),
-        num_attention_heads=bert.get("num_attention_heads", text_width // HEAD_DIM),
-        max_position_embeddings=_require(state_dict, "text_encoder.bert.embeddings.position_embeddings.weight").shape[0],
-        type_vocab_size=_require(state_dict, "text_encoder.bert.embeddings.token_type_embeddings.weight").shape[0],
+        num_attention_heads=bert_json.get("num_attention_heads", text_width // HEAD_DIM),
+        max_position_embeddings=_require(state_dict, f"{bert}embeddings.position_embeddings.weight").shape[0],
+        type_vocab_size=_require(state_dict, f"{bert}embeddings.token_type_embeddings.weight").shape[0],
         fusion_layer=fusion_layers[0] if fusion_layers else len(text_layers),
-        hidden_act=bert.get("hidden_act", "gelu"),
-        layer_norm_eps=bert.get("layer_norm_eps", 1e-12),
-        hidden_dropout_prob=bert.get("hidden_dropout_prob", 0.1),
-        attention_probs_dropout_prob=bert.get("attention_probs_dropout_prob", 0.1),
-        pad_token_id=bert.get("pad_token_id", 0),
+        hidden_act=bert_json.get("hidden_act", "gelu"),
+        layer_norm_eps=bert_json.get("layer_norm_eps", 1e-12),
+        hidden_dropout_prob=bert_json.get("hidden_dropout_prob", 0.1),
+        attention_probs_dropout_prob=bert_json.get("attention_probs_dropout_prob", 0.1),
+        pad_token_id=bert_json.get("pad_token_id", 0),
     )
-    if "fusion_layer" in bert and bert["fusion_layer"] != text["fusion_layer"]:
+    if "fusion_layer" in bert_json and bert_json["fusion_layer"] != text["fusion_layer"]:
         raise ConversionError(
-            f"bert_config.fusion_layer {bert['fusion_layer']} contradicts the checkpoint, whose first "
+            f"bert_config.fusion_layer {bert_json['fusion_layer']} contradicts the checkpoint, whose first "
             f"cross-attention layer is {text['fusion_layer']}."
         )
     for tower, settings in (("vision", vision), ("text", text)):
@@ -268,6 +336,8 @@ def albef_config(state_dict: Mapping[str, torch.Tensor], original: Mapping[str, 
                 f"(the default is width // {HEAD_DIM}); pass --original-config with the right {key!r}."
             )
     settings = {key: original[key] for key in ("temp", "queue_size", "momentum", "alpha", "mlm_probability") if key in original}
+    if "image_queue" in state_dict:  # the model's queues must hold the checkpoint's
+        settings["queue_size"] = state_dict["image_queue"].shape[1]
     try:
         return VlpAlbefConfig(
             embed_dim=_require(state_dict, "vision_proj.weight").shape[0],
@@ -308,14 +378,14 @@ def load_tokenizer(path: str | Path, vocab_size: int) -> Any:
 # --------------------------------------------------------------------------------------------------- conversion
 
 
-HEADS = ("auto", "pretraining", "masked_lm")
+HEADS = ("auto", "pretraining", "masked_lm", "retrieval")
 
 
 @dataclass
 class AlbefConversion:
     """Result of :func:`convert_albef_checkpoint`."""
 
-    model: VlpAlbefForPretraining | VlpAlbefForMaskedLM
+    model: VlpAlbefForPretraining | VlpAlbefForMaskedLM | VlpAlbefForImageTextRetrieval
     tokenizer: Any
     dropped: dict[str, str]
     output: Path | None = None
@@ -332,9 +402,10 @@ def convert_albef_checkpoint(
 ) -> AlbefConversion:
     """Convert an ALBEF pretraining checkpoint (+ tokenizer); write it to ``output``.
 
-    ``head="auto"`` writes ``VlpAlbefForPretraining`` (momentum towers and queues kept) when the checkpoint holds
-    momentum towers, else ``VlpAlbefForMaskedLM``; ``"masked_lm"`` keeps only the online weights, dropping the
-    momentum towers and queues explicitly. Every source key is mapped or explicitly dropped (``position_ids``, the
+    ``head="auto"`` writes ``VlpAlbefForImageTextRetrieval`` for a retrieval checkpoint (it has ``idx_queue``),
+    ``VlpAlbefForPretraining`` (momentum towers and queues kept) when the checkpoint holds momentum towers, else
+    ``VlpAlbefForMaskedLM``; ``"masked_lm"`` keeps only the online weights, dropping the momentum towers and queues
+    explicitly; ``"retrieval"`` on a pretraining checkpoint drops the MLM heads and starts ``idx_queue`` at -100. Every source key is mapped or explicitly dropped (``position_ids``, the
     tied bias copies) and every target key filled, or a :class:`ConversionError` names the keys and nothing is written.
     """
     if head not in HEADS:
@@ -346,9 +417,25 @@ def convert_albef_checkpoint(
     logger.info(f"Source: {source.path} ({len(state_dict)} tensors)")
     if original_config is not None and not isinstance(original_config, Mapping):
         original_config = read_original_config(original_config)
-    with_momentum = head == "pretraining" or (head == "auto" and has_momentum_towers(state_dict))
+    retrieval_source = is_retrieval_checkpoint(state_dict)
+    if head == "auto":
+        head = "retrieval" if retrieval_source else "pretraining" if has_momentum_towers(state_dict) else "masked_lm"
+    if retrieval_source and head != "retrieval":
+        raise ConversionError(
+            f"The checkpoint is an ALBEF retrieval model (it has idx_queue) with no MLM head; --head {head} cannot be "
+            "written from it. Use --head retrieval (or auto)."
+        )
+    if head == "retrieval" and not has_momentum_towers(state_dict):
+        raise ConversionError(
+            "--head retrieval needs the momentum towers (*_m) and feature queues of a pretraining or retrieval "
+            "checkpoint; this one holds only online weights."
+        )
+    with_momentum = head == "pretraining"
     check_ties(state_dict)
-    mapped = map_albef_state_dict(state_dict, with_momentum)
+    if head == "retrieval":
+        mapped = map_retrieval_state_dict(state_dict)
+    else:
+        mapped = map_albef_state_dict(state_dict, with_momentum)
     config = albef_config(state_dict, original_config or {})
     bert_tokenizer = load_tokenizer(tokenizer, config.text_config.vocab_size) if tokenizer is not None else None
     if bert_tokenizer is not None:
@@ -356,7 +443,10 @@ def convert_albef_checkpoint(
         config.text_config.pad_token_id = bert_tokenizer.pad_token_id
         config.text_config.cls_token_id = bert_tokenizer.cls_token_id
         config.text_config.mask_token_id = bert_tokenizer.mask_token_id
-    model = (VlpAlbefForPretraining if with_momentum else VlpAlbefForMaskedLM)(config)
+    model_class = {
+        "retrieval": VlpAlbefForImageTextRetrieval, "pretraining": VlpAlbefForPretraining, "masked_lm": VlpAlbefForMaskedLM
+    }[head]
+    model = model_class(config)
     load_mapped_state_dict(model, mapped)
     model.eval()
     momentum = sorted(key for key in mapped.dropped if key.startswith(MOMENTUM_PREFIXES) or "queue" in key)
@@ -377,14 +467,22 @@ def convert_albef_checkpoint(
 
 def provenance(checkpoint_name: str, command: str, momentum: Sequence[str], model_class: str) -> str:
     """The conversion's provenance paragraph for the ALBEF model card."""
-    if momentum:
+    if model_class == VlpAlbefForImageTextRetrieval.__name__:
+        source, carried = "retrieval or pretraining", "Online towers, projections, ITM head and `temp`"
+        kept = (
+            "Momentum towers (`momentum_*`) and the queues (`image_queue`, `text_queue`, `idx_queue`; -100 where the "
+            "source had no id queue) carried over too; MLM heads, if any, were dropped."
+        )
+    elif momentum:
+        source, carried = "pretraining", "Online towers, MLM head, projections, ITM head and `temp`"
         kept = f"{len(momentum)} momentum-tower/queue tensors were dropped (`--head masked_lm`)."
     else:
+        source, carried = "pretraining", "Online towers, MLM head, projections, ITM head and `temp`"
         kept = "Momentum towers (`momentum_*`) and feature queues (`image_queue`, `text_queue`) carried over too."
     return (
-        f"Converted from `{checkpoint_name}` (salesforce/ALBEF pretraining checkpoint) to `{model_class}` with\n\n"
+        f"Converted from `{checkpoint_name}` (salesforce/ALBEF {source} checkpoint) to `{model_class}` with\n\n"
         f"```bash\n{command}\n```\n\n"
-        f"Online towers, MLM head, projections, ITM head and `temp` carried over exactly. {kept} "
+        f"{carried} carried over exactly. {kept} "
         "ALBEF's text format is `[CLS] tokens` without a trailing `[SEP]`."
     )
 
@@ -408,7 +506,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --output directory")
     parser.add_argument(
         "--head", choices=HEADS, default="auto",
-        help="auto: VlpAlbefForPretraining when the checkpoint has momentum towers, else VlpAlbefForMaskedLM",
+        help="auto: VlpAlbefForImageTextRetrieval for a retrieval checkpoint (idx_queue), VlpAlbefForPretraining when "
+        "the checkpoint has momentum towers, else VlpAlbefForMaskedLM",
     )
     return parser.parse_args(argv)
 

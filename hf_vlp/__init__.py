@@ -5,6 +5,8 @@ Importing the package registers every configuration, model, image processor and 
 
 from .models.albef import (
     VlpAlbefConfig,
+    VlpAlbefForImageTextRetrieval,
+    VlpAlbefForImageTextRetrievalOutput,
     VlpAlbefForMaskedLM,
     VlpAlbefForPretraining,
     VlpAlbefForPretrainingOutput,
@@ -13,6 +15,8 @@ from .models.albef import (
     VlpAlbefOutput,
     VlpAlbefPreTrainedModel,
     VlpAlbefProcessor,
+    VlpAlbefRetrievalFeatures,
+    VlpAlbefRetrievalScores,
     VlpAlbefTextConfig,
     VlpAlbefTextModel,
     VlpAlbefVisionConfig,

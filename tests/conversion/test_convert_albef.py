@@ -15,7 +15,12 @@ from transformers import AutoTokenizer
 
 from conversion.common import ConversionError, run_cli
 from conversion.convert_albef import MOMENTUM_PREFIXES, convert_albef_checkpoint, main
-from hf_vlp.models.albef import VlpAlbefForMaskedLM, VlpAlbefForPretraining, VlpAlbefModel
+from hf_vlp.models.albef import (
+    VlpAlbefForImageTextRetrieval,
+    VlpAlbefForMaskedLM,
+    VlpAlbefForPretraining,
+    VlpAlbefModel,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURE = ROOT / "tests" / "fixtures" / "originals" / "albef_pretrain"
@@ -181,7 +186,7 @@ def test_cli_masked_lm_head_and_checkpoints_without_momentum(tmp_path: Path, sta
     assert json.loads((output / "config.json").read_text())["architectures"] == ["VlpAlbefForMaskedLM"]
     assert "--head masked_lm" in (output / "README.md").read_text()
     with pytest.raises(ConversionError, match="head must be one of"):
-        convert_albef_checkpoint(CHECKPOINT, original_config=CONFIG, head="retrieval")
+        convert_albef_checkpoint(CHECKPOINT, original_config=CONFIG, head="classification")
 
 
 def test_script_exits_non_zero_on_error(
@@ -273,3 +278,62 @@ def test_error_existing_output_without_overwrite(tmp_path: Path, capsys: pytest.
     assert [path.name for path in output.iterdir()] == ["keep.txt"]
     assert run_cli(main, [*arguments, "--overwrite"]) == 0
     assert not (output / "keep.txt").exists() and (output / "model.safetensors").is_file()
+
+
+# --------------------------------------------------------------------------------------------------- retrieval
+
+
+RETRIEVAL = ROOT / "tests" / "fixtures" / "originals" / "albef_retrieval"
+
+
+def test_retrieval_checkpoint_is_detected_and_reproduces_the_gallery_scores(tmp_path: Path) -> None:
+    output = tmp_path / "retrieval"
+    arguments = [
+        "--checkpoint", str(RETRIEVAL / "checkpoint.pth"), "--output", str(output),
+        "--original-config", str(RETRIEVAL / "original_config.json"), "--tokenizer", str(RETRIEVAL / "vocab.txt"),
+    ]
+    assert run_cli(main, arguments) == 0
+    assert json.loads((output / "config.json").read_text())["architectures"] == ["VlpAlbefForImageTextRetrieval"]
+    assert "idx_queue" in (output / "README.md").read_text()
+    model = VlpAlbefForImageTextRetrieval.from_pretrained(output, dtype=torch.float32).eval()
+    original = torch.load(RETRIEVAL / "checkpoint.pth", weights_only=True)["model"]
+    assert torch.equal(model.idx_queue.queue, original["idx_queue"]) and model.config.queue_size == 8
+    assert torch.equal(model.momentum_vision_proj.weight, original["vision_proj_m.weight"])
+    assert torch.equal(
+        model.momentum_text_model.transformer.encoder.layers[3].cross_attn.q.weight,
+        original["text_encoder_m.encoder.layer.3.crossattention.self.query.weight"],
+    )
+    for queue in (model.image_queue, model.text_queue, model.idx_queue):
+        assert queue.ptr.shape == () and int(queue.ptr) == int(original["queue_ptr"])
+    inputs, expected = load_file(RETRIEVAL / "inputs.safetensors"), load_file(RETRIEVAL / "outputs.safetensors")
+    scores = model.rank(inputs["gallery_pixel_values"], inputs["gallery_input_ids"], inputs["gallery_attention_mask"], k=2)
+    torch.testing.assert_close(scores.image_to_text, expected["gallery_score_matrix_i2t"], atol=LOGIT_ATOL, rtol=0)
+    torch.testing.assert_close(scores.text_to_image, expected["gallery_score_matrix_t2i"], atol=LOGIT_ATOL, rtol=0)
+
+
+def test_retrieval_head_from_a_pretraining_checkpoint_starts_fine_tuning(state_dict: dict) -> None:
+    result = convert_albef_checkpoint(CHECKPOINT, original_config=CONFIG, head="retrieval")
+    model = result.model
+    assert type(model) is VlpAlbefForImageTextRetrieval
+    assert torch.equal(model.idx_queue.queue, torch.full((1, state_dict["image_queue"].shape[1]), -100))
+    assert torch.equal(model.text_queue.queue, state_dict["text_queue"])
+    mlm = {key for key in state_dict if ".cls." in key}
+    position_ids = {f"{encoder}.bert.embeddings.position_ids" for encoder in ("text_encoder", "text_encoder_m")}
+    assert len(mlm) > 4 and set(result.dropped) == mlm | position_ids
+    inputs, expected = fixture_tensors()
+    with torch.no_grad():
+        out = model.albef(inputs["input_ids"], inputs["pixel_values"], inputs["attention_mask"], output_itm=True)
+    torch.testing.assert_close(out.itm_logits, expected["itm_logits_pos"], atol=LOGIT_ATOL, rtol=0)
+
+
+def test_retrieval_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str], state_dict: dict) -> None:
+    config = ("--original-config", str(RETRIEVAL / "original_config.json"))
+    message = cli_error(tmp_path, capsys, RETRIEVAL / "checkpoint.pth", *config, "--head", "masked_lm")
+    assert "is an ALBEF retrieval model (it has idx_queue)" in message and "--head retrieval" in message
+    online_only = {k: v for k, v in state_dict.items() if k.split(".")[0] not in MOMENTUM_PREFIXES and "queue" not in k}
+    message = cli_error(tmp_path, capsys, save_checkpoint(tmp_path, online_only), "--original-config", str(CONFIG), "--head", "retrieval")
+    assert "--head retrieval needs the momentum towers" in message
+    broken = torch.load(RETRIEVAL / "checkpoint.pth", weights_only=True)["model"]
+    del broken["text_encoder_m.encoder.layer.2.crossattention.self.key.bias"]
+    message = cli_error(tmp_path, capsys, save_checkpoint(tmp_path, broken), *config)
+    assert "momentum_text_model.transformer.encoder.layers.2.cross_attn.kv.bias" in message

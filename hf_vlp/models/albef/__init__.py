@@ -1,15 +1,21 @@
 """ALBEF (Li et al., 2021): configuration, models, image processor and processor."""
 
 from .configuration_albef import VlpAlbefConfig, VlpAlbefTextConfig, VlpAlbefVisionConfig
+from .gradcam import itm_gradcam, render_gradcam
 from .image_processing_albef import VlpAlbefImageProcessor
 from .modeling_albef import (
+    VlpAlbefForImageTextRetrieval,
+    VlpAlbefForImageTextRetrievalOutput,
     VlpAlbefForMaskedLM,
     VlpAlbefForPretraining,
     VlpAlbefForPretrainingOutput,
     VlpAlbefModel,
     VlpAlbefOutput,
     VlpAlbefPreTrainedModel,
+    VlpAlbefRetrievalFeatures,
+    VlpAlbefRetrievalScores,
     VlpAlbefTextModel,
     VlpAlbefVisionModel,
+    recall_at_k_from_scores,
 )
 from .processing_albef import VlpAlbefProcessor, pre_caption, pre_question

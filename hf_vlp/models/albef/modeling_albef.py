@@ -8,6 +8,8 @@
 
 ``VlpAlbefForPretraining`` adds the momentum towers (EMA copies, frozen), the feature queues and the three
 pretraining losses (ITC with momentum distillation, ITM on hard negatives, MLM with momentum distillation).
+``VlpAlbefForImageTextRetrieval`` fine-tunes the same towers on image ids (ITC + ITM) and ranks galleries by ITC
+top-k then ITM re-ranking.
 """
 
 from dataclasses import dataclass
@@ -24,7 +26,7 @@ from transformers.modeling_outputs import (
 )
 
 from ...distributed import all_gather_no_grad
-from ...losses import distillation_targets, sample_hard_negatives, soft_target_contrastive
+from ...losses import distillation_targets, id_match_targets, sample_hard_negatives, soft_target_contrastive
 from ...modeling_utils import VlpPreTrainedModel
 from ...momentum import FeatureQueue, MomentumModelMixin, ModulePair
 from ...modules.heads import ItmHead, MaskedLMHead
@@ -252,7 +254,7 @@ class VlpAlbefModel(VlpAlbefPreTrainedModel):
     grounded text states), ``itm_head`` and a contrastive ``forward``."""
 
     # a converted checkpoint (VlpAlbefForMaskedLM) also holds the MLM head, which this class does not use
-    _keys_to_ignore_on_load_unexpected = [r"^mlm_head\.", r"^momentum_", r"^(image|text)_queue\."]
+    _keys_to_ignore_on_load_unexpected = [r"^mlm_head\.", r"^momentum_", r"^(image|text|idx)_queue\."]
 
     def __init__(self, config: VlpAlbefConfig) -> None:
         super().__init__(config)
@@ -404,7 +406,7 @@ class VlpAlbefForMaskedLM(VlpAlbefPreTrainedModel):
     main_input_name = "input_ids"
     _tied_weights_keys = {"mlm_head.decoder.weight": "albef.text_model.transformer.embeddings.word_embeddings.weight"}
     # a converted pretraining checkpoint (VlpAlbefForPretraining) also holds momentum towers and queues
-    _keys_to_ignore_on_load_unexpected = [r"^momentum_", r"^(image|text)_queue\."]
+    _keys_to_ignore_on_load_unexpected = [r"^momentum_", r"^(image|text|idx)_queue\."]
 
     def __init__(self, config: VlpAlbefConfig) -> None:
         super().__init__(config)
@@ -789,7 +791,362 @@ class VlpAlbefForPretraining(MomentumModelMixin, VlpAlbefPreTrainedModel):
         return output if return_dict else output.to_tuple()
 
 
+@dataclass
+class VlpAlbefForImageTextRetrievalOutput(ModelOutput):
+    """ALBEF retrieval fine-tuning outputs. The losses are set only when ``image_ids`` are given; ``loss`` is
+    ``loss_itc + loss_itm``.
+
+    ``logits_per_image`` ``[B, B + Q]``: online image features against the batch's momentum text features followed by
+    the text queue, divided by ``temp`` (``logits_per_text`` the reverse). ``itm_logits`` score the B positive pairs,
+    followed, when ``image_ids`` are given, by ``(text b, negative image)`` and ``(negative text, image b)``
+    (``[3B, 2]``).
+    """
+
+    loss: torch.Tensor | None = None
+    loss_itc: torch.Tensor | None = None
+    loss_itm: torch.Tensor | None = None
+    logits_per_image: torch.Tensor | None = None
+    logits_per_text: torch.Tensor | None = None
+    image_embeds: torch.Tensor | None = None
+    text_embeds: torch.Tensor | None = None
+    momentum_image_embeds: torch.Tensor | None = None
+    momentum_text_embeds: torch.Tensor | None = None
+    itm_logits: torch.Tensor | None = None
+    itm_labels: torch.Tensor | None = None
+    itm_negative_image_indices: torch.Tensor | None = None
+    itm_negative_text_indices: torch.Tensor | None = None
+
+
+@dataclass
+class VlpAlbefRetrievalFeatures:
+    """What retrieval inference keeps per gallery item: the tower's tokens (fusion input) and the normalised
+    projected ``[CLS]`` (ITC), plus the text padding mask for texts."""
+
+    hidden_states: torch.Tensor
+    embeds: torch.Tensor
+    attention_mask: torch.Tensor | None = None
+
+    @classmethod
+    def cat(cls, chunks: list["VlpAlbefRetrievalFeatures"]) -> "VlpAlbefRetrievalFeatures":
+        """Join features encoded chunk by chunk (texts must be padded to one length)."""
+        if not chunks:
+            raise ValueError("cat needs at least one chunk of features")
+        masks = [chunk.attention_mask for chunk in chunks]
+        mask = None if any(m is None for m in masks) else torch.cat(masks)
+        return cls(torch.cat([c.hidden_states for c in chunks]), torch.cat([c.embeds for c in chunks]), mask)
+
+
+@dataclass
+class VlpAlbefRetrievalScores:
+    """``similarities`` ``[images, texts]`` (cosine, no temperature); ``image_to_text`` ``[images, texts]`` and
+    ``text_to_image`` ``[texts, images]`` hold the ITM match logit for each query's top-k ITC candidates and
+    ``fill_value`` (-100) everywhere else, as ALBEF's ``Retrieval.py:evaluation()``."""
+
+    similarities: torch.Tensor
+    image_to_text: torch.Tensor
+    text_to_image: torch.Tensor
+
+
+class VlpAlbefForImageTextRetrieval(MomentumModelMixin, VlpAlbefPreTrainedModel):
+    """ALBEF image-text retrieval (``models/model_retrieval.py`` + ``Retrieval.py``).
+
+    Training (``forward`` with ``image_ids``): ITC with momentum distillation against the feature queues where every
+    column showing the same image id - in the batch or in ``idx_queue`` - is a positive (targets uniform over them),
+    plus ITM on hard negatives never sharing the image id; ``loss = loss_itc + loss_itm``. Inference
+    (:meth:`score_matrices`): ITC similarities, then the top ``k`` candidates of each query re-scored by the raw ITM
+    match logit, every other entry -100.
+
+    Weights: ``albef.*`` (online towers, as ``VlpAlbefModel``), ``momentum_*`` (frozen EMA copies; train with
+    ``hf_vlp.MomentumCallback``), ``image_queue``/``text_queue``/``idx_queue``. A ``VlpAlbefForPretraining`` directory
+    loads too (MLM heads ignored, ``idx_queue`` starting at -100), as the original fine-tuning starts. Unlike the
+    original retrieval forward, ``temp`` is clamped to ``[temp_min, temp_max]`` as in pretraining (no effect inside
+    that range).
+    """
+
+    main_input_name = "pixel_values"
+    accepts_loss_kwargs = False
+    _keys_to_ignore_on_load_unexpected = [r"^mlm_head\.", r"^momentum_mlm_head\."]
+    _keys_to_ignore_on_load_missing = [r"^idx_queue\."]
+
+    def __init__(self, config: VlpAlbefConfig) -> None:
+        super().__init__(config)
+        vision, text = config.vision_config, config.text_config
+        self.albef = VlpAlbefModel(config)
+        self.momentum_vision_model = VlpAlbefVisionModel(vision)
+        self.momentum_vision_proj = nn.Linear(vision.hidden_size, config.embed_dim)
+        self.momentum_text_model = VlpAlbefTextModel(text)
+        self.momentum_text_proj = nn.Linear(text.hidden_size, config.embed_dim)
+        self.image_queue = FeatureQueue(config.embed_dim, config.queue_size)
+        self.text_queue = FeatureQueue(config.embed_dim, config.queue_size)
+        self.idx_queue = FeatureQueue(1, config.queue_size, dtype=torch.long, fill_value=-100)
+        self.post_init()
+        self.init_momentum()
+
+    @classmethod
+    def from_pretrained(cls, *args: Any, **kwargs: Any) -> "VlpAlbefForImageTextRetrieval":
+        """``PreTrainedModel.from_pretrained``, then re-freeze the momentum towers (loading makes them trainable)."""
+        loaded = super().from_pretrained(*args, **kwargs)
+        model = loaded[0] if isinstance(loaded, tuple) else loaded  # output_loading_info=True
+        model.freeze_momentum()
+        return loaded
+
+    def freeze_momentum(self) -> None:
+        """Exclude every momentum parameter from gradients (they change only by the EMA)."""
+        for _, momentum in self.momentum_pairs():
+            momentum.requires_grad_(False)
+
+    def momentum_pairs(self) -> list[ModulePair]:
+        """(online, momentum) module pairs for the EMA, the original's ``model_pairs``."""
+        return [
+            (self.albef.vision_model, self.momentum_vision_model),
+            (self.albef.vision_proj, self.momentum_vision_proj),
+            (self.albef.text_model, self.momentum_text_model),
+            (self.albef.text_proj, self.momentum_text_proj),
+        ]
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.albef.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.albef.set_input_embeddings(value)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        pixel_values: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        image_ids: torch.Tensor | None = None,
+        itm_negative_image_indices: torch.Tensor | None = None,
+        itm_negative_text_indices: torch.Tensor | None = None,
+        alpha: float | None = None,
+        update_queues: bool | None = None,
+        generator: torch.Generator | None = None,
+        interpolate_pos_encoding: bool = False,
+        return_dict: bool | None = None,
+    ) -> VlpAlbefForImageTextRetrievalOutput | tuple:
+        """One fine-tuning step's forward on ``B`` matching (image, caption) pairs.
+
+        Args:
+            image_ids: ``[B]`` integer id of each pair's image (captions of one image share it; ids must be >= 0
+                because the empty queue slots hold -100). Given, the losses are computed and the hard negatives
+                drawn; without them only the contrastive logits and the positives' ITM logits are returned.
+            itm_negative_image_indices: ``[B]`` in-batch index of each text's negative image, and
+                ``itm_negative_text_indices`` of each image's negative text (both or neither); otherwise drawn from
+                the softmaxed in-batch similarities with same-id entries zeroed.
+            alpha: distillation weight; default ``self.distill_alpha`` (ramped by ``MomentumCallback``).
+            update_queues: enqueue the batch's momentum features and ids (needs ``image_ids``); default
+                ``self.training and image_ids is not None``.
+            generator: random generator for the hard negatives.
+        """
+        if input_ids.shape[0] != pixel_values.shape[0]:
+            raise ValueError(
+                f"retrieval training takes matching pairs: got {pixel_values.shape[0]} images and "
+                f"{input_ids.shape[0]} texts"
+            )
+        if (itm_negative_image_indices is None) != (itm_negative_text_indices is None):
+            raise ValueError("pass both itm_negative_image_indices and itm_negative_text_indices, or neither")
+        batch = input_ids.shape[0]
+        if image_ids is not None:
+            image_ids = image_ids.reshape(-1).to(device=input_ids.device, dtype=torch.long)
+            if image_ids.shape[0] != batch:
+                raise ValueError(f"image_ids must hold one id per pair ({batch}), got {image_ids.shape[0]}")
+            if bool((image_ids < 0).any()):
+                raise ValueError("image_ids must be >= 0: negative ids collide with the empty idx_queue slots (-100)")
+        update_queues = (self.training and image_ids is not None) if update_queues is None else update_queues
+        if update_queues and image_ids is None:
+            raise ValueError("update_queues needs image_ids (the id queue is filled with them)")
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        alpha = self.distill_alpha if alpha is None else float(alpha)
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        albef = self.albef
+        with torch.no_grad():
+            albef.temp.clamp_(self.config.temp_min, self.config.temp_max)
+
+        image_states = albef.encode_image(pixel_values, interpolate_pos_encoding).last_hidden_state
+        text_states = albef.encode_text(input_ids, attention_mask, token_type_ids).last_hidden_state
+        image_embeds = nn.functional.normalize(albef.vision_proj(image_states[:, 0]), dim=-1)
+        text_embeds = nn.functional.normalize(albef.text_proj(text_states[:, 0]), dim=-1)
+
+        with torch.no_grad():
+            momentum_image_states = self.momentum_vision_model(
+                pixel_values, interpolate_pos_encoding=interpolate_pos_encoding, return_dict=True
+            ).last_hidden_state
+            momentum_text_states = self.momentum_text_model(
+                input_ids, attention_mask, token_type_ids, mode="text", return_dict=True
+            ).last_hidden_state
+            momentum_image_embeds = nn.functional.normalize(
+                self.momentum_vision_proj(momentum_image_states[:, 0]), dim=-1
+            )
+            momentum_text_embeds = nn.functional.normalize(self.momentum_text_proj(momentum_text_states[:, 0]), dim=-1)
+            image_columns = self.image_queue.with_batch(momentum_image_embeds)
+            text_columns = self.text_queue.with_batch(momentum_text_embeds)
+
+        logits_per_image = image_embeds @ text_columns / albef.temp
+        logits_per_text = text_embeds @ image_columns / albef.temp
+        loss = loss_itc = loss_itm = itm_labels = None
+        if image_ids is not None:
+            with torch.no_grad():
+                hard_targets = id_match_targets(image_ids, self.idx_queue.with_batch(image_ids)[0])
+                momentum_i2t = momentum_image_embeds @ text_columns / albef.temp
+                momentum_t2i = momentum_text_embeds @ image_columns / albef.temp
+                targets_i2t = distillation_targets(momentum_i2t, alpha, hard_targets)
+                targets_t2i = distillation_targets(momentum_t2i, alpha, hard_targets)
+            loss_itc = soft_target_contrastive(logits_per_image, logits_per_text, targets_i2t, targets_t2i)
+        if update_queues:
+            self.image_queue.enqueue(all_gather_no_grad(momentum_image_embeds))
+            self.text_queue.enqueue(all_gather_no_grad(momentum_text_embeds))
+            self.idx_queue.enqueue(all_gather_no_grad(image_ids))
+
+        # ITM: [positives ; (text b, negative image) ; (negative text, image b)]
+        texts, images, masks = [text_states], [image_states], [attention_mask]
+        if image_ids is not None:
+            if itm_negative_image_indices is None:
+                same_image = image_ids.reshape(-1, 1) == image_ids.reshape(1, -1)
+                itm_negative_image_indices, itm_negative_text_indices = sample_hard_negatives(
+                    logits_per_image[:, :batch].detach(),
+                    logits_per_text[:, :batch].detach(),
+                    same_image,
+                    generator,
+                    eps=float(self.config.itm_negative_eps),
+                )
+            negative_images, negative_texts = itm_negative_image_indices, itm_negative_text_indices
+            texts += [text_states, text_states[negative_texts]]
+            images += [image_states[negative_images], image_states]
+            masks += [attention_mask, attention_mask[negative_texts]]
+        fused = albef.fuse(torch.cat(texts), torch.cat(images), torch.cat(masks)).last_hidden_state
+        itm_logits = albef.itm_head(fused[:, 0])
+        if image_ids is not None:
+            itm_labels = torch.cat(
+                [torch.ones(batch, dtype=torch.long), torch.zeros(2 * batch, dtype=torch.long)]
+            ).to(itm_logits.device)
+            loss_itm = nn.functional.cross_entropy(itm_logits, itm_labels)
+            loss = loss_itc + loss_itm
+        output = VlpAlbefForImageTextRetrievalOutput(
+            loss=loss,
+            loss_itc=loss_itc,
+            loss_itm=loss_itm,
+            logits_per_image=logits_per_image,
+            logits_per_text=logits_per_text,
+            image_embeds=image_embeds,
+            text_embeds=text_embeds,
+            momentum_image_embeds=momentum_image_embeds,
+            momentum_text_embeds=momentum_text_embeds,
+            itm_logits=itm_logits,
+            itm_labels=itm_labels,
+            itm_negative_image_indices=itm_negative_image_indices,
+            itm_negative_text_indices=itm_negative_text_indices,
+        )
+        return output if return_dict else output.to_tuple()
+
+    # ----------------------------------------------------------------------------------------------- inference
+
+    @torch.no_grad()
+    def encode_images(
+        self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool = False
+    ) -> VlpAlbefRetrievalFeatures:
+        """Gallery image features: ViT tokens and normalised ``vision_proj([CLS])`` (encode a gallery in chunks and
+        :meth:`VlpAlbefRetrievalFeatures.cat` them)."""
+        states = self.albef.encode_image(pixel_values, interpolate_pos_encoding).last_hidden_state
+        return VlpAlbefRetrievalFeatures(states, nn.functional.normalize(self.albef.vision_proj(states[:, 0]), dim=-1))
+
+    @torch.no_grad()
+    def encode_texts(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> VlpAlbefRetrievalFeatures:
+        """Gallery text features: unimodal text states, normalised ``text_proj([CLS])`` and the padding mask. Pad
+        every chunk to the same length (the original uses ``padding='max_length', max_length=30``)."""
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        states = self.albef.encode_text(input_ids, attention_mask).last_hidden_state
+        embeds = nn.functional.normalize(self.albef.text_proj(states[:, 0]), dim=-1)
+        return VlpAlbefRetrievalFeatures(states, embeds, attention_mask)
+
+    @torch.no_grad()
+    def score_matrices(
+        self,
+        images: VlpAlbefRetrievalFeatures,
+        texts: VlpAlbefRetrievalFeatures,
+        k: int = 256,
+        fill_value: float = -100.0,
+    ) -> VlpAlbefRetrievalScores:
+        """ALBEF's retrieval scores: for each image the ``k`` texts of highest ITC cosine (and for each text the ``k``
+        images) get the raw ITM match logit ``itm_head(fusion)[:, 1]``; every other entry is ``fill_value``. The ITC
+        similarity is not added. ``k`` is 256 for COCO and 128 for Flickr30k in the original; it is capped at the
+        gallery size."""
+        if k < 1:
+            raise ValueError(f"k (candidates re-ranked by ITM per query) must be >= 1, got {k}")
+        if texts.attention_mask is None:
+            raise ValueError("texts need their attention_mask; build them with encode_texts")
+        similarities = images.embeds @ texts.embeds.T
+        num_images, num_texts = similarities.shape
+        image_to_text = similarities.new_full((num_images, num_texts), fill_value)
+        text_to_image = similarities.new_full((num_texts, num_images), fill_value)
+        k_texts, k_images = min(k, num_texts), min(k, num_images)
+        for row in range(num_images):
+            top = similarities[row].topk(k_texts).indices
+            image = images.hidden_states[row].expand(k_texts, -1, -1)
+            image_to_text[row, top] = self._match_logits(texts.hidden_states[top], texts.attention_mask[top], image)
+        for row in range(num_texts):
+            top = similarities[:, row].topk(k_images).indices
+            text = texts.hidden_states[row].expand(k_images, -1, -1)
+            mask = texts.attention_mask[row].expand(k_images, -1)
+            text_to_image[row, top] = self._match_logits(text, mask, images.hidden_states[top])
+        return VlpAlbefRetrievalScores(similarities, image_to_text, text_to_image)
+
+    def _match_logits(
+        self, text_states: torch.Tensor, attention_mask: torch.Tensor, image_states: torch.Tensor
+    ) -> torch.Tensor:
+        fused = self.albef.fuse(text_states, image_states, attention_mask).last_hidden_state
+        return self.albef.itm_head(fused[:, 0])[:, 1]
+
+    @torch.no_grad()
+    def rank(
+        self,
+        pixel_values: torch.Tensor,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        k: int = 256,
+    ) -> VlpAlbefRetrievalScores:
+        """:meth:`score_matrices` of a gallery small enough to encode in one batch per modality."""
+        return self.score_matrices(self.encode_images(pixel_values), self.encode_texts(input_ids, attention_mask), k=k)
+
+
+def recall_at_k_from_scores(
+    image_to_text: torch.Tensor,
+    text_to_image: torch.Tensor,
+    image_to_texts: list[list[int]],
+    text_to_image_index: list[int],
+    ks: tuple[int, ...] = (1, 5, 10),
+) -> dict[str, float]:
+    """Recall@K in percent from score matrices, as ALBEF's ``itm_eval``: an image query's rank is that of its
+    best-ranked ground-truth caption; keys ``txt_r{k}``/``img_r{k}`` plus ``txt_r_mean``, ``img_r_mean``, ``r_mean``.
+
+    Ties are broken by a stable descending sort (the original uses numpy's reversed ``argsort``)."""
+    if image_to_text.shape != text_to_image.T.shape:
+        raise ValueError(
+            f"image_to_text {tuple(image_to_text.shape)} must be the transpose shape of text_to_image "
+            f"{tuple(text_to_image.shape)}"
+        )
+    if len(image_to_texts) != image_to_text.shape[0] or len(text_to_image_index) != text_to_image.shape[0]:
+        raise ValueError("pass one caption list per image (image_to_texts) and one image index per text")
+    positions_i2t = image_to_text.argsort(dim=1, descending=True, stable=True).argsort(dim=1)
+    positions_t2i = text_to_image.argsort(dim=1, descending=True, stable=True).argsort(dim=1)
+    image_ranks = torch.stack([positions_i2t[row, captions].min() for row, captions in enumerate(image_to_texts)])
+    text_ranks = positions_t2i[torch.arange(len(text_to_image_index)), torch.tensor(text_to_image_index)]
+    result: dict[str, float] = {}
+    for name, ranks in (("txt", image_ranks), ("img", text_ranks)):
+        for k in ks:
+            result[f"{name}_r{k}"] = 100.0 * float((ranks < k).float().mean())
+        result[f"{name}_r_mean"] = sum(result[f"{name}_r{k}"] for k in ks) / len(ks)
+    result["r_mean"] = (result["txt_r_mean"] + result["img_r_mean"]) / 2
+    return result
+
+
 __all__ = [
+    "VlpAlbefForImageTextRetrieval",
+    "VlpAlbefForImageTextRetrievalOutput",
     "VlpAlbefForMaskedLM",
     "VlpAlbefForPretraining",
     "VlpAlbefForPretrainingOutput",
@@ -798,4 +1155,7 @@ __all__ = [
     "VlpAlbefPreTrainedModel",
     "VlpAlbefTextModel",
     "VlpAlbefVisionModel",
+    "VlpAlbefRetrievalFeatures",
+    "VlpAlbefRetrievalScores",
+    "recall_at_k_from_scores",
 ]
