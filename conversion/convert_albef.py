@@ -5,7 +5,8 @@ each queue's ``ptr``) plus a BERT tokenizer. ``--head masked_lm`` (or a checkpoi
 ``VlpAlbefForMaskedLM`` with the momentum towers and queues dropped explicitly. A retrieval fine-tuning checkpoint
 (``models/model_retrieval.py``: ``text_encoder.*`` without ``bert.``, an ``idx_queue``) is detected and written as
 ``VlpAlbefForImageTextRetrieval``; ``--head retrieval`` on a pretraining checkpoint starts retrieval fine-tuning as
-``Retrieval.py`` does (MLM heads dropped, ``idx_queue`` filled with -100).
+``Retrieval.py`` does (MLM heads dropped, ``idx_queue`` filled with -100). A VQA checkpoint (``models/model_vqa.py``:
+``text_decoder.*`` answer decoder) is detected and written as ``VlpAlbefForQuestionAnswering`` (``--head vqa``).
 
 Sizes are inferred from tensor shapes; head counts are not stored in shapes, so they default to ``width // 64``
 (ViT-B/16 and BERT-base) unless ``--original-config`` (the original yaml keys as JSON, with the BERT json content under
@@ -40,6 +41,7 @@ from hf_vlp.models.albef.modeling_albef import (
     VlpAlbefForImageTextRetrieval,
     VlpAlbefForMaskedLM,
     VlpAlbefForPretraining,
+    VlpAlbefForQuestionAnswering,
 )
 
 from conversion.common import (
@@ -64,11 +66,11 @@ HEAD_DIM = 64  # ViT-B/16 and BERT-base: 768 / 12
 # the original hard-codes ViT-B/16 in every model constructor; the vit_* keys (reference fixtures) override it
 VIT_DEFAULTS = {"vit_patch_size": 16, "vit_depth": 12, "vit_num_heads": 12, "vit_mlp_ratio": 4}
 SPECIAL_TOKENS = {"pad_token": "[PAD]", "unk_token": "[UNK]", "cls_token": "[CLS]", "sep_token": "[SEP]", "mask_token": "[MASK]"}
-MOMENTUM_PREFIXES = ("visual_encoder_m", "text_encoder_m", "vision_proj_m", "text_proj_m")
+MOMENTUM_PREFIXES = ("visual_encoder_m", "text_encoder_m", "vision_proj_m", "text_proj_m", "text_decoder_m")
 # tied copies in the original: (copy, source) must hold the same values
 TIED_KEYS = tuple(
     (f"{encoder}.cls.predictions.decoder.{copy}", f"{encoder}.{source}")
-    for encoder in ("text_encoder", "text_encoder_m")
+    for encoder in ("text_encoder", "text_encoder_m", "text_decoder", "text_decoder_m")
     for copy, source in (("weight", "bert.embeddings.word_embeddings.weight"), ("bias", "cls.predictions.bias"))
 )
 
@@ -85,14 +87,22 @@ def _squeeze_batch(tensor: torch.Tensor) -> torch.Tensor:
 
 
 def tower_rules(
-    source: str, vision: str, text: str, mlm_head: str | None, vision_proj: str, text_proj: str, bert: str = r"bert\."
+    source: str,
+    vision: str,
+    text: str,
+    mlm_head: str | None,
+    vision_proj: str,
+    text_proj: str,
+    bert: str = r"bert\.",
+    text_source: str = "text_encoder",
 ) -> list[MappingRule]:
     """Rules for one set of towers: ``source`` is ``""`` (online) or ``"_m"`` (momentum copies), the other arguments
     the target prefixes (with the trailing dot) of the ViT, the BERT encoder, the MLM head and the two projections.
     ``bert`` is the source's BERT prefix after ``text_encoder.`` (``""`` for the retrieval layout's ``BertModel``);
-    ``mlm_head=None`` drops the MLM head (a retrieval model has none)."""
+    ``mlm_head=None`` drops the MLM head (a retrieval model has none). ``text_source`` names the source BERT
+    (``text_decoder`` for the VQA answer decoder)."""
     vit, text_tower, p = vision + "transformer.", text + "transformer.", r"(?P<p>weight|bias)"
-    visual, encoder = rf"visual_encoder{source}\.", rf"text_encoder{source}\."
+    visual, encoder = rf"visual_encoder{source}\.", rf"{text_source}{source}\."
     block, layer = visual + r"blocks\.(?P<i>\d+)\.", encoder + bert + r"encoder\.layer\.(?P<i>\d+)\."
     vit_layer, text_layer = vit + r"encoder.layers.\g<i>.", text_tower + r"encoder.layers.\g<i>."
     head = encoder + r"cls\.predictions\."
@@ -167,6 +177,29 @@ def albef_rules(with_momentum: bool = False) -> list[MappingRule]:
         Rename(r"queue_ptr", "image_queue.ptr", _as_scalar),
     ]
     return [*shared, *momentum_towers, *online, *queues]
+
+
+def is_vqa_checkpoint(state_dict: Mapping[str, torch.Tensor]) -> bool:
+    """True for a ``models/model_vqa.py`` state dict (it alone has the answer decoder ``text_decoder``)."""
+    return any(key.startswith("text_decoder.") for key in state_dict)
+
+
+def vqa_rules() -> list[MappingRule]:
+    """Original ``model_vqa.ALBEF`` names -> ``VlpAlbefForQuestionAnswering`` names: the question encoder (a
+    ``BertModel``, no ``bert.``), the answer decoder ``text_decoder.bert.*`` and its LM head ``text_decoder.cls.*``,
+    and the momentum copies ``*_m`` of all three."""
+    rules: list[MappingRule] = []
+    for source, target in (("", ""), ("_m", "momentum_")):
+        # the projections do not exist in the VQA model; their targets are never produced
+        rules += tower_rules(
+            source, f"{target}vision_model.", f"{target}text_model.", None, "unused.", "unused.", bert=""
+        )
+        decoder = tower_rules(
+            source, "unused.", f"{target}answer_decoder.", f"{target}answer_head.", "unused.", "unused.",
+            text_source="text_decoder",
+        )
+        rules += [rule for rule in decoder if rule.pattern.startswith("text_decoder")]
+    return rules
 
 
 def text_encoder_prefix(state_dict: Mapping[str, torch.Tensor]) -> str:
@@ -340,7 +373,9 @@ def albef_config(state_dict: Mapping[str, torch.Tensor], original: Mapping[str, 
         settings["queue_size"] = state_dict["image_queue"].shape[1]
     try:
         return VlpAlbefConfig(
-            embed_dim=_require(state_dict, "vision_proj.weight").shape[0],
+            # the VQA model has no contrastive projections: keep the default contrastive width
+            **({"embed_dim": _require(state_dict, "vision_proj.weight").shape[0]} if "text_decoder.cls.predictions.bias"
+               not in state_dict else {}),
             vision_config=vision,
             text_config=text,
             **settings,
@@ -378,14 +413,14 @@ def load_tokenizer(path: str | Path, vocab_size: int) -> Any:
 # --------------------------------------------------------------------------------------------------- conversion
 
 
-HEADS = ("auto", "pretraining", "masked_lm", "retrieval")
+HEADS = ("auto", "pretraining", "masked_lm", "retrieval", "vqa")
 
 
 @dataclass
 class AlbefConversion:
     """Result of :func:`convert_albef_checkpoint`."""
 
-    model: VlpAlbefForPretraining | VlpAlbefForMaskedLM | VlpAlbefForImageTextRetrieval
+    model: VlpAlbefForPretraining | VlpAlbefForMaskedLM | VlpAlbefForImageTextRetrieval | VlpAlbefForQuestionAnswering
     tokenizer: Any
     dropped: dict[str, str]
     output: Path | None = None
@@ -418,8 +453,25 @@ def convert_albef_checkpoint(
     if original_config is not None and not isinstance(original_config, Mapping):
         original_config = read_original_config(original_config)
     retrieval_source = is_retrieval_checkpoint(state_dict)
+    vqa_source = is_vqa_checkpoint(state_dict)
     if head == "auto":
-        head = "retrieval" if retrieval_source else "pretraining" if has_momentum_towers(state_dict) else "masked_lm"
+        if vqa_source:
+            head = "vqa"
+        elif retrieval_source:
+            head = "retrieval"
+        else:
+            head = "pretraining" if has_momentum_towers(state_dict) else "masked_lm"
+    if vqa_source != (head == "vqa"):
+        raise ConversionError(
+            "--head vqa needs an ALBEF VQA checkpoint (models/model_vqa.py, with text_decoder.*) and a VQA checkpoint "
+            f"converts only with --head vqa (or auto); got --head {head} for a "
+            f"{'VQA' if vqa_source else 'non-VQA'} checkpoint."
+        )
+    if head == "vqa" and not has_momentum_towers(state_dict):
+        raise ConversionError(
+            "--head vqa needs the momentum towers (visual_encoder_m, text_encoder_m, text_decoder_m) of a VQA "
+            "checkpoint trained with distill: True."
+        )
     if retrieval_source and head != "retrieval":
         raise ConversionError(
             f"The checkpoint is an ALBEF retrieval model (it has idx_queue) with no MLM head; --head {head} cannot be "
@@ -432,7 +484,9 @@ def convert_albef_checkpoint(
         )
     with_momentum = head == "pretraining"
     check_ties(state_dict)
-    if head == "retrieval":
+    if head == "vqa":
+        mapped = map_state_dict(state_dict, vqa_rules())
+    elif head == "retrieval":
         mapped = map_retrieval_state_dict(state_dict)
     else:
         mapped = map_albef_state_dict(state_dict, with_momentum)
@@ -444,7 +498,8 @@ def convert_albef_checkpoint(
         config.text_config.cls_token_id = bert_tokenizer.cls_token_id
         config.text_config.mask_token_id = bert_tokenizer.mask_token_id
     model_class = {
-        "retrieval": VlpAlbefForImageTextRetrieval, "pretraining": VlpAlbefForPretraining, "masked_lm": VlpAlbefForMaskedLM
+        "retrieval": VlpAlbefForImageTextRetrieval, "pretraining": VlpAlbefForPretraining,
+        "masked_lm": VlpAlbefForMaskedLM, "vqa": VlpAlbefForQuestionAnswering,
     }[head]
     model = model_class(config)
     load_mapped_state_dict(model, mapped)
@@ -467,7 +522,10 @@ def convert_albef_checkpoint(
 
 def provenance(checkpoint_name: str, command: str, momentum: Sequence[str], model_class: str) -> str:
     """The conversion's provenance paragraph for the ALBEF model card."""
-    if model_class == VlpAlbefForImageTextRetrieval.__name__:
+    if model_class == VlpAlbefForQuestionAnswering.__name__:
+        source, carried = "VQA", "Question encoder (ViT + BERT with fusion layers), answer decoder and its LM head"
+        kept = "Momentum towers (`momentum_*`) carried over too."
+    elif model_class == VlpAlbefForImageTextRetrieval.__name__:
         source, carried = "retrieval or pretraining", "Online towers, projections, ITM head and `temp`"
         kept = (
             "Momentum towers (`momentum_*`) and the queues (`image_queue`, `text_queue`, `idx_queue`; -100 where the "
@@ -506,8 +564,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --output directory")
     parser.add_argument(
         "--head", choices=HEADS, default="auto",
-        help="auto: VlpAlbefForImageTextRetrieval for a retrieval checkpoint (idx_queue), VlpAlbefForPretraining when "
-        "the checkpoint has momentum towers, else VlpAlbefForMaskedLM",
+        help="auto: VlpAlbefForQuestionAnswering for a VQA checkpoint (text_decoder), VlpAlbefForImageTextRetrieval "
+        "for a retrieval checkpoint (idx_queue), VlpAlbefForPretraining when the checkpoint has momentum towers, else "
+        "VlpAlbefForMaskedLM",
     )
     return parser.parse_args(argv)
 

@@ -4,11 +4,14 @@ Importing the package registers every configuration, model, image processor and 
 """
 
 from .models.albef import (
+    VlpAlbefAnswerRanking,
     VlpAlbefConfig,
     VlpAlbefForImageTextRetrieval,
     VlpAlbefForImageTextRetrievalOutput,
     VlpAlbefForMaskedLM,
     VlpAlbefForPretraining,
+    VlpAlbefForQuestionAnswering,
+    VlpAlbefForQuestionAnsweringOutput,
     VlpAlbefForPretrainingOutput,
     VlpAlbefImageProcessor,
     VlpAlbefModel,

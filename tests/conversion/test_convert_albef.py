@@ -19,6 +19,7 @@ from hf_vlp.models.albef import (
     VlpAlbefForImageTextRetrieval,
     VlpAlbefForMaskedLM,
     VlpAlbefForPretraining,
+    VlpAlbefForQuestionAnswering,
     VlpAlbefModel,
 )
 
@@ -337,3 +338,60 @@ def test_retrieval_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str], st
     del broken["text_encoder_m.encoder.layer.2.crossattention.self.key.bias"]
     message = cli_error(tmp_path, capsys, save_checkpoint(tmp_path, broken), *config)
     assert "momentum_text_model.transformer.encoder.layers.2.cross_attn.kv.bias" in message
+
+
+VQA = ROOT / "tests" / "fixtures" / "originals" / "albef_vqa"
+
+
+def test_vqa_checkpoint_is_detected_and_reproduces_the_answer_ranking(tmp_path: Path) -> None:
+    output = tmp_path / "vqa"
+    arguments = [
+        "--checkpoint", str(VQA / "checkpoint.pth"), "--output", str(output),
+        "--original-config", str(VQA / "original_config.json"), "--tokenizer", str(VQA / "vocab.txt"),
+    ]
+    assert run_cli(main, arguments) == 0
+    assert json.loads((output / "config.json").read_text())["architectures"] == ["VlpAlbefForQuestionAnswering"]
+    model = VlpAlbefForQuestionAnswering.from_pretrained(output, dtype=torch.float32).eval()
+    original = torch.load(VQA / "checkpoint.pth", weights_only=True)["model"]
+    assert torch.equal(
+        model.momentum_answer_decoder.transformer.encoder.layers[5].cross_attn.q.weight,
+        original["text_decoder_m.bert.encoder.layer.5.crossattention.self.query.weight"],
+    )
+    assert torch.equal(model.answer_head.dense.weight, original["text_decoder.cls.predictions.transform.dense.weight"])
+    assert torch.equal(model.answer_head.decoder.weight, original["text_decoder.bert.embeddings.word_embeddings.weight"])
+    inputs, expected = load_file(VQA / "inputs.safetensors"), load_file(VQA / "outputs.safetensors")
+    ranking = model.rank_answers(
+        inputs["pixel_values"], inputs["question_input_ids"], inputs["answer_input_ids"],
+        inputs["question_attention_mask"], inputs["answer_attention_mask"], k=3,
+    )
+    assert torch.equal(ranking.answer_indices, expected["rank_topk_ids"])
+    torch.testing.assert_close(ranking.scores, expected["rank_topk_probs"], atol=1e-5, rtol=0)
+
+
+def test_vqa_conversion_drops_only_position_ids_and_tied_biases() -> None:
+    result = convert_albef_checkpoint(VQA / "checkpoint.pth", original_config=VQA / "original_config.json", head="vqa")
+    assert type(result.model) is VlpAlbefForQuestionAnswering
+    towers = ("text_encoder", "text_encoder_m", "text_decoder.bert", "text_decoder_m.bert")
+    expected = {f"{tower}.embeddings.position_ids" for tower in towers}
+    expected |= {f"{decoder}.cls.predictions.bias" for decoder in ("text_decoder", "text_decoder_m")}
+    assert set(result.dropped) == expected
+
+
+def test_vqa_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str], state_dict: dict) -> None:
+    config = ("--original-config", str(VQA / "original_config.json"))
+    message = cli_error(tmp_path, capsys, VQA / "checkpoint.pth", *config, "--head", "pretraining")
+    assert "converts only with --head vqa" in message
+    message = cli_error(tmp_path, capsys, CHECKPOINT, "--original-config", str(CONFIG), "--head", "vqa")
+    assert "--head vqa needs an ALBEF VQA checkpoint" in message
+    vqa_state = torch.load(VQA / "checkpoint.pth", weights_only=True)["model"]
+    online_only = {key: value for key, value in vqa_state.items() if key.split(".")[0] not in MOMENTUM_PREFIXES}
+    message = cli_error(tmp_path, capsys, save_checkpoint(tmp_path, online_only), *config)
+    assert "--head vqa needs the momentum towers" in message
+    untied = dict(vqa_state)
+    untied["text_decoder.cls.predictions.decoder.bias"] = untied["text_decoder.cls.predictions.decoder.bias"] + 1
+    message = cli_error(tmp_path, capsys, save_checkpoint(tmp_path, untied), *config)
+    assert "text_decoder.cls.predictions.decoder.bias differs" in message
+    broken = dict(vqa_state)
+    del broken["text_decoder.bert.encoder.layer.4.crossattention.self.key.bias"]
+    message = cli_error(tmp_path, capsys, save_checkpoint(tmp_path, broken), *config)
+    assert "answer_decoder.transformer.encoder.layers.4.cross_attn.kv.bias" in message

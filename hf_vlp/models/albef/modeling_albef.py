@@ -9,9 +9,11 @@
 ``VlpAlbefForPretraining`` adds the momentum towers (EMA copies, frozen), the feature queues and the three
 pretraining losses (ITC with momentum distillation, ITM on hard negatives, MLM with momentum distillation).
 ``VlpAlbefForImageTextRetrieval`` fine-tunes the same towers on image ids (ITC + ITM) and ranks galleries by ITC
-top-k then ITM re-ranking.
+top-k then ITM re-ranking. ``VlpAlbefForQuestionAnswering`` decodes answers with a causal BERT cross-attending to
+the fused question states, trained on weighted answers with momentum distillation, and ranks a candidate list.
 """
 
+import copy
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +32,7 @@ from ...losses import distillation_targets, id_match_targets, sample_hard_negati
 from ...modeling_utils import VlpPreTrainedModel
 from ...momentum import FeatureQueue, MomentumModelMixin, ModulePair
 from ...modules.heads import ItmHead, MaskedLMHead
+from ...modules.attention import padding_mask
 from ...modules.text import BertStyleTextTransformer
 from ...modules.transformer import BlockOptions
 from ...modules.vision import VisionTransformer
@@ -1113,6 +1116,324 @@ class VlpAlbefForImageTextRetrieval(MomentumModelMixin, VlpAlbefPreTrainedModel)
         return self.score_matrices(self.encode_images(pixel_values), self.encode_texts(input_ids, attention_mask), k=k)
 
 
+# ------------------------------------------------------------------------------------------------------------ VQA
+
+
+@dataclass
+class VlpAlbefForQuestionAnsweringOutput(ModelOutput):
+    """ALBEF VQA training outputs. ``loss`` (set only with ``return_loss=True``) is
+    ``sum(answer_weights * answer_losses) / num_questions``; ``answer_losses`` ``[N]`` is each answer's summed
+    (distilled) token loss. ``logits`` ``[N, La, vocab]`` are the answer decoder's next-token logits over
+    ``answer_input_ids`` (position ``t`` predicts token ``t + 1``); ``question_states`` ``[Q, Lq, D]`` the fused
+    question states the decoder attends to."""
+
+    loss: torch.Tensor | None = None
+    answer_losses: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+    question_states: torch.Tensor | None = None
+
+
+@dataclass
+class VlpAlbefAnswerRanking:
+    """``rank_answers`` result: ``answer_indices`` ``[Q, k]`` candidate indices best first, ``scores`` ``[Q, k]``
+    their softmax-normalised scores, ``first_token_probs`` ``[Q, A]`` every candidate's first-token probability."""
+
+    answer_indices: torch.Tensor
+    scores: torch.Tensor
+    first_token_probs: torch.Tensor
+
+
+def answer_decoder_config(text: VlpAlbefTextConfig, num_layers: int) -> VlpAlbefTextConfig:
+    """The answer decoder's config: the text encoder's with ``num_layers`` layers, all cross-attending (fusion layer
+    0) to question states of the text width (``models/model_vqa.py`` hard-codes 6 layers and fusion layer 0)."""
+    config = copy.deepcopy(text)
+    config.num_hidden_layers = num_layers
+    config.fusion_layer = 0
+    config.encoder_width = text.hidden_size
+    return config
+
+
+def summed_answer_losses(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    teacher_logits: torch.Tensor | None = None,
+    alpha: float = 0.0,
+) -> torch.Tensor:
+    """Per-answer summed next-token cross-entropy over ``labels != -100`` (xbert's ``BertLMHeadModel`` with
+    ``reduction='none'``), with ``teacher_logits`` mixed in as ``(1 - alpha) * CE + alpha * soft-CE``."""
+    shifted = logits[:, :-1]
+    targets = labels[:, 1:]
+    labelled = targets != -100
+    hard = nn.functional.cross_entropy(
+        shifted.reshape(-1, shifted.shape[-1]), targets.reshape(-1), ignore_index=-100, reduction="none"
+    ).view(targets.shape).sum(dim=1)
+    if teacher_logits is None:
+        return hard
+    soft_targets = nn.functional.softmax(teacher_logits[:, :-1], dim=-1)
+    soft = -(nn.functional.log_softmax(shifted, dim=-1) * soft_targets).sum(dim=-1)
+    soft = (soft * labelled).sum(dim=1)
+    return (1 - alpha) * hard + alpha * soft
+
+
+class VlpAlbefForQuestionAnswering(MomentumModelMixin, VlpAlbefPreTrainedModel):
+    """ALBEF VQA (``models/model_vqa.py`` + ``VQA.py``): a question encoder (text layers, then fusion layers over the
+    image tokens) and an answer decoder - a causal BERT whose every layer cross-attends to the question states - with
+    its own embeddings and LM head. Answers are ``[CLS] answer [SEP]`` (``[CLS]`` is the decoder's BOS).
+
+    Training (``forward`` with ``return_loss=True``): each question's states are repeated for each of its
+    ``answers_per_question``; every answer's loss is its summed token CE distilled from the momentum towers
+    (``(1 - alpha) * CE + alpha * soft-CE``); ``loss = sum(answer_weights * answer_loss) / num_questions``. The EMA
+    step runs in ``hf_vlp.MomentumCallback`` (the original runs it at the start of every training forward).
+    Inference (:meth:`rank_answers`): rank a fixed candidate list as the original's ``rank_answer``.
+
+    Weights: ``vision_model``, ``text_model``, ``answer_decoder``, ``answer_head`` (decoder tied to the answer
+    decoder's word embeddings) and their frozen ``momentum_*`` copies.
+    """
+
+    main_input_name = "pixel_values"
+    accepts_loss_kwargs = False
+    answer_decoder_layers = 6  # hard-coded in the original
+    _tied_weights_keys = {
+        "answer_head.decoder.weight": "answer_decoder.transformer.embeddings.word_embeddings.weight",
+        "momentum_answer_head.decoder.weight": "momentum_answer_decoder.transformer.embeddings.word_embeddings.weight",
+    }
+
+    def __init__(self, config: VlpAlbefConfig) -> None:
+        super().__init__(config)
+        vision, text = config.vision_config, config.text_config
+        if text.encoder_width != text.hidden_size:
+            raise ValueError(
+                f"ALBEF VQA's answer decoder cross-attends with the text config's encoder_width "
+                f"({text.encoder_width}) to question states of the text width ({text.hidden_size}); the vision "
+                "width must equal the text width (set vision_config.hidden_size = text_config.hidden_size)."
+            )
+        decoder = answer_decoder_config(text, self.answer_decoder_layers)
+        self.vision_model = VlpAlbefVisionModel(vision)
+        self.text_model = VlpAlbefTextModel(text)
+        self.answer_decoder = VlpAlbefTextModel(decoder)
+        self.answer_head = self._build_answer_head(text)
+        self.momentum_vision_model = VlpAlbefVisionModel(vision)
+        self.momentum_text_model = VlpAlbefTextModel(text)
+        self.momentum_answer_decoder = VlpAlbefTextModel(decoder)
+        self.momentum_answer_head = self._build_answer_head(text)
+        self.post_init()
+        self.init_momentum()
+
+    @staticmethod
+    def _build_answer_head(text: VlpAlbefTextConfig) -> MaskedLMHead:
+        return MaskedLMHead(
+            text.hidden_size, text.vocab_size, activation=text.hidden_act, layer_norm_eps=text.layer_norm_eps
+        )
+
+    @classmethod
+    def from_pretrained(cls, *args: Any, **kwargs: Any) -> "VlpAlbefForQuestionAnswering":
+        """``PreTrainedModel.from_pretrained``, then re-freeze the momentum towers (loading makes them trainable)."""
+        loaded = super().from_pretrained(*args, **kwargs)
+        model = loaded[0] if isinstance(loaded, tuple) else loaded
+        model.freeze_momentum()
+        return loaded
+
+    def freeze_momentum(self) -> None:
+        """Exclude every momentum parameter from gradients (they change only by the EMA)."""
+        for _, momentum in self.momentum_pairs():
+            momentum.requires_grad_(False)
+
+    def momentum_pairs(self) -> list[ModulePair]:
+        """(online, momentum) pairs for the EMA; decoder and LM head form one pair so the tied weight counts once."""
+        return [
+            (self.vision_model, self.momentum_vision_model),
+            (self.text_model, self.momentum_text_model),
+            (nn.ModuleList([self.answer_decoder, self.answer_head]),
+             nn.ModuleList([self.momentum_answer_decoder, self.momentum_answer_head])),
+        ]
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.text_model.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.text_model.set_input_embeddings(value)
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.answer_head.decoder
+
+    def set_output_embeddings(self, value: nn.Linear) -> None:
+        self.answer_head.decoder = value
+
+    # ------------------------------------------------------------------------------------------- building blocks
+
+    def encode_question(
+        self,
+        pixel_values: torch.Tensor,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        momentum: bool = False,
+        interpolate_pos_encoding: bool = False,
+    ) -> torch.Tensor:
+        """Fused question states ``[Q, Lq, D]``: all text-encoder layers over the image tokens (``momentum`` uses
+        the EMA towers)."""
+        vision = self.momentum_vision_model if momentum else self.vision_model
+        text = self.momentum_text_model if momentum else self.text_model
+        image_states = vision(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding, return_dict=True)
+        return text(
+            input_ids, attention_mask, encoder_hidden_states=image_states.last_hidden_state, mode="full",
+            return_dict=True,
+        ).last_hidden_state
+
+    def decode_answers(
+        self,
+        answer_input_ids: torch.Tensor,
+        question_states: torch.Tensor,
+        answer_attention_mask: torch.Tensor | None = None,
+        question_attention_mask: torch.Tensor | None = None,
+        momentum: bool = False,
+    ) -> torch.Tensor:
+        """Next-token logits ``[N, La, vocab]`` of answers ``[N, La]`` under a causal mask, each cross-attending to
+        its row of ``question_states`` ``[N, Lq, D]`` (1/0 masks; ``None`` = all visible)."""
+        decoder = self.momentum_answer_decoder if momentum else self.answer_decoder
+        head = self.momentum_answer_head if momentum else self.answer_head
+        if answer_input_ids.shape[0] != question_states.shape[0]:
+            raise ValueError(
+                f"decode_answers pairs answer row i with question row i: got {answer_input_ids.shape[0]} answers "
+                f"and {question_states.shape[0]} question states (repeat the states per answer)"
+            )
+        transformer = decoder.transformer
+        hidden = transformer.embeddings(answer_input_ids)
+        dtype = hidden.dtype
+        self_mask = padding_mask(answer_attention_mask, dtype) if answer_attention_mask is not None else None
+        cross_mask = padding_mask(question_attention_mask, dtype) if question_attention_mask is not None else None
+        hidden = transformer.encoder(
+            hidden, self_mask, question_states, cross_mask, mode="full", is_causal=True
+        ).last_hidden_state
+        return head(hidden)
+
+    # ------------------------------------------------------------------------------------------------- training
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        pixel_values: torch.Tensor,
+        answer_input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        answer_attention_mask: torch.Tensor | None = None,
+        answer_weights: torch.Tensor | None = None,
+        answers_per_question: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        return_loss: bool | None = None,
+        alpha: float | None = None,
+        interpolate_pos_encoding: bool = False,
+        return_dict: bool | None = None,
+    ) -> VlpAlbefForQuestionAnsweringOutput | tuple:
+        """One VQA fine-tuning forward on ``Q`` (image, question) pairs and their ``N`` answers.
+
+        Args:
+            answer_input_ids: ``[N, La]`` answers ``[CLS] a.. [SEP] [PAD]..``, grouped by question in order.
+            answers_per_question: ``[Q]`` how many answers each question has (the original's ``k``); default one.
+            answer_weights: ``[N]`` weight of each answer (the original's ``weights``); default ones.
+            labels: ``[N, La]`` token targets, -100 ignored; default ``answer_input_ids`` with pads set to -100.
+            return_loss: compute ``answer_losses`` and ``loss`` (with momentum distillation).
+            alpha: distillation weight; default ``self.distill_alpha`` (ramped by ``MomentumCallback``).
+        """
+        num_questions, num_answers = input_ids.shape[0], answer_input_ids.shape[0]
+        if pixel_values.shape[0] != num_questions:
+            raise ValueError(
+                f"pass one image per question: got {pixel_values.shape[0]} images, {num_questions} questions"
+            )
+        if answers_per_question is None:
+            if num_answers != num_questions:
+                raise ValueError(
+                    f"{num_answers} answers for {num_questions} questions: pass answers_per_question ([Q] counts)"
+                )
+            answers_per_question = torch.ones(num_questions, dtype=torch.long)
+        answers_per_question = answers_per_question.reshape(-1).to(device=input_ids.device, dtype=torch.long)
+        if answers_per_question.shape[0] != num_questions or int(answers_per_question.sum()) != num_answers:
+            raise ValueError(
+                f"answers_per_question must hold one count per question ({num_questions}) summing to the number of "
+                f"answers ({num_answers}), got {answers_per_question.tolist()}"
+            )
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        alpha = self.distill_alpha if alpha is None else float(alpha)
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        if answer_attention_mask is None:
+            answer_attention_mask = torch.ones_like(answer_input_ids)
+        question_states = self.encode_question(pixel_values, input_ids, attention_mask, False, interpolate_pos_encoding)
+        repeated_states = question_states.repeat_interleave(answers_per_question, dim=0)
+        repeated_mask = attention_mask.repeat_interleave(answers_per_question, dim=0)
+        logits = self.decode_answers(answer_input_ids, repeated_states, answer_attention_mask, repeated_mask)
+        loss = answer_losses = None
+        if return_loss:
+            if labels is None:
+                pad_id = self.config.text_config.pad_token_id
+                labels = answer_input_ids.masked_fill(answer_input_ids == pad_id, -100)
+            if answer_weights is None:
+                answer_weights = torch.ones(num_answers)
+            answer_weights = answer_weights.reshape(-1).to(device=logits.device, dtype=logits.dtype)
+            if answer_weights.shape[0] != num_answers:
+                raise ValueError(f"answer_weights must hold one weight per answer ({num_answers})")
+            teacher_logits = None
+            if alpha > 0:
+                with torch.no_grad():
+                    momentum_states = self.encode_question(
+                        pixel_values, input_ids, attention_mask, True, interpolate_pos_encoding
+                    ).repeat_interleave(answers_per_question, dim=0)
+                    teacher_logits = self.decode_answers(
+                        answer_input_ids, momentum_states, answer_attention_mask, repeated_mask, momentum=True
+                    )
+            answer_losses = summed_answer_losses(logits, labels.to(logits.device), teacher_logits, alpha)
+            loss = (answer_weights * answer_losses).sum() / num_questions
+        output = VlpAlbefForQuestionAnsweringOutput(
+            loss=loss, answer_losses=answer_losses, logits=logits, question_states=question_states
+        )
+        return output if return_dict else output.to_tuple()
+
+    # ------------------------------------------------------------------------------------------------ inference
+
+    @torch.no_grad()
+    def rank_answers(
+        self,
+        pixel_values: torch.Tensor,
+        input_ids: torch.Tensor,
+        answer_input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        answer_attention_mask: torch.Tensor | None = None,
+        k: int = 128,
+        interpolate_pos_encoding: bool = False,
+    ) -> VlpAlbefAnswerRanking:
+        """Rank the candidate answers ``[A, La]`` for each question as ALBEF's ``rank_answer``: keep the ``k``
+        candidates of highest first-token probability under the decoder fed ``[CLS]`` alone, teacher-force them,
+        score ``log p_first - summed CE`` (the first token counts twice, as in the original), softmax over the
+        ``k`` and sort. ``k`` is capped at the number of candidates (128 in ``VQA.yaml``)."""
+        if k < 1:
+            raise ValueError(f"k (candidates kept after first-token pruning) must be >= 1, got {k}")
+        num_candidates = answer_input_ids.shape[0]
+        if answer_input_ids.shape[1] < 2:
+            raise ValueError("answer_input_ids must be [CLS] answer [SEP]: at least 2 tokens per candidate")
+        k = min(k, num_candidates)
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        if answer_attention_mask is None:
+            answer_attention_mask = torch.ones_like(answer_input_ids)
+        question_states = self.encode_question(pixel_values, input_ids, attention_mask, False, interpolate_pos_encoding)
+        num_questions = question_states.shape[0]
+        start_ids = answer_input_ids[:1, :1].expand(num_questions, 1)
+        start_logits = self.decode_answers(start_ids, question_states, None, attention_mask)[:, 0]
+        first_token_probs = nn.functional.softmax(start_logits, dim=-1).index_select(1, answer_input_ids[:, 1])
+        topk_probs, topk_ids = first_token_probs.topk(k, dim=1)
+        candidate_ids = answer_input_ids[topk_ids.reshape(-1)]
+        candidate_mask = answer_attention_mask[topk_ids.reshape(-1)]
+        labels = candidate_ids.masked_fill(candidate_ids == self.config.text_config.pad_token_id, -100)
+        logits = self.decode_answers(
+            candidate_ids,
+            question_states.repeat_interleave(k, dim=0),
+            candidate_mask,
+            attention_mask.repeat_interleave(k, dim=0),
+        )
+        sequence_losses = summed_answer_losses(logits, labels).view(num_questions, k)
+        scores = nn.functional.softmax(topk_probs.log() - sequence_losses, dim=-1)
+        scores, order = scores.topk(k, dim=1)
+        return VlpAlbefAnswerRanking(torch.gather(topk_ids, 1, order), scores, first_token_probs)
+
+
 def recall_at_k_from_scores(
     image_to_text: torch.Tensor,
     text_to_image: torch.Tensor,
@@ -1150,6 +1471,9 @@ __all__ = [
     "VlpAlbefForMaskedLM",
     "VlpAlbefForPretraining",
     "VlpAlbefForPretrainingOutput",
+    "VlpAlbefForQuestionAnswering",
+    "VlpAlbefForQuestionAnsweringOutput",
+    "VlpAlbefAnswerRanking",
     "VlpAlbefModel",
     "VlpAlbefOutput",
     "VlpAlbefPreTrainedModel",

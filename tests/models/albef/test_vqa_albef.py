@@ -1,0 +1,238 @@
+"""ALBEF VQA head: parity with the original's recorded question states, answer-decoder logits, sequence losses,
+answer ranking and distilled training loss (albef_vqa fixture), loss options, overfitting, save/load round trip."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conversion.convert_albef import convert_albef_checkpoint
+from hf_vlp.models.albef import VlpAlbefConfig, VlpAlbefForQuestionAnswering
+from hf_vlp.models.albef.modeling_albef import summed_answer_losses
+from hf_vlp.training.callbacks import MomentumCallback
+
+FIXTURE = Path(__file__).resolve().parents[2] / "fixtures" / "originals" / "albef_vqa"
+FEATURE_ATOL, LOGIT_ATOL = 1e-5, 1e-4
+ALPHA, K_TEST = 0.4, 3  # the fixture's alpha and k_test
+
+
+@functools.cache
+def converted_state() -> tuple[VlpAlbefConfig, dict[str, torch.Tensor]]:
+    result = convert_albef_checkpoint(
+        FIXTURE / "checkpoint.pth", original_config=FIXTURE / "original_config.json", tokenizer=FIXTURE / "vocab.txt"
+    )
+    assert isinstance(result.model, VlpAlbefForQuestionAnswering)
+    return result.model.config, {key: value.clone() for key, value in result.model.state_dict().items()}
+
+
+def fixture_model() -> VlpAlbefForQuestionAnswering:
+    config, state = converted_state()
+    model = VlpAlbefForQuestionAnswering(VlpAlbefConfig.from_dict(config.to_dict())).eval()
+    model.load_state_dict(state, strict=True)
+    return model
+
+
+@functools.cache
+def fixture_tensors() -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    return load_file(FIXTURE / "inputs.safetensors"), load_file(FIXTURE / "outputs.safetensors")
+
+
+def training_inputs() -> dict[str, torch.Tensor]:
+    inputs, _ = fixture_tensors()
+    return {
+        "input_ids": inputs["train_question_input_ids"],
+        "attention_mask": inputs["train_question_attention_mask"],
+        "pixel_values": inputs["pixel_values"],
+        "answer_input_ids": inputs["train_answer_input_ids"],
+        "answer_attention_mask": inputs["train_answer_attention_mask"],
+        "answer_weights": inputs["train_answer_weights"],
+        "answers_per_question": inputs["train_answers_per_question"],
+    }
+
+
+def ema_step(model: VlpAlbefForQuestionAnswering) -> None:
+    """The callback's EMA update after an optimizer step (the original's at forward start)."""
+    MomentumCallback().on_optimizer_step(None, None, None, model=model)
+
+
+def rank_fixture(model: VlpAlbefForQuestionAnswering, k: int):
+    inputs, _ = fixture_tensors()
+    return model.rank_answers(
+        inputs["pixel_values"], inputs["question_input_ids"], inputs["answer_input_ids"],
+        inputs["question_attention_mask"], inputs["answer_attention_mask"], k=k,
+    )
+
+
+# --------------------------------------------------------------------------------------------------- parity
+
+
+def test_parity_question_states_decoder_logits_and_sequence_losses() -> None:
+    model = fixture_model()
+    inputs, expected = fixture_tensors()
+    questions, answers = inputs["question_input_ids"].shape[0], inputs["answer_input_ids"].shape[0]
+    with torch.no_grad():
+        image_states = model.vision_model(inputs["pixel_values"]).last_hidden_state
+        states = model.encode_question(
+            inputs["pixel_values"], inputs["question_input_ids"], inputs["question_attention_mask"]
+        )
+        answer_ids = inputs["answer_input_ids"].repeat(questions, 1)  # question-major pairs
+        logits = model.decode_answers(
+            answer_ids,
+            states.repeat_interleave(answers, dim=0),
+            inputs["answer_attention_mask"].repeat(questions, 1),
+            inputs["question_attention_mask"].repeat_interleave(answers, dim=0),
+        )
+    torch.testing.assert_close(image_states, expected["image_embeds"], atol=FEATURE_ATOL, rtol=0)
+    torch.testing.assert_close(states, expected["question_states"], atol=FEATURE_ATOL, rtol=0)
+    torch.testing.assert_close(logits, expected["answer_decoder_logits_all_pairs"], atol=LOGIT_ATOL, rtol=0)
+    labels = answer_ids.masked_fill(answer_ids == 0, -100)
+    losses = summed_answer_losses(logits, labels).view(questions, answers)
+    torch.testing.assert_close(losses, expected["answer_seq_loss_all_pairs"], atol=LOGIT_ATOL, rtol=0)
+
+
+@pytest.mark.parametrize(
+    ("k", "ids", "probs"), [(K_TEST, "rank_topk_ids", "rank_topk_probs"), (6, "rank_all_ids", "rank_all_probs")]
+)
+def test_parity_answer_ranking(k: int, ids: str, probs: str) -> None:
+    _, expected = fixture_tensors()
+    ranking = rank_fixture(fixture_model(), k)
+    first_token_probs = expected["answer_first_token_probs"]
+    torch.testing.assert_close(ranking.first_token_probs, first_token_probs, atol=FEATURE_ATOL, rtol=0)
+    assert torch.equal(ranking.answer_indices, expected[ids])
+    torch.testing.assert_close(ranking.scores, expected[probs], atol=FEATURE_ATOL, rtol=0)
+    assert torch.equal(ranking.answer_indices[:, 0], expected["predicted_answer_index"])
+
+
+def test_parity_distilled_training_loss_after_the_ema_step() -> None:
+    model = fixture_model()
+    _, expected = fixture_tensors()
+    with torch.no_grad():
+        without_ema = model(**training_inputs(), return_loss=True, alpha=ALPHA).loss
+    ema_step(model)
+    with torch.no_grad():
+        out = model(**training_inputs(), return_loss=True, alpha=ALPHA)
+    torch.testing.assert_close(out.loss, expected["loss_train_alpha0.4"], atol=LOGIT_ATOL, rtol=0)
+    # the momentum towers differ from the online ones in the fixture: the EMA step (and the teacher) matter
+    assert not torch.allclose(without_ema, out.loss, atol=LOGIT_ATOL, rtol=0)
+    weights = training_inputs()["answer_weights"]
+    torch.testing.assert_close(out.loss, (weights * out.answer_losses).sum() / 2)
+
+
+# --------------------------------------------------------------------------------------------------- loss options
+
+
+def test_losses_only_when_asked_and_plain_cross_entropy_at_alpha_zero() -> None:
+    model = fixture_model()
+    with torch.no_grad():
+        out = model(**training_inputs())
+        assert out.loss is None and out.answer_losses is None and out.logits.shape == (3, 3, 64)
+        plain = model(**training_inputs(), return_loss=True, alpha=0.0)
+        distilled = model(**training_inputs(), return_loss=True, alpha=ALPHA)
+    ids = training_inputs()["answer_input_ids"]
+    labels = ids.masked_fill(ids == 0, -100)
+    log_probs = torch.log_softmax(out.logits[:, :-1], dim=-1)
+    picked = log_probs.gather(-1, labels[:, 1:].clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    manual = -(picked * (labels[:, 1:] != -100)).sum(dim=1)
+    torch.testing.assert_close(plain.answer_losses, manual, atol=1e-5, rtol=0)
+    assert not torch.allclose(plain.loss, distilled.loss)
+
+
+def test_ignored_labels_and_explicit_labels() -> None:
+    model = fixture_model()
+    inputs = training_inputs()
+    ids = inputs["answer_input_ids"]
+    with torch.no_grad():
+        default = model(**inputs, return_loss=True, alpha=ALPHA)
+        explicit = model(**inputs, labels=ids.masked_fill(ids == 0, -100), return_loss=True, alpha=ALPHA)
+        nothing = model(**inputs, labels=torch.full_like(ids, -100), return_loss=True, alpha=ALPHA)
+    torch.testing.assert_close(explicit.loss, default.loss, atol=0, rtol=0)
+    assert torch.equal(nothing.answer_losses, torch.zeros(3))
+
+
+def test_bad_inputs_raise_clear_errors() -> None:
+    model = fixture_model()
+    inputs = training_inputs()
+    with pytest.raises(ValueError, match="answers_per_question"):
+        model(**{**inputs, "answers_per_question": torch.tensor([1, 1])})
+    with pytest.raises(ValueError, match="pass answers_per_question"):
+        model(**{key: value for key, value in inputs.items() if key != "answers_per_question"})
+    with pytest.raises(ValueError, match="one weight per answer"):
+        model(**{**inputs, "answer_weights": torch.ones(2)}, return_loss=True)
+    with pytest.raises(ValueError, match="k"):
+        rank_fixture(model, 0)
+
+
+def test_answer_head_is_tied_to_the_decoder_embeddings() -> None:
+    model = fixture_model()
+    assert model.answer_head.decoder.weight is model.answer_decoder.get_input_embeddings().weight
+    assert model.momentum_answer_head.decoder.weight is model.momentum_answer_decoder.get_input_embeddings().weight
+    assert len(model.answer_decoder.transformer.encoder.layers) == 6
+    assert all(layer.has_cross_attention for layer in model.answer_decoder.transformer.encoder.layers)
+
+
+# --------------------------------------------------------------------------------------------------- overfit
+
+
+def tiny_config() -> VlpAlbefConfig:
+    vision = dict(
+        hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, image_size=16, patch_size=8
+    )
+    text = dict(
+        vocab_size=24, hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
+        max_position_embeddings=12, fusion_layer=1, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+    )
+    return VlpAlbefConfig(vision_config=vision, text_config=text, momentum=0.9)
+
+
+def test_overfits_eight_questions_and_ranks_the_trained_answers() -> None:
+    torch.manual_seed(0)
+    model = VlpAlbefForQuestionAnswering(tiny_config())
+    generator = torch.Generator().manual_seed(0)
+    pixel_values = torch.randn(8, 3, 16, 16, generator=generator)
+    questions = torch.randint(5, 24, (8, 5), generator=generator)
+    questions[:, 0] = 2
+    # candidates [CLS] a [SEP] [PAD] and [CLS] a b [SEP]; each question's answer is candidate i % 4
+    candidates = torch.tensor([[2, 10, 3, 0], [2, 11, 3, 0], [2, 10, 12, 3], [2, 13, 14, 3]])
+    candidate_mask = (candidates != 0).long()
+    targets = torch.arange(8) % 4
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    callback = MomentumCallback()
+    model.train()
+    for _ in range(60):
+        loss = model(
+            questions, pixel_values, candidates[targets], answer_attention_mask=candidate_mask[targets],
+            answer_weights=torch.ones(8), return_loss=True, alpha=0.0,  # distillation is covered by the parity test
+        ).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        callback.on_optimizer_step(None, None, None, model=model)
+    model.eval()
+    ranking = model.rank_answers(pixel_values, questions, candidates, answer_attention_mask=candidate_mask, k=4)
+    assert torch.equal(ranking.answer_indices[:, 0], targets), (ranking.answer_indices, loss)
+    assert loss.item() < 0.5
+
+
+# --------------------------------------------------------------------------------------------------- round trip
+
+
+def test_save_load_round_trip_keeps_frozen_momentum_towers(tmp_path: Path) -> None:
+    model = fixture_model()
+    ema_step(model)
+    model.save_pretrained(tmp_path)
+    loaded = VlpAlbefForQuestionAnswering.from_pretrained(tmp_path, dtype=torch.float32).eval()
+    reference = model.state_dict()
+    for key, value in loaded.state_dict().items():
+        assert torch.equal(value, reference[key]), key
+    assert all(not p.requires_grad for n, p in loaded.named_parameters() if n.startswith("momentum_"))
+    assert loaded.answer_head.decoder.weight is loaded.answer_decoder.get_input_embeddings().weight
+    with torch.no_grad():
+        expected = model(**training_inputs(), return_loss=True).loss
+        actual = loaded(**training_inputs(), return_loss=True).loss
+    torch.testing.assert_close(actual, expected, atol=0, rtol=0)
+    first, second = rank_fixture(model, K_TEST), rank_fixture(loaded, K_TEST)
+    assert torch.equal(first.answer_indices, second.answer_indices) and torch.equal(first.scores, second.scores)
