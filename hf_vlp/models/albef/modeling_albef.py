@@ -544,7 +544,31 @@ def distilled_mlm_loss(
     return (1 - alpha) * hard + alpha * soft
 
 
-class VlpAlbefForPretraining(MomentumModelMixin, VlpAlbefPreTrainedModel):
+class VlpAlbefMomentumModel(MomentumModelMixin, VlpAlbefPreTrainedModel):
+    """Base of the ALBEF heads with frozen momentum towers (declared by ``momentum_pairs()``) and feature queues."""
+
+    @classmethod
+    def from_pretrained(cls, *args: Any, **kwargs: Any) -> Any:
+        """``PreTrainedModel.from_pretrained``, then re-freeze the momentum towers: loading replaces their
+        parameters with fresh trainable ones, which the optimizer would otherwise update."""
+        loaded = super().from_pretrained(*args, **kwargs)
+        model = loaded[0] if isinstance(loaded, tuple) else loaded  # output_loading_info=True
+        model.freeze_momentum()
+        return loaded
+
+    @property
+    def itm_negative_eps(self) -> float:
+        """Added to the hard-negative sampling weights: 0 as in the original; ``config.itm_negative_eps > 0`` keeps
+        every negative reachable once the softmax underflows (tiny models, very low ``temp``)."""
+        return float(self.config.itm_negative_eps)
+
+    def freeze_momentum(self) -> None:
+        """Exclude every momentum parameter from gradients (they change only by the EMA)."""
+        for _, momentum in self.momentum_pairs():
+            momentum.requires_grad_(False)
+
+
+class VlpAlbefForPretraining(VlpAlbefMomentumModel):
     """ALBEF pretraining (``models/model_pretrain.py``): ITC with momentum distillation against feature queues,
     ITM on hard negatives, and MLM distilled from the momentum model; ``loss = loss_itc + loss_itm + loss_mlm``.
 
@@ -577,26 +601,6 @@ class VlpAlbefForPretraining(MomentumModelMixin, VlpAlbefPreTrainedModel):
         self.text_queue = FeatureQueue(config.embed_dim, config.queue_size)
         self.post_init()
         self.init_momentum()
-
-    @classmethod
-    def from_pretrained(cls, *args: Any, **kwargs: Any) -> "VlpAlbefForPretraining":
-        """``PreTrainedModel.from_pretrained``, then re-freeze the momentum towers: loading replaces their
-        parameters with fresh trainable ones, which the optimizer would otherwise update."""
-        loaded = super().from_pretrained(*args, **kwargs)
-        model = loaded[0] if isinstance(loaded, tuple) else loaded  # output_loading_info=True
-        model.freeze_momentum()
-        return loaded
-
-    @property
-    def itm_negative_eps(self) -> float:
-        """Added to the hard-negative sampling weights: 0 as in the original; ``config.itm_negative_eps > 0`` keeps
-        every negative reachable once the softmax underflows (tiny models, very low ``temp``)."""
-        return float(self.config.itm_negative_eps)
-
-    def freeze_momentum(self) -> None:
-        """Exclude every momentum parameter from gradients (they change only by the EMA)."""
-        for _, momentum in self.momentum_pairs():
-            momentum.requires_grad_(False)
 
     @staticmethod
     def _build_mlm_head(text: VlpAlbefTextConfig) -> MaskedLMHead:
@@ -850,7 +854,7 @@ class VlpAlbefRetrievalScores:
     text_to_image: torch.Tensor
 
 
-class VlpAlbefForImageTextRetrieval(MomentumModelMixin, VlpAlbefPreTrainedModel):
+class VlpAlbefForImageTextRetrieval(VlpAlbefMomentumModel):
     """ALBEF image-text retrieval (``models/model_retrieval.py`` + ``Retrieval.py``).
 
     Training (``forward`` with ``image_ids``): ITC with momentum distillation against the feature queues where every
@@ -884,19 +888,6 @@ class VlpAlbefForImageTextRetrieval(MomentumModelMixin, VlpAlbefPreTrainedModel)
         self.idx_queue = FeatureQueue(1, config.queue_size, dtype=torch.long, fill_value=-100)
         self.post_init()
         self.init_momentum()
-
-    @classmethod
-    def from_pretrained(cls, *args: Any, **kwargs: Any) -> "VlpAlbefForImageTextRetrieval":
-        """``PreTrainedModel.from_pretrained``, then re-freeze the momentum towers (loading makes them trainable)."""
-        loaded = super().from_pretrained(*args, **kwargs)
-        model = loaded[0] if isinstance(loaded, tuple) else loaded  # output_loading_info=True
-        model.freeze_momentum()
-        return loaded
-
-    def freeze_momentum(self) -> None:
-        """Exclude every momentum parameter from gradients (they change only by the EMA)."""
-        for _, momentum in self.momentum_pairs():
-            momentum.requires_grad_(False)
 
     def momentum_pairs(self) -> list[ModulePair]:
         """(online, momentum) module pairs for the EMA, the original's ``model_pairs``."""
@@ -1175,7 +1166,7 @@ def summed_answer_losses(
     return (1 - alpha) * hard + alpha * soft
 
 
-class VlpAlbefForQuestionAnswering(MomentumModelMixin, VlpAlbefPreTrainedModel):
+class VlpAlbefForQuestionAnswering(VlpAlbefMomentumModel):
     """ALBEF VQA (``models/model_vqa.py`` + ``VQA.py``): a question encoder (text layers, then fusion layers over the
     image tokens) and an answer decoder - a causal BERT whose every layer cross-attends to the question states - with
     its own embeddings and LM head. Answers are ``[CLS] answer [SEP]`` (``[CLS]`` is the decoder's BOS).
@@ -1224,19 +1215,6 @@ class VlpAlbefForQuestionAnswering(MomentumModelMixin, VlpAlbefPreTrainedModel):
         return MaskedLMHead(
             text.hidden_size, text.vocab_size, activation=text.hidden_act, layer_norm_eps=text.layer_norm_eps
         )
-
-    @classmethod
-    def from_pretrained(cls, *args: Any, **kwargs: Any) -> "VlpAlbefForQuestionAnswering":
-        """``PreTrainedModel.from_pretrained``, then re-freeze the momentum towers (loading makes them trainable)."""
-        loaded = super().from_pretrained(*args, **kwargs)
-        model = loaded[0] if isinstance(loaded, tuple) else loaded
-        model.freeze_momentum()
-        return loaded
-
-    def freeze_momentum(self) -> None:
-        """Exclude every momentum parameter from gradients (they change only by the EMA)."""
-        for _, momentum in self.momentum_pairs():
-            momentum.requires_grad_(False)
 
     def momentum_pairs(self) -> list[ModulePair]:
         """(online, momentum) pairs for the EMA; decoder and LM head form one pair so the tied weight counts once."""
