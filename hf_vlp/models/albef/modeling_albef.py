@@ -544,6 +544,23 @@ def distilled_mlm_loss(
     return (1 - alpha) * hard + alpha * soft
 
 
+@dataclass
+class AlbefContrastiveStep:
+    """Online and momentum encodings of one batch and its ITC logits against the queues."""
+
+    image_states: torch.Tensor
+    text_states: torch.Tensor
+    image_embeds: torch.Tensor
+    text_embeds: torch.Tensor
+    momentum_image_states: torch.Tensor
+    momentum_image_embeds: torch.Tensor
+    momentum_text_embeds: torch.Tensor
+    image_columns: torch.Tensor
+    text_columns: torch.Tensor
+    logits_per_image: torch.Tensor
+    logits_per_text: torch.Tensor
+
+
 class VlpAlbefMomentumModel(MomentumModelMixin, VlpAlbefPreTrainedModel):
     """Base of the ALBEF heads with frozen momentum towers (declared by ``momentum_pairs()``) and feature queues."""
 
@@ -566,6 +583,56 @@ class VlpAlbefMomentumModel(MomentumModelMixin, VlpAlbefPreTrainedModel):
         """Exclude every momentum parameter from gradients (they change only by the EMA)."""
         for _, momentum in self.momentum_pairs():
             momentum.requires_grad_(False)
+
+    def _contrastive_step(
+        self,
+        input_ids: torch.Tensor,
+        pixel_values: torch.Tensor,
+        attention_mask: torch.Tensor,
+        token_type_ids: torch.Tensor | None,
+        interpolate_pos_encoding: bool,
+    ) -> "AlbefContrastiveStep":
+        """Clamp ``temp``, encode both modalities with the online and momentum towers, and score the online
+        embeddings against [batch momentum features ; queue] as ALBEF's ITC does."""
+        albef = self.albef
+        with torch.no_grad():
+            albef.temp.clamp_(self.config.temp_min, self.config.temp_max)
+        image_states = albef.encode_image(pixel_values, interpolate_pos_encoding).last_hidden_state
+        text_states = albef.encode_text(input_ids, attention_mask, token_type_ids).last_hidden_state
+        image_embeds = nn.functional.normalize(albef.vision_proj(image_states[:, 0]), dim=-1)
+        text_embeds = nn.functional.normalize(albef.text_proj(text_states[:, 0]), dim=-1)
+        with torch.no_grad():
+            momentum_image_states = self.momentum_vision_model(
+                pixel_values, interpolate_pos_encoding=interpolate_pos_encoding, return_dict=True
+            ).last_hidden_state
+            momentum_text_states = self.momentum_text_model(
+                input_ids, attention_mask, token_type_ids, mode="text", return_dict=True
+            ).last_hidden_state
+            momentum_image_embeds = nn.functional.normalize(self.momentum_vision_proj(momentum_image_states[:, 0]), dim=-1)
+            momentum_text_embeds = nn.functional.normalize(self.momentum_text_proj(momentum_text_states[:, 0]), dim=-1)
+            image_columns = self.image_queue.with_batch(momentum_image_embeds)
+            text_columns = self.text_queue.with_batch(momentum_text_embeds)
+        return AlbefContrastiveStep(
+            image_states=image_states,
+            text_states=text_states,
+            momentum_image_states=momentum_image_states,
+            momentum_image_embeds=momentum_image_embeds,
+            momentum_text_embeds=momentum_text_embeds,
+            image_columns=image_columns,
+            text_columns=text_columns,
+            logits_per_image=image_embeds @ text_columns / albef.temp,
+            logits_per_text=text_embeds @ image_columns / albef.temp,
+            image_embeds=image_embeds,
+            text_embeds=text_embeds,
+        )
+
+    def _distilled_itc(self, step: "AlbefContrastiveStep", hard_targets: torch.Tensor, alpha: float) -> torch.Tensor:
+        """ITC against soft targets: ``alpha`` x momentum similarities + ``(1 - alpha)`` x ``hard_targets``."""
+        temp = self.albef.temp
+        with torch.no_grad():
+            targets_i2t = distillation_targets(step.momentum_image_embeds @ step.text_columns / temp, alpha, hard_targets)
+            targets_t2i = distillation_targets(step.momentum_text_embeds @ step.image_columns / temp, alpha, hard_targets)
+        return soft_target_contrastive(step.logits_per_image, step.logits_per_text, targets_i2t, targets_t2i)
 
 
 class VlpAlbefForPretraining(VlpAlbefMomentumModel):
@@ -696,39 +763,17 @@ class VlpAlbefForPretraining(VlpAlbefMomentumModel):
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         albef, batch = self.albef, input_ids.shape[0]
-        with torch.no_grad():
-            albef.temp.clamp_(self.config.temp_min, self.config.temp_max)
-
-        image_states = albef.encode_image(pixel_values, interpolate_pos_encoding).last_hidden_state
-        text_states = albef.encode_text(input_ids, attention_mask, token_type_ids).last_hidden_state
-        image_embeds = nn.functional.normalize(albef.vision_proj(image_states[:, 0]), dim=-1)
-        text_embeds = nn.functional.normalize(albef.text_proj(text_states[:, 0]), dim=-1)
-
-        with torch.no_grad():
-            momentum_image_states = self.momentum_vision_model(
-                pixel_values, interpolate_pos_encoding=interpolate_pos_encoding, return_dict=True
-            ).last_hidden_state
-            momentum_text_states = self.momentum_text_model(
-                input_ids, attention_mask, token_type_ids, mode="text", return_dict=True
-            ).last_hidden_state
-            momentum_image_embeds = self.momentum_vision_proj(momentum_image_states[:, 0])
-            momentum_image_embeds = nn.functional.normalize(momentum_image_embeds, dim=-1)
-            momentum_text_embeds = nn.functional.normalize(self.momentum_text_proj(momentum_text_states[:, 0]), dim=-1)
-            image_columns = self.image_queue.with_batch(momentum_image_embeds)
-            text_columns = self.text_queue.with_batch(momentum_text_embeds)
-
-        logits_per_image = image_embeds @ text_columns / albef.temp
-        logits_per_text = text_embeds @ image_columns / albef.temp
+        step = self._contrastive_step(input_ids, pixel_values, attention_mask, token_type_ids, interpolate_pos_encoding)
+        image_states, text_states = step.image_states, step.text_states
+        logits_per_image, logits_per_text = step.logits_per_image, step.logits_per_text
+        momentum_image_embeds, momentum_text_embeds = step.momentum_image_embeds, step.momentum_text_embeds
+        image_embeds, text_embeds = step.image_embeds, step.text_embeds
         loss_itc = None
         if return_loss:
-            with torch.no_grad():
-                hard_targets = torch.zeros_like(logits_per_image)
-                hard_targets[:, :batch].fill_diagonal_(1)
-                momentum_i2t = momentum_image_embeds @ text_columns / albef.temp
-                momentum_t2i = momentum_text_embeds @ image_columns / albef.temp
-                targets_i2t = distillation_targets(momentum_i2t, alpha, hard_targets)
-                targets_t2i = distillation_targets(momentum_t2i, alpha, hard_targets)
-            loss_itc = soft_target_contrastive(logits_per_image, logits_per_text, targets_i2t, targets_t2i)
+            hard_targets = torch.zeros_like(logits_per_image)
+            hard_targets[:, :batch].fill_diagonal_(1)
+            loss_itc = self._distilled_itc(step, hard_targets, alpha)
+        momentum_image_states = step.momentum_image_states
         if update_queues:
             self.image_queue.enqueue(all_gather_no_grad(momentum_image_embeds))
             self.text_queue.enqueue(all_gather_no_grad(momentum_text_embeds))
@@ -955,39 +1000,15 @@ class VlpAlbefForImageTextRetrieval(VlpAlbefMomentumModel):
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         albef = self.albef
-        with torch.no_grad():
-            albef.temp.clamp_(self.config.temp_min, self.config.temp_max)
-
-        image_states = albef.encode_image(pixel_values, interpolate_pos_encoding).last_hidden_state
-        text_states = albef.encode_text(input_ids, attention_mask, token_type_ids).last_hidden_state
-        image_embeds = nn.functional.normalize(albef.vision_proj(image_states[:, 0]), dim=-1)
-        text_embeds = nn.functional.normalize(albef.text_proj(text_states[:, 0]), dim=-1)
-
-        with torch.no_grad():
-            momentum_image_states = self.momentum_vision_model(
-                pixel_values, interpolate_pos_encoding=interpolate_pos_encoding, return_dict=True
-            ).last_hidden_state
-            momentum_text_states = self.momentum_text_model(
-                input_ids, attention_mask, token_type_ids, mode="text", return_dict=True
-            ).last_hidden_state
-            momentum_image_embeds = nn.functional.normalize(
-                self.momentum_vision_proj(momentum_image_states[:, 0]), dim=-1
-            )
-            momentum_text_embeds = nn.functional.normalize(self.momentum_text_proj(momentum_text_states[:, 0]), dim=-1)
-            image_columns = self.image_queue.with_batch(momentum_image_embeds)
-            text_columns = self.text_queue.with_batch(momentum_text_embeds)
-
-        logits_per_image = image_embeds @ text_columns / albef.temp
-        logits_per_text = text_embeds @ image_columns / albef.temp
+        step = self._contrastive_step(input_ids, pixel_values, attention_mask, token_type_ids, interpolate_pos_encoding)
+        image_states, text_states = step.image_states, step.text_states
+        logits_per_image, logits_per_text = step.logits_per_image, step.logits_per_text
+        momentum_image_embeds, momentum_text_embeds = step.momentum_image_embeds, step.momentum_text_embeds
+        image_embeds, text_embeds = step.image_embeds, step.text_embeds
         loss = loss_itc = loss_itm = itm_labels = None
         if image_ids is not None:
-            with torch.no_grad():
-                hard_targets = id_match_targets(image_ids, self.idx_queue.with_batch(image_ids)[0])
-                momentum_i2t = momentum_image_embeds @ text_columns / albef.temp
-                momentum_t2i = momentum_text_embeds @ image_columns / albef.temp
-                targets_i2t = distillation_targets(momentum_i2t, alpha, hard_targets)
-                targets_t2i = distillation_targets(momentum_t2i, alpha, hard_targets)
-            loss_itc = soft_target_contrastive(logits_per_image, logits_per_text, targets_i2t, targets_t2i)
+            hard_targets = id_match_targets(image_ids, self.idx_queue.with_batch(image_ids)[0])
+            loss_itc = self._distilled_itc(step, hard_targets, alpha)
         if update_queues:
             self.image_queue.enqueue(all_gather_no_grad(momentum_image_embeds))
             self.text_queue.enqueue(all_gather_no_grad(momentum_text_embeds))
