@@ -7,6 +7,15 @@ each queue's ``ptr``) plus a BERT tokenizer. ``--head masked_lm`` (or a checkpoi
 ``VlpAlbefForImageTextRetrieval``; ``--head retrieval`` on a pretraining checkpoint starts retrieval fine-tuning as
 ``Retrieval.py`` does (MLM heads dropped, ``idx_queue`` filled with -100). A VQA checkpoint (``models/model_vqa.py``:
 ``text_decoder.*`` answer decoder) is detected and written as ``VlpAlbefForQuestionAnswering`` (``--head vqa``).
+The visual-reasoning checkpoints are detected too: NLVR2 (``models/model_nlvr.py``: an 18-layer ``text_encoder``
+whose fusion layers come in pairs sharing their cross-attention key/value, a 2-way ``cls_head``) ->
+``VlpAlbefForVisualReasoning`` (``--head nlvr2``); SNLI-VE (``models/model_ve.py``: a 3-way ``cls_head``) ->
+``VlpAlbefForVisualEntailment`` (``--head snli-ve``); text assignment (``models/model_pretrain_nlvr.py``:
+``ta_head``) -> ``VlpAlbefForTextAssignment`` (``--head text-assignment``). A RefCOCO+ grounding checkpoint
+(``Grounding.py``) is a retrieval model: ``--head grounding`` writes ``VlpAlbefForImageTextRetrieval``. When the
+target image size (``--image-size``, else the original config's ``image_res``) differs from the checkpoint's, every
+``pos_embed`` (the momentum tower's too) is resized bicubically with the class token kept, as the original's
+``interpolate_pos_embed``.
 
 Sizes are inferred from tensor shapes; head counts are not stored in shapes, so they default to ``width // 64``
 (ViT-B/16 and BERT-base) unless ``--original-config`` (the original yaml keys as JSON, with the BERT json content under
@@ -43,6 +52,12 @@ from hf_vlp.models.albef.modeling_albef import (
     VlpAlbefForPretraining,
     VlpAlbefForQuestionAnswering,
 )
+from hf_vlp.models.albef.modeling_albef_reasoning import (
+    VlpAlbefForTextAssignment,
+    VlpAlbefForVisualEntailment,
+    VlpAlbefForVisualReasoning,
+)
+from hf_vlp.modules.vision import interpolate_grid_embeddings
 
 from conversion.common import (
     ConversionError,
@@ -66,7 +81,9 @@ HEAD_DIM = 64  # ViT-B/16 and BERT-base: 768 / 12
 # the original hard-codes ViT-B/16 in every model constructor; the vit_* keys (reference fixtures) override it
 VIT_DEFAULTS = {"vit_patch_size": 16, "vit_depth": 12, "vit_num_heads": 12, "vit_mlp_ratio": 4}
 SPECIAL_TOKENS = {"pad_token": "[PAD]", "unk_token": "[UNK]", "cls_token": "[CLS]", "sep_token": "[SEP]", "mask_token": "[MASK]"}
-MOMENTUM_PREFIXES = ("visual_encoder_m", "text_encoder_m", "vision_proj_m", "text_proj_m", "text_decoder_m")
+MOMENTUM_PREFIXES = (
+    "visual_encoder_m", "text_encoder_m", "vision_proj_m", "text_proj_m", "text_decoder_m", "cls_head_m",
+)
 # tied copies in the original: (copy, source) must hold the same values
 TIED_KEYS = tuple(
     (f"{encoder}.cls.predictions.decoder.{copy}", f"{encoder}.{source}")
@@ -280,6 +297,132 @@ def check_ties(state_dict: Mapping[str, torch.Tensor]) -> None:
             )
 
 
+# --------------------------------------------------------------------------------------------------- visual reasoning
+
+# head -> (original model file, what it is), for the checkpoints whose layout fixes the head
+TASK_CHECKPOINTS = {
+    "nlvr2": ("models/model_nlvr.py", "NLVR2"),
+    "snli-ve": ("models/model_ve.py", "SNLI-VE"),
+    "text-assignment": ("models/model_pretrain_nlvr.py", "text-assignment (NLVR2 pre-training)"),
+}
+CLASSIFIER_CLASSES = {2: "nlvr2", 3: "snli-ve"}  # cls_head outputs -> head
+
+
+def checkpoint_kind(state_dict: Mapping[str, torch.Tensor]) -> str:
+    """What an original state dict was saved from: ``vqa``, ``text-assignment`` (``ta_head``), ``nlvr2`` / ``snli-ve``
+    (``cls_head`` with 2 / 3 outputs), ``retrieval`` (``idx_queue``; grounding too) or ``pretraining``."""
+    if is_vqa_checkpoint(state_dict):
+        return "vqa"
+    if "ta_head.weight" in state_dict:
+        return "text-assignment"
+    if "cls_head.2.weight" in state_dict:
+        classes = state_dict["cls_head.2.weight"].shape[0]
+        if classes not in CLASSIFIER_CLASSES:
+            raise ConversionError(
+                f"cls_head.2.weight has {classes} outputs; ALBEF's NLVR2 head has 2 and its SNLI-VE head 3."
+            )
+        return CLASSIFIER_CLASSES[classes]
+    if is_retrieval_checkpoint(state_dict):
+        return "retrieval"
+    return "pretraining"
+
+
+def classifier_rules() -> list[MappingRule]:
+    """Original ``model_nlvr.ALBEF`` / ``model_ve.ALBEF`` names -> ``VlpAlbefForVisualReasoning`` /
+    ``VlpAlbefForVisualEntailment`` names: ``visual_encoder``, ``text_encoder`` (a ``BertModel``: no ``bert.``, layer
+    indices kept, so NLVR2's 18 layers land on the paired encoder's), ``cls_head`` and their ``*_m`` copies."""
+    rules: list[MappingRule] = []
+    for source, target in (("", ""), ("_m", "momentum_")):
+        # neither model has contrastive projections: their targets are never produced
+        rules += tower_rules(
+            source, f"{target}vision_model.", f"{target}text_model.", None, "unused.", "unused.", bert=""
+        )
+        rules.append(Rename(rf"cls_head{source}\.(?P<i>[02])\.(?P<p>weight|bias)", rf"{target}cls_head.\g<i>.\g<p>"))
+    return rules
+
+
+def text_assignment_rules() -> list[MappingRule]:
+    """Original ``model_pretrain_nlvr.ALBEF`` names -> ``VlpAlbefForTextAssignment`` names (``vision_proj`` draws the
+    similar images; ``text_proj`` and ``temp`` exist in the original but are never read)."""
+    return [
+        Drop(r"text_proj\.(?:weight|bias)|temp", "never read by text assignment (model_pretrain_nlvr.py keeps it)"),
+        *tower_rules("", "vision_model.", "text_model.", None, "vision_proj.", "unused.", bert=""),
+        Rename(r"ta_head\.(weight|bias)", r"ta_head.\1"),
+    ]
+
+
+def map_classifier_state_dict(state_dict: Mapping[str, torch.Tensor]) -> MappedStateDict:
+    """Apply :func:`classifier_rules`; a checkpoint trained with ``distill: False`` (no ``*_m`` towers) gets momentum
+    towers copied from the online ones, as the original's ``copy_params`` would start them."""
+    mapped = map_state_dict(state_dict, classifier_rules())
+    if not has_momentum_towers(state_dict):
+        logger.warning("The checkpoint has no momentum towers (distill: False): copying the online towers into them.")
+        for key in [key for key in mapped.tensors if not key.startswith("momentum_")]:
+            mapped.tensors[f"momentum_{key}"] = mapped.tensors[key].clone()
+            mapped.sources[f"momentum_{key}"] = [f"(copy of the online {', '.join(mapped.sources[key])})"]
+    return mapped
+
+
+def check_shared_cross_attention(state_dict: Mapping[str, torch.Tensor]) -> None:
+    """NLVR2 and text assignment tie the cross-attention key/value of layers ``f + 2i`` and ``f + 2i + 1``
+    (``share_cross_attention``, ``f`` the first cross-attending layer); hf_vlp keeps one tensor per pair, so the two
+    copies must be equal."""
+    fusion_layers = _layer_indices(state_dict, r"text_encoder\.encoder\.layer\.(\d+)\.crossattention\.")
+    fusion_layer = fusion_layers[0] if fusion_layers else 0
+    layer = re.compile(
+        r"(text_encoder(?:_m)?\.encoder\.layer\.)(\d+)(\.crossattention\.self\.(?:key|value)\.(?:weight|bias))"
+    )
+    for key, tensor in state_dict.items():
+        match = layer.fullmatch(key)
+        if match is None or (int(match.group(2)) - fusion_layer) % 2:
+            continue
+        partner = f"{match.group(1)}{int(match.group(2)) + 1}{match.group(3)}"
+        if partner in state_dict and not torch.equal(tensor, state_dict[partner]):
+            raise ConversionError(
+                f"{partner} differs from {key}; the original shares the cross-attention key/value within each pair "
+                "of NLVR2 layers and hf_vlp keeps one tensor for both. The checkpoint was not saved from "
+                "model_nlvr.py / model_pretrain_nlvr.py (or was edited)."
+            )
+
+
+def check_task_head(kind: str, head: str) -> None:
+    """An NLVR2, SNLI-VE or text-assignment checkpoint converts only to its own head, and those heads only from it."""
+    if kind in TASK_CHECKPOINTS and head != kind:
+        module, name = TASK_CHECKPOINTS[kind]
+        raise ConversionError(
+            f"The checkpoint is an ALBEF {name} model ({module}); it converts only with --head {kind} (or auto), "
+            f"not --head {head}."
+        )
+    if head in TASK_CHECKPOINTS and kind != head:
+        module, name = TASK_CHECKPOINTS[head]
+        raise ConversionError(
+            f"--head {head} needs an ALBEF {name} checkpoint ({module}); this one is a {kind} checkpoint. To start "
+            f"{name} training from pre-trained ALBEF, convert it with --head pretraining and call "
+            f"{TASK_MODEL_NAMES[head]}.from_albef_pretrained(DIR)."
+        )
+
+
+def resize_position_embeddings(mapped: MappedStateDict, image_size: int, patch_size: int) -> list[str]:
+    """Resize every mapped ViT position embedding (online and momentum) in place to ``image_size`` as the original's
+    ``interpolate_pos_embed``: class token kept, patch grid resized bicubically. Returns a note per resized tensor."""
+    grid = image_size // patch_size
+    notes = []
+    for key in [key for key in mapped.tensors if key.endswith("vision_model.transformer.position_embedding")]:
+        positions = mapped.tensors[key]
+        source_grid = round((positions.shape[0] - 1) ** 0.5)
+        if source_grid * source_grid != positions.shape[0] - 1:
+            raise ConversionError(
+                f"{mapped.sources[key][0]} has {positions.shape[0] - 1} patch positions, which is not a square grid."
+            )
+        if source_grid != grid:
+            mapped.tensors[key] = interpolate_grid_embeddings(positions, 1, source_grid, (grid, grid))
+            notes.append(
+                f"`{mapped.sources[key][0]}` resized from a {source_grid}x{source_grid} to a {grid}x{grid} patch grid "
+                f"(bicubic, class token kept) for {image_size} px"
+            )
+    return notes
+
+
 # --------------------------------------------------------------------------------------------------- configuration
 
 
@@ -317,8 +460,17 @@ def read_original_config(path: str | Path) -> dict[str, Any]:
     return config
 
 
-def albef_config(state_dict: Mapping[str, torch.Tensor], original: Mapping[str, Any]) -> VlpAlbefConfig:
-    """``VlpAlbefConfig`` from tensor shapes, with head counts and training settings from the original config."""
+def albef_config(
+    state_dict: Mapping[str, torch.Tensor],
+    original: Mapping[str, Any],
+    image_size: int | None = None,
+    paired: bool = False,
+) -> VlpAlbefConfig:
+    """``VlpAlbefConfig`` from tensor shapes, with head counts and training settings from the original config.
+
+    ``image_size`` overrides the original's ``image_res``. ``paired``: the text encoder is NLVR2's, whose fusion layers
+    come in pairs; the config counts each pair once (``num_hidden_layers`` = text layers + pairs), as pre-trained ALBEF.
+    """
     bert_json = dict(original.get("bert_config") or {})
     vit = {key: original.get(key, default) for key, default in VIT_DEFAULTS.items()}
     width = _require(state_dict, "visual_encoder.cls_token").shape[-1]
@@ -337,7 +489,7 @@ def albef_config(state_dict: Mapping[str, torch.Tensor], original: Mapping[str, 
         intermediate_size=_require(state_dict, "visual_encoder.blocks.0.mlp.fc1.weight").shape[0],
         num_hidden_layers=len(vision_layers),
         num_attention_heads=vit["vit_num_heads"] if "vit_num_heads" in original else width // HEAD_DIM,
-        image_size=original.get("image_res", patch * grid),
+        image_size=image_size if image_size is not None else original.get("image_res", patch * grid),
         patch_size=patch,
     )
     text = dict(
@@ -355,6 +507,13 @@ def albef_config(state_dict: Mapping[str, torch.Tensor], original: Mapping[str, 
         attention_probs_dropout_prob=bert_json.get("attention_probs_dropout_prob", 0.1),
         pad_token_id=bert_json.get("pad_token_id", 0),
     )
+    if paired:
+        if not fusion_layers or len(fusion_layers) % 2:
+            raise ConversionError(
+                f"An NLVR2 text encoder has its fusion layers in pairs; this one has {len(fusion_layers)} "
+                "cross-attention layers."
+            )
+        text["num_hidden_layers"] = text["fusion_layer"] + len(fusion_layers) // 2
     if "fusion_layer" in bert_json and bert_json["fusion_layer"] != text["fusion_layer"]:
         raise ConversionError(
             f"bert_config.fusion_layer {bert_json['fusion_layer']} contradicts the checkpoint, whose first "
@@ -373,9 +532,8 @@ def albef_config(state_dict: Mapping[str, torch.Tensor], original: Mapping[str, 
         settings["queue_size"] = state_dict["image_queue"].shape[1]
     try:
         return VlpAlbefConfig(
-            # the VQA model has no contrastive projections: keep the default contrastive width
-            **({"embed_dim": _require(state_dict, "vision_proj.weight").shape[0]} if "text_decoder.cls.predictions.bias"
-               not in state_dict else {}),
+            # the VQA, NLVR2 and SNLI-VE models have no contrastive projections: keep the default contrastive width
+            **({"embed_dim": state_dict["vision_proj.weight"].shape[0]} if "vision_proj.weight" in state_dict else {}),
             vision_config=vision,
             text_config=text,
             **settings,
@@ -413,14 +571,24 @@ def load_tokenizer(path: str | Path, vocab_size: int) -> Any:
 # --------------------------------------------------------------------------------------------------- conversion
 
 
-HEADS = ("auto", "pretraining", "masked_lm", "retrieval", "vqa")
+HEADS = ("auto", "pretraining", "masked_lm", "retrieval", "vqa", "nlvr2", "snli-ve", "text-assignment", "grounding")
+MODEL_CLASSES = {
+    "retrieval": VlpAlbefForImageTextRetrieval, "pretraining": VlpAlbefForPretraining, "masked_lm": VlpAlbefForMaskedLM,
+    "vqa": VlpAlbefForQuestionAnswering, "nlvr2": VlpAlbefForVisualReasoning, "snli-ve": VlpAlbefForVisualEntailment,
+    "text-assignment": VlpAlbefForTextAssignment,
+}
+TASK_MODEL_NAMES = {"nlvr2": "VlpAlbefForVisualReasoning", "snli-ve": "VlpAlbefForVisualEntailment",
+                    "text-assignment": "VlpAlbefForTextAssignment"}
 
 
 @dataclass
 class AlbefConversion:
     """Result of :func:`convert_albef_checkpoint`."""
 
-    model: VlpAlbefForPretraining | VlpAlbefForMaskedLM | VlpAlbefForImageTextRetrieval | VlpAlbefForQuestionAnswering
+    model: (
+        VlpAlbefForPretraining | VlpAlbefForMaskedLM | VlpAlbefForImageTextRetrieval | VlpAlbefForQuestionAnswering
+        | VlpAlbefForVisualReasoning | VlpAlbefForVisualEntailment | VlpAlbefForTextAssignment
+    )
     tokenizer: Any
     dropped: dict[str, str]
     output: Path | None = None
@@ -434,14 +602,19 @@ def convert_albef_checkpoint(
     overwrite: bool = False,
     command: str | None = None,
     head: str = "auto",
+    image_size: int | None = None,
 ) -> AlbefConversion:
-    """Convert an ALBEF pretraining checkpoint (+ tokenizer); write it to ``output``.
+    """Convert an ALBEF checkpoint (+ tokenizer); write it to ``output``.
 
     ``head="auto"`` writes ``VlpAlbefForImageTextRetrieval`` for a retrieval checkpoint (it has ``idx_queue``),
     ``VlpAlbefForPretraining`` (momentum towers and queues kept) when the checkpoint holds momentum towers, else
     ``VlpAlbefForMaskedLM``; ``"masked_lm"`` keeps only the online weights, dropping the momentum towers and queues
-    explicitly; ``"retrieval"`` on a pretraining checkpoint drops the MLM heads and starts ``idx_queue`` at -100. Every source key is mapped or explicitly dropped (``position_ids``, the
-    tied bias copies) and every target key filled, or a :class:`ConversionError` names the keys and nothing is written.
+    explicitly; ``"retrieval"`` (or ``"grounding"``) on a pretraining checkpoint drops the MLM heads and starts
+    ``idx_queue`` at -100. VQA, NLVR2, SNLI-VE and text-assignment checkpoints are detected from their keys and convert
+    only to their own head. ``image_size`` (default: the original config's ``image_res``, else the checkpoint's)
+    resizes the ViT position embeddings when it differs from the checkpoint's. Every source key is mapped or
+    explicitly dropped (``position_ids``, the tied bias copies) and every target key filled, or a
+    :class:`ConversionError` names the keys and nothing is written.
     """
     if head not in HEADS:
         raise ConversionError(f"head must be one of {HEADS}, got {head!r}")
@@ -452,15 +625,19 @@ def convert_albef_checkpoint(
     logger.info(f"Source: {source.path} ({len(state_dict)} tensors)")
     if original_config is not None and not isinstance(original_config, Mapping):
         original_config = read_original_config(original_config)
+    original_config = original_config or {}
     retrieval_source = is_retrieval_checkpoint(state_dict)
     vqa_source = is_vqa_checkpoint(state_dict)
+    kind = checkpoint_kind(state_dict)
+    requested_head = head
     if head == "auto":
-        if vqa_source:
-            head = "vqa"
-        elif retrieval_source:
-            head = "retrieval"
+        if kind in ("vqa", "retrieval", *TASK_CHECKPOINTS):
+            head = kind
         else:
             head = "pretraining" if has_momentum_towers(state_dict) else "masked_lm"
+    check_task_head(kind, head)
+    if head == "grounding":  # Grounding.py fine-tunes model_retrieval.ALBEF
+        head = "retrieval"
     if vqa_source != (head == "vqa"):
         raise ConversionError(
             "--head vqa needs an ALBEF VQA checkpoint (models/model_vqa.py, with text_decoder.*) and a VQA checkpoint "
@@ -484,24 +661,31 @@ def convert_albef_checkpoint(
         )
     with_momentum = head == "pretraining"
     check_ties(state_dict)
+    paired = head in ("nlvr2", "text-assignment")
+    if paired:
+        check_shared_cross_attention(state_dict)
     if head == "vqa":
         mapped = map_state_dict(state_dict, vqa_rules())
     elif head == "retrieval":
         mapped = map_retrieval_state_dict(state_dict)
+    elif head in ("nlvr2", "snli-ve"):
+        mapped = map_classifier_state_dict(state_dict)
+    elif head == "text-assignment":
+        mapped = map_state_dict(state_dict, text_assignment_rules())
     else:
         mapped = map_albef_state_dict(state_dict, with_momentum)
-    config = albef_config(state_dict, original_config or {})
+    config = albef_config(state_dict, original_config, image_size=image_size, paired=paired)
+    vision = config.vision_config
+    resized = resize_position_embeddings(mapped, vision.image_size, vision.patch_size)
+    for note in resized:
+        logger.info(note.replace("`", ""))
     bert_tokenizer = load_tokenizer(tokenizer, config.text_config.vocab_size) if tokenizer is not None else None
     if bert_tokenizer is not None:
         # the pretraining head masks tokens itself and must know the special ids
         config.text_config.pad_token_id = bert_tokenizer.pad_token_id
         config.text_config.cls_token_id = bert_tokenizer.cls_token_id
         config.text_config.mask_token_id = bert_tokenizer.mask_token_id
-    model_class = {
-        "retrieval": VlpAlbefForImageTextRetrieval, "pretraining": VlpAlbefForPretraining,
-        "masked_lm": VlpAlbefForMaskedLM, "vqa": VlpAlbefForQuestionAnswering,
-    }[head]
-    model = model_class(config)
+    model = MODEL_CLASSES[head](config)
     load_mapped_state_dict(model, mapped)
     model.eval()
     momentum = sorted(key for key in mapped.dropped if key.startswith(MOMENTUM_PREFIXES) or "queue" in key)
@@ -514,19 +698,48 @@ def convert_albef_checkpoint(
     result = AlbefConversion(model, bert_tokenizer, mapped.dropped)
     if output is not None:
         call = command or f"convert_albef_checkpoint({source.path.name!r}, ...)"
-        readme = provenance(source.path.name, call, momentum, type(model).__name__)
+        readme = provenance(
+            source.path.name, call, momentum, type(model).__name__, grounding=requested_head == "grounding",
+            notes=resized, momentum_copied=head in ("nlvr2", "snli-ve") and not has_momentum_towers(state_dict),
+        )
         result.output = write_output_dir(output, lambda directory: _write(directory, result, readme), overwrite)
         logger.info(f"Wrote {result.output}")
     return result
 
 
-def provenance(checkpoint_name: str, command: str, momentum: Sequence[str], model_class: str) -> str:
-    """The conversion's provenance paragraph for the ALBEF model card."""
+def provenance(
+    checkpoint_name: str,
+    command: str,
+    momentum: Sequence[str],
+    model_class: str,
+    grounding: bool = False,
+    notes: Sequence[str] = (),
+    momentum_copied: bool = False,
+) -> str:
+    """The conversion's provenance paragraph for the ALBEF model card; ``notes`` (e.g. resized position embeddings)
+    are appended. ``momentum_copied``: the source had no momentum towers and they start as copies of the online ones."""
+    classifier_kept = "Momentum towers (`momentum_*`, incl. `momentum_cls_head`) carried over too."
+    if momentum_copied:
+        classifier_kept = (
+            "The checkpoint has no momentum towers (trained with `distill: False`): `momentum_*` start as copies of "
+            "the online towers."
+        )
     if model_class == VlpAlbefForQuestionAnswering.__name__:
         source, carried = "VQA", "Question encoder (ViT + BERT with fusion layers), answer decoder and its LM head"
         kept = "Momentum towers (`momentum_*`) carried over too."
+    elif model_class == VlpAlbefForVisualReasoning.__name__:
+        source = "NLVR2"
+        carried = "ViT, the paired text encoder (cross-attention key/value shared per pair) and `cls_head`"
+        kept = classifier_kept
+    elif model_class == VlpAlbefForVisualEntailment.__name__:
+        source, carried, kept = "SNLI-VE", "ViT, the multimodal text encoder and `cls_head`", classifier_kept
+    elif model_class == VlpAlbefForTextAssignment.__name__:
+        source = "text-assignment (NLVR2 pre-training)"
+        carried = "ViT, `vision_proj`, the paired text encoder and `ta_head`"
+        kept = "The unused `text_proj` and `temp` were dropped."
     elif model_class == VlpAlbefForImageTextRetrieval.__name__:
-        source, carried = "retrieval or pretraining", "Online towers, projections, ITM head and `temp`"
+        source = "grounding (RefCOCO+, a retrieval model)" if grounding else "retrieval or pretraining"
+        carried = "Online towers, projections, ITM head and `temp`"
         kept = (
             "Momentum towers (`momentum_*`) and the queues (`image_queue`, `text_queue`, `idx_queue`; -100 where the "
             "source had no id queue) carried over too; MLM heads, if any, were dropped."
@@ -537,10 +750,11 @@ def provenance(checkpoint_name: str, command: str, momentum: Sequence[str], mode
     else:
         source, carried = "pretraining", "Online towers, MLM head, projections, ITM head and `temp`"
         kept = "Momentum towers (`momentum_*`) and feature queues (`image_queue`, `text_queue`) carried over too."
+    resized = "".join(f" {note}." for note in notes)
     return (
         f"Converted from `{checkpoint_name}` (salesforce/ALBEF {source} checkpoint) to `{model_class}` with\n\n"
         f"```bash\n{command}\n```\n\n"
-        f"{carried} carried over exactly. {kept} "
+        f"{carried} carried over exactly. {kept}{resized} "
         "ALBEF's text format is `[CLS] tokens` without a trailing `[SEP]`."
     )
 
@@ -564,9 +778,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --output directory")
     parser.add_argument(
         "--head", choices=HEADS, default="auto",
-        help="auto: VlpAlbefForQuestionAnswering for a VQA checkpoint (text_decoder), VlpAlbefForImageTextRetrieval "
-        "for a retrieval checkpoint (idx_queue), VlpAlbefForPretraining when the checkpoint has momentum towers, else "
-        "VlpAlbefForMaskedLM",
+        help="auto: VlpAlbefForQuestionAnswering for a VQA checkpoint (text_decoder), VlpAlbefForTextAssignment for a "
+        "text-assignment checkpoint (ta_head), VlpAlbefForVisualReasoning / VlpAlbefForVisualEntailment for an NLVR2 / "
+        "SNLI-VE checkpoint (cls_head with 2 / 3 outputs), VlpAlbefForImageTextRetrieval for a retrieval checkpoint "
+        "(idx_queue; --head grounding for RefCOCO+ grounding ones), VlpAlbefForPretraining when the checkpoint has "
+        "momentum towers, else VlpAlbefForMaskedLM",
+    )
+    parser.add_argument(
+        "--image-size", type=int,
+        help="image resolution of the converted model (default: the original config's image_res, else the "
+        "checkpoint's); position embeddings are resized bicubically when it differs from the checkpoint's",
     )
     return parser.parse_args(argv)
 
@@ -580,6 +801,7 @@ def main(argv: Sequence[str] | None = None) -> AlbefConversion:
         tokenizer=args.tokenizer,
         overwrite=args.overwrite,
         head=args.head,
+        image_size=args.image_size,
         command=command_line(argv, program="python conversion/convert_albef.py"),
     )
 

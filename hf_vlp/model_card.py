@@ -46,7 +46,7 @@ def render_model_card(
     repo_id = repo_id or getattr(model, "name_or_path", "") or f"your-name/{name}"
     eval_results = [
         EvalResult(
-            task_type=model.model_card_pipeline_tag,
+            task_type=model.model_card_pipeline_tag or model.model_card_task or "other",
             dataset_type=dataset or "custom",
             dataset_name=dataset or "custom",
             metric_type=metric,

@@ -22,6 +22,8 @@ class VlpPreTrainedModel(PreTrainedModel):
 
     model_card_template: str | None = None
     model_card_pipeline_tag: str | None = None
+    # the task named in the card's evaluation results when there is no pipeline for it (e.g. NLVR2)
+    model_card_task: str | None = None
 
     def model_card_fields(self) -> dict[str, Any]:
         """Architecture-specific template fields (sizes, towers); overridden per architecture."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import runpy
 import sys
 from pathlib import Path
@@ -20,8 +21,12 @@ from hf_vlp.models.albef import (
     VlpAlbefForMaskedLM,
     VlpAlbefForPretraining,
     VlpAlbefForQuestionAnswering,
+    VlpAlbefForTextAssignment,
+    VlpAlbefForVisualEntailment,
+    VlpAlbefForVisualReasoning,
     VlpAlbefModel,
 )
+from hf_vlp.modules.vision import interpolate_grid_embeddings
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURE = ROOT / "tests" / "fixtures" / "originals" / "albef_pretrain"
@@ -395,3 +400,209 @@ def test_vqa_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str], state_di
     del broken["text_decoder.bert.encoder.layer.4.crossattention.self.key.bias"]
     message = cli_error(tmp_path, capsys, save_checkpoint(tmp_path, broken), *config)
     assert "answer_decoder.transformer.encoder.layers.4.cross_attn.kv.bias" in message
+
+
+# --------------------------------------------------------------------------------------------------- visual reasoning
+
+FUSION_LAYER, TEXT_WIDTH = 2, 32  # the pretraining fixture's text tower
+
+
+def reasoning_state_dict(head: str, momentum: bool = True, seed: int = 0) -> dict[str, torch.Tensor]:
+    """An original-layout NLVR2 / SNLI-VE / text-assignment state dict, initialised from the pretraining fixture as the
+    original scripts do (``bert.`` stripped; for the paired encoder, ``Pretrain_nlvr.py`` copies fusion layer ``f + i``
+    into layers ``f + 2i`` and ``f + 2i + 1``), plus a random ``cls_head`` / ``ta_head`` (``*_m`` copies included)."""
+    pretrain = torch.load(CHECKPOINT, weights_only=True)["model"]
+    generator = torch.Generator().manual_seed(seed)
+    towers = ("", "_m") if momentum and head != "text-assignment" else ("",)
+    state: dict[str, torch.Tensor] = {}
+    for key, value in pretrain.items():
+        match = re.fullmatch(r"(visual_encoder|text_encoder)(_m)?\.(.+)", key)
+        if match is None or (match.group(2) or "") not in towers:
+            continue
+        tower, rest = f"{match.group(1)}{match.group(2) or ''}", match.group(3)
+        if tower.startswith("visual_encoder"):
+            state[key] = value.clone()
+            continue
+        if not rest.startswith("bert."):
+            continue  # the MLM head: none of these models has one
+        rest = rest[len("bert."):]
+        layer = re.fullmatch(r"encoder\.layer\.(\d+)\.(.+)", rest)
+        if layer is not None and head != "snli-ve" and int(layer.group(1)) >= FUSION_LAYER:
+            pair = int(layer.group(1)) - FUSION_LAYER
+            for index in (FUSION_LAYER + 2 * pair, FUSION_LAYER + 2 * pair + 1):
+                state[f"{tower}.encoder.layer.{index}.{layer.group(2)}"] = value.clone()
+        else:
+            state[f"{tower}.{rest}"] = value.clone()
+    if head == "text-assignment":
+        for key in ("vision_proj.weight", "vision_proj.bias", "text_proj.weight", "text_proj.bias", "temp"):
+            state[key] = pretrain[key].clone()
+        state["ta_head.weight"] = torch.randn(3, TEXT_WIDTH, generator=generator)
+        state["ta_head.bias"] = torch.randn(3, generator=generator)
+        return state
+    classes = {"nlvr2": 2, "snli-ve": 3}[head]
+    for tower in towers:
+        state[f"cls_head{tower}.0.weight"] = torch.randn(TEXT_WIDTH, TEXT_WIDTH, generator=generator) * 0.2
+        state[f"cls_head{tower}.0.bias"] = torch.randn(TEXT_WIDTH, generator=generator) * 0.2
+        state[f"cls_head{tower}.2.weight"] = torch.randn(classes, TEXT_WIDTH, generator=generator) * 0.2
+        state[f"cls_head{tower}.2.bias"] = torch.randn(classes, generator=generator) * 0.2
+    return state
+
+
+def pretrained_albef() -> VlpAlbefForPretraining:
+    return convert_albef_checkpoint(CHECKPOINT, original_config=CONFIG).model
+
+
+def image_pairs() -> torch.Tensor:
+    pixel_values = fixture_tensors()[0]["pixel_values"]
+    return torch.stack([pixel_values, pixel_values.flip(0)], dim=1)
+
+
+def load_head(module: torch.nn.Module, state: dict[str, torch.Tensor], prefix: str) -> None:
+    module.load_state_dict({key[len(prefix):]: value for key, value in state.items() if key.startswith(prefix)})
+
+
+def test_nlvr2_checkpoint_is_detected_and_matches_the_pretrained_initialisation(tmp_path: Path) -> None:
+    state = reasoning_state_dict("nlvr2")
+    assert sum(key.startswith("text_encoder.encoder.layer.5.") for key in state) > 10
+    output = tmp_path / "nlvr2"
+    arguments = ["--checkpoint", str(save_checkpoint(tmp_path, state)), "--output", str(output),
+                 "--original-config", str(CONFIG), "--tokenizer", str(VOCAB)]
+    assert run_cli(main, arguments) == 0
+    assert json.loads((output / "config.json").read_text())["architectures"] == ["VlpAlbefForVisualReasoning"]
+    assert "NLVR2" in (output / "README.md").read_text()
+    model = VlpAlbefForVisualReasoning.from_pretrained(output, dtype=torch.float32).eval()
+    config = model.config.text_config
+    assert (config.num_hidden_layers, config.fusion_layer) == (4, 2)
+    assert model.config.id2label == {0: "False", 1: "True"}
+    for prefix, tower in (("text_encoder", model.text_model), ("text_encoder_m", model.momentum_text_model)):
+        layers = tower.transformer.encoder.layers
+        assert len(layers) == 6
+        for index in (2, 3, 4, 5):
+            cross = f"{prefix}.encoder.layer.{index}.crossattention.self."
+            kv = torch.cat([state[cross + "key.weight"], state[cross + "value.weight"]])
+            assert torch.equal(layers[index].cross_attn.kv.weight, kv)
+            assert torch.equal(layers[index].cross_attn.q.weight, state[cross + "query.weight"])
+        assert layers[2].cross_attn.kv.weight is layers[3].cross_attn.kv.weight
+    for tower in ("", "_m"):
+        head = model.momentum_cls_head if tower else model.cls_head
+        assert torch.equal(head[0].weight, state[f"cls_head{tower}.0.weight"])
+        assert torch.equal(head[2].bias, state[f"cls_head{tower}.2.bias"])
+    # the converted keys land where from_albef_pretrained puts the pre-trained weights (Pretrain_nlvr.py's mapping)
+    reference = VlpAlbefForVisualReasoning.from_albef_pretrained(pretrained_albef())
+    load_head(reference.cls_head, state, "cls_head.")
+    inputs, _ = fixture_tensors()
+    with torch.no_grad():
+        expected = reference(inputs["input_ids"], image_pairs(), inputs["attention_mask"]).logits
+        logits = model(inputs["input_ids"], image_pairs(), inputs["attention_mask"]).logits
+    torch.testing.assert_close(logits, expected, atol=1e-6, rtol=0)
+
+
+def test_snli_ve_checkpoint_is_detected_and_matches_the_pretrained_initialisation(tmp_path: Path) -> None:
+    state = reasoning_state_dict("snli-ve")
+    result = convert_albef_checkpoint(save_checkpoint(tmp_path, state), original_config=CONFIG)
+    model = result.model
+    assert type(model) is VlpAlbefForVisualEntailment
+    assert set(result.dropped) == {"text_encoder.embeddings.position_ids", "text_encoder_m.embeddings.position_ids"}
+    assert model.config.id2label == {0: "contradiction", 1: "neutral", 2: "entailment"}
+    assert torch.equal(model.momentum_cls_head[2].weight, state["cls_head_m.2.weight"])
+    assert torch.equal(
+        model.momentum_vision_model.transformer.encoder.layers[1].attn.qkv.weight,
+        state["visual_encoder_m.blocks.1.attn.qkv.weight"],
+    )
+    reference = VlpAlbefForVisualEntailment.from_albef_pretrained(pretrained_albef())
+    load_head(reference.cls_head, state, "cls_head.")
+    inputs, _ = fixture_tensors()
+    with torch.no_grad():
+        expected = reference(inputs["input_ids"], inputs["pixel_values"], inputs["attention_mask"]).logits
+        logits = model(inputs["input_ids"], inputs["pixel_values"], inputs["attention_mask"]).logits
+    torch.testing.assert_close(logits, expected, atol=1e-6, rtol=0)
+
+
+def test_text_assignment_checkpoint_is_detected_and_loads_into_nlvr2(tmp_path: Path) -> None:
+    state = reasoning_state_dict("text-assignment")
+    output = tmp_path / "ta"
+    result = convert_albef_checkpoint(save_checkpoint(tmp_path, state), output, original_config=CONFIG)
+    model = result.model
+    assert type(model) is VlpAlbefForTextAssignment
+    assert set(result.dropped) == {"text_encoder.embeddings.position_ids", "text_proj.weight", "text_proj.bias", "temp"}
+    assert torch.equal(model.ta_head.weight, state["ta_head.weight"])
+    assert torch.equal(model.vision_proj.weight, state["vision_proj.weight"])
+    reference = VlpAlbefForTextAssignment.from_albef_pretrained(pretrained_albef())
+    load_head(reference.ta_head, state, "ta_head.")
+    inputs, _ = fixture_tensors()
+    given = {"image_pair_indices": torch.tensor([[0, 1], [2, 1], [3, 0], [1, 2]]), "labels": torch.tensor([0, 2, 1, 0])}
+    with torch.no_grad():
+        expected = reference(inputs["input_ids"], inputs["pixel_values"], inputs["attention_mask"], **given)
+        out = model(inputs["input_ids"], inputs["pixel_values"], inputs["attention_mask"], **given)
+    torch.testing.assert_close(out.logits, expected.logits, atol=1e-6, rtol=0)
+    nlvr = VlpAlbefForVisualReasoning.from_pretrained(output, dtype=torch.float32)
+    assert torch.equal(nlvr.momentum_text_model.transformer.encoder.layers[4].mlp.fc1.weight,
+                       state["text_encoder.encoder.layer.4.intermediate.dense.weight"])
+
+
+def test_checkpoints_without_momentum_towers_get_copies_of_the_online_ones(tmp_path: Path) -> None:
+    state = reasoning_state_dict("nlvr2", momentum=False)
+    model = convert_albef_checkpoint(save_checkpoint(tmp_path, state), original_config=CONFIG, head="nlvr2").model
+    for online, momentum in model.momentum_pairs():
+        for p, p_m in zip(online.parameters(), momentum.parameters()):
+            assert torch.equal(p, p_m)
+
+
+def test_position_embeddings_are_resized_for_every_head(tmp_path: Path) -> None:
+    state = reasoning_state_dict("nlvr2")
+    output = tmp_path / "nlvr2-48"
+    arguments = ["--checkpoint", str(save_checkpoint(tmp_path, state)), "--output", str(output),
+                 "--original-config", str(CONFIG), "--image-size", "48"]
+    assert run_cli(main, arguments) == 0
+    model = VlpAlbefForVisualReasoning.from_pretrained(output, dtype=torch.float32)
+    assert model.config.vision_config.image_size == 48
+    towers = (("visual_encoder.pos_embed", model.vision_model), ("visual_encoder_m.pos_embed", model.momentum_vision_model))
+    for key, tower in towers:
+        expected = interpolate_grid_embeddings(state[key][0], 1, 4, (6, 6))
+        assert torch.equal(tower.transformer.position_embedding, expected)
+    readme = (output / "README.md").read_text()
+    assert "`visual_encoder_m.pos_embed` resized from a 4x4 to a 6x6 patch grid" in readme
+    # the original config's image_res is the default target, for the pretraining head too
+    original = json.loads(CONFIG.read_text()) | {"image_res": 48}
+    pretraining = convert_albef_checkpoint(CHECKPOINT, original_config=original).model
+    assert pretraining.albef.vision_model.transformer.position_embedding.shape == (37, 48)
+    assert pretraining.momentum_vision_model.transformer.position_embedding.shape == (37, 48)
+    retrieval = convert_albef_checkpoint(CHECKPOINT, original_config=CONFIG, head="grounding", image_size=16).model
+    assert retrieval.albef.vision_model.transformer.position_embedding.shape == (5, 48)
+
+
+def test_grounding_head_writes_the_retrieval_model(tmp_path: Path) -> None:
+    output = tmp_path / "grounding"
+    arguments = ["--checkpoint", str(RETRIEVAL / "checkpoint.pth"), "--output", str(output), "--original-config",
+                 str(RETRIEVAL / "original_config.json"), "--head", "grounding"]
+    assert run_cli(main, arguments) == 0
+    assert json.loads((output / "config.json").read_text())["architectures"] == ["VlpAlbefForImageTextRetrieval"]
+    assert "grounding (RefCOCO+" in (output / "README.md").read_text()
+
+
+def test_reasoning_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = ("--original-config", str(CONFIG))
+    nlvr = reasoning_state_dict("nlvr2")
+    message = cli_error(tmp_path, capsys, save_checkpoint(tmp_path, nlvr), *config, "--head", "snli-ve")
+    assert "is an ALBEF NLVR2 model (models/model_nlvr.py); it converts only with --head nlvr2" in message
+    message = cli_error(tmp_path, capsys, CHECKPOINT, *config, "--head", "nlvr2")
+    assert "--head nlvr2 needs an ALBEF NLVR2 checkpoint" in message
+    assert "VlpAlbefForVisualReasoning.from_albef_pretrained" in message
+    untied = dict(nlvr)
+    untied["text_encoder_m.encoder.layer.5.crossattention.self.value.bias"] = untied[
+        "text_encoder_m.encoder.layer.5.crossattention.self.value.bias"] + 1
+    message = cli_error(tmp_path, capsys, save_checkpoint(tmp_path, untied), *config)
+    assert "text_encoder_m.encoder.layer.5.crossattention.self.value.bias differs from" in message
+    missing = dict(nlvr)
+    del missing["cls_head_m.0.bias"]
+    message = cli_error(tmp_path, capsys, save_checkpoint(tmp_path, missing), *config)
+    assert "target keys that no source key fills (1): momentum_cls_head.0.bias" in message
+    four_way = dict(nlvr)
+    four_way["cls_head.2.weight"] = torch.zeros(4, TEXT_WIDTH)
+    assert "has 4 outputs" in cli_error(tmp_path, capsys, save_checkpoint(tmp_path, four_way), *config)
+    message = cli_error(tmp_path, capsys, save_checkpoint(tmp_path, nlvr), *config, "--image-size", "44")
+    assert "configuration is invalid" in message and "patch_size" in message
+    ta = reasoning_state_dict("text-assignment")
+    del ta["text_encoder.encoder.layer.3.crossattention.self.key.weight"]
+    message = cli_error(tmp_path, capsys, save_checkpoint(tmp_path, ta), *config)
+    assert "text_model.transformer.encoder.layers.3.cross_attn.kv.weight" in message and "lacks ['key']" in message

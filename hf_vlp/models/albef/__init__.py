@@ -21,4 +21,15 @@ from .modeling_albef import (
     VlpAlbefVisionModel,
     recall_at_k_from_scores,
 )
+from .modeling_albef_reasoning import (
+    NLVR2_LABELS,
+    SNLI_VE_LABELS,
+    TEXT_ASSIGNMENT_LABELS,
+    VlpAlbefClassifierOutput,
+    VlpAlbefForTextAssignment,
+    VlpAlbefForVisualEntailment,
+    VlpAlbefForVisualReasoning,
+    VlpAlbefPairedTextModel,
+    VlpAlbefTextAssignmentOutput,
+)
 from .processing_albef import VlpAlbefProcessor, pre_caption, pre_question
