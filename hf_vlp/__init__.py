@@ -28,6 +28,21 @@ from .models.albef import (
     VlpAlbefVisionConfig,
     VlpAlbefVisionModel,
 )
+from .models.blip import (
+    BLIP_PRESETS,
+    VlpBlipConfig,
+    VlpBlipForConditionalGeneration,
+    VlpBlipForConditionalGenerationOutput,
+    VlpBlipImageProcessor,
+    VlpBlipModel,
+    VlpBlipOutput,
+    VlpBlipPreTrainedModel,
+    VlpBlipProcessor,
+    VlpBlipTextConfig,
+    VlpBlipTextModel,
+    VlpBlipVisionConfig,
+    VlpBlipVisionModel,
+)
 from .models.clip import (
     CLIP_PRESETS,
     VlpClipConfig,

@@ -7,6 +7,7 @@ from transformers import (
     AutoImageProcessor,
     AutoModel,
     AutoModelForImageClassification,
+    AutoModelForImageTextToText,
     AutoModelForPreTraining,
     AutoModelForZeroShotImageClassification,
     AutoProcessor,
@@ -22,6 +23,17 @@ from .models.albef import (
     VlpAlbefTextModel,
     VlpAlbefVisionConfig,
     VlpAlbefVisionModel,
+)
+from .models.blip import (
+    VlpBlipConfig,
+    VlpBlipForConditionalGeneration,
+    VlpBlipImageProcessor,
+    VlpBlipModel,
+    VlpBlipProcessor,
+    VlpBlipTextConfig,
+    VlpBlipTextModel,
+    VlpBlipVisionConfig,
+    VlpBlipVisionModel,
 )
 from .models.clip import (
     VlpClipConfig,
@@ -62,4 +74,16 @@ def register_all() -> None:
             config, image_processor_classes={"pil": VlpAlbefImageProcessor, "torchvision": VlpAlbefImageProcessor}, exist_ok=True
         )
     AutoProcessor.register(VlpAlbefConfig, VlpAlbefProcessor, exist_ok=True)
+    for config in (VlpBlipConfig, VlpBlipVisionConfig, VlpBlipTextConfig):
+        AutoConfig.register(config.model_type, config, exist_ok=True)
+    AutoModel.register(VlpBlipConfig, VlpBlipModel, exist_ok=True)
+    AutoModel.register(VlpBlipVisionConfig, VlpBlipVisionModel, exist_ok=True)
+    AutoModel.register(VlpBlipTextConfig, VlpBlipTextModel, exist_ok=True)
+    AutoModelForZeroShotImageClassification.register(VlpBlipConfig, VlpBlipModel, exist_ok=True)
+    AutoModelForImageTextToText.register(VlpBlipConfig, VlpBlipForConditionalGeneration, exist_ok=True)
+    for config in (VlpBlipConfig, VlpBlipVisionConfig):
+        AutoImageProcessor.register(
+            config, image_processor_classes={"pil": VlpBlipImageProcessor, "torchvision": VlpBlipImageProcessor}, exist_ok=True
+        )
+    AutoProcessor.register(VlpBlipConfig, VlpBlipProcessor, exist_ok=True)
     register_pipelines()

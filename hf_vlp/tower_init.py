@@ -3,8 +3,9 @@
 ALBEF and BLIP start pre-training from an ImageNet ViT/DeiT and from ``bert-base-uncased``: the ViT weights go into the
 image tower (DeiT's distillation token dropped, positions bicubically interpolated when the resolution differs) and
 BERT's weights into every text layer, the fusion layers included (self-attention and FFN of the same layer index),
-while the cross-attention blocks stay freshly initialised. These loaders do that for
-:class:`~hf_vlp.modules.vision.VisionTransformer` and :class:`~hf_vlp.modules.text.BertStyleTextTransformer`, reusing
+while the cross-attention blocks stay freshly initialised; BLIP's decoder self-attention starts as a copy of BERT's too.
+These loaders do that for :class:`~hf_vlp.modules.vision.VisionTransformer`,
+:class:`~hf_vlp.modules.text.BertStyleTextTransformer` and :class:`~hf_vlp.modules.text.MedTextTransformer`, reusing
 the strict key rules of :mod:`hf_vlp.utils.checkpoints`, and return a :class:`LoadReport` of what was copied, interpolated,
 dropped and left as initialised.
 """
@@ -26,7 +27,7 @@ from transformers import PreTrainedModel
 from transformers.activations import ACT2FN
 
 from .modules.heads import MaskedLMHead
-from .modules.text import BertStyleTextTransformer
+from .modules.text import BertStyleTextTransformer, MedTextTransformer
 from .modules.vision import VisionTransformer, interpolate_grid_embeddings
 
 from .utils.checkpoints import (
@@ -410,8 +411,33 @@ def _text_rules(has_token_types: bool, head: bool) -> list[MappingRule]:
     return rules
 
 
+_SELF_ATTENTION_KEY = re.compile(r"encoder\.layers\.(?P<layer>\d+)\.(?P<module>attn|norm1)\.(?P<p>.+)")
+_DECODER_NAMES = {"attn": "causal_attn", "norm1": "norm_causal"}
+
+
+def _route_self_attention(
+    tower: BertStyleTextTransformer | MedTextTransformer,
+    tensors: dict[str, torch.Tensor],
+    sources: dict[str, list[str]],
+) -> None:
+    """Give BERT's self-attention (mapped to ``attn``/``norm1``) to the decoder-role ``causal_attn``/``norm_causal``
+    of every layer that has one: a copy when the layer also has the bidirectional one, else a move."""
+    for key in [key for key in tensors if _SELF_ATTENTION_KEY.fullmatch(key)]:
+        match = _SELF_ATTENTION_KEY.fullmatch(key)
+        layer = tower.encoder.layers[int(match["layer"])]
+        if not layer.has_causal_self_attention:
+            continue
+        target = f"encoder.layers.{match['layer']}.{_DECODER_NAMES[match['module']]}.{match['p']}"
+        if layer.has_self_attention:
+            tensors[target] = tensors[key].clone()
+            sources[target] = [f"{origin} (copied into the decoder self-attention)" for origin in sources[key]]
+        else:
+            tensors[target] = tensors.pop(key)
+            sources[target] = sources.pop(key)
+
+
 def load_text_tower_from_transformers(
-    tower: BertStyleTextTransformer, source: TowerSource, *, mlm_head: MaskedLMHead | None = None
+    tower: BertStyleTextTransformer | MedTextTransformer, source: TowerSource, *, mlm_head: MaskedLMHead | None = None
 ) -> LoadReport:
     """Initialise ``tower`` (and optionally its ``mlm_head``) from a transformers BERT (``BertModel``,
     ``BertForMaskedLM``, ``BertForPreTraining``): a ``save_pretrained`` directory, a hub id, or a model instance.
@@ -421,20 +447,25 @@ def load_text_tower_from_transformers(
     is left as initialised and listed in ``not_initialised``, as in ALBEF/BLIP. A larger tower vocabulary (BLIP's added
     tokens) keeps its extra rows. With ``mlm_head``, ``cls.predictions`` fills it; its decoder weight comes from
     ``cls.predictions.decoder.weight`` or, when the source ties it (BERT's default), from the word embeddings.
+    A :class:`~hf_vlp.modules.text.MedTextTransformer` gets BERT's self-attention in every self-attention it holds: the
+    bidirectional one and a copy in the causal (decoder) one, as BLIP loads bert-base into both encoder and decoder.
     """
-    if not isinstance(tower, BertStyleTextTransformer):
-        raise TypeError(f"tower must be a hf_vlp BertStyleTextTransformer, got {type(tower).__name__}")
+    if not isinstance(tower, (BertStyleTextTransformer, MedTextTransformer)):
+        raise TypeError(
+            f"tower must be a hf_vlp BertStyleTextTransformer or MedTextTransformer, got {type(tower).__name__}"
+        )
     if mlm_head is not None and not isinstance(mlm_head, MaskedLMHead):
         raise TypeError(f"mlm_head must be a hf_vlp MaskedLMHead, got {type(mlm_head).__name__}")
     src = _read_source(source, TEXT_MODEL_TYPES)
     config = src.config
     first = tower.encoder.layers[0]
+    first_attention = first.attn if first.has_self_attention else first.causal_attn
     _check_architecture(
         src.name,
         {
             "hidden_size": tower.embeddings.word_embeddings.embedding_dim,
             "num_hidden_layers": len(tower.encoder.layers),
-            "num_attention_heads": first.attn.num_heads,
+            "num_attention_heads": first_attention.num_heads,
             "intermediate_size": first.mlp.fc1.out_features,
             "max_position_embeddings": tower.embeddings.max_position_embeddings,
         },
@@ -448,13 +479,14 @@ def load_text_tower_from_transformers(
             "tower with at least the source's vocab_size."
         )
     _check_activation(src.name, first.mlp.act, config.get("hidden_act"), report.notes)
-    _note_eps(first.norm1, config.get("layer_norm_eps"), report.notes)
+    _note_eps(first.norm2, config.get("layer_norm_eps"), report.notes)
 
     has_token_types = tower.embeddings.token_type_embeddings is not None
     tensors, sources, dropped = _map(src, _text_rules(has_token_types, mlm_head is not None))
     report.dropped.update(dropped)
     head_tensors = {key[len(HEAD_PREFIX) :]: tensors.pop(key) for key in list(tensors) if key.startswith(HEAD_PREFIX)}
     head_sources = {key[len(HEAD_PREFIX) :]: sources.pop(key) for key in list(sources) if key.startswith(HEAD_PREFIX)}
+    _route_self_attention(tower, tensors, sources)
     _load(tower, tensors, sources, report)
     if mlm_head is not None:
         if "decoder.weight" not in head_tensors and config.get("tie_word_embeddings", True):

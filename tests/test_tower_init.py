@@ -16,7 +16,7 @@ from transformers import (
 )
 
 from hf_vlp.modules.heads import MaskedLMHead
-from hf_vlp.modules.text import BertStyleTextTransformer
+from hf_vlp.modules.text import BertStyleTextTransformer, MedTextTransformer
 from hf_vlp.modules.transformer import BlockOptions
 from hf_vlp.modules.vision import VisionTransformer, interpolate_grid_embeddings
 from hf_vlp.tower_init import (
@@ -313,3 +313,43 @@ def test_report_summary_lists_each_section():
     assert "interpolated position_embedding: 4x4 -> 6x6" in summary
     assert "dropped pooler.dense.weight, pooler.dense.bias: pooler" in summary
     assert "left as initialised: encoder.layers.{3-5}.cross_attn.q.weight" in summary
+
+
+# --------------------------------------------------------------------------------------------------- MED (BLIP)
+
+
+def build_med_tower(roles: tuple[str, ...]) -> MedTextTransformer:
+    options = BlockOptions(hidden_size=WIDTH, num_heads=HEADS, intermediate_size=FFN, activation="gelu", layer_norm_eps=1e-12)
+    return MedTextTransformer(
+        options, num_layers=LAYERS, vocab_size=VOCAB + 2, max_position_embeddings=POSITIONS, kv_size=WIDTH, roles=roles
+    ).eval()
+
+
+@pytest.mark.parametrize("roles", [("encoder", "decoder"), ("decoder",)], ids=["encoder+decoder", "decoder-only"])
+def test_med_self_attentions_all_start_from_bert(bert_mlm, text_batch, roles):
+    """BLIP loads bert-base into its encoder and its decoder: every self-attention the MED holds gets BERT's, as a
+    separate tensor; FFN and embeddings are the shared ones; cross-attention stays fresh."""
+    tower = build_med_tower(roles)
+    report = load_text_tower_from_transformers(tower, bert_mlm, mlm_head=MaskedLMHead(WIDTH, VOCAB + 2))
+    for index, theirs in enumerate(bert_mlm.bert.encoder.layer):
+        ours = tower.encoder.layers[index]
+        qkv = torch.cat([theirs.attention.self.query.weight, theirs.attention.self.key.weight,
+                         theirs.attention.self.value.weight])
+        torch.testing.assert_close(ours.causal_attn.qkv.weight, qkv, atol=0, rtol=0)
+        torch.testing.assert_close(ours.norm_causal.weight, theirs.attention.output.LayerNorm.weight, atol=0, rtol=0)
+        torch.testing.assert_close(ours.mlp.fc1.weight, theirs.intermediate.dense.weight, atol=0, rtol=0)
+        if "encoder" in roles:
+            torch.testing.assert_close(ours.attn.qkv.weight, qkv, atol=0, rtol=0)
+            assert ours.attn.qkv.weight.data_ptr() != ours.causal_attn.qkv.weight.data_ptr()
+    assert "encoder.layers.0.causal_attn.qkv.weight" in report.copied
+    assert ("encoder.layers.0.attn.qkv.weight" in report.copied) == ("encoder" in roles)
+    assert all("cross_attn" in key or "norm_cross" in key for key in report.not_initialised)
+    assert len(report.not_initialised) == 8 * LAYERS
+    if "encoder" in roles:  # the bidirectional self-attention reproduces BERT's first layer (no token types: add row 0)
+        ids, mask = text_batch
+        with torch.no_grad():
+            tower.embeddings.word_embeddings.weight[:VOCAB] += bert_mlm.bert.embeddings.token_type_embeddings.weight[0]
+            ours = tower(ids, mask, mode="text").last_hidden_state
+            theirs = bert_mlm.bert(input_ids=ids, attention_mask=mask).last_hidden_state
+        keep = mask.bool()
+        torch.testing.assert_close(ours[keep], theirs[keep], atol=1e-5, rtol=0)

@@ -5,6 +5,11 @@ embeddings, pre-norm blocks under a causal mask, a final LayerNorm, and pooling 
 
 ``BertStyleEmbeddings``, ``PostNormBlock``, ``BertStyleEncoder`` and ``BertStyleTextTransformer`` are the BERT-style text/fusion encoder of ALBEF
 (xbert) and BLIP (med): post-norm layers, the upper ones cross-attending to image tokens.
+
+``MedTextTransformer`` is BLIP's "multimodal mixture of encoder-decoder": one stack of cross-attending post-norm layers
+serving as unimodal text encoder, image-grounded encoder and image-grounded causal decoder. Every parameter is shared
+between the roles except the self-attention: a layer holds a bidirectional self-attention (encoder role), a causal one
+(decoder role), or both, next to one cross-attention and one MLP.
 """
 
 from __future__ import annotations
@@ -14,8 +19,13 @@ from typing import Any
 
 import torch
 from torch import nn
+from transformers.cache_utils import Cache, DynamicCache
 from transformers.modeling_layers import GradientCheckpointingLayer
-from transformers.modeling_outputs import BaseModelOutputWithCrossAttentions, BaseModelOutputWithPooling
+from transformers.modeling_outputs import (
+    BaseModelOutputWithCrossAttentions,
+    BaseModelOutputWithPastAndCrossAttentions,
+    BaseModelOutputWithPooling,
+)
 
 from .attention import Attention, padding_mask
 from .transformer import BlockOptions, Mlp, PreNormEncoder
@@ -159,6 +169,11 @@ class PostNormBlock(GradientCheckpointingLayer):
 
     ``x = norm1(x + drop(attn(x)))``; with cross-attention ``x = norm_cross(x + drop(cross_attn(x, memory)))``;
     then ``x = norm2(x + drop(mlp(x)))``. ``kv_size`` is the width of the memory (e.g. the vision tower's).
+
+    The self-attention sub-layer comes in two independent copies for BLIP's shared encoder/decoder layers:
+    ``self_attention`` builds the bidirectional ``attn``/``norm1`` (encoder role), ``causal_self_attention`` a second
+    ``causal_attn``/``norm_causal`` (decoder role); a call picks one with ``use_causal_self_attention``. Cross-attention
+    and MLP are the same modules for both.
     """
 
     def __init__(
@@ -169,19 +184,33 @@ class PostNormBlock(GradientCheckpointingLayer):
         cross_attention: bool = False,
         kv_size: int | None = None,
         layer_idx: int | None = None,
+        self_attention: bool = True,
+        causal_self_attention: bool = False,
     ) -> None:
         super().__init__()
+        if not (self_attention or causal_self_attention):
+            raise ValueError("a PostNormBlock needs a self-attention: set self_attention and/or causal_self_attention")
         width = options.hidden_size
         self.has_cross_attention = cross_attention
-        self.attn = Attention(
-            width,
-            options.num_heads,
-            config=config,
-            qkv_bias=options.qkv_bias,
-            dropout=options.attention_dropout,
-            layer_idx=layer_idx,
-        )
-        self.norm1 = nn.LayerNorm(width, eps=options.layer_norm_eps)
+        self.has_self_attention = self_attention
+        self.has_causal_self_attention = causal_self_attention
+
+        def self_attention_module() -> Attention:
+            return Attention(
+                width,
+                options.num_heads,
+                config=config,
+                qkv_bias=options.qkv_bias,
+                dropout=options.attention_dropout,
+                layer_idx=layer_idx,
+            )
+
+        if self_attention:
+            self.attn = self_attention_module()
+            self.norm1 = nn.LayerNorm(width, eps=options.layer_norm_eps)
+        if causal_self_attention:
+            self.causal_attn = self_attention_module()
+            self.norm_causal = nn.LayerNorm(width, eps=options.layer_norm_eps)
         if cross_attention:
             self.cross_attn = Attention(
                 width,
@@ -206,22 +235,39 @@ class PostNormBlock(GradientCheckpointingLayer):
         is_causal: bool = False,
         cache: Any = None,
         output_attentions: bool = False,
+        use_causal_self_attention: bool = False,
+        use_cross_attention: bool = True,
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """Masks are additive (see :func:`hf_vlp.modules.attention.padding_mask`).
 
-        Returns ``(hidden_states, self-attention probabilities, cross-attention probabilities)``; probabilities are
-        ``None`` unless ``output_attentions`` is set.
+        ``use_causal_self_attention`` runs the decoder-role ``causal_attn`` (always causal) instead of ``attn``;
+        ``use_cross_attention=False`` skips the cross-attention sub-layer of a layer that has one (BLIP's unimodal
+        ``mode='text'``). Returns ``(hidden_states, self-attention probabilities, cross-attention probabilities)``;
+        probabilities are ``None`` unless ``output_attentions`` is set.
         """
-        attended, self_weights = self.attn(
+        if use_causal_self_attention:
+            if not self.has_causal_self_attention:
+                raise ValueError(
+                    "this layer has no causal (decoder) self-attention; build it with causal_self_attention=True"
+                )
+            attention, norm, is_causal = self.causal_attn, self.norm_causal, True
+        else:
+            if not self.has_self_attention:
+                raise ValueError(
+                    "this layer has only the causal (decoder) self-attention; run it with use_causal_self_attention=True "
+                    "or build it with self_attention=True"
+                )
+            attention, norm = self.attn, self.norm1
+        attended, self_weights = attention(
             hidden_states,
             attention_mask=attention_mask,
             is_causal=is_causal,
             cache=cache,
             output_attentions=output_attentions,
         )
-        hidden_states = self.norm1(hidden_states + self.dropout(attended))
+        hidden_states = norm(hidden_states + self.dropout(attended))
         cross_weights = None
-        if self.has_cross_attention:
+        if self.has_cross_attention and use_cross_attention:
             if encoder_hidden_states is None:
                 raise ValueError("this layer cross-attends: pass encoder_hidden_states (e.g. the image tokens)")
             attended, cross_weights = self.cross_attn(
@@ -250,6 +296,8 @@ class BertStyleEncoder(nn.Module):
     ``"fusion"`` the cross-attending layers ``[fusion_layer, num_layers)`` (input: the text mode's output),
     ``"full"`` all of them (xbert's ``multi_modal``). ``"text"`` then ``"fusion"`` equals one ``"full"`` pass.
     ``fusion_layer=0`` gives every layer a cross-attention (BLIP's ``med.py``); ``fusion_layer=num_layers`` none.
+    ``self_attention``/``causal_self_attention`` say which self-attentions every layer holds (see
+    :class:`PostNormBlock`).
     """
 
     def __init__(
@@ -260,13 +308,23 @@ class BertStyleEncoder(nn.Module):
         fusion_layer: int,
         kv_size: int | None = None,
         config: Any = None,
+        self_attention: bool = True,
+        causal_self_attention: bool = False,
     ) -> None:
         super().__init__()
         if not 0 <= fusion_layer <= num_layers:
             raise ValueError(f"fusion_layer must be between 0 and num_layers ({num_layers}), got {fusion_layer}")
         self.fusion_layer = fusion_layer
         self.layers = nn.ModuleList(
-            PostNormBlock(options, config=config, cross_attention=i >= fusion_layer, kv_size=kv_size, layer_idx=i)
+            PostNormBlock(
+                options,
+                config=config,
+                cross_attention=i >= fusion_layer,
+                kv_size=kv_size,
+                layer_idx=i,
+                self_attention=self_attention,
+                causal_self_attention=causal_self_attention,
+            )
             for i in range(num_layers)
         )
 
@@ -291,10 +349,17 @@ class BertStyleEncoder(nn.Module):
         cache: Any = None,
         output_hidden_states: bool = False,
         output_attentions: bool = False,
+        use_causal_self_attention: bool = False,
+        use_cross_attention: bool = True,
     ) -> BertStyleEncoderOutput:
-        """Run the layers of ``mode``; masks are additive (see :func:`hf_vlp.modules.attention.padding_mask`)."""
+        """Run the layers of ``mode``; masks are additive (see :func:`hf_vlp.modules.attention.padding_mask`).
+
+        ``use_causal_self_attention`` and ``use_cross_attention`` are passed to every layer (see
+        :meth:`PostNormBlock.forward`).
+        """
         indices = self.layer_range(mode)
-        if encoder_hidden_states is None and any(self.layers[i].has_cross_attention for i in indices):
+        cross_attends = use_cross_attention and any(self.layers[i].has_cross_attention for i in indices)
+        if encoder_hidden_states is None and cross_attends:
             raise ValueError(f"mode {mode!r} runs cross-attention layers: pass encoder_hidden_states")
         all_states = [hidden_states] if output_hidden_states else None
         self_attentions = [] if output_attentions else None
@@ -308,6 +373,8 @@ class BertStyleEncoder(nn.Module):
                 is_causal=is_causal,
                 cache=cache,
                 output_attentions=output_attentions,
+                use_causal_self_attention=use_causal_self_attention,
+                use_cross_attention=use_cross_attention,
             )
             if all_states is not None:
                 all_states.append(hidden_states)
@@ -392,4 +459,127 @@ class BertStyleTextTransformer(nn.Module):
             hidden_states=encoded.hidden_states,
             attentions=encoded.attentions,
             cross_attentions=encoded.cross_attentions,
+        )
+
+
+# --------------------------------------------------------------------------------------------------- MED (BLIP)
+
+MED_MODES = ("text", "multimodal", "decoder")
+MED_ROLES = ("encoder", "decoder")
+
+
+class MedTextTransformer(nn.Module):
+    """BLIP's multimodal mixture of encoder-decoder: :class:`BertStyleEmbeddings` without token types and a stack of
+    :class:`PostNormBlock` that all cross-attend (``med.py``), shared by three roles picked per call by ``mode``:
+
+    - ``"text"``: unimodal encoder; bidirectional self-attention and MLP, cross-attention skipped (``[CLS]`` -> ITC).
+    - ``"multimodal"``: image-grounded encoder; bidirectional self-attention, cross-attention to
+      ``encoder_hidden_states``, MLP (``[ENC]`` -> ITM, VQA question, NLVR).
+    - ``"decoder"``: image-grounded decoder; causal self-attention, cross-attention, MLP (``[DEC]`` -> LM), with an
+      optional key/value ``cache`` of the self-attention (incremental decoding).
+
+    ``roles`` says which self-attentions the layers hold: ``"encoder"`` (the bidirectional ``attn``, modes ``text`` and
+    ``multimodal``) and/or ``"decoder"`` (the causal ``causal_attn``, mode ``decoder``). Embeddings, cross-attention and
+    MLP are single modules used by every role, so the original's encoder/decoder tie is one tensor here. The input ids
+    are used as given: putting ``[ENC]``/``[DEC]`` at position 0 is the caller's (the model's) job.
+    """
+
+    def __init__(
+        self,
+        options: BlockOptions,
+        *,
+        num_layers: int,
+        vocab_size: int,
+        max_position_embeddings: int,
+        pad_token_id: int | None = 0,
+        kv_size: int | None = None,
+        roles: tuple[str, ...] | list[str] = ("encoder",),
+        config: Any = None,
+    ) -> None:
+        super().__init__()
+        roles = tuple(roles)
+        if not roles or len(set(roles)) != len(roles) or not set(roles) <= set(MED_ROLES):
+            raise ValueError(f"roles must be a non-empty selection of {MED_ROLES} without repeats, got {roles}")
+        self.roles = roles
+        self.embeddings = BertStyleEmbeddings(
+            vocab_size,
+            options.hidden_size,
+            max_position_embeddings,
+            type_vocab_size=0,
+            layer_norm_eps=options.layer_norm_eps,
+            dropout=options.hidden_dropout,
+            pad_token_id=pad_token_id,
+        )
+        self.encoder = BertStyleEncoder(
+            options,
+            num_layers,
+            fusion_layer=0,
+            kv_size=kv_size,
+            config=config,
+            self_attention="encoder" in roles,
+            causal_self_attention="decoder" in roles,
+        )
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        encoder_hidden_states: torch.Tensor | None = None,
+        encoder_attention_mask: torch.Tensor | None = None,
+        mode: str = "multimodal",
+        cache: Cache | None = None,
+        use_cache: bool = False,
+        output_hidden_states: bool = False,
+        output_attentions: bool = False,
+    ) -> BaseModelOutputWithPastAndCrossAttentions:
+        """Run the layers in ``mode`` (see the class docstring) on ``[B, L]`` ids with 1/0 keep-masks.
+
+        ``encoder_attention_mask=None`` lets every text token see every memory token. In ``"decoder"`` mode a ``cache``
+        (a transformers ``Cache``, e.g. ``DynamicCache``; created when ``use_cache`` and none is given) holds the
+        self-attention keys/values of earlier positions: ``input_ids`` are then the new tokens only, positions continue
+        after the cached ones and ``attention_mask`` covers cached + new positions (as ``generate()`` passes it). The
+        cache is returned in ``.cache``.
+        """
+        if mode not in MED_MODES:
+            raise ValueError(f"mode must be one of {MED_MODES}, got {mode!r}")
+        decoding = mode == "decoder"
+        role = "decoder" if decoding else "encoder"
+        if role not in self.roles:
+            raise ValueError(
+                f"mode {mode!r} runs the {role} self-attention, but this text transformer was built with roles "
+                f"{self.roles} only (e.g. a captioning model has no bidirectional encoder); use a model that holds it."
+            )
+        if not decoding and (cache is not None or use_cache):
+            raise ValueError(f"only mode 'decoder' takes a key/value cache; mode {mode!r} runs bidirectionally")
+        if decoding and use_cache and cache is None:
+            cache = DynamicCache()
+        past_length = cache.get_seq_length() if cache is not None else 0
+        hidden_states = self.embeddings(input_ids, position_offset=past_length)
+        if attention_mask is not None and attention_mask.shape[-1] != past_length + input_ids.shape[1]:
+            raise ValueError(
+                f"attention_mask covers {attention_mask.shape[-1]} positions but the cache holds {past_length} and "
+                f"input_ids add {input_ids.shape[1]}; pass the mask of all positions (cached + new)."
+            )
+        dtype = hidden_states.dtype
+        self_mask = padding_mask(attention_mask, dtype) if attention_mask is not None else None
+        cross_mask = padding_mask(encoder_attention_mask, dtype) if encoder_attention_mask is not None else None
+        encoded = self.encoder(
+            hidden_states,
+            self_mask,
+            encoder_hidden_states,
+            cross_mask,
+            mode="full",
+            is_causal=decoding,
+            cache=cache,
+            output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions,
+            use_causal_self_attention=decoding,
+            use_cross_attention=mode != "text",
+        )
+        return BaseModelOutputWithPastAndCrossAttentions(
+            last_hidden_state=encoded.last_hidden_state,
+            cache=cache,
+            hidden_states=encoded.hidden_states,
+            attentions=encoded.attentions,
+            cross_attentions=encoded.cross_attentions if mode != "text" else None,
         )

@@ -1,4 +1,5 @@
-"""BERT-style post-norm text/fusion encoder: parity with transformers' BertModel, modes, masks, kernels, errors."""
+"""BERT-style post-norm text/fusion encoder (parity with transformers' BertModel, modes, masks, kernels, errors) and
+BLIP's MED built from the same layers (roles, shared weights, causal decoding with a cache)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from transformers import BertConfig, BertModel, PretrainedConfig
 from conversion.common import filter_prefix, map_state_dict
 from conversion.convert_albef import albef_rules
 from hf_vlp.modules.heads import ItmHead, MaskedLMHead
-from hf_vlp.modules.text import BertStyleEncoder, BertStyleTextTransformer, PostNormBlock
+from hf_vlp.modules.attention import padding_mask
+from hf_vlp.modules.text import BertStyleEncoder, BertStyleTextTransformer, MedTextTransformer, PostNormBlock
 from hf_vlp.modules.transformer import BlockOptions
 
 WIDTH, HEADS, FFN, VOCAB, POSITIONS, MEMORY_WIDTH = 32, 4, 48, 50, 24, 40
@@ -190,3 +192,146 @@ def test_heads() -> None:
     itm = ItmHead(WIDTH)
     assert isinstance(itm, torch.nn.Linear) and itm(hidden[:, 0]).shape == (2, 2)
     assert set(dict(itm.named_parameters())) == {"weight", "bias"}
+
+
+# --------------------------------------------------------------------------------------------------- MED (BLIP)
+
+
+def med_tower(roles=("encoder", "decoder"), implementation: str = "sdpa", num_layers: int = 2, seed: int = 0):
+    torch.manual_seed(seed)
+    tower = MedTextTransformer(
+        options(), num_layers=num_layers, vocab_size=VOCAB, max_position_embeddings=POSITIONS, kv_size=MEMORY_WIDTH,
+        roles=roles, config=attention_config(implementation),
+    ).eval()
+    with torch.no_grad():
+        for parameter in tower.parameters():
+            parameter.add_(0.1 * torch.randn_like(parameter))
+    return tower
+
+
+def bert_style_copy(med: MedTextTransformer, fusion_layer: int, self_attention: str = "attn") -> BertStyleTextTransformer:
+    """A BertStyleTextTransformer holding the MED's weights, with ``self_attention`` as its (only) self-attention."""
+    num_layers = len(med.encoder.layers)
+    tower = BertStyleTextTransformer(
+        options(), num_layers=num_layers, fusion_layer=fusion_layer, vocab_size=VOCAB, max_position_embeddings=POSITIONS,
+        type_vocab_size=0, kv_size=MEMORY_WIDTH, config=attention_config(),
+    ).eval()
+    norm = {"attn": "norm1", "causal_attn": "norm_causal"}[self_attention]
+    state = {}
+    for key, value in med.state_dict().items():
+        if ".attn." in key or ".norm1." in key or ".causal_attn." in key or ".norm_causal." in key:
+            if f".{self_attention}." not in key and f".{norm}." not in key:
+                continue
+            key = key.replace(f".{self_attention}.", ".attn.").replace(f".{norm}.", ".norm1.")
+        state[key] = value
+    expected = tower.state_dict()
+    tower.load_state_dict({key: value for key, value in state.items() if key in expected}, strict=True)
+    return tower
+
+
+def test_med_layers_hold_one_cross_attention_and_mlp_and_two_self_attentions() -> None:
+    tower = med_tower()
+    names = {name.split(".")[2] for name, _ in tower.encoder.named_parameters()}  # layers.<i>.<module>.<...>
+    assert names == {"attn", "norm1", "causal_attn", "norm_causal", "cross_attn", "norm_cross", "mlp", "norm2"}
+    layer = tower.encoder.layers[0]
+    assert layer.attn is not layer.causal_attn and layer.attn.qkv.weight is not layer.causal_attn.qkv.weight
+    decoder_only = med_tower(roles=("decoder",))
+    assert not hasattr(decoder_only.encoder.layers[0], "attn") and hasattr(decoder_only.encoder.layers[0], "causal_attn")
+    assert not hasattr(med_tower(roles=("encoder",)).encoder.layers[0], "causal_attn")
+
+
+@pytest.mark.parametrize("implementation", ["sdpa", "eager"])
+def test_med_modes_equal_the_bert_style_passes_they_stand_for(implementation: str) -> None:
+    med = med_tower(implementation=implementation)
+    input_ids, attention_mask, memory = batch()
+    memory_mask = torch.ones(memory.shape[:2], dtype=torch.long)
+    memory_mask[0, 4:] = 0
+    text_only = bert_style_copy(med, fusion_layer=2)  # no cross-attention at all
+    fused = bert_style_copy(med, fusion_layer=0)
+    causal = bert_style_copy(med, fusion_layer=0, self_attention="causal_attn")
+    with torch.no_grad():
+        text = med(input_ids, attention_mask, mode="text")
+        multimodal = med(input_ids, attention_mask, memory, memory_mask, mode="multimodal")
+        decoder = med(input_ids, attention_mask, memory, memory_mask, mode="decoder")
+        hidden = causal.embeddings(input_ids)
+        expected_decoder = causal.encoder(
+            hidden, padding_mask(attention_mask, hidden.dtype), memory, padding_mask(memory_mask, hidden.dtype),
+            is_causal=True,
+        ).last_hidden_state
+        torch.testing.assert_close(text.last_hidden_state, text_only(input_ids, attention_mask, mode="text").last_hidden_state)
+        torch.testing.assert_close(
+            multimodal.last_hidden_state,
+            fused(input_ids, attention_mask, encoder_hidden_states=memory, encoder_attention_mask=memory_mask).last_hidden_state,
+        )
+        torch.testing.assert_close(decoder.last_hidden_state, expected_decoder)
+    assert text.cross_attentions is None and decoder.cache is None
+    assert not torch.allclose(multimodal.last_hidden_state, decoder.last_hidden_state, atol=1e-3)
+
+
+def test_med_roles_train_only_their_own_self_attention() -> None:
+    tower = med_tower().train()
+    input_ids, attention_mask, memory = batch()
+    used = {}
+    for mode in ("text", "multimodal", "decoder"):
+        tower.zero_grad()
+        tower(input_ids, attention_mask, memory, mode=mode).last_hidden_state.square().mean().backward()
+        layer = tower.encoder.layers[0]
+        probes = {"attn": layer.attn.qkv, "causal_attn": layer.causal_attn.qkv, "cross_attn": layer.cross_attn.q,
+                  "mlp": layer.mlp.fc1}
+        used[mode] = {name for name, linear in probes.items() if linear.weight.grad is not None}
+    assert used == {
+        "text": {"attn", "mlp"}, "multimodal": {"attn", "cross_attn", "mlp"}, "decoder": {"causal_attn", "cross_attn", "mlp"}
+    }
+
+
+def test_med_decoder_is_causal_and_its_cache_reproduces_the_full_pass() -> None:
+    tower = med_tower()
+    input_ids, attention_mask, memory = batch()
+    attention_mask = torch.ones_like(attention_mask)
+    attention_mask[2, 7:] = 0  # right padding in one row
+    with torch.no_grad():
+        full = tower(input_ids, attention_mask, memory, mode="decoder").last_hidden_state
+        changed = input_ids.clone()
+        changed[:, 6:] = 5
+        prefix = tower(changed, attention_mask, memory, mode="decoder").last_hidden_state
+        torch.testing.assert_close(prefix[:, :6], full[:, :6])  # later tokens never reach earlier positions
+        step = tower(input_ids[:, :4], attention_mask[:, :4], memory, mode="decoder", use_cache=True)
+        pieces, cache = [step.last_hidden_state], step.cache
+        for position in range(4, input_ids.shape[1]):
+            step = tower(
+                input_ids[:, position : position + 1], attention_mask[:, : position + 1], memory, mode="decoder",
+                cache=cache, use_cache=True,
+            )
+            assert step.cache is cache and cache.get_seq_length() == position + 1
+            pieces.append(step.last_hidden_state)
+    torch.testing.assert_close(torch.cat(pieces, dim=1), full, atol=1e-5, rtol=0)
+
+
+def test_med_errors_name_the_problem() -> None:
+    input_ids, attention_mask, memory = batch()
+    tower = med_tower(roles=("decoder",))
+    with pytest.raises(ValueError, match="built with roles"):
+        tower(input_ids, mode="text")
+    with pytest.raises(ValueError, match="mode must be one of"):
+        tower(input_ids, mode="fusion")
+    with pytest.raises(ValueError, match="pass encoder_hidden_states"):
+        tower(input_ids, mode="decoder")
+    encoder = med_tower(roles=("encoder",))
+    with pytest.raises(ValueError, match="built with roles"):
+        encoder(input_ids, encoder_hidden_states=memory, mode="decoder")
+    with pytest.raises(ValueError, match="only mode 'decoder' takes a key/value cache"):
+        encoder(input_ids, encoder_hidden_states=memory, mode="multimodal", use_cache=True)
+    with pytest.raises(ValueError, match="cached \\+ new"):
+        step = tower(input_ids[:, :3], encoder_hidden_states=memory, mode="decoder", use_cache=True)
+        tower(input_ids[:, 3:4], attention_mask[:, 3:4], memory, mode="decoder", cache=step.cache)
+    with pytest.raises(ValueError, match="roles must be"):
+        med_tower(roles=("encoder", "encoder"))
+    with pytest.raises(ValueError, match="roles must be"):
+        med_tower(roles=("multimodal",))
+    with pytest.raises(ValueError, match="needs a self-attention"):
+        PostNormBlock(options(), self_attention=False)
+    block = PostNormBlock(options(), self_attention=False, causal_self_attention=True)
+    with pytest.raises(ValueError, match="only the causal"):
+        block(torch.randn(1, 3, WIDTH))
+    with pytest.raises(ValueError, match="no causal"):
+        PostNormBlock(options())(torch.randn(1, 3, WIDTH), use_causal_self_attention=True)
