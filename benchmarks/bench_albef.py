@@ -8,7 +8,8 @@
 2. Retrieval: a random gallery of ``--images`` images and ``--texts`` captions through
    ``VlpAlbefForImageTextRetrieval``: encoding (chunked ``encode_images``/``encode_texts``), the ITC similarity with
    the top-``k`` selection of both directions, and ``score_matrices`` whose ITM re-rank time is its total minus the
-   ITC part. Base size takes hours on a 2-core CPU, so the CPU default is the ``small`` preset (see ``PRESETS``).
+   ITC part (``--rerank-batch`` queries re-ranked per fusion call). Base size takes hours on a 2-core CPU, so the
+   CPU default is the ``small`` preset (see ``PRESETS``).
 
 There is no other ALBEF implementation in transformers to compare with: the numbers are absolute.
 """
@@ -244,7 +245,9 @@ def bench_retrieval(args: argparse.Namespace, device: torch.device, dtype: torch
 
         def score() -> None:
             nonlocal scores
-            scores = model.score_matrices(images, texts, k=args.k, fill_value=args.fill_value)
+            scores = model.score_matrices(
+                images, texts, k=args.k, fill_value=args.fill_value, batch_size=args.rerank_batch
+            )
 
         score_s = time_once(score, device)
     assert scores is not None
@@ -266,6 +269,7 @@ def bench_retrieval(args: argparse.Namespace, device: torch.device, dtype: torch
         "images": args.images,
         "texts": args.texts,
         "k": args.k,
+        "rerank_batch": args.rerank_batch,
         "text_length": args.text_length,
         "eval_batch": args.eval_batch,
         "encode_images_s": encode_images_s,
@@ -298,6 +302,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--images", type=int, default=1000, help="retrieval gallery images")
     parser.add_argument("--texts", type=int, default=5000, help="retrieval gallery captions")
     parser.add_argument("--k", type=int, default=16, help="candidates re-ranked by ITM per query")
+    parser.add_argument(
+        "--rerank-batch", type=int, default=8, help="queries whose k candidates one ITM fusion call scores"
+    )
     parser.add_argument("--eval-batch", type=int, default=64, help="gallery items encoded per call")
     parser.add_argument("--text-length", type=int, default=30, help="tokens per caption (the original pads to 30)")
     parser.add_argument("--fill-value", type=float, default=-100.0)
@@ -319,8 +326,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error("--batch must be at least 2 (in-batch hard negatives need another pair)")
     if args.queue_size % args.batch:
         parser.error(f"--queue-size {args.queue_size} must be a multiple of --batch {args.batch}")
-    if args.rounds < 1 or args.warmup < 0 or args.k < 1 or args.images < 1 or args.texts < 1 or args.eval_batch < 1:
-        parser.error("--rounds, --k, --images, --texts and --eval-batch must be positive, --warmup non-negative")
+    positive = (args.rounds, args.k, args.images, args.texts, args.eval_batch, args.rerank_batch)
+    if args.warmup < 0 or min(positive) < 1:
+        parser.error(
+            "--rounds, --k, --images, --texts, --eval-batch and --rerank-batch must be positive, --warmup non-negative"
+        )
     return args
 
 

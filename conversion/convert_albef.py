@@ -685,6 +685,7 @@ def convert_albef_checkpoint(
         config.text_config.pad_token_id = bert_tokenizer.pad_token_id
         config.text_config.cls_token_id = bert_tokenizer.cls_token_id
         config.text_config.mask_token_id = bert_tokenizer.mask_token_id
+        config.text_config.sep_token_id = bert_tokenizer.sep_token_id
     model = MODEL_CLASSES[head](config)
     load_mapped_state_dict(model, mapped)
     model.eval()

@@ -91,6 +91,7 @@ def test_cli_end_to_end_with_config_and_tokenizer(tmp_path: Path, capsys: pytest
     assert_reproduces_fixture(pretraining)
     config = pretraining.config.text_config
     assert (config.pad_token_id, config.cls_token_id, config.mask_token_id) == (0, 2, 4)  # for in-model MLM masking
+    assert config.sep_token_id == 3  # VQA answers end there: generate stops without an explicit eos_token_id
     model = VlpAlbefForMaskedLM.from_pretrained(output, dtype=torch.float32).eval()
     assert_reproduces_fixture(model)
     assert isinstance(VlpAlbefModel.from_pretrained(output, dtype=torch.float32), VlpAlbefModel)

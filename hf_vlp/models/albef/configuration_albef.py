@@ -63,6 +63,7 @@ class VlpAlbefTextConfig(PretrainedConfig):
     pad_token_id: int | None = 0
     cls_token_id: int | None = None  # set from the tokenizer (by name) by the converter / processor
     mask_token_id: int | None = None
+    sep_token_id: int | None = None  # ends a VQA answer (the original appends the literal "[SEP]")
     tie_word_embeddings: bool = True
 
     def validate_architecture(self) -> None:

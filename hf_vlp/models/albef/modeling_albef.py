@@ -1,4 +1,4 @@
-"""ALBEF (Li et al., 2021): align image and text features contrastively, then fuse them with cross-attention.
+r"""ALBEF (Li et al., 2021): align image and text features contrastively, then fuse them with cross-attention.
 
     image -> ViT -> image tokens --------------------------------------------+
                  \-> [CLS] -> vision_proj -> image_features                 |  (cross-attention memory)
@@ -10,15 +10,19 @@
 pretraining losses (ITC with momentum distillation, ITM on hard negatives, MLM with momentum distillation).
 ``VlpAlbefForImageTextRetrieval`` fine-tunes the same towers on image ids (ITC + ITM) and ranks galleries by ITC
 top-k then ITM re-ranking. ``VlpAlbefForQuestionAnswering`` decodes answers with a causal BERT cross-attending to
-the fused question states, trained on weighted answers with momentum distillation, and ranks a candidate list.
+the fused question states, trained on weighted answers with momentum distillation; it ranks a candidate list (as the
+original) or generates free answers with transformers' ``generate``. The momentum-contrastive steps shared with BLIP
+live in :mod:`hf_vlp.contrastive`.
 """
 
 import copy
+import os
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
+from transformers import Cache, GenerationConfig, GenerationMixin
 from transformers import initialization as init
 from transformers.modeling_outputs import (
     BaseModelOutputWithCrossAttentions,
@@ -27,8 +31,25 @@ from transformers.modeling_outputs import (
     ModelOutput,
 )
 
-from ...distributed import all_gather_no_grad
-from ...losses import distillation_targets, id_match_targets, sample_hard_negatives, soft_target_contrastive
+from ...contrastive import (
+    MomentumContrastiveStep,
+    clamp_temperature_,
+    diagonal_targets,
+    distilled_itc,
+    enqueue_momentum_features,
+    itm_triplets,
+    momentum_contrastive_step,
+    sample_itm_negatives,
+)
+from ...generation import (
+    add_decoder_cache,
+    decode_generated,
+    fill_special_tokens,
+    resolved_generation_value,
+    special_token_ids_from_tokenizer,
+    uncached_tokens,
+)
+from ...losses import id_match_targets
 from ...modeling_utils import VlpPreTrainedModel
 from ...momentum import FeatureQueue, MomentumModelMixin, ModulePair
 from ...modules.heads import ItmHead, MaskedLMHead
@@ -546,19 +567,12 @@ def distilled_mlm_loss(
 
 @dataclass
 class AlbefContrastiveStep:
-    """Online and momentum encodings of one batch and its ITC logits against the queues."""
+    """The batch's tower states (ITM and MLM inputs) and its momentum-contrastive step (ITC logits, queues)."""
 
     image_states: torch.Tensor
     text_states: torch.Tensor
-    image_embeds: torch.Tensor
-    text_embeds: torch.Tensor
     momentum_image_states: torch.Tensor
-    momentum_image_embeds: torch.Tensor
-    momentum_text_embeds: torch.Tensor
-    image_columns: torch.Tensor
-    text_columns: torch.Tensor
-    logits_per_image: torch.Tensor
-    logits_per_text: torch.Tensor
+    itc: MomentumContrastiveStep
 
 
 class VlpAlbefMomentumModel(MomentumModelMixin, VlpAlbefPreTrainedModel):
@@ -591,16 +605,13 @@ class VlpAlbefMomentumModel(MomentumModelMixin, VlpAlbefPreTrainedModel):
         attention_mask: torch.Tensor,
         token_type_ids: torch.Tensor | None,
         interpolate_pos_encoding: bool,
-    ) -> "AlbefContrastiveStep":
+    ) -> AlbefContrastiveStep:
         """Clamp ``temp``, encode both modalities with the online and momentum towers, and score the online
         embeddings against [batch momentum features ; queue] as ALBEF's ITC does."""
         albef = self.albef
-        with torch.no_grad():
-            albef.temp.clamp_(self.config.temp_min, self.config.temp_max)
+        clamp_temperature_(albef.temp, self.config.temp_min, self.config.temp_max)
         image_states = albef.encode_image(pixel_values, interpolate_pos_encoding).last_hidden_state
         text_states = albef.encode_text(input_ids, attention_mask, token_type_ids).last_hidden_state
-        image_embeds = nn.functional.normalize(albef.vision_proj(image_states[:, 0]), dim=-1)
-        text_embeds = nn.functional.normalize(albef.text_proj(text_states[:, 0]), dim=-1)
         with torch.no_grad():
             momentum_image_states = self.momentum_vision_model(
                 pixel_values, interpolate_pos_encoding=interpolate_pos_encoding, return_dict=True
@@ -608,31 +619,20 @@ class VlpAlbefMomentumModel(MomentumModelMixin, VlpAlbefPreTrainedModel):
             momentum_text_states = self.momentum_text_model(
                 input_ids, attention_mask, token_type_ids, mode="text", return_dict=True
             ).last_hidden_state
-            momentum_image_embeds = nn.functional.normalize(self.momentum_vision_proj(momentum_image_states[:, 0]), dim=-1)
-            momentum_text_embeds = nn.functional.normalize(self.momentum_text_proj(momentum_text_states[:, 0]), dim=-1)
-            image_columns = self.image_queue.with_batch(momentum_image_embeds)
-            text_columns = self.text_queue.with_batch(momentum_text_embeds)
-        return AlbefContrastiveStep(
-            image_states=image_states,
-            text_states=text_states,
-            momentum_image_states=momentum_image_states,
-            momentum_image_embeds=momentum_image_embeds,
-            momentum_text_embeds=momentum_text_embeds,
-            image_columns=image_columns,
-            text_columns=text_columns,
-            logits_per_image=image_embeds @ text_columns / albef.temp,
-            logits_per_text=text_embeds @ image_columns / albef.temp,
-            image_embeds=image_embeds,
-            text_embeds=text_embeds,
+        itc = momentum_contrastive_step(
+            image_states[:, 0],
+            text_states[:, 0],
+            momentum_image_states[:, 0],
+            momentum_text_states[:, 0],
+            vision_proj=albef.vision_proj,
+            text_proj=albef.text_proj,
+            momentum_vision_proj=self.momentum_vision_proj,
+            momentum_text_proj=self.momentum_text_proj,
+            image_queue=self.image_queue,
+            text_queue=self.text_queue,
+            temp=albef.temp,
         )
-
-    def _distilled_itc(self, step: "AlbefContrastiveStep", hard_targets: torch.Tensor, alpha: float) -> torch.Tensor:
-        """ITC against soft targets: ``alpha`` x momentum similarities + ``(1 - alpha)`` x ``hard_targets``."""
-        temp = self.albef.temp
-        with torch.no_grad():
-            targets_i2t = distillation_targets(step.momentum_image_embeds @ step.text_columns / temp, alpha, hard_targets)
-            targets_t2i = distillation_targets(step.momentum_text_embeds @ step.image_columns / temp, alpha, hard_targets)
-        return soft_target_contrastive(step.logits_per_image, step.logits_per_text, targets_i2t, targets_t2i)
+        return AlbefContrastiveStep(image_states, text_states, momentum_image_states, itc)
 
 
 class VlpAlbefForPretraining(VlpAlbefMomentumModel):
@@ -764,40 +764,22 @@ class VlpAlbefForPretraining(VlpAlbefMomentumModel):
             attention_mask = torch.ones_like(input_ids)
         albef, batch = self.albef, input_ids.shape[0]
         step = self._contrastive_step(input_ids, pixel_values, attention_mask, token_type_ids, interpolate_pos_encoding)
-        image_states, text_states = step.image_states, step.text_states
-        logits_per_image, logits_per_text = step.logits_per_image, step.logits_per_text
-        momentum_image_embeds, momentum_text_embeds = step.momentum_image_embeds, step.momentum_text_embeds
-        image_embeds, text_embeds = step.image_embeds, step.text_embeds
-        loss_itc = None
-        if return_loss:
-            hard_targets = torch.zeros_like(logits_per_image)
-            hard_targets[:, :batch].fill_diagonal_(1)
-            loss_itc = self._distilled_itc(step, hard_targets, alpha)
-        momentum_image_states = step.momentum_image_states
+        image_states, text_states, itc = step.image_states, step.text_states, step.itc
+        loss_itc = distilled_itc(itc, diagonal_targets(itc), alpha, albef.temp) if return_loss else None
         if update_queues:
-            self.image_queue.enqueue(all_gather_no_grad(momentum_image_embeds))
-            self.text_queue.enqueue(all_gather_no_grad(momentum_text_embeds))
+            enqueue_momentum_features(itc, self.image_queue, self.text_queue)
 
-        # ITM: [positives ; (text b, negative image) ; (negative text, image b)]
         if itm_negative_image_indices is None:
-            diagonal = torch.eye(batch, dtype=torch.bool, device=logits_per_image.device)
-            itm_negative_image_indices, itm_negative_text_indices = sample_hard_negatives(
-                logits_per_image[:, :batch].detach(),
-                logits_per_text[:, :batch].detach(),
-                diagonal,
-                generator,
-                eps=self.itm_negative_eps,
+            diagonal = torch.eye(batch, dtype=torch.bool, device=itc.logits_per_image.device)
+            itm_negative_image_indices, itm_negative_text_indices = sample_itm_negatives(
+                itc, diagonal, generator, eps=self.itm_negative_eps
             )
-        negative_images, negative_texts = itm_negative_image_indices, itm_negative_text_indices
-        fused = albef.fuse(
-            torch.cat([text_states, text_states, text_states[negative_texts]]),
-            torch.cat([image_states, image_states[negative_images], image_states]),
-            torch.cat([attention_mask, attention_mask, attention_mask[negative_texts]]),
-        ).last_hidden_state
-        itm_logits = albef.itm_head(fused[:, 0])
-        itm_labels = torch.cat(
-            [torch.ones(batch, dtype=torch.long), torch.zeros(2 * batch, dtype=torch.long)]
-        ).to(itm_logits.device)
+        triplets = itm_triplets(
+            (text_states, attention_mask), (image_states,), itm_negative_image_indices, itm_negative_text_indices
+        )
+        (itm_texts, itm_masks), (itm_images,) = triplets.text, triplets.image
+        itm_logits = albef.itm_head(albef.fuse(itm_texts, itm_images, itm_masks).last_hidden_state[:, 0])
+        itm_labels = triplets.labels.to(itm_logits.device)
 
         # MLM, distilled from the momentum text encoder on the momentum image tokens
         if mlm_input_ids is None:
@@ -815,7 +797,7 @@ class VlpAlbefForPretraining(VlpAlbefMomentumModel):
             with torch.no_grad():
                 teacher_logits = self.momentum_mlm_head(
                     self.momentum_text_model(
-                        mlm_input_ids, attention_mask, token_type_ids, encoder_hidden_states=momentum_image_states,
+                        mlm_input_ids, attention_mask, token_type_ids, encoder_hidden_states=step.momentum_image_states,
                         mode="full", return_dict=True,
                     ).last_hidden_state
                 )
@@ -826,12 +808,12 @@ class VlpAlbefForPretraining(VlpAlbefMomentumModel):
             loss_itc=loss_itc,
             loss_itm=loss_itm,
             loss_mlm=loss_mlm,
-            logits_per_image=logits_per_image,
-            logits_per_text=logits_per_text,
-            image_embeds=image_embeds,
-            text_embeds=text_embeds,
-            momentum_image_embeds=momentum_image_embeds,
-            momentum_text_embeds=momentum_text_embeds,
+            logits_per_image=itc.logits_per_image,
+            logits_per_text=itc.logits_per_text,
+            image_embeds=itc.image_embeds,
+            text_embeds=itc.text_embeds,
+            momentum_image_embeds=itc.momentum_image_embeds,
+            momentum_text_embeds=itc.momentum_text_embeds,
             itm_logits=itm_logits,
             itm_labels=itm_labels,
             itm_negative_image_indices=itm_negative_image_indices,
@@ -1001,53 +983,42 @@ class VlpAlbefForImageTextRetrieval(VlpAlbefMomentumModel):
             attention_mask = torch.ones_like(input_ids)
         albef = self.albef
         step = self._contrastive_step(input_ids, pixel_values, attention_mask, token_type_ids, interpolate_pos_encoding)
-        image_states, text_states = step.image_states, step.text_states
-        logits_per_image, logits_per_text = step.logits_per_image, step.logits_per_text
-        momentum_image_embeds, momentum_text_embeds = step.momentum_image_embeds, step.momentum_text_embeds
-        image_embeds, text_embeds = step.image_embeds, step.text_embeds
+        image_states, text_states, itc = step.image_states, step.text_states, step.itc
         loss = loss_itc = loss_itm = itm_labels = None
         if image_ids is not None:
             hard_targets = id_match_targets(image_ids, self.idx_queue.with_batch(image_ids)[0])
-            loss_itc = self._distilled_itc(step, hard_targets, alpha)
+            loss_itc = distilled_itc(itc, hard_targets, alpha, albef.temp)
         if update_queues:
-            self.image_queue.enqueue(all_gather_no_grad(momentum_image_embeds))
-            self.text_queue.enqueue(all_gather_no_grad(momentum_text_embeds))
-            self.idx_queue.enqueue(all_gather_no_grad(image_ids))
+            enqueue_momentum_features(itc, self.image_queue, self.text_queue, image_ids, self.idx_queue)
 
-        # ITM: [positives ; (text b, negative image) ; (negative text, image b)]
-        texts, images, masks = [text_states], [image_states], [attention_mask]
-        if image_ids is not None:
+        if image_ids is None:  # only the positives
+            itm_texts, itm_masks, itm_images = text_states, attention_mask, image_states
+        else:
             if itm_negative_image_indices is None:
                 same_image = image_ids.reshape(-1, 1) == image_ids.reshape(1, -1)
-                itm_negative_image_indices, itm_negative_text_indices = sample_hard_negatives(
-                    logits_per_image[:, :batch].detach(),
-                    logits_per_text[:, :batch].detach(),
-                    same_image,
-                    generator,
-                    eps=float(self.config.itm_negative_eps),
+                itm_negative_image_indices, itm_negative_text_indices = sample_itm_negatives(
+                    itc, same_image, generator, eps=self.itm_negative_eps
                 )
-            negative_images, negative_texts = itm_negative_image_indices, itm_negative_text_indices
-            texts += [text_states, text_states[negative_texts]]
-            images += [image_states[negative_images], image_states]
-            masks += [attention_mask, attention_mask[negative_texts]]
-        fused = albef.fuse(torch.cat(texts), torch.cat(images), torch.cat(masks)).last_hidden_state
-        itm_logits = albef.itm_head(fused[:, 0])
-        if image_ids is not None:
-            itm_labels = torch.cat(
-                [torch.ones(batch, dtype=torch.long), torch.zeros(2 * batch, dtype=torch.long)]
-            ).to(itm_logits.device)
+            triplets = itm_triplets(
+                (text_states, attention_mask), (image_states,), itm_negative_image_indices, itm_negative_text_indices
+            )
+            (itm_texts, itm_masks), (itm_images,) = triplets.text, triplets.image
+            itm_labels = triplets.labels
+        itm_logits = albef.itm_head(albef.fuse(itm_texts, itm_images, itm_masks).last_hidden_state[:, 0])
+        if itm_labels is not None:
+            itm_labels = itm_labels.to(itm_logits.device)
             loss_itm = nn.functional.cross_entropy(itm_logits, itm_labels)
             loss = loss_itc + loss_itm
         output = VlpAlbefForImageTextRetrievalOutput(
             loss=loss,
             loss_itc=loss_itc,
             loss_itm=loss_itm,
-            logits_per_image=logits_per_image,
-            logits_per_text=logits_per_text,
-            image_embeds=image_embeds,
-            text_embeds=text_embeds,
-            momentum_image_embeds=momentum_image_embeds,
-            momentum_text_embeds=momentum_text_embeds,
+            logits_per_image=itc.logits_per_image,
+            logits_per_text=itc.logits_per_text,
+            image_embeds=itc.image_embeds,
+            text_embeds=itc.text_embeds,
+            momentum_image_embeds=itc.momentum_image_embeds,
+            momentum_text_embeds=itc.momentum_text_embeds,
             itm_logits=itm_logits,
             itm_labels=itm_labels,
             itm_negative_image_indices=itm_negative_image_indices,
@@ -1085,13 +1056,20 @@ class VlpAlbefForImageTextRetrieval(VlpAlbefMomentumModel):
         texts: VlpAlbefRetrievalFeatures,
         k: int = 256,
         fill_value: float = -100.0,
+        batch_size: int = 8,
     ) -> VlpAlbefRetrievalScores:
         """ALBEF's retrieval scores: for each image the ``k`` texts of highest ITC cosine (and for each text the ``k``
         images) get the raw ITM match logit ``itm_head(fusion)[:, 1]``; every other entry is ``fill_value``. The ITC
         similarity is not added. ``k`` is 256 for COCO and 128 for Flickr30k in the original; it is capped at the
-        gallery size."""
+        gallery size.
+
+        The re-rank fuses the candidates of ``batch_size`` queries per call (``batch_size * k`` pairs; the original
+        fuses one query's ``k`` at a time): raise it for throughput, lower it when the fused image tokens of that
+        many pairs do not fit in memory. The scores do not depend on it beyond float rounding."""
         if k < 1:
             raise ValueError(f"k (candidates re-ranked by ITM per query) must be >= 1, got {k}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size (queries re-ranked per fusion call) must be >= 1, got {batch_size}")
         if texts.attention_mask is None:
             raise ValueError("texts need their attention_mask; build them with encode_texts")
         similarities = images.embeds @ texts.embeds.T
@@ -1099,15 +1077,21 @@ class VlpAlbefForImageTextRetrieval(VlpAlbefMomentumModel):
         image_to_text = similarities.new_full((num_images, num_texts), fill_value)
         text_to_image = similarities.new_full((num_texts, num_images), fill_value)
         k_texts, k_images = min(k, num_texts), min(k, num_images)
-        for row in range(num_images):
-            top = similarities[row].topk(k_texts).indices
-            image = images.hidden_states[row].expand(k_texts, -1, -1)
-            image_to_text[row, top] = self._match_logits(texts.hidden_states[top], texts.attention_mask[top], image)
-        for row in range(num_texts):
-            top = similarities[:, row].topk(k_images).indices
-            text = texts.hidden_states[row].expand(k_images, -1, -1)
-            mask = texts.attention_mask[row].expand(k_images, -1)
-            text_to_image[row, top] = self._match_logits(text, mask, images.hidden_states[top])
+        top_texts = similarities.topk(k_texts, dim=1).indices
+        top_images = similarities.T.topk(k_images, dim=1).indices
+        for start in range(0, num_images, batch_size):
+            top = top_texts[start : start + batch_size]
+            candidates = top.reshape(-1)
+            image = images.hidden_states[start : start + top.shape[0]].repeat_interleave(k_texts, dim=0)
+            logits = self._match_logits(texts.hidden_states[candidates], texts.attention_mask[candidates], image)
+            image_to_text[start : start + top.shape[0]].scatter_(1, top, logits.view_as(top).to(image_to_text.dtype))
+        for start in range(0, num_texts, batch_size):
+            top = top_images[start : start + batch_size]
+            rows = slice(start, start + top.shape[0])
+            text = texts.hidden_states[rows].repeat_interleave(k_images, dim=0)
+            mask = texts.attention_mask[rows].repeat_interleave(k_images, dim=0)
+            logits = self._match_logits(text, mask, images.hidden_states[top.reshape(-1)])
+            text_to_image[rows].scatter_(1, top, logits.view_as(top).to(text_to_image.dtype))
         return VlpAlbefRetrievalScores(similarities, image_to_text, text_to_image)
 
     def _match_logits(
@@ -1123,9 +1107,12 @@ class VlpAlbefForImageTextRetrieval(VlpAlbefMomentumModel):
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         k: int = 256,
+        batch_size: int = 8,
     ) -> VlpAlbefRetrievalScores:
         """:meth:`score_matrices` of a gallery small enough to encode in one batch per modality."""
-        return self.score_matrices(self.encode_images(pixel_values), self.encode_texts(input_ids, attention_mask), k=k)
+        return self.score_matrices(
+            self.encode_images(pixel_values), self.encode_texts(input_ids, attention_mask), k=k, batch_size=batch_size
+        )
 
 
 # ------------------------------------------------------------------------------------------------------------ VQA
@@ -1137,12 +1124,14 @@ class VlpAlbefForQuestionAnsweringOutput(ModelOutput):
     ``sum(answer_weights * answer_losses) / num_questions``; ``answer_losses`` ``[N]`` is each answer's summed
     (distilled) token loss. ``logits`` ``[N, La, vocab]`` are the answer decoder's next-token logits over
     ``answer_input_ids`` (position ``t`` predicts token ``t + 1``); ``question_states`` ``[Q, Lq, D]`` the fused
-    question states the decoder attends to."""
+    question states the decoder attends to. ``cache`` is the answer decoder's key/value cache when one was passed
+    (generation)."""
 
     loss: torch.Tensor | None = None
     answer_losses: torch.Tensor | None = None
     logits: torch.Tensor | None = None
     question_states: torch.Tensor | None = None
+    cache: Cache | None = None
 
 
 @dataclass
@@ -1187,7 +1176,7 @@ def summed_answer_losses(
     return (1 - alpha) * hard + alpha * soft
 
 
-class VlpAlbefForQuestionAnswering(VlpAlbefMomentumModel):
+class VlpAlbefForQuestionAnswering(VlpAlbefMomentumModel, GenerationMixin):
     """ALBEF VQA (``models/model_vqa.py`` + ``VQA.py``): a question encoder (text layers, then fusion layers over the
     image tokens) and an answer decoder - a causal BERT whose every layer cross-attends to the question states - with
     its own embeddings and LM head. Answers are ``[CLS] answer [SEP]`` (``[CLS]`` is the decoder's BOS).
@@ -1196,7 +1185,12 @@ class VlpAlbefForQuestionAnswering(VlpAlbefMomentumModel):
     ``answers_per_question``; every answer's loss is its summed token CE distilled from the momentum towers
     (``(1 - alpha) * CE + alpha * soft-CE``); ``loss = sum(answer_weights * answer_loss) / num_questions``. The EMA
     step runs in ``hf_vlp.MomentumCallback`` (the original runs it at the start of every training forward).
-    Inference (:meth:`rank_answers`): rank a fixed candidate list as the original's ``rank_answer``.
+    Inference (:meth:`rank_answers`): rank a fixed candidate list as the original's ``rank_answer``; or
+    (:meth:`generate`, transformers' ``GenerationMixin``) decode free answers greedily or by beam search, the
+    question encoded once and the decoder run with a KV cache, from ``[CLS]`` until ``[SEP]``
+    (``model.generate(**processor(images=..., text=questions, text_kind="question", return_tensors="pt"))``;
+    :meth:`generate_answers` returns the decoded strings). :meth:`from_pretraining` starts from a pretrained ALBEF
+    as ``VQA.py`` does.
 
     Weights: ``vision_model``, ``text_model``, ``answer_decoder``, ``answer_head`` (decoder tied to the answer
     decoder's word embeddings) and their frozen ``momentum_*`` copies.
@@ -1230,6 +1224,71 @@ class VlpAlbefForQuestionAnswering(VlpAlbefMomentumModel):
         self.momentum_answer_head = self._build_answer_head(text)
         self.post_init()
         self.init_momentum()
+        self.generation_config = self.default_generation_config()
+
+    def default_generation_config(self) -> GenerationConfig:
+        """Answer decoding defaults: start at ``[CLS]`` (``text_config.cls_token_id``), stop at ``[SEP]``
+        (``text_config.sep_token_id``), pad with ``text_config.pad_token_id``; beam search with 3 beams and at most
+        10 new tokens (about BLIP's VQA ``generate`` settings; ALBEF itself only ranks a candidate list)."""
+        text = self.config.text_config
+        return GenerationConfig(
+            bos_token_id=text.cls_token_id,
+            eos_token_id=text.sep_token_id,
+            pad_token_id=text.pad_token_id,
+            num_beams=3,
+            max_new_tokens=10,
+        )
+
+    @classmethod
+    def from_pretraining(
+        cls,
+        pretrained: "VlpAlbefForPretraining | VlpAlbefForMaskedLM | str | os.PathLike",
+        **from_pretrained_kwargs: Any,
+    ) -> "VlpAlbefForQuestionAnswering":
+        """Build the VQA model from a pretrained ALBEF as the original ``VQA.py`` does: the image tower and the
+        question encoder (text and fusion layers) copy the pretrained ones; answer-decoder layer ``j`` copies
+        pretrained fusion layer ``fusion_layer + j``; the decoder's embeddings and the answer head copy the pretrained
+        text embeddings and MLM head; the momentum towers start equal to the online ones.
+
+        ``pretrained`` is a ``VlpAlbefForPretraining`` (or ``VlpAlbefForMaskedLM``) instance or a directory saved
+        from one (``from_pretrained_kwargs`` go to its ``from_pretrained``). The config is the pretrained one; a
+        different fine-tuning resolution needs ``interpolate_pos_encoding=True`` in the forwards. Returned in eval
+        mode, like ``from_pretrained``.
+        """
+        if isinstance(pretrained, (str, os.PathLike)):
+            pretrained = VlpAlbefForPretraining.from_pretrained(pretrained, **from_pretrained_kwargs)
+        elif from_pretrained_kwargs:
+            raise TypeError(
+                f"from_pretrained keyword arguments {sorted(from_pretrained_kwargs)} only apply when `pretrained` "
+                "is a directory"
+            )
+        if not isinstance(pretrained, (VlpAlbefForPretraining, VlpAlbefForMaskedLM)):
+            raise TypeError(
+                "pretrained must be a VlpAlbefForPretraining or VlpAlbefForMaskedLM (or a directory saved from one), "
+                f"got {type(pretrained).__name__}"
+            )
+        config = copy.deepcopy(pretrained.config)
+        text = config.text_config
+        fusion_layers = text.num_hidden_layers - text.fusion_layer
+        if fusion_layers < cls.answer_decoder_layers:
+            raise ValueError(
+                f"the answer decoder's {cls.answer_decoder_layers} layers copy the pretrained fusion layers, but the "
+                f"pretrained text encoder has only {fusion_layers} (num_hidden_layers {text.num_hidden_layers}, "
+                f"fusion_layer {text.fusion_layer}); pretrain with at least {cls.answer_decoder_layers} fusion layers"
+            )
+        model = cls(config)
+        source = pretrained.albef
+        source_text = source.text_model.transformer
+        decoder = model.answer_decoder.transformer
+        with torch.no_grad():
+            model.vision_model.load_state_dict(source.vision_model.state_dict())
+            model.text_model.load_state_dict(source.text_model.state_dict())
+            decoder.embeddings.load_state_dict(source_text.embeddings.state_dict())
+            for index, layer in enumerate(decoder.encoder.layers):
+                layer.load_state_dict(source_text.encoder.layers[text.fusion_layer + index].state_dict())
+            model.answer_head.load_state_dict(pretrained.mlm_head.state_dict())
+        model.init_momentum()
+        return model.to(device=pretrained.device, dtype=pretrained.dtype).eval()
 
     @staticmethod
     def _build_answer_head(text: VlpAlbefTextConfig) -> MaskedLMHead:
@@ -1285,9 +1344,14 @@ class VlpAlbefForQuestionAnswering(VlpAlbefMomentumModel):
         answer_attention_mask: torch.Tensor | None = None,
         question_attention_mask: torch.Tensor | None = None,
         momentum: bool = False,
+        cache: Cache | None = None,
     ) -> torch.Tensor:
         """Next-token logits ``[N, La, vocab]`` of answers ``[N, La]`` under a causal mask, each cross-attending to
-        its row of ``question_states`` ``[N, Lq, D]`` (1/0 masks; ``None`` = all visible)."""
+        its row of ``question_states`` ``[N, Lq, D]`` (1/0 masks; ``None`` = all visible).
+
+        With a key/value ``cache`` holding the first ``t`` tokens, ``answer_input_ids`` are the tokens that follow
+        (positions ``t, t + 1, ...``) and are appended to it; an ``answer_attention_mask`` must then cover all
+        ``t + La`` tokens."""
         decoder = self.momentum_answer_decoder if momentum else self.answer_decoder
         head = self.momentum_answer_head if momentum else self.answer_head
         if answer_input_ids.shape[0] != question_states.shape[0]:
@@ -1296,12 +1360,13 @@ class VlpAlbefForQuestionAnswering(VlpAlbefMomentumModel):
                 f"and {question_states.shape[0]} question states (repeat the states per answer)"
             )
         transformer = decoder.transformer
-        hidden = transformer.embeddings(answer_input_ids)
+        past_length = cache.get_seq_length() if cache is not None else 0
+        hidden = transformer.embeddings(answer_input_ids, position_offset=past_length)
         dtype = hidden.dtype
         self_mask = padding_mask(answer_attention_mask, dtype) if answer_attention_mask is not None else None
         cross_mask = padding_mask(question_attention_mask, dtype) if question_attention_mask is not None else None
         hidden = transformer.encoder(
-            hidden, self_mask, question_states, cross_mask, mode="full", is_causal=True
+            hidden, self_mask, question_states, cross_mask, mode="full", is_causal=True, cache=cache
         ).last_hidden_state
         return head(hidden)
 
@@ -1309,9 +1374,9 @@ class VlpAlbefForQuestionAnswering(VlpAlbefMomentumModel):
 
     def forward(
         self,
-        input_ids: torch.Tensor,
-        pixel_values: torch.Tensor,
-        answer_input_ids: torch.Tensor,
+        input_ids: torch.Tensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        answer_input_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         answer_attention_mask: torch.Tensor | None = None,
         answer_weights: torch.Tensor | None = None,
@@ -1321,29 +1386,49 @@ class VlpAlbefForQuestionAnswering(VlpAlbefMomentumModel):
         alpha: float | None = None,
         interpolate_pos_encoding: bool = False,
         return_dict: bool | None = None,
+        question_states: torch.Tensor | None = None,
+        cache: Cache | None = None,
     ) -> VlpAlbefForQuestionAnsweringOutput | tuple:
-        """One VQA fine-tuning forward on ``Q`` (image, question) pairs and their ``N`` answers.
+        """One VQA fine-tuning forward on ``Q`` (image, question) pairs and their ``N`` answers (also the decoding
+        step of :meth:`generate`).
 
         Args:
+            input_ids, pixel_values: ``[Q, Lq]`` questions and ``[Q, C, H, W]`` their images; ``attention_mask`` is
+                the questions' 1/0 padding mask.
             answer_input_ids: ``[N, La]`` answers ``[CLS] a.. [SEP] [PAD]..``, grouped by question in order.
             answers_per_question: ``[Q]`` how many answers each question has (the original's ``k``); default one.
             answer_weights: ``[N]`` weight of each answer (the original's ``weights``); default ones.
             labels: ``[N, La]`` token targets, -100 ignored; default ``answer_input_ids`` with pads set to -100.
             return_loss: compute ``answer_losses`` and ``loss`` (with momentum distillation).
             alpha: distillation weight; default ``self.distill_alpha`` (ramped by ``MomentumCallback``).
+            question_states: ``[Q, Lq, D]`` precomputed :meth:`encode_question` output used instead of encoding
+                ``input_ids``/``pixel_values`` (which distillation still needs for the momentum towers).
+            cache: the answer decoder's key/value cache (generation): ``answer_input_ids`` are then the tokens
+                after the cached ones.
         """
-        num_questions, num_answers = input_ids.shape[0], answer_input_ids.shape[0]
-        if pixel_values.shape[0] != num_questions:
-            raise ValueError(
-                f"pass one image per question: got {pixel_values.shape[0]} images, {num_questions} questions"
-            )
+        if answer_input_ids is None:
+            raise ValueError("pass answer_input_ids ([N, La] answers starting with [CLS])")
+        if question_states is None:
+            if input_ids is None or pixel_values is None:
+                raise ValueError("pass the questions' input_ids and pixel_values, or precomputed question_states")
+            if pixel_values.shape[0] != input_ids.shape[0]:
+                raise ValueError(
+                    f"pass one image per question: got {pixel_values.shape[0]} images, {input_ids.shape[0]} questions"
+                )
+            num_questions, question_length = input_ids.shape
+        else:
+            num_questions, question_length = question_states.shape[:2]
+        if cache is not None and return_loss:
+            raise ValueError("the cache is for generation: compute losses on whole answers without a cache")
+        num_answers = answer_input_ids.shape[0]
+        device = answer_input_ids.device
         if answers_per_question is None:
             if num_answers != num_questions:
                 raise ValueError(
                     f"{num_answers} answers for {num_questions} questions: pass answers_per_question ([Q] counts)"
                 )
             answers_per_question = torch.ones(num_questions, dtype=torch.long)
-        answers_per_question = answers_per_question.reshape(-1).to(device=input_ids.device, dtype=torch.long)
+        answers_per_question = answers_per_question.reshape(-1).to(device=device, dtype=torch.long)
         if answers_per_question.shape[0] != num_questions or int(answers_per_question.sum()) != num_answers:
             raise ValueError(
                 f"answers_per_question must hold one count per question ({num_questions}) summing to the number of "
@@ -1352,13 +1437,18 @@ class VlpAlbefForQuestionAnswering(VlpAlbefMomentumModel):
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         alpha = self.distill_alpha if alpha is None else float(alpha)
         if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
-        if answer_attention_mask is None:
+            attention_mask = torch.ones(num_questions, question_length, dtype=torch.long, device=device)
+        if answer_attention_mask is None and cache is None:
             answer_attention_mask = torch.ones_like(answer_input_ids)
-        question_states = self.encode_question(pixel_values, input_ids, attention_mask, False, interpolate_pos_encoding)
+        if question_states is None:
+            question_states = self.encode_question(
+                pixel_values, input_ids, attention_mask, False, interpolate_pos_encoding
+            )
         repeated_states = question_states.repeat_interleave(answers_per_question, dim=0)
         repeated_mask = attention_mask.repeat_interleave(answers_per_question, dim=0)
-        logits = self.decode_answers(answer_input_ids, repeated_states, answer_attention_mask, repeated_mask)
+        logits = self.decode_answers(
+            answer_input_ids, repeated_states, answer_attention_mask, repeated_mask, cache=cache
+        )
         loss = answer_losses = None
         if return_loss:
             if labels is None:
@@ -1371,6 +1461,11 @@ class VlpAlbefForQuestionAnswering(VlpAlbefMomentumModel):
                 raise ValueError(f"answer_weights must hold one weight per answer ({num_answers})")
             teacher_logits = None
             if alpha > 0:
+                if input_ids is None or pixel_values is None:
+                    raise ValueError(
+                        "distillation (alpha > 0) runs the momentum towers on input_ids and pixel_values: pass them, "
+                        "or alpha=0"
+                    )
                 with torch.no_grad():
                     momentum_states = self.encode_question(
                         pixel_values, input_ids, attention_mask, True, interpolate_pos_encoding
@@ -1381,9 +1476,106 @@ class VlpAlbefForQuestionAnswering(VlpAlbefMomentumModel):
             answer_losses = summed_answer_losses(logits, labels.to(logits.device), teacher_logits, alpha)
             loss = (answer_weights * answer_losses).sum() / num_questions
         output = VlpAlbefForQuestionAnsweringOutput(
-            loss=loss, answer_losses=answer_losses, logits=logits, question_states=question_states
+            loss=loss, answer_losses=answer_losses, logits=logits, question_states=question_states, cache=cache
         )
         return output if return_dict else output.to_tuple()
+
+    # ----------------------------------------------------------------------------------------------- generation
+
+    def prepare_inputs_for_generation(
+        self,
+        input_ids: torch.Tensor,
+        question_states: torch.Tensor | None = None,
+        question_attention_mask: torch.Tensor | None = None,
+        cache: Cache | None = None,
+        attention_mask: torch.Tensor | None = None,
+        next_sequence_length: int | None = None,
+        **kwargs: Any,
+    ) -> dict[str, Any]:
+        """One decoding step's ``forward`` inputs: the answer tokens the cache has not seen, the question states
+        (repeated per beam by ``generate``) and their mask. ``input_ids`` are the answers generated so far;
+        ``attention_mask`` is ``generate``'s mask over them (all ones: answers hold no padding) and is dropped."""
+        if question_states is None:
+            raise ValueError(
+                "VlpAlbefForQuestionAnswering decodes from question states: call generate(pixel_values=..., "
+                "input_ids=questions, attention_mask=...), which encodes the questions once"
+            )
+        return {
+            "answer_input_ids": uncached_tokens(input_ids, next_sequence_length),
+            "question_states": question_states,
+            "attention_mask": question_attention_mask,
+            "cache": cache,
+        }
+
+    @torch.no_grad()
+    def generate(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        generation_config: GenerationConfig | None = None,
+        interpolate_pos_encoding: bool = False,
+        **kwargs: Any,
+    ) -> Any:
+        """Generate free answers to ``Q`` questions ``input_ids`` ``[Q, Lq]`` about ``pixel_values``: the question
+        encoder runs once, then transformers' ``generate`` decodes ``[CLS] answer.. [SEP]`` with the answer decoder
+        cross-attending to the question states (repeated per beam) and a KV cache.
+
+        ``kwargs`` are ``generate``'s (``max_new_tokens``, ``num_beams``, ``do_sample``, ``return_dict_in_generate``,
+        ...); defaults come from ``self.generation_config`` (see :meth:`default_generation_config`). Returns what
+        ``generate`` returns: ``[Q * num_return_sequences, T]`` ids starting with ``[CLS]`` by default.
+        """
+        if pixel_values is None or input_ids is None:
+            raise ValueError("generate needs the images (pixel_values) and the tokenised questions (input_ids)")
+        if kwargs.get("cache") is not None and kwargs["cache"].get_seq_length() > 0:
+            raise ValueError("generate starts every answer from [CLS]: pass an empty cache (or none)")
+        defaults = self.default_generation_config()
+        generation_config = fill_special_tokens(
+            kwargs,
+            generation_config,
+            self.generation_config,
+            {field: getattr(defaults, field) for field in ("bos_token_id", "eos_token_id", "pad_token_id")},
+        )
+        bos_token_id = resolved_generation_value("bos_token_id", kwargs, generation_config, self.generation_config)
+        if bos_token_id is None:
+            raise ValueError(
+                "answers start with [CLS]: set config.text_config.cls_token_id (the tokenizer's [CLS] id) or pass "
+                "bos_token_id; generate_answers(processor, ...) takes the special tokens from the tokenizer"
+            )
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        question_states = self.encode_question(pixel_values, input_ids, attention_mask, False, interpolate_pos_encoding)
+        start_ids = torch.full((input_ids.shape[0], 1), int(bos_token_id), dtype=torch.long, device=input_ids.device)
+        add_decoder_cache(kwargs, generation_config, self.generation_config, self.answer_decoder.config)
+        if generation_config is not None:
+            kwargs["generation_config"] = generation_config
+        return super().generate(
+            input_ids=start_ids, question_states=question_states, question_attention_mask=attention_mask, **kwargs
+        )
+
+    @torch.no_grad()
+    def generate_answers(
+        self,
+        processor: Any,
+        pixel_values: torch.Tensor,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        **generate_kwargs: Any,
+    ) -> list[str]:
+        """:meth:`generate` and decode: one answer string per question (per returned sequence), special tokens
+        removed. ``processor`` is a ``VlpAlbefProcessor`` or its tokenizer; the special tokens the generation
+        config lacks (``[CLS]``, ``[SEP]``, ``[PAD]``) are read from it."""
+        generation_config = fill_special_tokens(
+            generate_kwargs,
+            generate_kwargs.pop("generation_config", None),
+            self.generation_config,
+            special_token_ids_from_tokenizer(processor),
+        )
+        output = self.generate(
+            pixel_values, input_ids, attention_mask, generation_config=generation_config, **generate_kwargs
+        )
+        sequences = output if isinstance(output, torch.Tensor) else output.sequences
+        return decode_generated(processor, sequences)
 
     # ------------------------------------------------------------------------------------------------ inference
 

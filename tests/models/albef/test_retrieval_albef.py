@@ -183,6 +183,46 @@ def test_parity_gallery_scores_itc_top_k_then_itm() -> None:
         model.score_matrices(images, texts, k=0)
 
 
+def per_query_scores(
+    model: VlpAlbefForImageTextRetrieval, images: VlpAlbefRetrievalFeatures, texts: VlpAlbefRetrievalFeatures, k: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The original ``evaluation()`` loop: one fusion call per query over its top-k ITC candidates."""
+    similarities = images.embeds @ texts.embeds.T
+    image_to_text = torch.full_like(similarities, -100.0)
+    text_to_image = torch.full_like(similarities.T, -100.0)
+    albef = model.albef
+    for row in range(similarities.shape[0]):
+        top = similarities[row].topk(min(k, similarities.shape[1])).indices
+        image = images.hidden_states[row].expand(len(top), -1, -1)
+        fused = albef.fuse(texts.hidden_states[top], image, texts.attention_mask[top]).last_hidden_state
+        image_to_text[row, top] = albef.itm_head(fused[:, 0])[:, 1]
+    for row in range(similarities.shape[1]):
+        top = similarities[:, row].topk(min(k, similarities.shape[0])).indices
+        text, mask = texts.hidden_states[row].expand(len(top), -1, -1), texts.attention_mask[row].expand(len(top), -1)
+        fused = albef.fuse(text, images.hidden_states[top], mask).last_hidden_state
+        text_to_image[row, top] = albef.itm_head(fused[:, 0])[:, 1]
+    return image_to_text, text_to_image
+
+
+@pytest.mark.parametrize("k", [3, 100])
+def test_batched_itm_rerank_equals_one_fusion_call_per_query(k: int) -> None:
+    torch.manual_seed(0)
+    model = VlpAlbefForImageTextRetrieval(tiny_config()).eval()
+    batch = tiny_batch(10, seed=1)  # 10 captions with two padding lengths, 5 distinct images
+    with torch.no_grad():
+        images = model.encode_images(batch["pixel_values"][::2])
+        texts = model.encode_texts(batch["input_ids"], batch["attention_mask"])
+        expected_i2t, expected_t2i = per_query_scores(model, images, texts, k)
+    for batch_size in (1, 3, 64):  # one query per call, chunks with a ragged last one, everything at once
+        scores = model.score_matrices(images, texts, k=k, batch_size=batch_size)
+        torch.testing.assert_close(scores.image_to_text, expected_i2t, atol=1e-5, rtol=0)
+        torch.testing.assert_close(scores.text_to_image, expected_t2i, atol=1e-5, rtol=0)
+        assert int((scores.image_to_text != -100).sum()) == 5 * min(k, 10)
+        assert int((scores.text_to_image != -100).sum()) == 10 * min(k, 5)
+    with pytest.raises(ValueError, match="batch_size"):
+        model.score_matrices(images, texts, k=k, batch_size=0)
+
+
 def test_recall_at_k_from_scores_follows_itm_eval() -> None:
     image_to_text = torch.tensor([[0.9, 0.1, 0.5, -100.0], [0.2, 0.3, 0.8, 0.7]])
     text_to_image = torch.tensor([[0.9, 0.1], [0.6, 0.4], [0.2, 0.8], [0.3, 0.7]])

@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from transformers import BertTokenizer
 
 from conversion.convert_albef import convert_albef_checkpoint
-from hf_vlp.models.albef import VlpAlbefConfig, VlpAlbefForQuestionAnswering
+from hf_vlp.models.albef import VlpAlbefConfig, VlpAlbefForPretraining, VlpAlbefForQuestionAnswering
 from hf_vlp.models.albef.modeling_albef import summed_answer_losses
 from hf_vlp.training.callbacks import MomentumCallback
 
@@ -236,3 +237,165 @@ def test_save_load_round_trip_keeps_frozen_momentum_towers(tmp_path: Path) -> No
     torch.testing.assert_close(actual, expected, atol=0, rtol=0)
     first, second = rank_fixture(model, K_TEST), rank_fixture(loaded, K_TEST)
     assert torch.equal(first.answer_indices, second.answer_indices) and torch.equal(first.scores, second.scores)
+
+
+# --------------------------------------------------------------------------------------------------- generation
+
+CLS_ID, SEP_ID, PAD_ID = 2, 3, 0  # the fixture tokenizer's
+
+
+def fixture_questions() -> dict[str, torch.Tensor]:
+    inputs, _ = fixture_tensors()
+    return {
+        "pixel_values": inputs["pixel_values"],
+        "input_ids": inputs["question_input_ids"],
+        "attention_mask": inputs["question_attention_mask"],
+    }
+
+
+def fixture_tokenizer() -> BertTokenizer:
+    return BertTokenizer(vocab=str(FIXTURE / "vocab.txt"))
+
+
+def test_generation_config_defaults_follow_the_text_config() -> None:
+    model = fixture_model()
+    config = model.generation_config
+    assert (config.bos_token_id, config.pad_token_id) == (CLS_ID, PAD_ID)  # cls/pad ids set by the converter
+    assert config.eos_token_id == SEP_ID  # the converter records [SEP] from the tokenizer: answers stop there
+    assert (config.num_beams, config.max_new_tokens) == (3, 10)
+    text = {**tiny_config().text_config.to_dict(), "cls_token_id": 2, "sep_token_id": 3}
+    vision = tiny_config().vision_config.to_dict()
+    with_sep = VlpAlbefForQuestionAnswering(VlpAlbefConfig(vision_config=vision, text_config=text))
+    assert (with_sep.generation_config.bos_token_id, with_sep.generation_config.eos_token_id) == (2, 3)
+
+
+@pytest.mark.parametrize("num_beams", [1, 3])
+def test_generation_with_the_kv_cache_equals_generation_without(num_beams: int) -> None:
+    model = fixture_model()
+    settings = dict(num_beams=num_beams, max_new_tokens=5, eos_token_id=SEP_ID, min_new_tokens=2)
+    cached = model.generate(**fixture_questions(), **settings)
+    uncached = model.generate(**fixture_questions(), **settings, use_cache=False)
+    assert torch.equal(cached, uncached), (cached, uncached)
+    assert (cached[:, 0] == CLS_ID).all() and cached.shape[0] == 2 and cached.shape[1] >= 3
+
+
+def test_greedy_first_token_is_the_argmax_of_the_ranking_first_token_distribution() -> None:
+    model = fixture_model()
+    inputs = fixture_questions()
+    vocab = model.config.text_config.vocab_size
+    # every token as a one-token candidate "[CLS] v [SEP]": first_token_probs is then the whole distribution
+    candidates = torch.stack([torch.full((vocab,), CLS_ID), torch.arange(vocab), torch.full((vocab,), SEP_ID)], dim=1)
+    ranking = model.rank_answers(inputs["pixel_values"], inputs["input_ids"], candidates, inputs["attention_mask"], k=4)
+    generated = model.generate(**inputs, num_beams=1, max_new_tokens=1)
+    assert generated.shape == (2, 2)
+    assert torch.equal(generated[:, 1], ranking.first_token_probs.argmax(dim=1))
+    torch.testing.assert_close(ranking.first_token_probs.sum(dim=1), torch.ones(2))
+
+
+def test_beam_search_returns_ranked_sequences_and_decoded_answers() -> None:
+    model = fixture_model()
+    out = model.generate(
+        **fixture_questions(), num_beams=3, num_return_sequences=2, max_new_tokens=4, eos_token_id=SEP_ID,
+        return_dict_in_generate=True, output_scores=True,
+    )
+    assert out.sequences.shape[0] == 4 and (out.sequences[:, 0] == CLS_ID).all()
+    scores = out.sequences_scores.view(2, 2)
+    assert (scores[:, 0] >= scores[:, 1]).all()
+    answers = model.generate_answers(fixture_tokenizer(), **fixture_questions(), num_beams=3, max_new_tokens=4)
+    expected = fixture_tokenizer().batch_decode(
+        model.generate(**fixture_questions(), num_beams=3, max_new_tokens=4, eos_token_id=SEP_ID),
+        skip_special_tokens=True,
+    )
+    assert answers == [text.strip() for text in expected] and len(answers) == 2
+
+
+def test_generation_errors_say_what_to_do() -> None:
+    model = fixture_model()
+    with pytest.raises(ValueError, match="pixel_values"):
+        model.generate(input_ids=fixture_questions()["input_ids"])
+    model.config.text_config.cls_token_id = None
+    model.generation_config.bos_token_id = None
+    with pytest.raises(ValueError, match="cls_token_id"):
+        model.generate(**fixture_questions())
+    with pytest.raises(ValueError, match="question states"):
+        model.prepare_inputs_for_generation(torch.tensor([[CLS_ID]]))
+
+
+def test_generation_config_round_trip_and_loading_without_it(tmp_path: Path) -> None:
+    model = fixture_model()
+    model.generation_config.eos_token_id = SEP_ID
+    model.save_pretrained(tmp_path)
+    loaded = VlpAlbefForQuestionAnswering.from_pretrained(tmp_path, dtype=torch.float32).eval()
+    assert loaded.generation_config.eos_token_id == SEP_ID and loaded.generation_config.num_beams == 3
+    (tmp_path / "generation_config.json").unlink()  # e.g. a checkpoint converted before generation existed
+    bare = VlpAlbefForQuestionAnswering.from_pretrained(tmp_path, dtype=torch.float32).eval()
+    settings = dict(num_beams=1, max_new_tokens=3, eos_token_id=SEP_ID)
+    expected = model.generate(**fixture_questions(), **settings)
+    assert torch.equal(bare.generate(**fixture_questions(), **settings), expected)
+
+
+# --------------------------------------------------------------------------------------------------- from pretraining
+
+
+def pretraining_config(fusion_layers: int = 6) -> VlpAlbefConfig:
+    vision = dict(
+        hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, image_size=16, patch_size=8
+    )
+    text = dict(
+        vocab_size=24, hidden_size=16, intermediate_size=32, num_hidden_layers=1 + fusion_layers,
+        num_attention_heads=2, max_position_embeddings=12, fusion_layer=1, cls_token_id=2, mask_token_id=4,
+    )
+    return VlpAlbefConfig(vision_config=vision, text_config=text, embed_dim=8, queue_size=8)
+
+
+def perturbed_pretraining_model() -> VlpAlbefForPretraining:
+    torch.manual_seed(0)
+    model = VlpAlbefForPretraining(pretraining_config())
+    with torch.no_grad():  # every tensor distinct, so a copy from the wrong place shows
+        for parameter in model.parameters():
+            parameter.add_(torch.randn_like(parameter))
+    return model
+
+
+def assert_same_state(module: torch.nn.Module, reference: torch.nn.Module) -> None:
+    expected = reference.state_dict()
+    state = module.state_dict()
+    assert state.keys() == expected.keys()
+    for key, value in state.items():
+        assert torch.equal(value, expected[key]), key
+
+
+@pytest.mark.parametrize("from_directory", [False, True])
+def test_from_pretraining_copies_weights_where_vqa_py_puts_them(tmp_path: Path, from_directory: bool) -> None:
+    pretrained = perturbed_pretraining_model()
+    if from_directory:
+        pretrained.save_pretrained(tmp_path)
+        model = VlpAlbefForQuestionAnswering.from_pretraining(tmp_path, dtype=torch.float32)
+    else:
+        model = VlpAlbefForQuestionAnswering.from_pretraining(pretrained)
+    assert not model.training
+    source = pretrained.albef
+    assert_same_state(model.vision_model, source.vision_model)
+    assert_same_state(model.text_model, source.text_model)  # text and fusion layers: the question encoder
+    decoder, source_text = model.answer_decoder.transformer, source.text_model.transformer
+    assert_same_state(decoder.embeddings, source_text.embeddings)
+    for index, layer in enumerate(decoder.encoder.layers):
+        assert_same_state(layer, source_text.encoder.layers[1 + index])  # fusion_layer 1 -> decoder layer 0
+    assert_same_state(model.answer_head, pretrained.mlm_head)
+    assert model.answer_head.decoder.weight is decoder.embeddings.word_embeddings.weight
+    for online, momentum in model.momentum_pairs():
+        assert_same_state(momentum, online)
+    assert all(not p.requires_grad for n, p in model.named_parameters() if n.startswith("momentum_"))
+    # the decoder and question encoder are separate parameters from here on
+    assert model.answer_decoder.transformer.embeddings.word_embeddings.weight is not (
+        model.text_model.transformer.embeddings.word_embeddings.weight
+    )
+
+
+def test_from_pretraining_rejects_too_few_fusion_layers_and_other_models() -> None:
+    with pytest.raises(ValueError, match="fusion layers"):
+        VlpAlbefForQuestionAnswering.from_pretraining(VlpAlbefForPretraining(pretraining_config(fusion_layers=2)))
+    with pytest.raises(TypeError, match="VlpAlbefForPretraining"):
+        VlpAlbefForQuestionAnswering.from_pretraining(fixture_model())
+    with pytest.raises(TypeError, match="only apply"):
+        VlpAlbefForQuestionAnswering.from_pretraining(perturbed_pretraining_model(), dtype=torch.float32)
