@@ -3,9 +3,9 @@
 The source layout is recognised from its keys (pre-training, retrieval, ITM, captioning, VQA, NLVR2) and written as a
 *head*: a target class and a small table of key rules (:data:`HEADS`). ``--head auto`` picks the head matching the
 checkpoint; any head can be asked for where the source holds its weights (e.g. ``--head model`` keeps the encoders of a
-pre-training checkpoint, ``--head caption`` its decoder), the other keys being dropped explicitly. Heads whose class is
-not in this version of hf_vlp yet (pre-training, retrieval, VQA) have their rules here already and are refused with a
-message naming the missing class; NLVR2 checkpoints are refused.
+pre-training checkpoint, ``--head caption`` its decoder, ``--head retrieval`` its encoders with the momentum towers and
+queues), the other keys being dropped explicitly. A head whose class is not in this version of hf_vlp yet is refused
+with a message naming the missing class; feature-extractor checkpoints (``BLIP_Base``) are refused.
 
 BLIP's pre-training checkpoint stores the encoder/decoder tie twice: ``text_decoder.bert.*`` equals ``text_encoder.*``
 for everything except the self-attention. The duplicates are checked equal and consumed once (hf_vlp's MED holds one
@@ -40,7 +40,7 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 
 import hf_vlp  # noqa: F401  (registers the Auto classes)
 from hf_vlp.model_card import render_model_card
-from hf_vlp.models.blip.configuration_blip import VlpBlipConfig
+from hf_vlp.models.blip.configuration_blip import BLIP_PRESETS, VlpBlipConfig
 from hf_vlp.models.blip.image_processing_blip import VlpBlipImageProcessor
 from hf_vlp.models.blip.processing_blip import (
     DEFAULT_PROMPT,
@@ -309,37 +309,73 @@ def vqa_rules(kind: str) -> list[MappingRule]:
     ]
 
 
+def nlvr_rules(kind: str) -> list[MappingRule]:
+    """-> ``VlpBlipForVisualReasoning``: ViT, the encoder (``models/nlvr_encoder.py``) whose per-image cross-attentions
+    ``crossattention.self0/self1`` + ``output.dense0/dense1`` become ``cross_attn.attn0/attn1`` (q, fused kv,
+    out_proj), ``output.merge_layer`` ``cross_attn.merge`` (layers >= 6), and ``cls_head``."""
+    layer = ENCODER + r"encoder\.layer\.(?P<i>\d+)\.crossattention\."
+    out = r"text_model.transformer.encoder.layers.\g<i>.cross_attn."
+    return [
+        *vit_rules("", "vision_model."),
+        Rename(layer + r"self(?P<b>[01])\.query\." + P, out + r"attn\g<b>.q.\g<p>"),
+        Fuse(layer + r"self(?P<b>[01])\.(?P<part>key|value)\." + P, out + r"attn\g<b>.kv.\g<p>",
+             parts=("key", "value")),
+        Rename(layer + r"output\.dense(?P<b>[01])\." + P, out + r"attn\g<b>.out_proj.\g<p>"),
+        Rename(layer + r"output\.merge_layer\." + P, out + r"merge.\g<p>"),
+        *med_rules(ENCODER, "text_model.", "attn"),  # embeddings, self-attention, the shared LayerNorm, FFN
+        Rename(r"cls_head\.(?P<n>[02])\." + P, r"cls_head.\g<n>.\g<p>"),
+    ]
+
+
 @dataclass(frozen=True)
 class BlipHead:
-    """A conversion target: the hf_vlp class (looked up by name in ``hf_vlp.models.blip``, so a head starts working
-    once its class exists), the source layouts it converts from, and its key rules (source kind -> rules)."""
+    """A conversion target: the hf_vlp class (looked up by name in ``module``, by default the ``hf_vlp.models.blip``
+    package, so a head starts working once its class exists), the source layouts it converts from, and its key rules
+    (source kind -> rules)."""
 
     model_class: str
     sources: tuple[str, ...]
     rules: Callable[[str], list[MappingRule]]
+    module: str = "hf_vlp.models.blip"
 
 
 HEADS: dict[str, BlipHead] = {
     "model": BlipHead("VlpBlipModel", ("pretraining", "retrieval", "itm"), model_rules),
     "caption": BlipHead("VlpBlipForConditionalGeneration", ("caption", "pretraining"), caption_rules),
-    "pretraining": BlipHead("VlpBlipForPretraining", ("pretraining",), pretraining_rules),
-    "retrieval": BlipHead("VlpBlipForImageTextRetrieval", ("retrieval", "pretraining"), retrieval_rules),
+    "pretraining": BlipHead(
+        "VlpBlipForPretraining", ("pretraining",), pretraining_rules, "hf_vlp.models.blip.modeling_blip_pretraining"
+    ),
+    "retrieval": BlipHead(
+        "VlpBlipForImageTextRetrieval", ("retrieval", "pretraining"), retrieval_rules,
+        "hf_vlp.models.blip.modeling_blip_pretraining",
+    ),
     "vqa": BlipHead("VlpBlipForQuestionAnswering", ("vqa",), vqa_rules),
+    "nlvr2": BlipHead("VlpBlipForVisualReasoning", ("nlvr",), nlvr_rules, "hf_vlp.models.blip.modeling_blip_reasoning"),
 }
-AUTO_HEADS = {"pretraining": "pretraining", "retrieval": "retrieval", "itm": "model", "caption": "caption", "vqa": "vqa"}
+AUTO_HEADS = {
+    "pretraining": "pretraining", "retrieval": "retrieval", "itm": "model", "caption": "caption", "vqa": "vqa",
+    "nlvr": "nlvr2",
+}
 HEAD_CHOICES = ("auto", *HEADS)
 
 
 def model_class_of(head: str) -> type | None:
     """The head's class, or ``None`` while this version of hf_vlp does not have it."""
-    return getattr(importlib.import_module("hf_vlp.models.blip"), HEADS[head].model_class, None)
+    spec = HEADS[head]
+    try:
+        module = importlib.import_module(spec.module)
+    except ModuleNotFoundError as error:
+        if error.name != spec.module:
+            raise
+        return None
+    return getattr(module, spec.model_class, None)
 
 
 def resolve_head(kind: str, head: str) -> str:
     """The head to write for a source of ``kind``; a clear error when it cannot be written (yet)."""
     if head not in HEAD_CHOICES:
         raise ConversionError(f"head must be one of {HEAD_CHOICES}, got {head!r}")
-    if kind in ("nlvr", "feature_extractor"):
+    if kind == "feature_extractor":
         raise ConversionError(
             f"The checkpoint is a BLIP {SOURCE_DESCRIPTIONS[kind]} checkpoint, which this converter does not support "
             "yet (no hf_vlp head holds it)."
@@ -476,6 +512,7 @@ def blip_config(
         num_attention_heads=original.get("vit_num_heads", width // HEAD_DIM),
         image_size=original.get("image_size", patch * grid),
         patch_size=patch,
+        drop_path_rate=vision_drop_path_rate(source_kind(state_dict), width),
     )
     text_settings: dict[str, Any] = dict(
         vocab_size=words.shape[0],
@@ -511,6 +548,13 @@ def blip_config(
     except (StrictDataclassError, ValueError, TypeError) as error:
         hint = "" if tokenizer_ids is not None else " Pass --tokenizer so the special-token ids are read by name."
         raise ConversionError(f"The resulting configuration is invalid: {error}{hint}") from error
+
+
+def vision_drop_path_rate(kind: str, width: int) -> float:
+    """The ViT's stochastic depth as the original builds it: 0.1 for ViT-L (``create_vit`` forces it) and for NLVR2
+    (``blip_nlvr.py``), else 0 (training only; no effect on outputs in eval mode)."""
+    large = width == BLIP_PRESETS["large"]["hidden_size"]
+    return 0.1 if large or kind == "nlvr" else 0.0
 
 
 def resize_position_embeddings(mapped: MappedStateDict, config: VlpBlipConfig) -> list[str]:
@@ -682,6 +726,13 @@ def convert_blip_checkpoint(
     does not hold) and every target key filled, or a :class:`ConversionError` names the keys and nothing is written.
     ``verify_outputs`` compares with transformers' BLIP built from the same original tensors (atol 1e-4).
     """
+    if Path(checkpoint).is_dir():  # a transformers BLIP directory: conversion/blip_transformers.py
+        from conversion.blip_transformers import convert_transformers_blip
+
+        if original_config is not None:
+            raise ConversionError("--original-config applies to original checkpoints; a transformers directory has "
+                                  "its own config.json.")
+        return convert_transformers_blip(checkpoint, output, tokenizer, head, verify_outputs, overwrite, command)
     if output is not None:
         check_output_dir(output, overwrite)
     source = read_checkpoint(checkpoint, allow_torchscript=False)
@@ -699,7 +750,12 @@ def convert_blip_checkpoint(
     kind = source_kind(state_dict)
     head = resolve_head(kind, head)
     check_ties(state_dict, kind)
-    mapped = map_blip_state_dict(state_dict, kind, head)
+    try:
+        mapped = map_blip_state_dict(state_dict, kind, head)
+    except ConversionError as error:
+        raise ConversionError(
+            f"{error}\n(read as a BLIP {SOURCE_DESCRIPTIONS[kind]} checkpoint, written as --head {head})"
+        ) from error
     vocab_size = _require(state_dict, f"{text_prefix(state_dict)}embeddings.word_embeddings.weight").shape[0]
     blip_tokenizer = load_tokenizer(tokenizer, vocab_size) if tokenizer is not None else None
     tokenizer_ids = blip_special_token_ids(blip_tokenizer) if blip_tokenizer is not None else None
@@ -777,7 +833,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--head", choices=HEAD_CHOICES, default="auto",
         help="auto: the head matching the checkpoint; model: VlpBlipModel (encoders, ITC/ITM); caption: "
-        "VlpBlipForConditionalGeneration (decoder); pretraining, retrieval, vqa: rules ready, classes not yet in hf_vlp",
+        "VlpBlipForConditionalGeneration (decoder); pretraining: VlpBlipForPretraining (everything, momentum towers, "
+        "queues); retrieval: VlpBlipForImageTextRetrieval; nlvr2: VlpBlipForVisualReasoning; vqa: "
+        "VlpBlipForQuestionAnswering",
     )
     parser.add_argument("--verify", action="store_true", help="compare with transformers' BLIP on random inputs")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --output directory")

@@ -30,9 +30,14 @@ from .models.albef import (
 )
 from .models.blip import (
     BLIP_PRESETS,
+    CAPTION_DECODING,
     VlpBlipConfig,
     VlpBlipForConditionalGeneration,
     VlpBlipForConditionalGenerationOutput,
+    VlpBlipForImageTextRetrieval,
+    VlpBlipForPretraining,
+    VlpBlipForQuestionAnswering,
+    VlpBlipForVisualReasoning,
     VlpBlipImageProcessor,
     VlpBlipModel,
     VlpBlipOutput,

@@ -14,16 +14,24 @@ Both originals (ALBEF's ``model_pretrain.py``/``model_retrieval.py``, BLIP's ``b
    ``[positives ; (text b, negative image) ; (negative text, image b)]`` with labels ``1/0/0``
    (:func:`itm_triplets`).
 
+Retrieval inference is shared too: both rank a gallery by ITC cosine, then re-score each query's top-k candidates by
+the ITM match logit (:func:`rerank_top_k`; BLIP adds the cosine, ALBEF does not), keeping per gallery item a
+:class:`RetrievalFeatures` and returning :class:`RetrievalScores`. The forwards' argument checks
+(:func:`check_matching_pairs`, :func:`check_negative_indices`, :func:`check_image_ids`,
+:func:`retrieval_queue_update`) and output fields (:func:`contrastive_output_fields`,
+:class:`ImageTextRetrievalOutput`) live here as well.
+
 Nothing here knows a model's name: the functions take tensors, projection modules and queues.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import nn
+from transformers.modeling_outputs import ModelOutput
 
 from .distributed import all_gather_no_grad
 from .losses import distillation_targets, sample_hard_negatives, soft_target_contrastive
@@ -155,17 +163,24 @@ def enqueue_momentum_features(
         id_queue.enqueue(all_gather_no_grad(ids))
 
 
+def same_id_mask(ids: torch.Tensor) -> torch.Tensor:
+    """``[B, B]`` True where two pairs show the same image id (retrieval's ITM positives, never drawn as negatives)."""
+    return ids.reshape(-1, 1) == ids.reshape(1, -1)
+
+
 def sample_itm_negatives(
     step: MomentumContrastiveStep,
-    positive_mask: torch.Tensor,
+    positive_mask: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
     *,
     eps: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One hard negative per row drawn from the step's in-batch logits (the first ``B`` columns), never where
-    ``positive_mask`` ``[B, B]`` is True (the diagonal, or same image id). Returns
-    ``(negative_image_per_text, negative_text_per_image)``; see :func:`hf_vlp.losses.sample_hard_negatives`."""
+    ``positive_mask`` ``[B, B]`` is True (default the diagonal, as pretraining; :func:`same_id_mask` for retrieval).
+    Returns ``(negative_image_per_text, negative_text_per_image)``; see :func:`hf_vlp.losses.sample_hard_negatives`."""
     batch = step.batch_size
+    if positive_mask is None:
+        positive_mask = torch.eye(batch, dtype=torch.bool, device=step.logits_per_image.device)
     return sample_hard_negatives(
         step.logits_per_image[:, :batch].detach(),
         step.logits_per_text[:, :batch].detach(),
@@ -217,14 +232,196 @@ def itm_triplets(
     return ItmTriplets(text=text, image=image, labels=labels.to(text_side[0].device))
 
 
+# --------------------------------------------------------------------------------------------------- forward checks
+
+
+def check_matching_pairs(input_ids: torch.Tensor, pixel_values: torch.Tensor, what: str) -> None:
+    """``input_ids`` ``[B, L]`` and ``pixel_values`` ``[B, ...]``: one text per image (``what`` names the forward)."""
+    if input_ids.ndim != 2:
+        raise ValueError(f"input_ids must be [batch, length], got shape {tuple(input_ids.shape)}")
+    if input_ids.shape[0] != pixel_values.shape[0]:
+        raise ValueError(
+            f"{what} takes matching pairs: got {pixel_values.shape[0]} images and {input_ids.shape[0]} texts"
+        )
+
+
+def check_negative_indices(
+    negative_image_indices: torch.Tensor | None, negative_text_indices: torch.Tensor | None
+) -> None:
+    """Given ITM negatives come as both index vectors or neither."""
+    if (negative_image_indices is None) != (negative_text_indices is None):
+        raise ValueError("pass both itm_negative_image_indices and itm_negative_text_indices, or neither")
+
+
+def check_image_ids(image_ids: torch.Tensor | None, batch: int, device: torch.device) -> torch.Tensor | None:
+    """Retrieval's ``[B]`` image ids as ``long`` on ``device``; they must be >= 0 because the empty id-queue slots
+    hold -100."""
+    if image_ids is None:
+        return None
+    image_ids = image_ids.reshape(-1).to(device=device, dtype=torch.long)
+    if image_ids.shape[0] != batch:
+        raise ValueError(f"image_ids must hold one id per pair ({batch}), got {image_ids.shape[0]}")
+    if bool((image_ids < 0).any()):
+        raise ValueError("image_ids must be >= 0: negative ids collide with the empty idx_queue slots (-100)")
+    return image_ids
+
+
+def retrieval_queue_update(update_queues: bool | None, training: bool, image_ids: torch.Tensor | None) -> bool:
+    """Whether a retrieval forward enqueues: default in training when ``image_ids`` are given (the id queue needs
+    them)."""
+    update_queues = (training and image_ids is not None) if update_queues is None else update_queues
+    if update_queues and image_ids is None:
+        raise ValueError("update_queues needs image_ids (the id queue is filled with them)")
+    return update_queues
+
+
+# --------------------------------------------------------------------------------------------------- outputs
+
+
+def contrastive_output_fields(step: MomentumContrastiveStep) -> dict[str, torch.Tensor]:
+    """The step's logits and features under the output field names every momentum-contrastive head uses."""
+    return {
+        "logits_per_image": step.logits_per_image,
+        "logits_per_text": step.logits_per_text,
+        "image_embeds": step.image_embeds,
+        "text_embeds": step.text_embeds,
+        "momentum_image_embeds": step.momentum_image_embeds,
+        "momentum_text_embeds": step.momentum_text_embeds,
+    }
+
+
+@dataclass
+class ImageTextRetrievalOutput(ModelOutput):
+    """Retrieval fine-tuning outputs (ALBEF, BLIP). The losses are set only when ``image_ids`` are given; ``loss`` is
+    ``loss_itc + loss_itm``.
+
+    ``logits_per_image`` ``[B, B + Q]``: online image features against the batch's momentum text features followed by
+    the text queue, divided by ``temp`` (``logits_per_text`` the reverse). ``itm_logits`` score the B positive pairs,
+    followed, when ``image_ids`` are given, by ``(text b, negative image)`` and ``(negative text, image b)``
+    (``[3B, 2]``).
+    """
+
+    loss: torch.Tensor | None = None
+    loss_itc: torch.Tensor | None = None
+    loss_itm: torch.Tensor | None = None
+    logits_per_image: torch.Tensor | None = None
+    logits_per_text: torch.Tensor | None = None
+    image_embeds: torch.Tensor | None = None
+    text_embeds: torch.Tensor | None = None
+    momentum_image_embeds: torch.Tensor | None = None
+    momentum_text_embeds: torch.Tensor | None = None
+    itm_logits: torch.Tensor | None = None
+    itm_labels: torch.Tensor | None = None
+    itm_negative_image_indices: torch.Tensor | None = None
+    itm_negative_text_indices: torch.Tensor | None = None
+
+
+# --------------------------------------------------------------------------------------------------- retrieval ranking
+
+
+@dataclass
+class RetrievalFeatures:
+    """What retrieval inference keeps per gallery item: normalised projected ``[CLS]`` features ``embeds`` (ITC), and
+    what the fusion re-reads for ITM: the tower tokens ``hidden_states`` (images; ALBEF's texts too), the token ids
+    ``input_ids`` (BLIP's texts, re-encoded with ``[ENC]`` first) and the texts' ``attention_mask``."""
+
+    embeds: torch.Tensor
+    hidden_states: torch.Tensor | None = None
+    input_ids: torch.Tensor | None = None
+    attention_mask: torch.Tensor | None = None
+
+    @classmethod
+    def cat(cls, chunks: list["RetrievalFeatures"]) -> "RetrievalFeatures":
+        """Join features encoded chunk by chunk (texts must be padded to one length)."""
+        if not chunks:
+            raise ValueError("cat needs at least one chunk of features")
+
+        def joined(name: str) -> torch.Tensor | None:
+            parts = [getattr(chunk, name) for chunk in chunks]
+            if all(part is None for part in parts):
+                return None
+            if any(part is None for part in parts):
+                raise ValueError(f"some chunks have {name} and others not; encode all of them the same way")
+            return torch.cat(parts)
+
+        return cls(joined("embeds"), joined("hidden_states"), joined("input_ids"), joined("attention_mask"))
+
+    def require(self, side: str, *names: str, built_by: str) -> None:
+        """Raise unless every field in ``names`` is set; ``side`` ("images"/"texts") and ``built_by`` (the encoder
+        that sets them) go into the message."""
+        if any(getattr(self, name) is None for name in names):
+            raise ValueError(f"{side} need their {' and '.join(names)}; build them with {built_by}")
+
+
+@dataclass
+class RetrievalScores:
+    """``similarities`` ``[images, texts]`` (ITC cosine, no temperature); ``image_to_text`` ``[images, texts]`` and
+    ``text_to_image`` ``[texts, images]`` hold the re-ranking score of each query's top-k ITC candidates and
+    ``fill_value`` (-100 in the originals) everywhere else."""
+
+    similarities: torch.Tensor
+    image_to_text: torch.Tensor
+    text_to_image: torch.Tensor
+
+
+@torch.no_grad()
+def rerank_top_k(
+    similarities: torch.Tensor,
+    match_logits: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    k: int,
+    *,
+    add_similarity: bool,
+    fill_value: float = -100.0,
+    batch_size: int = 8,
+) -> RetrievalScores:
+    """The originals' two-stage retrieval scores: each image's ``k`` texts of highest ITC ``similarities`` (and each
+    text's ``k`` images) are re-scored by ``match_logits(image_indices, text_indices)`` -> ``[N]`` ITM match logits
+    of those pairs, plus the cosine when ``add_similarity`` (BLIP; ALBEF scores the ITM logit alone); every other entry
+    is ``fill_value``. ``k`` is capped at the gallery size.
+
+    ``batch_size`` queries are re-scored per ``match_logits`` call (``batch_size * k`` pairs; the originals take one
+    query at a time): raise it for throughput, lower it when that many fused pairs do not fit in memory. The scores do
+    not depend on it beyond float rounding."""
+    if k < 1:
+        raise ValueError(f"k (candidates re-ranked by ITM per query) must be >= 1, got {k}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size (queries re-ranked per call) must be >= 1, got {batch_size}")
+    num_images, num_texts = similarities.shape
+    image_to_text = similarities.new_full((num_images, num_texts), fill_value)
+    text_to_image = similarities.new_full((num_texts, num_images), fill_value)
+    for scores, queries_are_images in ((image_to_text, True), (text_to_image, False)):
+        by_query = similarities if queries_are_images else similarities.T
+        k_query = min(k, by_query.shape[1])
+        for start in range(0, by_query.shape[0], batch_size):
+            top_similarities, top = by_query[start : start + batch_size].topk(k_query, dim=1)
+            queries = torch.arange(start, start + top.shape[0], device=top.device).repeat_interleave(k_query)
+            candidates = top.reshape(-1)
+            pairs = (queries, candidates) if queries_are_images else (candidates, queries)
+            logits = match_logits(*pairs).view_as(top).to(scores.dtype)
+            if add_similarity:
+                logits = logits + top_similarities
+            scores[start : start + top.shape[0]].scatter_(1, top, logits)
+    return RetrievalScores(similarities, image_to_text, text_to_image)
+
+
 __all__ = [
+    "ImageTextRetrievalOutput",
     "ItmTriplets",
     "MomentumContrastiveStep",
+    "RetrievalFeatures",
+    "RetrievalScores",
+    "check_image_ids",
+    "check_matching_pairs",
+    "check_negative_indices",
     "clamp_temperature_",
+    "contrastive_output_fields",
     "diagonal_targets",
     "distilled_itc",
     "enqueue_momentum_features",
     "itm_triplets",
     "momentum_contrastive_step",
+    "rerank_top_k",
+    "retrieval_queue_update",
+    "same_id_mask",
     "sample_itm_negatives",
 ]

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Sequence
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import nn
@@ -169,14 +169,23 @@ def momentum_update(pairs: Sequence[ModulePair], momentum: float) -> None:
 
 
 class MomentumModelMixin:
-    """Helpers for a ``PreTrainedModel`` with momentum towers; it implements ``momentum_pairs()``.
+    """Helpers for a ``PreTrainedModel`` with momentum towers; it implements ``momentum_pairs()``. Put it before the
+    ``PreTrainedModel`` base (``class Head(MomentumModelMixin, MyPreTrainedModel)``).
 
     - ``momentum`` reads ``config.momentum``.
     - ``distill_alpha`` is the current distillation weight: whatever ``MomentumCallback`` last set,
       else ``distill_alpha_max`` (``config.alpha``), so evaluation outside training uses the full weight.
+    - ``itm_negative_eps`` reads ``config.itm_negative_eps`` (a class attribute may override it).
     - ``init_momentum()`` copies online -> momentum and freezes the copies (call it after ``post_init``).
+    - ``freeze_momentum()`` excludes every momentum parameter from gradients.
     - ``feature_queues()`` lists the model's ``FeatureQueue`` modules by name.
+    - ``from_pretrained`` re-freezes the momentum towers (loading replaces their parameters with fresh trainable
+      ones, which the optimizer would otherwise update), then calls :meth:`complete_after_load` with the keys the
+      checkpoint lacked. With ``copy_momentum_when_missing = True`` a checkpoint without momentum towers (``momentum_*``
+      keys; list them in ``_keys_to_ignore_on_load_missing``) starts them as copies of the loaded online towers.
     """
+
+    copy_momentum_when_missing: bool = False
 
     @property
     def momentum(self) -> float:
@@ -194,8 +203,46 @@ class MomentumModelMixin:
     def distill_alpha(self, value: float) -> None:
         self.__dict__["_distill_alpha"] = float(value)
 
+    @property
+    def itm_negative_eps(self) -> float:
+        """Added to the ITM hard-negative sampling weights: ``config.itm_negative_eps > 0`` keeps every negative
+        reachable once the softmax underflows (tiny models, very low ``temp``)."""
+        return float(self.config.itm_negative_eps)
+
     def init_momentum(self) -> None:
         copy_params(self.momentum_pairs())
 
+    def freeze_momentum(self) -> None:
+        """Exclude every momentum parameter from gradients (they change only by the EMA)."""
+        for _, momentum in self.momentum_pairs():
+            momentum.requires_grad_(False)
+
     def feature_queues(self) -> list[tuple[str, FeatureQueue]]:
         return [(name, module) for name, module in self.named_modules() if isinstance(module, FeatureQueue)]
+
+    @classmethod
+    def from_pretrained(cls, *args: Any, **kwargs: Any) -> Any:
+        """``PreTrainedModel.from_pretrained``, then re-freeze the momentum towers and :meth:`complete_after_load`."""
+        loaded = super().from_pretrained(*args, **kwargs)
+        model = loaded[0] if isinstance(loaded, tuple) else loaded  # output_loading_info=True
+        model.freeze_momentum()
+        model.complete_after_load(model.__dict__.pop("_missing_keys_on_load", ()))
+        return loaded
+
+    def complete_after_load(self, missing_keys: tuple[str, ...]) -> None:
+        """Fill in what a loaded checkpoint lacked (``missing_keys``, before ``_keys_to_ignore_on_load_missing`` is
+        applied). Copies the online towers into absent momentum towers when ``copy_momentum_when_missing``,
+        and aligns a fresh ``idx_queue`` with the feature queues' pointer; overrides add their own (call ``super()``)."""
+        if self.copy_momentum_when_missing and any(key.startswith("momentum_") for key in missing_keys):
+            self.init_momentum()
+        id_queue, image_queue = getattr(self, "idx_queue", None), getattr(self, "image_queue", None)
+        if id_queue is not None and image_queue is not None and any(k.startswith("idx_queue.") for k in missing_keys):
+            # a retrieval head loaded from pre-training: ids must keep landing in the feature queues' columns (the
+            # originals use one pointer for all three queues)
+            id_queue.queue.fill_(-100)
+            id_queue.ptr.copy_(image_queue.ptr)
+
+    def _adjust_missing_and_unexpected_keys(self, loading_info: Any) -> None:
+        # transformers' loading hook: remember the missing keys for complete_after_load
+        self.__dict__["_missing_keys_on_load"] = tuple(loading_info.missing_keys)
+        super()._adjust_missing_and_unexpected_keys(loading_info)

@@ -8,14 +8,18 @@ from transformers import (
     AutoModel,
     AutoModelForImageClassification,
     AutoModelForImageTextToText,
+    AutoModelForMaskedLM,
     AutoModelForPreTraining,
+    AutoModelForVisualQuestionAnswering,
     AutoModelForZeroShotImageClassification,
     AutoProcessor,
 )
 
 from .models.albef import (
     VlpAlbefConfig,
+    VlpAlbefForMaskedLM,
     VlpAlbefForPretraining,
+    VlpAlbefForQuestionAnswering,
     VlpAlbefImageProcessor,
     VlpAlbefModel,
     VlpAlbefProcessor,
@@ -27,6 +31,8 @@ from .models.albef import (
 from .models.blip import (
     VlpBlipConfig,
     VlpBlipForConditionalGeneration,
+    VlpBlipForPretraining,
+    VlpBlipForQuestionAnswering,
     VlpBlipImageProcessor,
     VlpBlipModel,
     VlpBlipProcessor,
@@ -69,6 +75,8 @@ def register_all() -> None:
     AutoModel.register(VlpAlbefVisionConfig, VlpAlbefVisionModel, exist_ok=True)
     AutoModel.register(VlpAlbefTextConfig, VlpAlbefTextModel, exist_ok=True)
     AutoModelForPreTraining.register(VlpAlbefConfig, VlpAlbefForPretraining, exist_ok=True)
+    AutoModelForMaskedLM.register(VlpAlbefConfig, VlpAlbefForMaskedLM, exist_ok=True)
+    AutoModelForVisualQuestionAnswering.register(VlpAlbefConfig, VlpAlbefForQuestionAnswering, exist_ok=True)
     for config in (VlpAlbefConfig, VlpAlbefVisionConfig):
         AutoImageProcessor.register(
             config, image_processor_classes={"pil": VlpAlbefImageProcessor, "torchvision": VlpAlbefImageProcessor}, exist_ok=True
@@ -81,6 +89,8 @@ def register_all() -> None:
     AutoModel.register(VlpBlipTextConfig, VlpBlipTextModel, exist_ok=True)
     AutoModelForZeroShotImageClassification.register(VlpBlipConfig, VlpBlipModel, exist_ok=True)
     AutoModelForImageTextToText.register(VlpBlipConfig, VlpBlipForConditionalGeneration, exist_ok=True)
+    AutoModelForVisualQuestionAnswering.register(VlpBlipConfig, VlpBlipForQuestionAnswering, exist_ok=True)
+    AutoModelForPreTraining.register(VlpBlipConfig, VlpBlipForPretraining, exist_ok=True)
     for config in (VlpBlipConfig, VlpBlipVisionConfig):
         AutoImageProcessor.register(
             config, image_processor_classes={"pil": VlpBlipImageProcessor, "torchvision": VlpBlipImageProcessor}, exist_ok=True

@@ -6,6 +6,10 @@ originals differ in: full, q/v-only (BEiT/VLMo) or no projection bias, key/value
 query width (attention pooling), output width different from the model width (CLIP's ``attnpool``),
 causal and padding masks, an additive bias (relative positions), and an incremental key/value cache.
 
+Cross-attention can read an :class:`AttentionMemory` instead of a tensor: the memory tokens (e.g. the image tokens a
+caption decoder attends to at every step) whose keys/values each module projects once and then reuses, and whose
+rows may each serve several consecutive query rows (the beams or sampled sequences of one source) without copies.
+
 The kernel is chosen at call time from ``config._attn_implementation`` so that transformers'
 ``attn_implementation=`` / ``set_attn_implementation()`` work: ``"sdpa"`` (default) and ``"eager"`` are
 implemented here and give the same numbers; any other name is looked up in transformers'
@@ -39,6 +43,68 @@ def padding_mask(attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tens
     return torch.zeros(keep.shape, dtype=dtype, device=attention_mask.device).masked_fill_(~keep, torch.finfo(dtype).min)
 
 
+class AttentionMemory:
+    """Memory tokens ``[M, L, kv_size]`` that many cross-attention calls read, with each module's keys/values
+    computed on its first call and reused afterwards (:meth:`key_value`).
+
+    A decoder generating text over image tokens calls every cross-attention once per step; with a memory the key/value
+    projection runs once per module and generation instead of once per step. The queries may have ``r * M`` rows:
+    memory row ``m`` serves query rows ``m * r .. m * r + r - 1`` (``torch.repeat_interleave``'s layout, as
+    ``generate`` expands beams and sampled sequences), so the rows of one source share one copy of its keys/values.
+
+    Meant for inference: the keys/values are computed once, so a memory must not outlive a change of the weights, and
+    with gradients enabled the graph of its keys/values serves a single backward pass.
+    """
+
+    def __init__(self, states: torch.Tensor) -> None:
+        if not isinstance(states, torch.Tensor) or states.ndim != 3:
+            raise ValueError(f"AttentionMemory takes memory states [batch, length, width], got {_describe(states)}")
+        self.states = states
+        self._key_values: dict[int, tuple[nn.Module, torch.Tensor, torch.Tensor]] = {}
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.states.shape
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.states.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.states.device
+
+    def __len__(self) -> int:
+        return self.states.shape[0]
+
+    def key_value(self, attention: "Attention") -> tuple[torch.Tensor, torch.Tensor]:
+        """``attention``'s keys and values of the memory, ``[M, heads, L, head_dim]`` each, projected on first use."""
+        entry = self._key_values.get(id(attention))
+        if entry is None or entry[0] is not attention:
+            key, value = attention.project_key_value(self.states)
+            entry = (attention, key, value)
+            self._key_values[id(attention)] = entry
+        return entry[1], entry[2]
+
+    def __repr__(self) -> str:
+        return f"AttentionMemory(shape={tuple(self.states.shape)}, modules_projected={len(self._key_values)})"
+
+
+def _describe(value: Any) -> str:
+    return f"shape {tuple(value.shape)}" if isinstance(value, torch.Tensor) else type(value).__name__
+
+
+def grouped_rows(query_rows: int, memory_rows: int) -> int:
+    """How many consecutive query rows each memory row serves; an error unless it is a whole number."""
+    if memory_rows < 1 or query_rows % memory_rows:
+        raise ValueError(
+            f"cross-attention over {memory_rows} memory rows cannot serve {query_rows} query rows: each memory row "
+            "serves the same number of consecutive query rows (e.g. the beams of one image); repeat the memory to "
+            "match the queries, or pass a multiple of its rows"
+        )
+    return query_rows // memory_rows
+
+
 def eager_attention(
     query: torch.Tensor,
     key: torch.Tensor,
@@ -52,7 +118,8 @@ def eager_attention(
     if mask is not None:
         scores = scores + mask
     probs = scores.softmax(dim=-1, dtype=torch.float32).to(query.dtype)
-    probs = F.dropout(probs, p=dropout)
+    if dropout:
+        probs = F.dropout(probs, p=dropout)
     return torch.matmul(probs, value), probs
 
 
@@ -121,8 +188,18 @@ class Attention(nn.Module):
         batch, length, _ = x.shape
         return x.view(batch, length, -1, self.head_dim).transpose(1, 2)
 
+    def project_key_value(self, encoder_hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cross-attention keys and values ``[B, heads, L, head_dim]`` of memory tokens ``[B, L, kv_size]``."""
+        if not self.cross_attention:
+            raise ValueError("project_key_value is for cross-attention; self-attention projects q, k, v together")
+        kv_bias = self.kv.bias
+        if self.qkv_bias_mode == "qv":
+            kv_bias = torch.cat([torch.zeros_like(self.v_bias), self.v_bias])
+        key, value = F.linear(encoder_hidden_states, self.kv.weight, kv_bias).chunk(2, dim=-1)
+        return self._split_heads(key), self._split_heads(value)
+
     def _project(
-        self, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None
+        self, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | AttentionMemory | None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         zeros = None
         if self.qkv_bias_mode == "qv":
@@ -131,18 +208,20 @@ class Attention(nn.Module):
             if encoder_hidden_states is None:
                 raise ValueError("cross-attention needs encoder_hidden_states")
             q_bias = self.q_bias if zeros is not None else self.q.bias
-            kv_bias = torch.cat([zeros, self.v_bias]) if zeros is not None else self.kv.bias
-            query = F.linear(hidden_states, self.q.weight, q_bias)
-            key, value = F.linear(encoder_hidden_states, self.kv.weight, kv_bias).chunk(2, dim=-1)
-        else:
-            bias = torch.cat([self.q_bias, zeros, self.v_bias]) if zeros is not None else self.qkv.bias
-            query, key, value = F.linear(hidden_states, self.qkv.weight, bias).chunk(3, dim=-1)
+            query = self._split_heads(F.linear(hidden_states, self.q.weight, q_bias))
+            if isinstance(encoder_hidden_states, AttentionMemory):
+                key, value = encoder_hidden_states.key_value(self)
+            else:
+                key, value = self.project_key_value(encoder_hidden_states)
+            return query, key, value
+        bias = torch.cat([self.q_bias, zeros, self.v_bias]) if zeros is not None else self.qkv.bias
+        query, key, value = F.linear(hidden_states, self.qkv.weight, bias).chunk(3, dim=-1)
         return self._split_heads(query), self._split_heads(key), self._split_heads(value)
 
     def forward(
         self,
         hidden_states: torch.Tensor,
-        encoder_hidden_states: torch.Tensor | None = None,
+        encoder_hidden_states: torch.Tensor | AttentionMemory | None = None,
         attention_mask: torch.Tensor | None = None,
         is_causal: bool = False,
         position_bias: torch.Tensor | None = None,
@@ -154,6 +233,9 @@ class Attention(nn.Module):
         ``attention_mask`` is additive and broadcastable to ``[B, H, Lq, Lk]`` (see :func:`padding_mask`);
         ``position_bias`` is added to it. ``cache`` is a transformers ``Cache`` (self-attention only):
         new keys/values are appended under ``layer_idx`` and attention runs over all cached positions.
+        Cross-attention reads ``encoder_hidden_states`` (a tensor, or an :class:`AttentionMemory` whose keys/values
+        are projected once); memory with ``M`` rows serves ``r * M`` query rows in groups of ``r`` consecutive rows
+        (its mask then has ``M`` rows or one).
         Returns ``(output [B, Lq, out_size], probabilities or None)``; probabilities are only available
         with the eager kernel.
         """
@@ -163,23 +245,34 @@ class Attention(nn.Module):
         mask = attention_mask
         if position_bias is not None:
             mask = position_bias if mask is None else mask + position_bias
-        q_len, k_len = query.shape[-2], key.shape[-2]
+        batch, q_len, k_len = query.shape[0], query.shape[-2], key.shape[-2]
+        if is_causal and q_len == 1:  # the last position (cache-aware causality) sees every key
+            is_causal = False
         if is_causal and (mask is not None or q_len != k_len or self.attn_implementation == "eager"):
             causal = causal_mask(q_len, k_len, query.dtype, query.device)
             mask = causal if mask is None else mask + causal
             is_causal = False
         if mask is not None:
             mask = mask.to(query.dtype)
+        impl = self.attn_implementation
+        groups = 1
+        if key.shape[0] != batch:
+            groups = grouped_rows(batch, key.shape[0])
+            if impl not in ("eager", "sdpa") or (mask is not None and mask.shape[0] not in (1, key.shape[0])):
+                key, value = key.repeat_interleave(groups, dim=0), value.repeat_interleave(groups, dim=0)
+                groups = 1
+            else:  # fold each group's queries into one row that attends the group's shared keys/values
+                query = query.unflatten(0, (-1, groups)).transpose(1, 2).flatten(2, 3)
+                if mask is not None and mask.shape[-2] > 1:
+                    mask = mask.repeat(1, 1, groups, 1)
         dropout = self.dropout if self.training else 0.0
         weights = None
-        impl = self.attn_implementation
         if impl == "eager" or output_attentions:
             out, weights = eager_attention(query, key, value, mask, self.scale, dropout)
-            out = out.transpose(1, 2)
         elif impl == "sdpa":
             out = F.scaled_dot_product_attention(
                 query, key, value, attn_mask=mask, dropout_p=dropout, is_causal=is_causal, scale=self.scale
-            ).transpose(1, 2)
+            )
         else:
             from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
@@ -188,5 +281,11 @@ class Attention(nn.Module):
             out, _ = ALL_ATTENTION_FUNCTIONS[impl](
                 self, query, key, value, mask, dropout=dropout, scaling=self.scale, is_causal=False
             )
-        out = out.reshape(hidden_states.shape[0], q_len, self.hidden_size)
+            out = out.reshape(batch, q_len, self.hidden_size)
+            return self.out_proj(out), weights
+        if groups > 1:
+            out = out.unflatten(2, (groups, q_len)).transpose(1, 2).flatten(0, 1)
+            if weights is not None:
+                weights = weights.unflatten(2, (groups, q_len)).transpose(1, 2).flatten(0, 1)
+        out = out.transpose(1, 2).reshape(batch, q_len, self.hidden_size)
         return self.out_proj(out), weights

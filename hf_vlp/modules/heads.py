@@ -2,7 +2,8 @@
 
 ``MaskedLMHead`` is BERT's prediction head (``dense -> act -> LayerNorm -> decoder``); its ``decoder.weight`` is meant
 to be tied to the word embeddings by the model that owns it (``_tied_weights_keys``). ``ItmHead`` scores whether an
-image and a text match from the fused ``[CLS]`` state (column 1 = "match", as the originals).
+image and a text match from the fused ``[CLS]`` state (column 1 = "match", as the originals). ``MlpClassifierHead`` is the
+two-layer classifier of the visual-reasoning heads.
 """
 
 from __future__ import annotations
@@ -36,3 +37,11 @@ class ItmHead(nn.Linear):
 
     def __init__(self, hidden_size: int, num_labels: int = 2) -> None:
         super().__init__(hidden_size, num_labels)
+
+
+class MlpClassifierHead(nn.Sequential):
+    """``Linear(D, D) -> ReLU -> Linear(D, num_labels)`` on a fused ``[CLS]`` state: the ``cls_head`` of ALBEF's and
+    BLIP's NLVR2 / SNLI-VE models (keys ``0.*`` and ``2.*`` as in the originals)."""
+
+    def __init__(self, hidden_size: int, num_labels: int) -> None:
+        super().__init__(nn.Linear(hidden_size, hidden_size), nn.ReLU(), nn.Linear(hidden_size, num_labels))

@@ -1,8 +1,9 @@
 """Image towers: a configurable Vision Transformer and CLIP's ModifiedResNet.
 
 The ViT covers the variants of the six originals through options: patch convolution with or without bias,
-``norm_pre`` before the blocks (CLIP/CoCa), and where the final LayerNorm sits (``final_norm="cls"``: only on
-the class token, as CLIP's ``ln_post``; ``"all"``: on every token, as timm/ALBEF/BLIP; ``"none"``).
+``norm_pre`` before the blocks (CLIP/CoCa), where the final LayerNorm sits (``final_norm="cls"``: only on
+the class token, as CLIP's ``ln_post``; ``"all"``: on every token, as timm/ALBEF/BLIP; ``"none"``), and stochastic
+depth (``drop_path_rate``: timm's per-sample drop of residual branches, BLIP-L/VQA/NLVR2 train with 0.1).
 """
 
 from __future__ import annotations
@@ -32,8 +33,57 @@ def interpolate_grid_embeddings(
     return torch.cat([prefix, grid], dim=0)
 
 
+class DropPath(nn.Module):
+    """Stochastic depth (timm's ``drop_path``): in training, drop a residual branch for whole samples with
+    probability ``rate`` and scale the kept ones by ``1 / (1 - rate)``; the identity in eval mode."""
+
+    def __init__(self, rate: float) -> None:
+        super().__init__()
+        if not 0.0 <= rate < 1.0:
+            raise ValueError(f"drop path rate must lie in [0, 1), got {rate}")
+        self.rate = rate
+
+    def extra_repr(self) -> str:
+        return f"rate={self.rate}"
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.rate == 0.0:
+            return hidden_states
+        keep = 1.0 - self.rate
+        shape = (hidden_states.shape[0],) + (1,) * (hidden_states.ndim - 1)
+        return hidden_states * hidden_states.new_empty(shape).bernoulli_(keep).div_(keep)
+
+
+def drop_path_rates(rate: float, num_layers: int) -> list[float]:
+    """timm's linear stochastic-depth schedule: 0 for the first block up to ``rate`` for the last."""
+    if not 0.0 <= rate < 1.0:
+        raise ValueError(f"drop_path_rate must lie in [0, 1), got {rate}")
+    if num_layers < 2:
+        return [0.0] * num_layers
+    return [rate * index / (num_layers - 1) for index in range(num_layers)]
+
+
+def _add_drop_path(encoder: PreNormEncoder, rates: list[float]) -> None:
+    """Put a :class:`DropPath` on both residual branches of every block with a non-zero rate: after the block's
+    attention output dropout and after its MLP (whose output passes the MLP's ``dropout``), so each block computes
+    ``x + drop_path(attn(norm1(x)))`` then ``x + drop_path(mlp(norm2(x)))`` as timm's. No parameters are added."""
+    for block, rate in zip(encoder.layers, rates):
+        if rate == 0.0:
+            continue
+        block.dropout = _then_drop_path(block.dropout, rate)
+        block.mlp.dropout = _then_drop_path(block.mlp.dropout, rate)
+
+
+def _then_drop_path(module: nn.Module, rate: float) -> nn.Module:
+    return DropPath(rate) if isinstance(module, nn.Identity) else nn.Sequential(module, DropPath(rate))
+
+
 class VisionTransformer(nn.Module):
-    """Patch embedding + class token + learned positions + pre-norm encoder (+ final norm)."""
+    """Patch embedding + class token + learned positions + pre-norm encoder (+ final norm).
+
+    ``drop_path_rate`` (stochastic depth, linearly increasing over the blocks as timm's) defaults to the config's
+    ``drop_path_rate`` field when it has one, else 0 (no effect, and the identity in eval mode anyway).
+    """
 
     def __init__(
         self,
@@ -46,6 +96,7 @@ class VisionTransformer(nn.Module):
         patch_bias: bool = False,
         norm_pre: bool = True,
         final_norm: str = "cls",
+        drop_path_rate: float | None = None,
         config: Any = None,
     ) -> None:
         super().__init__()
@@ -63,6 +114,10 @@ class VisionTransformer(nn.Module):
         self.position_embedding = nn.Parameter(torch.randn(self.grid_size**2 + 1, width) * width**-0.5)
         self.norm_pre = nn.LayerNorm(width, eps=options.layer_norm_eps) if norm_pre else nn.Identity()
         self.encoder = PreNormEncoder(options, num_layers, config=config)
+        if drop_path_rate is None:
+            drop_path_rate = float(getattr(config, "drop_path_rate", 0.0) or 0.0)
+        self.drop_path_rate = drop_path_rate
+        _add_drop_path(self.encoder, drop_path_rates(drop_path_rate, num_layers))
         self.norm_post = nn.LayerNorm(width, eps=options.layer_norm_eps) if final_norm != "none" else nn.Identity()
 
     def embed(self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool = False) -> torch.Tensor:

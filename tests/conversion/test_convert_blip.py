@@ -167,9 +167,9 @@ def test_every_source_layout_is_recognised() -> None:
     assert source_kind({key: value for key, value in itm.items() if not key.startswith("itm_head")}) == "feature_extractor"
 
 
-def test_rule_tables_of_heads_without_a_class_yet_consume_every_key() -> None:
-    """Pre-training, retrieval and VQA rules are ready for their classes: every source key is claimed, shared decoder
-    tensors once, momentum towers and queues under the pre-training names."""
+def test_rule_tables_consume_every_key() -> None:
+    """Pre-training, retrieval and VQA rules: every source key is claimed, shared decoder tensors once, momentum
+    towers and queues under the pre-training names."""
     pretrain = state_dict("blip_pretrain")
     mapped = map_blip_state_dict(pretrain, "pretraining", "pretraining")
     tops = {key.split(".")[0] for key in mapped.tensors}
@@ -186,17 +186,7 @@ def test_rule_tables_of_heads_without_a_class_yet_consume_every_key() -> None:
     assert "idx_queue.ptr" in retrieval.tensors
     vqa = map_blip_state_dict(state_dict("blip_vqa"), "vqa", "vqa")
     assert {key.split(".")[0] for key in vqa.tensors} == {"vision_model", "text_model", "answer_decoder", "answer_head"}
-    for head, kind in (("pretraining", "pretraining"), ("retrieval", "pretraining"), ("vqa", "vqa")):
-        with pytest.raises(ConversionError, match=f"--head {head} is not supported yet: hf_vlp has no {HEADS[head].model_class}"):
-            resolve_head(kind, head)
-
-
-def test_auto_refuses_a_head_whose_class_is_missing_and_names_what_works(tmp_path: Path, capsys) -> None:
-    checkpoint, config, _ = files("blip_pretrain")
-    error = cli_error(tmp_path, capsys, checkpoint, "--original-config", str(config))
-    assert "--head pretraining is not supported yet" in error
-    assert "--head caption or --head model" in error
-    assert "not supported yet" in cli_error(tmp_path, capsys, files("blip_vqa")[0])
+    assert HEADS[resolve_head("pretraining", "retrieval")].model_class == "VlpBlipForImageTextRetrieval"
 
 
 # --------------------------------------------------------------------------------------------------- errors

@@ -32,13 +32,23 @@ from transformers.modeling_outputs import (
 )
 
 from ...contrastive import (
+    ImageTextRetrievalOutput,
     MomentumContrastiveStep,
+    RetrievalFeatures,
+    RetrievalScores,
+    check_image_ids,
+    check_matching_pairs,
+    check_negative_indices,
     clamp_temperature_,
+    contrastive_output_fields,
     diagonal_targets,
     distilled_itc,
     enqueue_momentum_features,
     itm_triplets,
     momentum_contrastive_step,
+    rerank_top_k,
+    retrieval_queue_update,
+    same_id_mask,
     sample_itm_negatives,
 )
 from ...generation import (
@@ -576,27 +586,9 @@ class AlbefContrastiveStep:
 
 
 class VlpAlbefMomentumModel(MomentumModelMixin, VlpAlbefPreTrainedModel):
-    """Base of the ALBEF heads with frozen momentum towers (declared by ``momentum_pairs()``) and feature queues."""
-
-    @classmethod
-    def from_pretrained(cls, *args: Any, **kwargs: Any) -> Any:
-        """``PreTrainedModel.from_pretrained``, then re-freeze the momentum towers: loading replaces their
-        parameters with fresh trainable ones, which the optimizer would otherwise update."""
-        loaded = super().from_pretrained(*args, **kwargs)
-        model = loaded[0] if isinstance(loaded, tuple) else loaded  # output_loading_info=True
-        model.freeze_momentum()
-        return loaded
-
-    @property
-    def itm_negative_eps(self) -> float:
-        """Added to the hard-negative sampling weights: 0 as in the original; ``config.itm_negative_eps > 0`` keeps
-        every negative reachable once the softmax underflows (tiny models, very low ``temp``)."""
-        return float(self.config.itm_negative_eps)
-
-    def freeze_momentum(self) -> None:
-        """Exclude every momentum parameter from gradients (they change only by the EMA)."""
-        for _, momentum in self.momentum_pairs():
-            momentum.requires_grad_(False)
+    """Base of the ALBEF heads with frozen momentum towers (declared by ``momentum_pairs()``) and feature queues;
+    :class:`~hf_vlp.momentum.MomentumModelMixin` re-freezes them on load. ``config.itm_negative_eps`` is 0 as in the
+    original."""
 
     def _contrastive_step(
         self,
@@ -749,20 +741,16 @@ class VlpAlbefForPretraining(VlpAlbefMomentumModel):
             update_queues: enqueue the batch's momentum features; default ``self.training``.
             generator: random generator for the hard negatives and the masking.
         """
-        if input_ids.shape[0] != pixel_values.shape[0]:
-            raise ValueError(
-                f"pretraining takes matching pairs: got {pixel_values.shape[0]} images and {input_ids.shape[0]} texts"
-            )
+        check_matching_pairs(input_ids, pixel_values, "pretraining")
         if (mlm_input_ids is None) != (mlm_labels is None):
             raise ValueError("pass both mlm_input_ids and mlm_labels (a given masking), or neither")
-        if (itm_negative_image_indices is None) != (itm_negative_text_indices is None):
-            raise ValueError("pass both itm_negative_image_indices and itm_negative_text_indices, or neither")
+        check_negative_indices(itm_negative_image_indices, itm_negative_text_indices)
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         alpha = self.distill_alpha if alpha is None else float(alpha)
         update_queues = self.training if update_queues is None else update_queues
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        albef, batch = self.albef, input_ids.shape[0]
+        albef = self.albef
         step = self._contrastive_step(input_ids, pixel_values, attention_mask, token_type_ids, interpolate_pos_encoding)
         image_states, text_states, itc = step.image_states, step.text_states, step.itc
         loss_itc = distilled_itc(itc, diagonal_targets(itc), alpha, albef.temp) if return_loss else None
@@ -770,9 +758,8 @@ class VlpAlbefForPretraining(VlpAlbefMomentumModel):
             enqueue_momentum_features(itc, self.image_queue, self.text_queue)
 
         if itm_negative_image_indices is None:
-            diagonal = torch.eye(batch, dtype=torch.bool, device=itc.logits_per_image.device)
             itm_negative_image_indices, itm_negative_text_indices = sample_itm_negatives(
-                itc, diagonal, generator, eps=self.itm_negative_eps
+                itc, None, generator, eps=self.itm_negative_eps
             )
         triplets = itm_triplets(
             (text_states, attention_mask), (image_states,), itm_negative_image_indices, itm_negative_text_indices
@@ -808,12 +795,7 @@ class VlpAlbefForPretraining(VlpAlbefMomentumModel):
             loss_itc=loss_itc,
             loss_itm=loss_itm,
             loss_mlm=loss_mlm,
-            logits_per_image=itc.logits_per_image,
-            logits_per_text=itc.logits_per_text,
-            image_embeds=itc.image_embeds,
-            text_embeds=itc.text_embeds,
-            momentum_image_embeds=itc.momentum_image_embeds,
-            momentum_text_embeds=itc.momentum_text_embeds,
+            **contrastive_output_fields(itc),
             itm_logits=itm_logits,
             itm_labels=itm_labels,
             itm_negative_image_indices=itm_negative_image_indices,
@@ -826,59 +808,13 @@ class VlpAlbefForPretraining(VlpAlbefMomentumModel):
 
 
 @dataclass
-class VlpAlbefForImageTextRetrievalOutput(ModelOutput):
-    """ALBEF retrieval fine-tuning outputs. The losses are set only when ``image_ids`` are given; ``loss`` is
-    ``loss_itc + loss_itm``.
-
-    ``logits_per_image`` ``[B, B + Q]``: online image features against the batch's momentum text features followed by
-    the text queue, divided by ``temp`` (``logits_per_text`` the reverse). ``itm_logits`` score the B positive pairs,
-    followed, when ``image_ids`` are given, by ``(text b, negative image)`` and ``(negative text, image b)``
-    (``[3B, 2]``).
-    """
-
-    loss: torch.Tensor | None = None
-    loss_itc: torch.Tensor | None = None
-    loss_itm: torch.Tensor | None = None
-    logits_per_image: torch.Tensor | None = None
-    logits_per_text: torch.Tensor | None = None
-    image_embeds: torch.Tensor | None = None
-    text_embeds: torch.Tensor | None = None
-    momentum_image_embeds: torch.Tensor | None = None
-    momentum_text_embeds: torch.Tensor | None = None
-    itm_logits: torch.Tensor | None = None
-    itm_labels: torch.Tensor | None = None
-    itm_negative_image_indices: torch.Tensor | None = None
-    itm_negative_text_indices: torch.Tensor | None = None
+class VlpAlbefForImageTextRetrievalOutput(ImageTextRetrievalOutput):
+    """ALBEF retrieval fine-tuning outputs (the fields of :class:`hf_vlp.contrastive.ImageTextRetrievalOutput`)."""
 
 
-@dataclass
-class VlpAlbefRetrievalFeatures:
-    """What retrieval inference keeps per gallery item: the tower's tokens (fusion input) and the normalised
-    projected ``[CLS]`` (ITC), plus the text padding mask for texts."""
-
-    hidden_states: torch.Tensor
-    embeds: torch.Tensor
-    attention_mask: torch.Tensor | None = None
-
-    @classmethod
-    def cat(cls, chunks: list["VlpAlbefRetrievalFeatures"]) -> "VlpAlbefRetrievalFeatures":
-        """Join features encoded chunk by chunk (texts must be padded to one length)."""
-        if not chunks:
-            raise ValueError("cat needs at least one chunk of features")
-        masks = [chunk.attention_mask for chunk in chunks]
-        mask = None if any(m is None for m in masks) else torch.cat(masks)
-        return cls(torch.cat([c.hidden_states for c in chunks]), torch.cat([c.embeds for c in chunks]), mask)
-
-
-@dataclass
-class VlpAlbefRetrievalScores:
-    """``similarities`` ``[images, texts]`` (cosine, no temperature); ``image_to_text`` ``[images, texts]`` and
-    ``text_to_image`` ``[texts, images]`` hold the ITM match logit for each query's top-k ITC candidates and
-    ``fill_value`` (-100) everywhere else, as ALBEF's ``Retrieval.py:evaluation()``."""
-
-    similarities: torch.Tensor
-    image_to_text: torch.Tensor
-    text_to_image: torch.Tensor
+# one features/scores type serves ALBEF and BLIP; the ALBEF names stay importable
+VlpAlbefRetrievalFeatures = RetrievalFeatures
+VlpAlbefRetrievalScores = RetrievalScores
 
 
 class VlpAlbefForImageTextRetrieval(VlpAlbefMomentumModel):
@@ -960,23 +896,10 @@ class VlpAlbefForImageTextRetrieval(VlpAlbefMomentumModel):
                 ``self.training and image_ids is not None``.
             generator: random generator for the hard negatives.
         """
-        if input_ids.shape[0] != pixel_values.shape[0]:
-            raise ValueError(
-                f"retrieval training takes matching pairs: got {pixel_values.shape[0]} images and "
-                f"{input_ids.shape[0]} texts"
-            )
-        if (itm_negative_image_indices is None) != (itm_negative_text_indices is None):
-            raise ValueError("pass both itm_negative_image_indices and itm_negative_text_indices, or neither")
-        batch = input_ids.shape[0]
-        if image_ids is not None:
-            image_ids = image_ids.reshape(-1).to(device=input_ids.device, dtype=torch.long)
-            if image_ids.shape[0] != batch:
-                raise ValueError(f"image_ids must hold one id per pair ({batch}), got {image_ids.shape[0]}")
-            if bool((image_ids < 0).any()):
-                raise ValueError("image_ids must be >= 0: negative ids collide with the empty idx_queue slots (-100)")
-        update_queues = (self.training and image_ids is not None) if update_queues is None else update_queues
-        if update_queues and image_ids is None:
-            raise ValueError("update_queues needs image_ids (the id queue is filled with them)")
+        check_matching_pairs(input_ids, pixel_values, "retrieval training")
+        check_negative_indices(itm_negative_image_indices, itm_negative_text_indices)
+        image_ids = check_image_ids(image_ids, input_ids.shape[0], input_ids.device)
+        update_queues = retrieval_queue_update(update_queues, self.training, image_ids)
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         alpha = self.distill_alpha if alpha is None else float(alpha)
         if attention_mask is None:
@@ -995,9 +918,8 @@ class VlpAlbefForImageTextRetrieval(VlpAlbefMomentumModel):
             itm_texts, itm_masks, itm_images = text_states, attention_mask, image_states
         else:
             if itm_negative_image_indices is None:
-                same_image = image_ids.reshape(-1, 1) == image_ids.reshape(1, -1)
                 itm_negative_image_indices, itm_negative_text_indices = sample_itm_negatives(
-                    itc, same_image, generator, eps=self.itm_negative_eps
+                    itc, same_id_mask(image_ids), generator, eps=self.itm_negative_eps
                 )
             triplets = itm_triplets(
                 (text_states, attention_mask), (image_states,), itm_negative_image_indices, itm_negative_text_indices
@@ -1013,12 +935,7 @@ class VlpAlbefForImageTextRetrieval(VlpAlbefMomentumModel):
             loss=loss,
             loss_itc=loss_itc,
             loss_itm=loss_itm,
-            logits_per_image=itc.logits_per_image,
-            logits_per_text=itc.logits_per_text,
-            image_embeds=itc.image_embeds,
-            text_embeds=itc.text_embeds,
-            momentum_image_embeds=itc.momentum_image_embeds,
-            momentum_text_embeds=itc.momentum_text_embeds,
+            **contrastive_output_fields(itc),
             itm_logits=itm_logits,
             itm_labels=itm_labels,
             itm_negative_image_indices=itm_negative_image_indices,
@@ -1029,76 +946,50 @@ class VlpAlbefForImageTextRetrieval(VlpAlbefMomentumModel):
     # ----------------------------------------------------------------------------------------------- inference
 
     @torch.no_grad()
-    def encode_images(
-        self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool = False
-    ) -> VlpAlbefRetrievalFeatures:
+    def encode_images(self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool = False) -> RetrievalFeatures:
         """Gallery image features: ViT tokens and normalised ``vision_proj([CLS])`` (encode a gallery in chunks and
-        :meth:`VlpAlbefRetrievalFeatures.cat` them)."""
+        :meth:`RetrievalFeatures.cat` them)."""
         states = self.albef.encode_image(pixel_values, interpolate_pos_encoding).last_hidden_state
-        return VlpAlbefRetrievalFeatures(states, nn.functional.normalize(self.albef.vision_proj(states[:, 0]), dim=-1))
+        embeds = nn.functional.normalize(self.albef.vision_proj(states[:, 0]), dim=-1)
+        return RetrievalFeatures(embeds, hidden_states=states)
 
     @torch.no_grad()
-    def encode_texts(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
-    ) -> VlpAlbefRetrievalFeatures:
+    def encode_texts(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> RetrievalFeatures:
         """Gallery text features: unimodal text states, normalised ``text_proj([CLS])`` and the padding mask. Pad
         every chunk to the same length (the original uses ``padding='max_length', max_length=30``)."""
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         states = self.albef.encode_text(input_ids, attention_mask).last_hidden_state
         embeds = nn.functional.normalize(self.albef.text_proj(states[:, 0]), dim=-1)
-        return VlpAlbefRetrievalFeatures(states, embeds, attention_mask)
+        return RetrievalFeatures(embeds, hidden_states=states, attention_mask=attention_mask)
 
     @torch.no_grad()
     def score_matrices(
         self,
-        images: VlpAlbefRetrievalFeatures,
-        texts: VlpAlbefRetrievalFeatures,
+        images: RetrievalFeatures,
+        texts: RetrievalFeatures,
         k: int = 256,
         fill_value: float = -100.0,
         batch_size: int = 8,
-    ) -> VlpAlbefRetrievalScores:
-        """ALBEF's retrieval scores: for each image the ``k`` texts of highest ITC cosine (and for each text the ``k``
-        images) get the raw ITM match logit ``itm_head(fusion)[:, 1]``; every other entry is ``fill_value``. The ITC
-        similarity is not added. ``k`` is 256 for COCO and 128 for Flickr30k in the original; it is capped at the
-        gallery size.
+    ) -> RetrievalScores:
+        """ALBEF's retrieval scores (``Retrieval.py:evaluation()``): for each image the ``k`` texts of highest ITC
+        cosine (and for each text the ``k`` images) get the raw ITM match logit ``itm_head(fusion)[:, 1]``; every
+        other entry is ``fill_value``. The ITC similarity is not added. ``k`` is 256 for COCO and 128 for Flickr30k in
+        the original; it is capped at the gallery size. ``batch_size`` queries are fused per call (see
+        :func:`~hf_vlp.contrastive.rerank_top_k`)."""
+        images.require("images", "hidden_states", built_by="encode_images")
+        texts.require("texts", "hidden_states", "attention_mask", built_by="encode_texts")
 
-        The re-rank fuses the candidates of ``batch_size`` queries per call (``batch_size * k`` pairs; the original
-        fuses one query's ``k`` at a time): raise it for throughput, lower it when the fused image tokens of that
-        many pairs do not fit in memory. The scores do not depend on it beyond float rounding."""
-        if k < 1:
-            raise ValueError(f"k (candidates re-ranked by ITM per query) must be >= 1, got {k}")
-        if batch_size < 1:
-            raise ValueError(f"batch_size (queries re-ranked per fusion call) must be >= 1, got {batch_size}")
-        if texts.attention_mask is None:
-            raise ValueError("texts need their attention_mask; build them with encode_texts")
-        similarities = images.embeds @ texts.embeds.T
-        num_images, num_texts = similarities.shape
-        image_to_text = similarities.new_full((num_images, num_texts), fill_value)
-        text_to_image = similarities.new_full((num_texts, num_images), fill_value)
-        k_texts, k_images = min(k, num_texts), min(k, num_images)
-        top_texts = similarities.topk(k_texts, dim=1).indices
-        top_images = similarities.T.topk(k_images, dim=1).indices
-        for start in range(0, num_images, batch_size):
-            top = top_texts[start : start + batch_size]
-            candidates = top.reshape(-1)
-            image = images.hidden_states[start : start + top.shape[0]].repeat_interleave(k_texts, dim=0)
-            logits = self._match_logits(texts.hidden_states[candidates], texts.attention_mask[candidates], image)
-            image_to_text[start : start + top.shape[0]].scatter_(1, top, logits.view_as(top).to(image_to_text.dtype))
-        for start in range(0, num_texts, batch_size):
-            top = top_images[start : start + batch_size]
-            rows = slice(start, start + top.shape[0])
-            text = texts.hidden_states[rows].repeat_interleave(k_images, dim=0)
-            mask = texts.attention_mask[rows].repeat_interleave(k_images, dim=0)
-            logits = self._match_logits(text, mask, images.hidden_states[top.reshape(-1)])
-            text_to_image[rows].scatter_(1, top, logits.view_as(top).to(text_to_image.dtype))
-        return VlpAlbefRetrievalScores(similarities, image_to_text, text_to_image)
+        def match_logits(image_indices: torch.Tensor, text_indices: torch.Tensor) -> torch.Tensor:
+            fused = self.albef.fuse(
+                texts.hidden_states[text_indices], images.hidden_states[image_indices], texts.attention_mask[text_indices]
+            ).last_hidden_state
+            return self.albef.itm_head(fused[:, 0])[:, 1]
 
-    def _match_logits(
-        self, text_states: torch.Tensor, attention_mask: torch.Tensor, image_states: torch.Tensor
-    ) -> torch.Tensor:
-        fused = self.albef.fuse(text_states, image_states, attention_mask).last_hidden_state
-        return self.albef.itm_head(fused[:, 0])[:, 1]
+        return rerank_top_k(
+            images.embeds @ texts.embeds.T, match_logits, k, add_similarity=False, fill_value=fill_value,
+            batch_size=batch_size,
+        )
 
     @torch.no_grad()
     def rank(
@@ -1108,7 +999,7 @@ class VlpAlbefForImageTextRetrieval(VlpAlbefMomentumModel):
         attention_mask: torch.Tensor | None = None,
         k: int = 256,
         batch_size: int = 8,
-    ) -> VlpAlbefRetrievalScores:
+    ) -> RetrievalScores:
         """:meth:`score_matrices` of a gallery small enough to encode in one batch per modality."""
         return self.score_matrices(
             self.encode_images(pixel_values), self.encode_texts(input_ids, attention_mask), k=k, batch_size=batch_size

@@ -28,9 +28,11 @@ import torch
 from torch import nn
 from transformers.modeling_outputs import BaseModelOutputWithCrossAttentions, ModelOutput
 
+from ...classification import NLVR2_LABELS, check_class_labels, flatten_image_pairs, set_task_labels
 from ...losses import soft_target_cross_entropy
 from ...momentum import ModulePair
 from ...modules.attention import padding_mask
+from ...modules.heads import MlpClassifierHead
 from ...modules.text import BertStyleTextTransformer
 from ...modules.vision import interpolate_grid_embeddings
 from .configuration_albef import VlpAlbefConfig, VlpAlbefTextConfig
@@ -43,7 +45,6 @@ from .modeling_albef import (
     text_block_options,
 )
 
-NLVR2_LABELS = ("False", "True")  # dataset/nlvr_dataset.py: label 'True' -> 1, else 0
 SNLI_VE_LABELS = ("contradiction", "neutral", "entailment")  # dataset/ve_dataset.py
 TEXT_ASSIGNMENT_LABELS = ("first_image", "second_image", "neither")  # model_pretrain_nlvr.py
 TEXT_ASSIGNMENT_TEMPERATURE = 0.07  # fixed in model_pretrain_nlvr.py (not the learned temp)
@@ -66,12 +67,7 @@ def paired_layer_source(index: int, fusion_layer: int) -> int:
     return index if index < fusion_layer else fusion_layer + (index - fusion_layer) // 2
 
 
-class AlbefClassifierHead(nn.Sequential):
-    """``Linear(D, D) -> ReLU -> Linear(D, num_labels)`` on the fused ``[CLS]`` state (the originals' ``cls_head``;
-    keys ``0.*`` and ``2.*``)."""
-
-    def __init__(self, hidden_size: int, num_labels: int) -> None:
-        super().__init__(nn.Linear(hidden_size, hidden_size), nn.ReLU(), nn.Linear(hidden_size, num_labels))
+AlbefClassifierHead = MlpClassifierHead  # the former name, still exported
 
 
 class VlpAlbefPairedTextModel(VlpAlbefPreTrainedModel):
@@ -199,27 +195,6 @@ def paired_text_state_dict(text_state: dict[str, torch.Tensor], fusion_layer: in
 # --------------------------------------------------------------------------------------------------- labels and loss
 
 
-def check_class_labels(labels: torch.Tensor, batch: int, names: Sequence[str]) -> torch.Tensor:
-    """Validate ``[B]`` integer class labels (every example labelled, ``0 <= label < len(names)``)."""
-    num_classes = len(names)
-    meaning = ", ".join(f"{index} = {name}" for index, name in enumerate(names))
-    if labels.is_floating_point() or labels.dtype == torch.bool:
-        raise ValueError(f"labels must be integer class indices ({meaning}), got dtype {labels.dtype}")
-    if tuple(labels.shape) != (batch,):
-        raise ValueError(f"labels must have shape [{batch}] (one class per example), got {tuple(labels.shape)}")
-    if labels.device.type != "cpu":  # no host sync on accelerators
-        torch._assert_async(((labels >= 0) & (labels < num_classes)).all(), f"labels must lie in [0, {num_classes})")
-    elif bool((labels == -100).any()):
-        raise ValueError(
-            f"labels contain -100: every example needs its class ({meaning}); drop unlabelled examples from the "
-            "batch instead of masking them"
-        )
-    elif bool(((labels < 0) | (labels >= num_classes)).any()):
-        bad = sorted(set(labels[(labels < 0) | (labels >= num_classes)].tolist()))
-        raise ValueError(f"labels {bad} are not classes of this head ({meaning})")
-    return labels
-
-
 def distilled_classification_loss(
     logits: torch.Tensor, labels: torch.Tensor, teacher_logits: torch.Tensor | None, alpha: float
 ) -> torch.Tensor:
@@ -230,15 +205,6 @@ def distilled_classification_loss(
         return hard
     soft = soft_target_cross_entropy(logits, nn.functional.softmax(teacher_logits.to(logits.dtype), dim=1))
     return (1 - alpha) * hard + alpha * soft
-
-
-def set_task_labels(config: VlpAlbefConfig, names: Sequence[str]) -> None:
-    """Give ``config`` the head's class names unless it already carries as many custom ones."""
-    current = dict(config.id2label or {})
-    generic = all(str(name).startswith("LABEL_") for name in current.values())
-    if len(current) != len(names) or generic:
-        config.id2label = dict(enumerate(names))
-        config.label2id = {name: index for index, name in enumerate(names)}
 
 
 def _resolve_albef(source: Any, **kwargs: Any) -> VlpAlbefModel:
@@ -322,13 +288,15 @@ class VlpAlbefDistilledClassifier(VlpAlbefMomentumModel):
 
     ``from_pretrained`` accepts the subclass's ``compatible_architectures`` only (a pre-trained ALBEF goes through
     ``from_albef_pretrained``); when the checkpoint has no momentum towers (text-assignment weights) they start as
-    copies of the loaded online towers."""
+    copies of the loaded online towers (``copy_momentum_when_missing``, see
+    :class:`~hf_vlp.momentum.MomentumModelMixin`)."""
 
     main_input_name = "pixel_values"
     accepts_loss_kwargs = False
     task_labels: tuple[str, ...] = ()
     compatible_architectures: tuple[str, ...] = ()
     _keys_to_ignore_on_load_missing = [r"^momentum_"]
+    copy_momentum_when_missing = True
 
     def momentum_pairs(self) -> list[ModulePair]:
         """(online, momentum) pairs for the EMA, the original's ``model_pairs``."""
@@ -354,14 +322,7 @@ class VlpAlbefDistilledClassifier(VlpAlbefMomentumModel):
                 f"{cls.__name__}.from_pretrained loads {', '.join(cls.compatible_architectures)} checkpoints; this one "
                 f"is {architectures}. Start from pre-trained ALBEF with {cls.__name__}.from_albef_pretrained(...)."
             )
-        if model.__dict__.pop("_momentum_missing_on_load", False):
-            model.init_momentum()
         return loaded
-
-    def _adjust_missing_and_unexpected_keys(self, loading_info: Any) -> None:
-        missing = loading_info.missing_keys
-        self.__dict__["_momentum_missing_on_load"] = any(key.startswith("momentum_") for key in missing)
-        super()._adjust_missing_and_unexpected_keys(loading_info)
 
     def forward(
         self,
@@ -410,17 +371,6 @@ def _check_batch(input_ids: torch.Tensor, pixel_values: torch.Tensor, what: str)
         raise ValueError(f"pass one {what} per text: got {pixel_values.shape[0]} and {input_ids.shape[0]} texts")
 
 
-def _split_image_pairs(pixel_values: torch.Tensor) -> torch.Tensor:
-    """Check NLVR2's ``[B, 2, C, H, W]`` image pairs; return them as ``[2B, C, H, W]`` for one ViT pass."""
-    if pixel_values.ndim != 5 or pixel_values.shape[1] != 2:
-        hint = " (stack each example's two images: torch.stack([left, right], dim=1))" if pixel_values.ndim == 4 else ""
-        raise ValueError(
-            f"pixel_values must be [batch, 2, channels, height, width], the two images of each example, got shape "
-            f"{tuple(pixel_values.shape)}{hint}"
-        )
-    return pixel_values.flatten(0, 1)
-
-
 # --------------------------------------------------------------------------------------------------- NLVR2
 
 
@@ -447,10 +397,10 @@ class VlpAlbefForVisualReasoning(VlpAlbefDistilledClassifier):
         set_task_labels(config, self.task_labels)
         self.vision_model = VlpAlbefVisionModel(vision)
         self.text_model = VlpAlbefPairedTextModel(text)
-        self.cls_head = AlbefClassifierHead(text.hidden_size, len(self.task_labels))
+        self.cls_head = MlpClassifierHead(text.hidden_size, len(self.task_labels))
         self.momentum_vision_model = VlpAlbefVisionModel(vision)
         self.momentum_text_model = VlpAlbefPairedTextModel(text)
-        self.momentum_cls_head = AlbefClassifierHead(text.hidden_size, len(self.task_labels))
+        self.momentum_cls_head = MlpClassifierHead(text.hidden_size, len(self.task_labels))
         self.post_init()
         self.init_momentum()
 
@@ -461,7 +411,7 @@ class VlpAlbefForVisualReasoning(VlpAlbefDistilledClassifier):
         batch = pixel_values.shape[0]
         vision = self.momentum_vision_model if momentum else self.vision_model
         states = vision(
-            _split_image_pairs(pixel_values), interpolate_pos_encoding=interpolate_pos_encoding, return_dict=True
+            flatten_image_pairs(pixel_values), interpolate_pos_encoding=interpolate_pos_encoding, return_dict=True
         ).last_hidden_state
         return states.view(batch, 2, *states.shape[1:])
 
@@ -475,7 +425,7 @@ class VlpAlbefForVisualReasoning(VlpAlbefDistilledClassifier):
         interpolate_pos_encoding: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(logits [B, 2], fused text states, image tokens [B, 2, N, D_v])`` of the online (or momentum) model."""
-        _split_image_pairs(pixel_values)
+        flatten_image_pairs(pixel_values)
         _check_batch(input_ids, pixel_values, "image pair")
         image_states = self.encode_image_pairs(pixel_values, momentum, interpolate_pos_encoding)
         text_model = self.momentum_text_model if momentum else self.text_model
@@ -610,7 +560,7 @@ class VlpAlbefForTextAssignment(VlpAlbefPreTrainedModel):
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         batch = input_ids.shape[0]
         if pixel_values.ndim == 5:
-            _split_image_pairs(pixel_values)
+            flatten_image_pairs(pixel_values)
             _check_batch(input_ids, pixel_values, "image pair")
             if image_pair_indices is not None:
                 raise ValueError("image_pair_indices index a batch of single images ([B, C, H, W] pixel_values)")
@@ -698,10 +648,10 @@ class VlpAlbefForVisualEntailment(VlpAlbefDistilledClassifier):
         set_task_labels(config, self.task_labels)
         self.vision_model = VlpAlbefVisionModel(vision)
         self.text_model = VlpAlbefTextModel(text)
-        self.cls_head = AlbefClassifierHead(text.hidden_size, len(self.task_labels))
+        self.cls_head = MlpClassifierHead(text.hidden_size, len(self.task_labels))
         self.momentum_vision_model = VlpAlbefVisionModel(vision)
         self.momentum_text_model = VlpAlbefTextModel(text)
-        self.momentum_cls_head = AlbefClassifierHead(text.hidden_size, len(self.task_labels))
+        self.momentum_cls_head = MlpClassifierHead(text.hidden_size, len(self.task_labels))
         self.post_init()
         self.init_momentum()
 

@@ -14,32 +14,37 @@ from transformers import BatchFeature
 from transformers.processing_utils import ProcessorMixin
 from transformers.utils import TensorType, logging
 
+from ...text_processing import (
+    TEXT_KINDS,
+    check_bert_tokenizer,
+    check_positive_int,
+    checked_answers,
+    checked_texts,
+    first_words,
+    squeeze_whitespace,
+)
+
 logger = logging.get_logger(__name__)
 
 # Pretraining settings of the original (Pretrain.py: max_length=25; dataset/utils.py via the datasets: 30 words).
 DEFAULT_MAX_LENGTH = 25
 DEFAULT_MAX_WORDS = 30
-TEXT_KINDS = ("caption", "question")
 
 _PUNCTUATION = re.compile(r"([,.'!?\"()*#:;~])")
-_REPEATED_WHITESPACE = re.compile(r"\s{2,}")
 
 
 def pre_caption(caption: str, max_words: int = DEFAULT_MAX_WORDS) -> str:
     """ALBEF's caption normalisation: lowercase, drop `,.'!?"()*#:;~`, `-` and `/` to spaces, `<person>` to
     `person`, squeeze whitespace, strip, keep the first `max_words` words."""
     caption = _PUNCTUATION.sub("", caption.lower()).replace("-", " ").replace("/", " ").replace("<person>", "person")
-    caption = _REPEATED_WHITESPACE.sub(" ", caption).rstrip("\n").strip(" ")
-    words = caption.split(" ")
-    return " ".join(words[:max_words]) if len(words) > max_words else caption
+    return first_words(squeeze_whitespace(caption), max_words)
 
 
 def pre_question(question: str, max_words: int = DEFAULT_MAX_WORDS) -> str:
     """ALBEF's question normalisation: as `pre_caption` but without squeezing whitespace or `<person>`, and only
     trailing spaces stripped (the original counts empty strings between repeated spaces as words)."""
     question = _PUNCTUATION.sub("", question.lower()).replace("-", " ").replace("/", " ").rstrip(" ")
-    words = question.split(" ")
-    return " ".join(words[:max_words]) if len(words) > max_words else question
+    return first_words(question, max_words)
 
 
 class VlpAlbefProcessor(ProcessorMixin):
@@ -62,12 +67,12 @@ class VlpAlbefProcessor(ProcessorMixin):
         **kwargs: Any,
     ):
         super().__init__(image_processor, tokenizer, **kwargs)
-        _check_tokenizer(tokenizer)
-        _check_positive_int("max_length", max_length, minimum=2, why="room for [CLS] and one token")
-        _check_positive_int("max_words", max_words, minimum=1, why="at least one word")
+        check_bert_tokenizer(tokenizer, "ALBEF")
+        check_positive_int("max_length", max_length, minimum=2, why="room for [CLS] and one token")
+        check_positive_int("max_words", max_words, minimum=1, why="at least one word")
         self.max_length = max_length
         self.max_words = max_words
-        self.answer_list = _checked_answers(answer_list, "answer_list") if answer_list is not None else None
+        self.answer_list = checked_answers(answer_list, "answer_list") if answer_list is not None else None
 
     @property
     def unused_input_names(self) -> list[str]:
@@ -121,9 +126,9 @@ class VlpAlbefProcessor(ProcessorMixin):
         if text_kind not in TEXT_KINDS:
             raise ValueError(f"text_kind must be one of {TEXT_KINDS}; got {text_kind!r}.")
         max_words = self.max_words if max_words is None else max_words
-        _check_positive_int("max_words", max_words, minimum=1, why="at least one word")
+        check_positive_int("max_words", max_words, minimum=1, why="at least one word")
         normalize = pre_caption if text_kind == "caption" else pre_question
-        return [normalize(item, max_words) for item in _checked_texts(text)]
+        return [normalize(item, max_words) for item in checked_texts(text)]
 
     def encode_answers(
         self, answers: list[str] | None = None, return_tensors: str | TensorType | None = None
@@ -136,7 +141,7 @@ class VlpAlbefProcessor(ProcessorMixin):
             if self.answer_list is None:
                 raise ValueError("No answers given and the processor has no answer_list: pass `answers`.")
             answers = self.answer_list
-        answers = _checked_answers(answers, "answers")
+        answers = checked_answers(answers, "answers")
         cls_id, sep_id = self._special_id("cls_token"), self._special_id("sep_token")
         token_ids = self._token_ids(answers)
         return BatchFeature(
@@ -154,7 +159,7 @@ class VlpAlbefProcessor(ProcessorMixin):
     ) -> dict[str, list[list[int]]]:
         if padding not in ("longest", True, "max_length"):
             raise ValueError(f"padding must be 'longest', True or 'max_length'; got {padding!r}.")
-        _check_positive_int("max_length", max_length, minimum=2, why="room for [CLS] and one token")
+        check_positive_int("max_length", max_length, minimum=2, why="room for [CLS] and one token")
         normalized = self.normalize_text(text, text_kind=text_kind, max_words=max_words)
         cls_id = self._special_id("cls_token")
         sequences = [[cls_id, *ids] for ids in self._token_ids(normalized)]
@@ -189,47 +194,6 @@ class VlpAlbefProcessor(ProcessorMixin):
 
     def _special_id(self, name: str) -> int:
         return getattr(self.tokenizer, f"{name}_id")
-
-
-def _check_tokenizer(tokenizer: Any) -> None:
-    names = ("cls_token", "sep_token", "pad_token")
-    missing = [name for name in names if getattr(tokenizer, f"{name}_id", None) is None]
-    if missing:
-        raise ValueError(
-            f"The tokenizer has no {', '.join(missing)}: ALBEF needs a BERT tokenizer with [CLS], [SEP] and [PAD] "
-            "(e.g. transformers.BertTokenizer(vocab='vocab.txt'))."
-        )
-    if len(tokenizer) <= len(tokenizer.all_special_ids):
-        raise ValueError(
-            f"The tokenizer holds only its {len(tokenizer)} special tokens, no words. In transformers 5, "
-            "BertTokenizer(vocab_file=...) is ignored: build it with BertTokenizer(vocab='path/to/vocab.txt') or "
-            "BertTokenizer.from_pretrained(directory)."
-        )
-
-
-def _check_positive_int(name: str, value: Any, minimum: int, why: str) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum} ({why}); got {value!r}.")
-
-
-def _checked_texts(text: Any) -> list[str]:
-    texts = [text] if isinstance(text, str) else text
-    if not isinstance(texts, (list, tuple)) or not all(isinstance(item, str) for item in texts):
-        raise TypeError("`text` must be a string or a list of strings.")
-    if not texts:
-        raise ValueError("`text` is an empty list: pass at least one string.")
-    return list(texts)
-
-
-def _checked_answers(answers: Any, name: str) -> list[str]:
-    if isinstance(answers, str) or not isinstance(answers, (list, tuple)):
-        raise TypeError(f"`{name}` must be a list of strings; got {type(answers).__name__}.")
-    if not answers:
-        raise ValueError(f"`{name}` is empty: pass at least one answer.")
-    bad = [index for index, answer in enumerate(answers) if not isinstance(answer, str) or not answer.strip()]
-    if bad:
-        raise ValueError(f"`{name}` entry {bad[0]} ({answers[bad[0]]!r}) is not a non-empty string.")
-    return list(answers)
 
 
 __all__ = ["VlpAlbefProcessor", "pre_caption", "pre_question"]

@@ -3,6 +3,8 @@
 from .configuration_blip import BLIP_PRESETS, VlpBlipConfig, VlpBlipTextConfig, VlpBlipVisionConfig
 from .image_processing_blip import VlpBlipImageProcessor
 from .modeling_blip import (
+    BEAM_SCORING,
+    CAPTION_DECODING,
     VlpBlipForConditionalGeneration,
     VlpBlipForConditionalGenerationOutput,
     VlpBlipModel,
@@ -11,6 +13,30 @@ from .modeling_blip import (
     VlpBlipTextModel,
     VlpBlipVisionModel,
     shifted_lm_loss,
+)
+from .modeling_blip_pretraining import (
+    RetrievalScores,
+    VlpBlipForImageTextRetrieval,
+    VlpBlipForImageTextRetrievalOutput,
+    VlpBlipForPretraining,
+    VlpBlipForPretrainingOutput,
+    VlpBlipMomentumModel,
+    VlpBlipRetrievalFeatures,
+    encoder_role_modules,
+    rerank_top_k,
+)
+from .modeling_blip_reasoning import (
+    PairedCrossAttention,
+    VlpBlipForVisualReasoning,
+    VlpBlipForVisualReasoningOutput,
+    pair_cross_attentions,
+    paired_text_state_dict,
+)
+from .modeling_blip_vqa import (
+    ANSWER_DECODING,
+    VlpBlipAnswerRanking,
+    VlpBlipForQuestionAnswering,
+    VlpBlipForQuestionAnsweringOutput,
 )
 from .processing_blip import (
     VlpBlipProcessor,

@@ -7,43 +7,31 @@ from __future__ import annotations
 from typing import Any
 
 from huggingface_hub.dataclasses import strict
-from transformers import PretrainedConfig
+
+from ...configuration_towers import BertStyleTextConfig, MomentumContrastiveConfig, TimmVitConfig
 
 # the text config's special-token fields, each set from the tokenizer by the token's name (see VlpBlipProcessor)
 SPECIAL_TOKEN_FIELDS = ("pad_token_id", "cls_token_id", "sep_token_id", "mask_token_id", "bos_token_id", "enc_token_id")
 
 
 @strict
-class VlpBlipVisionConfig(PretrainedConfig):
+class VlpBlipVisionConfig(TimmVitConfig):
     """timm-style ViT (BLIP's ``models/vit.py``): patch conv with bias, no pre-norm, LayerNorm eps 1e-6, final norm on
-    every token, exact GELU."""
+    every token, exact GELU. ``drop_path_rate`` is the stochastic depth of the last block (linear from 0 over the
+    blocks): 0 for ViT-B pre-training, retrieval and captioning, 0.1 for ViT-L and for the VQA and NLVR2 models."""
 
     model_type = "hf_vlp_blip_vision"
-    base_config_key = "vision_config"
 
-    hidden_size: int = 768
-    intermediate_size: int = 3072
-    num_hidden_layers: int = 12
-    num_attention_heads: int = 12
-    image_size: int = 224
-    patch_size: int = 16
-    num_channels: int = 3
-    hidden_act: str = "gelu"
-    layer_norm_eps: float = 1e-6
-    attention_dropout: float = 0.0
-    initializer_range: float = 0.02
+    drop_path_rate: float = 0.0
 
     def validate_architecture(self) -> None:
-        if self.hidden_size % self.num_attention_heads:
-            raise ValueError(
-                f"hidden_size {self.hidden_size} is not a multiple of num_attention_heads {self.num_attention_heads}"
-            )
-        if self.image_size % self.patch_size:
-            raise ValueError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
+        super().validate_architecture()
+        if not 0.0 <= self.drop_path_rate < 1.0:
+            raise ValueError(f"drop_path_rate must lie in [0, 1), got {self.drop_path_rate}")
 
 
 @strict
-class VlpBlipTextConfig(PretrainedConfig):
+class VlpBlipTextConfig(BertStyleTextConfig):
     """BERT-base MED text transformer (``med.py``): every layer cross-attends to ``encoder_width`` memory tokens (the
     image tokens; kept equal to the vision width by :class:`VlpBlipConfig`), no token-type embeddings.
 
@@ -53,20 +41,8 @@ class VlpBlipTextConfig(PretrainedConfig):
     """
 
     model_type = "hf_vlp_blip_text"
-    base_config_key = "text_config"
 
     vocab_size: int = 30524
-    hidden_size: int = 768
-    intermediate_size: int = 3072
-    num_hidden_layers: int = 12
-    num_attention_heads: int = 12
-    max_position_embeddings: int = 512
-    encoder_width: int = 768
-    hidden_act: str = "gelu"
-    layer_norm_eps: float = 1e-12
-    hidden_dropout_prob: float = 0.1
-    attention_probs_dropout_prob: float = 0.1
-    initializer_range: float = 0.02
     pad_token_id: int = 0
     cls_token_id: int = 101
     sep_token_id: int = 102
@@ -75,10 +51,7 @@ class VlpBlipTextConfig(PretrainedConfig):
     enc_token_id: int = 30523  # [ENC]
 
     def validate_architecture(self) -> None:
-        if self.hidden_size % self.num_attention_heads:
-            raise ValueError(
-                f"hidden_size {self.hidden_size} is not a multiple of num_attention_heads {self.num_attention_heads}"
-            )
+        super().validate_architecture()
         ids = {name: getattr(self, name) for name in SPECIAL_TOKEN_FIELDS}
         outside = [f"{name}={value}" for name, value in ids.items() if not 0 <= value < self.vocab_size]
         if outside:
@@ -103,14 +76,15 @@ def _vision(width: int, layers: int, heads: int, image_size: int) -> dict[str, A
 
 # name -> vision config of the released models (``models/vit.py`` create_vit 'base' / 'large'); the text side is always
 # BERT-base. Pre-training resolution 224; fine-tuned checkpoints use 384 (captioning, retrieval, NLVR2) or 480 (VQA).
+# create_vit gives ViT-L a drop path rate of 0.1 whatever the caller asks ("0.1 or drop_path_rate").
 BLIP_PRESETS: dict[str, dict[str, Any]] = {
     "base": _vision(768, 12, 12, 224),
-    "large": _vision(1024, 24, 16, 224),
+    "large": {**_vision(1024, 24, 16, 224), "drop_path_rate": 0.1},
 }
 
 
 @strict
-class VlpBlipConfig(PretrainedConfig):
+class VlpBlipConfig(MomentumContrastiveConfig):
     """BLIP: a ViT and a MED text transformer aligned in an ``embed_dim`` space; the MED's image-grounded encoder scores
     image-text matching and its causal decoder generates captions.
 
@@ -125,21 +99,9 @@ class VlpBlipConfig(PretrainedConfig):
 
     text_config: dict | VlpBlipTextConfig | None = None
     vision_config: dict | VlpBlipVisionConfig | None = None
-    embed_dim: int = 256
-    temp: float = 0.07
-    temp_min: float = 0.001
-    temp_max: float = 0.5
     queue_size: int = 57600
-    momentum: float = 0.995
-    alpha: float = 0.4
     itm_negative_eps: float = 1e-4
     label_smoothing: float = 0.1
-    tie_word_embeddings: bool = True
-
-    def __post_init__(self, **kwargs: Any) -> None:
-        super().__post_init__(**kwargs)
-        # the cross-attention key/value projections read the image tokens
-        self.text_config.encoder_width = self.vision_config.hidden_size
 
     @classmethod
     def from_preset(cls, name: str, image_size: int | None = None, **kwargs: Any) -> "VlpBlipConfig":
@@ -153,18 +115,6 @@ class VlpBlipConfig(PretrainedConfig):
         return cls(vision_config=vision, **kwargs)
 
     def validate_architecture(self) -> None:
-        if self.embed_dim < 1:
-            raise ValueError(f"embed_dim must be positive, got {self.embed_dim}")
-        if not 0 < self.temp_min <= self.temp <= self.temp_max:
-            raise ValueError(
-                f"temp {self.temp} must lie in [temp_min, temp_max] = [{self.temp_min}, {self.temp_max}] (both > 0)"
-            )
-        if self.queue_size < 1:
-            raise ValueError(f"queue_size must be positive, got {self.queue_size}")
-        for name in ("momentum", "alpha"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"{name} must lie in [0, 1], got {getattr(self, name)}")
+        super().validate_architecture()
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ValueError(f"label_smoothing must lie in [0, 1), got {self.label_smoothing}")
-        if self.itm_negative_eps < 0:
-            raise ValueError(f"itm_negative_eps must be >= 0, got {self.itm_negative_eps}")

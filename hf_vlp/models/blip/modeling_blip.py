@@ -14,6 +14,11 @@ All heads use the same flat parameter names (``vision_model.*``, ``text_model.*`
 ``itm_head``, ``temp``, ``lm_head``, ``momentum_*``, ``*_queue``), so any BLIP checkpoint initialises any head, the
 keys a head does not use being ignored - as the original's ``load_checkpoint`` feeds one pre-trained file to every task.
 ``[ENC]``/``[DEC]`` are put at position 0 by the model, as in the original code, never by the processor.
+
+Captioning (:meth:`VlpBlipForConditionalGeneration.generate`) runs transformers' ``generate`` over the image tokens
+wrapped in an :class:`~hf_vlp.modules.attention.AttentionMemory`: each cross-attention projects them once per call,
+one copy per image shared by its beams; beams are scored as the original's transformers 4.15 did
+(:class:`OriginalBeamScoringMixin`). VQA lives in ``modeling_blip_vqa.py``.
 """
 
 
@@ -22,12 +27,15 @@ from typing import Any
 
 import torch
 from torch import nn
+from transformers import GenerationConfig, GenerationMixin
 from transformers import initialization as init
 from transformers.cache_utils import Cache
 from transformers.modeling_outputs import BaseModelOutputWithPastAndCrossAttentions, BaseModelOutputWithPooling, ModelOutput
 
+from ...generation import add_decoder_cache, fill_special_tokens, resolved_generation_value, uncached_tokens
 from ...modeling_utils import VlpPreTrainedModel
 from ...momentum import FeatureQueue
+from ...modules.attention import AttentionMemory, grouped_rows
 from ...modules.heads import ItmHead, MaskedLMHead
 from ...modules.text import MedTextTransformer
 from ...modules.vision import VisionTransformer
@@ -311,7 +319,7 @@ class VlpBlipTextModel(VlpBlipPreTrainedModel):
 
 
 class VlpBlipModel(VlpBlipPreTrainedModel):
-    """BLIP's encoders: ``get_image_features``/``get_text_features`` (normalised contrastive features),
+    """BLIP's encoders: ``get_image_features``/``get_text_features`` (projected contrastive features, un-normalised),
     ``encode_multimodal``/``get_itm_logits`` (image-grounded encoder with ``[ENC]`` first, ITM head) and a forward
     returning the similarity logits (and ITM logits of matching pairs with ``output_itm=True``).
 
@@ -387,10 +395,10 @@ class VlpBlipModel(VlpBlipPreTrainedModel):
         )
 
     def get_image_features(self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool = False) -> torch.Tensor:
-        """L2-normalised projected image features ``[B, embed_dim]`` (``vision_proj`` of the ``[CLS]`` token, the
-        original's ``image_feat``)."""
+        """Projected image features ``[B, embed_dim]`` (``vision_proj`` of the ``[CLS]`` token), not normalised - the
+        project-wide convention (CLIP, ALBEF); L2-normalised they are the original's ``image_feat``."""
         states = self.encode_image(pixel_values, interpolate_pos_encoding).last_hidden_state
-        return nn.functional.normalize(self.vision_proj(states[:, 0]), dim=-1)
+        return self.vision_proj(states[:, 0])
 
     def get_text_features(
         self,
@@ -398,10 +406,10 @@ class VlpBlipModel(VlpBlipPreTrainedModel):
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """L2-normalised projected text features ``[B, embed_dim]`` (``text_proj`` of the unimodal ``[CLS]``, the
-        original's ``text_feat``)."""
+        """Projected text features ``[B, embed_dim]`` (``text_proj`` of the unimodal ``[CLS]``), not normalised;
+        L2-normalised they are the original's ``text_feat``."""
         states = self.encode_text(input_ids, attention_mask, token_type_ids).last_hidden_state
-        return nn.functional.normalize(self.text_proj(states[:, 0]), dim=-1)
+        return self.text_proj(states[:, 0])
 
     def get_itm_logits(
         self,
@@ -471,14 +479,117 @@ class VlpBlipModel(VlpBlipPreTrainedModel):
         return output if return_dict else output.to_tuple()
 
 
-class VlpBlipForConditionalGeneration(VlpBlipPreTrainedModel):
-    """Image captioning (``models/blip.py:BLIP_Decoder``): the ViT and the MED's image-grounded causal decoder with
-    BERT's LM head tied to the word embeddings. This class holds the teacher-forced forward (the LM loss with label
-    smoothing); decoding strategies belong to ``generate``.
+# BLIP's caption decoding settings (``models/blip.py:BLIP_Decoder.generate``); lengths count ``[DEC]`` and the prompt's
+# tokens, as in the original. "coco": configs/caption_coco.yaml (the default generation config); "nocaps":
+# configs/nocaps.yaml; "sampling": generate(sample=True) - nucleus sampling, as CapFilt's captioner (top_k stays
+# transformers' default 50, as in the original's transformers 4.15).
+CAPTION_DECODING: dict[str, dict[str, Any]] = {
+    "coco": dict(num_beams=3, max_length=20, min_length=5, repetition_penalty=1.0),
+    "nocaps": dict(num_beams=3, max_length=20, min_length=5, repetition_penalty=1.1),
+    "sampling": dict(do_sample=True, num_beams=1, top_p=0.9, repetition_penalty=1.1, max_length=30, min_length=10),
+}
 
-    ``forward`` puts ``[DEC]`` (``config.text_config.bos_token_id``) at position 0 when no cached positions precede the
-    input, reuses ``image_hidden_states`` instead of running the ViT when they are given, and threads a self-attention
-    ``cache`` for incremental decoding (``use_cache=True`` creates a ``DynamicCache``).
+
+BEAM_SCORING = ("original", "transformers")
+# the transformers 5 beam-search methods OriginalBeamScoringMixin wraps
+_BEAM_SEARCH_HOOKS = ("_update_finished_beams", "_check_early_stop_heuristic")
+
+
+def pad_after_end(sequences: torch.Tensor, start: int, eos_token_ids: torch.Tensor, pad_token_id: int) -> torch.Tensor:
+    """``sequences`` with every position after a row's first end token (at or after column ``start``) set to
+    ``pad_token_id``, as the original's outputs are padded (transformers 5's beam search fills them with the end token
+    when the pad id is 0)."""
+    generated = sequences[:, start:]
+    ended = torch.isin(generated, eos_token_ids.to(sequences.device)).long().cumsum(dim=1)
+    after_end = (ended - torch.isin(generated, eos_token_ids.to(sequences.device)).long()) > 0
+    padded = sequences.clone()
+    padded[:, start:] = generated.masked_fill(after_end, pad_token_id)
+    return padded
+
+
+class OriginalBeamScoringMixin:
+    """Beam search scored as in transformers 4.x, which the original BLIP code ran on (``beam_scoring="original"``).
+
+    transformers 5 divides a finished hypothesis' summed log-probability by ``generated_length ** length_penalty``;
+    transformers 4.15 divided by its full length, prompt included and the end token excluded (a hypothesis stopped by
+    ``max_length`` counts all its tokens), and stopped early on the same lengths. The two pick different hypotheses when
+    sequences of different lengths compete (the original's NoCaps captions with repetition penalty 1.1 differ otherwise).
+    The hooks rescale the scores transformers' beam search finalises and the length its stopping heuristic assumes;
+    ``beam_scoring="transformers"`` leaves transformers' scoring untouched (e.g. to compare with transformers' BLIP).
+    Remaining difference: transformers 4.15's stopping heuristic compared the best candidate including finished ones.
+    """
+
+    _beam_scoring_end_ids: torch.Tensor | None = None
+
+    def _generate_with_beam_scoring(self, beam_scoring: str, generate_kwargs: dict[str, Any]) -> Any:
+        """``GenerationMixin.generate(**generate_kwargs)`` under ``beam_scoring``; rows that ended are padded with the
+        pad token after their end token (both as ``generate`` resolves them)."""
+        if beam_scoring not in BEAM_SCORING:
+            raise ValueError(f"beam_scoring must be one of {BEAM_SCORING}, got {beam_scoring!r}")
+        settings = (generate_kwargs, generate_kwargs.get("generation_config"), self.generation_config)
+        eos_token_id = resolved_generation_value("eos_token_id", *settings)
+        pad_token_id = resolved_generation_value("pad_token_id", *settings)
+        eos_ids = None
+        if eos_token_id is not None:
+            eos_ids = torch.as_tensor(eos_token_id, dtype=torch.long).reshape(-1)
+        missing = [hook for hook in _BEAM_SEARCH_HOOKS if not hasattr(GenerationMixin, hook)]
+        if beam_scoring == "original" and missing:
+            raise RuntimeError(
+                f"this transformers version's beam search has no {missing}, which beam_scoring='original' hooks into; "
+                "pass beam_scoring='transformers'"
+            )
+        self._beam_scoring_end_ids = eos_ids if beam_scoring == "original" else None
+        try:
+            output = super().generate(**generate_kwargs)
+        finally:
+            self._beam_scoring_end_ids = None
+        if eos_ids is None or pad_token_id is None:
+            return output
+        start = generate_kwargs["input_ids"].shape[1]
+        if isinstance(output, torch.Tensor):
+            return pad_after_end(output, start, eos_ids, pad_token_id)
+        output.sequences = pad_after_end(output.sequences, start, eos_ids, pad_token_id)
+        return output
+
+    def _update_finished_beams(self, **kwargs: Any) -> Any:
+        end_ids = self._beam_scoring_end_ids
+        if end_ids is not None:
+            cur_len, prompt_len, penalty = kwargs["cur_len"], kwargs["decoder_prompt_len"], kwargs["length_penalty"]
+            new_tokens = kwargs["topk_running_sequences"][:, :, cur_len]
+            full_length = cur_len + 1 - torch.isin(new_tokens, end_ids.to(new_tokens.device)).long()
+            rescale = ((cur_len + 1 - prompt_len) / full_length.to(kwargs["topk_log_probs"].dtype)) ** penalty
+            kwargs["topk_log_probs"] = kwargs["topk_log_probs"] * rescale
+        return super()._update_finished_beams(**kwargs)
+
+    def _check_early_stop_heuristic(self, **kwargs: Any) -> Any:
+        if self._beam_scoring_end_ids is not None:
+            kwargs["decoder_prompt_len"] = 1  # transformers 4.15: best running score / (length before this step)
+        return super()._check_early_stop_heuristic(**kwargs)
+
+
+def check_memory_rows(text_rows: int, states: torch.Tensor | AttentionMemory, what: str, hint: str) -> None:
+    """Text row b pairs with memory row b; an ``AttentionMemory`` row serves a whole group of consecutive text rows."""
+    if isinstance(states, AttentionMemory):
+        grouped_rows(text_rows, len(states))
+    elif text_rows != states.shape[0]:
+        raise ValueError(f"{what}: got {text_rows} texts and {states.shape[0]} memory rows ({hint})")
+
+
+class VlpBlipForConditionalGeneration(OriginalBeamScoringMixin, VlpBlipPreTrainedModel, GenerationMixin):
+    """Image captioning (``models/blip.py:BLIP_Decoder``): the ViT and the MED's image-grounded causal decoder with
+    BERT's LM head tied to the word embeddings.
+
+    ``forward`` is the teacher-forced pass (the LM loss with label smoothing): it puts ``[DEC]``
+    (``config.text_config.bos_token_id``) at position 0 when no cached positions precede the input, reuses
+    ``image_hidden_states`` instead of running the ViT when they are given, and threads a self-attention ``cache`` for
+    incremental decoding (``use_cache=True`` creates a ``DynamicCache``).
+
+    :meth:`generate` (transformers' ``GenerationMixin``: beam search, greedy, nucleus sampling) decodes as the
+    original: the ViT runs once, the prompt's ids start with ``[DEC]`` and lose their trailing ``[SEP]``, decoding
+    stops at ``[SEP]`` and pads with ``[PAD]``; the self-attention keys/values are cached and every cross-attention
+    projects the image tokens once per call, one copy per image shared by its beams. The default generation config is
+    the COCO evaluation's (beam 3, max_length 20, min_length 5, repetition penalty 1.0; see :data:`CAPTION_DECODING`
+    for NoCaps' and for sampling). :meth:`caption` returns the strings with the prompt cut off.
     """
 
     text_roles = ("decoder",)
@@ -495,6 +606,18 @@ class VlpBlipForConditionalGeneration(VlpBlipPreTrainedModel):
         self._build_towers(config)
         self._build_lm_head(config)
         self.post_init()
+        self.generation_config = self.default_generation_config()
+
+    def default_generation_config(self) -> GenerationConfig:
+        """The original's COCO caption decoding (:data:`CAPTION_DECODING` ``"coco"``): start ``[DEC]``
+        (``text_config.bos_token_id``), stop at ``[SEP]``, pad with ``[PAD]``."""
+        text = self.config.text_config
+        return GenerationConfig(
+            bos_token_id=text.bos_token_id,
+            eos_token_id=text.sep_token_id,
+            pad_token_id=text.pad_token_id,
+            **CAPTION_DECODING["coco"],
+        )
 
     def get_input_embeddings(self) -> nn.Embedding:
         return self.text_model.get_input_embeddings()
@@ -511,7 +634,7 @@ class VlpBlipForConditionalGeneration(VlpBlipPreTrainedModel):
     def decode(
         self,
         input_ids: torch.Tensor,
-        image_hidden_states: torch.Tensor,
+        image_hidden_states: torch.Tensor | AttentionMemory,
         attention_mask: torch.Tensor | None = None,
         image_attention_mask: torch.Tensor | None = None,
         cache: Cache | None = None,
@@ -520,16 +643,16 @@ class VlpBlipForConditionalGeneration(VlpBlipPreTrainedModel):
         output_hidden_states: bool = False,
         output_attentions: bool = False,
     ) -> BaseModelOutputWithPastAndCrossAttentions:
-        """The MED in ``"decoder"`` mode over ``image_hidden_states`` (row b of the text with row b of the images).
+        """The MED in ``"decoder"`` mode over ``image_hidden_states`` (row b of the text with row b of the images; an
+        ``AttentionMemory`` of ``M`` images serves ``r * M`` texts, ``r`` consecutive texts per image).
 
         With an empty or no ``cache``, position 0 becomes ``[DEC]`` unless ``replace_first_token=False``; with cached
         positions ``input_ids`` are the new tokens only and ``attention_mask`` covers cached + new positions.
         """
-        if input_ids.shape[0] != image_hidden_states.shape[0]:
-            raise ValueError(
-                f"the decoder pairs text row b with image row b: got {input_ids.shape[0]} texts and "
-                f"{image_hidden_states.shape[0]} images (repeat the image states per caption / beam)"
-            )
+        check_memory_rows(
+            input_ids.shape[0], image_hidden_states, "the decoder pairs text row b with image row b",
+            "repeat the image states per caption / beam, or wrap them in an AttentionMemory",
+        )
         first_call = cache is None or cache.get_seq_length() == 0
         if replace_first_token and first_call:
             input_ids = with_first_token(input_ids, self._special_id("bos_token_id"))
@@ -563,7 +686,7 @@ class VlpBlipForConditionalGeneration(VlpBlipPreTrainedModel):
         input_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
-        image_hidden_states: torch.Tensor | None = None,
+        image_hidden_states: torch.Tensor | AttentionMemory | None = None,
         image_attention_mask: torch.Tensor | None = None,
         cache: Cache | None = None,
         use_cache: bool | None = None,
@@ -575,7 +698,8 @@ class VlpBlipForConditionalGeneration(VlpBlipPreTrainedModel):
         return_dict: bool | None = None,
     ) -> VlpBlipForConditionalGenerationOutput | tuple:
         """Teacher-forced next-token logits of ``input_ids`` (``[CLS] caption [SEP]`` from the processor; ``[DEC]`` is
-        put first here) grounded on ``pixel_values`` or on precomputed ``image_hidden_states`` (the ViT tokens).
+        put first here) grounded on ``pixel_values`` or on precomputed ``image_hidden_states`` (the ViT tokens, or an
+        ``AttentionMemory`` of them).
 
         ``labels`` ``[B, L]`` are aligned with ``input_ids`` (usually a copy; the shift happens here): ``-100`` and
         ``[PAD]`` are ignored, and so are the first ``prompt_length`` positions when given; the loss is the
@@ -609,6 +733,8 @@ class VlpBlipForConditionalGeneration(VlpBlipPreTrainedModel):
                     "the model shifts them itself"
                 )
             loss = shifted_lm_loss(logits, self.caption_labels(labels, prompt_length), self.config.label_smoothing)
+        if isinstance(image_hidden_states, AttentionMemory):
+            image_hidden_states = image_hidden_states.states
         output = VlpBlipForConditionalGenerationOutput(
             loss=loss,
             logits=logits,
@@ -620,8 +746,144 @@ class VlpBlipForConditionalGeneration(VlpBlipPreTrainedModel):
         )
         return output if return_dict else output.to_tuple()
 
+    # ----------------------------------------------------------------------------------------------- generation
+
+    def prompt_input_ids(
+        self, input_ids: torch.Tensor | None, attention_mask: torch.Tensor | None, batch_size: int
+    ) -> torch.Tensor:
+        """The decoder's start ids ``[B, P]`` as the original builds them from a prompt: ``[DEC]`` replaces ``[CLS]``
+        and the trailing ``[SEP]`` is dropped (``[CLS] a picture of [SEP]`` -> ``[DEC] a picture of``); no prompt:
+        ``[DEC]`` alone. One prompt row serves every image; rows must be unpadded (the same prompt length)."""
+        bos = self._special_id("bos_token_id")
+        if input_ids is None:
+            return torch.full((batch_size, 1), bos, dtype=torch.long, device=self.device)
+        if input_ids.ndim == 1:
+            input_ids = input_ids[None]
+        if input_ids.ndim != 2 or input_ids.shape[1] == 0:
+            raise ValueError(f"prompt input_ids must be [batch, length] with length >= 1, got {tuple(input_ids.shape)}")
+        if input_ids.shape[0] == 1 and batch_size > 1:
+            input_ids = input_ids.expand(batch_size, -1)
+            attention_mask = attention_mask.expand(batch_size, -1) if attention_mask is not None else None
+        if input_ids.shape[0] != batch_size:
+            raise ValueError(
+                f"got {input_ids.shape[0]} prompts for {batch_size} images: pass one prompt for all, or one per image"
+            )
+        padded = (input_ids[:, 1:] == self._special_id("pad_token_id")).any()
+        if attention_mask is not None:
+            padded = padded | (attention_mask == 0).any()
+        if bool(padded):
+            raise ValueError(
+                "the prompts are padded: the decoder continues every row after its last prompt token, so prompts of "
+                "different lengths cannot share a batch; caption each prompt length separately (the original uses one "
+                "prompt, 'a picture of ', for every image)"
+            )
+        input_ids = with_first_token(input_ids, bos)
+        if input_ids.shape[1] > 1 and bool((input_ids[:, -1] == self._special_id("sep_token_id")).all()):
+            input_ids = input_ids[:, :-1]
+        return input_ids.to(self.device)
+
+    def prepare_inputs_for_generation(
+        self,
+        input_ids: torch.Tensor,
+        image_hidden_states: torch.Tensor | AttentionMemory | None = None,
+        cache: Cache | None = None,
+        next_sequence_length: int | None = None,
+        **kwargs: Any,
+    ) -> dict[str, Any]:
+        """One decoding step's ``forward`` inputs: the tokens the cache has not seen and the image states (an
+        ``AttentionMemory`` shared by the beams, or with ``use_cache=False`` the states ``generate`` repeated per beam).
+        ``generate``'s attention mask is dropped: the sequences hold no padding (prompts are unpadded)."""
+        if image_hidden_states is None:
+            raise ValueError(
+                "VlpBlipForConditionalGeneration decodes over image states: call generate(pixel_values=...) (or "
+                "generate(image_hidden_states=...)), which runs the image tower once"
+            )
+        return {
+            "input_ids": uncached_tokens(input_ids, next_sequence_length),
+            "image_hidden_states": image_hidden_states,
+            "cache": cache,
+            "use_cache": cache is not None,
+        }
+
+    @torch.no_grad()
+    def generate(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        image_hidden_states: torch.Tensor | None = None,
+        generation_config: GenerationConfig | None = None,
+        interpolate_pos_encoding: bool = False,
+        beam_scoring: str = "original",
+        **kwargs: Any,
+    ) -> Any:
+        """Caption ``pixel_values`` (or precomputed ``image_hidden_states``), optionally continuing a prompt
+        ``input_ids`` (the processor's ``[CLS] a picture of [SEP]``, one row for all images or one per image; see
+        :meth:`prompt_input_ids`). The image tower runs once; transformers' ``generate`` then decodes with the
+        self-attention KV cache, each cross-attention projecting the image tokens once (unless ``use_cache=False``,
+        which re-runs every step in full).
+
+        ``kwargs`` are ``generate``'s (``num_beams``, ``max_length``, ``do_sample``, ``top_p``, ...); defaults come
+        from ``self.generation_config`` (:meth:`default_generation_config`; :data:`CAPTION_DECODING` holds the
+        original's other settings). ``beam_scoring="original"`` scores beam hypotheses as the original's transformers
+        4.15 did, ``"transformers"`` as transformers 5 does (see :class:`OriginalBeamScoringMixin`). Returns what
+        ``generate`` returns: ``[B * num_return_sequences, T]`` ids that start with ``[DEC]`` and the prompt, padded
+        with ``[PAD]`` after ``[SEP]``, as the original's.
+        """
+        if (pixel_values is None) == (image_hidden_states is None):
+            raise ValueError("generate needs exactly one of pixel_values or image_hidden_states (the ViT tokens)")
+        cache = kwargs.get("cache")
+        if cache is not None and cache.get_seq_length() > 0:
+            raise ValueError("generate starts every caption from [DEC] and the prompt: pass an empty cache (or none)")
+        check_no_token_types(kwargs.pop("token_type_ids", None))
+        defaults = self.default_generation_config()
+        generation_config = fill_special_tokens(
+            kwargs,
+            generation_config,
+            self.generation_config,
+            {field: getattr(defaults, field) for field in ("bos_token_id", "eos_token_id", "pad_token_id")},
+        )
+        if image_hidden_states is None:
+            image_hidden_states = self.encode_image(pixel_values, interpolate_pos_encoding).last_hidden_state
+        start_ids = self.prompt_input_ids(input_ids, attention_mask, image_hidden_states.shape[0])
+        settings = (kwargs, generation_config, self.generation_config)
+        use_cache = resolved_generation_value("use_cache", *settings, default=True)
+        memory = AttentionMemory(image_hidden_states) if use_cache else image_hidden_states
+        add_decoder_cache(kwargs, generation_config, self.generation_config, self.config.text_config)
+        if generation_config is not None:
+            kwargs["generation_config"] = generation_config
+        return self._generate_with_beam_scoring(
+            beam_scoring, {**kwargs, "input_ids": start_ids, "image_hidden_states": memory}
+        )
+
+    @torch.no_grad()
+    def caption(
+        self, images: Any, processor: Any, prompt: str | None = None, **generate_kwargs: Any
+    ) -> list[str]:
+        """Caption strings of ``images`` (anything ``processor`` takes, or ``pixel_values`` ``[B, C, H, W]``), one per
+        image and returned sequence, as the original's ``generate``: decoded without special tokens and with the
+        prompt's characters cut off (``caption[len(prompt):]``). ``prompt`` defaults to ``processor.prompt``
+        (``"a picture of "``); ``""`` starts from ``[DEC]`` alone. ``generate_kwargs`` go to :meth:`generate`."""
+        prompt = processor.prompt if prompt is None else prompt
+        if isinstance(images, torch.Tensor):
+            pixel_values = images
+        else:
+            pixel_values = processor(images=images, return_tensors="pt")["pixel_values"]
+        pixel_values = pixel_values.to(device=self.device, dtype=self.dtype)
+        input_ids = None
+        if prompt:
+            input_ids = processor(text=[prompt], return_tensors="pt")["input_ids"].to(self.device)
+        output = self.generate(pixel_values, input_ids, **generate_kwargs)
+        sequences = output if isinstance(output, torch.Tensor) else output.sequences
+        tokenizer = getattr(processor, "tokenizer", processor)
+        texts = tokenizer.batch_decode(sequences, skip_special_tokens=True)
+        return [text[len(prompt) :] if prompt else text for text in texts]
+
 
 __all__ = [
+    "BEAM_SCORING",
+    "CAPTION_DECODING",
+    "OriginalBeamScoringMixin",
     "VlpBlipForConditionalGeneration",
     "VlpBlipForConditionalGenerationOutput",
     "VlpBlipModel",

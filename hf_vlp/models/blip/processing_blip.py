@@ -16,7 +16,14 @@ from transformers import BatchFeature
 from transformers.processing_utils import ProcessorMixin
 from transformers.utils import TensorType, logging
 
-from ..albef.processing_albef import _check_positive_int, _check_tokenizer, _checked_texts
+from ...text_processing import (
+    TEXT_KINDS,
+    check_bert_tokenizer,
+    check_positive_int,
+    checked_texts,
+    first_words,
+    squeeze_whitespace,
+)
 
 logger = logging.get_logger(__name__)
 
@@ -28,27 +35,22 @@ DEFAULT_PROMPT = "a picture of "
 DEFAULT_MAX_LENGTH = 35
 DEFAULT_MAX_WORDS = 30  # the caption datasets' max_words
 DEFAULT_MAX_QUESTION_WORDS = 50  # pre_question's default, which the VQA dataset uses
-TEXT_KINDS = ("caption", "question")
 
 _CAPTION_PUNCTUATION = re.compile(r"([.!\"()*#:;~])")
-_REPEATED_WHITESPACE = re.compile(r"\s{2,}")
 
 
 def pre_caption(caption: str, max_words: int = 50) -> str:
     """BLIP's caption normalisation (``data/utils.py``): lowercase, ``.!"()*#:;~`` to spaces, squeeze whitespace,
     strip, keep the first ``max_words`` words (the datasets pass 30)."""
     caption = _CAPTION_PUNCTUATION.sub(" ", caption.lower())
-    caption = _REPEATED_WHITESPACE.sub(" ", caption).rstrip("\n").strip(" ")
-    words = caption.split(" ")
-    return " ".join(words[:max_words]) if len(words) > max_words else caption
+    return first_words(squeeze_whitespace(caption), max_words)
 
 
 def pre_question(question: str, max_words: int = DEFAULT_MAX_QUESTION_WORDS) -> str:
     """BLIP's question normalisation: lowercase, ``.!"()*#:;~`` removed, trailing spaces stripped, first
     ``max_words`` words (the original counts the empty strings between repeated spaces as words)."""
     question = _CAPTION_PUNCTUATION.sub("", question.lower()).rstrip(" ")
-    words = question.split(" ")
-    return " ".join(words[:max_words]) if len(words) > max_words else question
+    return first_words(question, max_words)
 
 
 def add_blip_special_tokens(tokenizer: Any) -> Any:
@@ -102,11 +104,11 @@ class VlpBlipProcessor(ProcessorMixin):
         **kwargs: Any,
     ):
         super().__init__(image_processor, tokenizer, **kwargs)
-        _check_tokenizer(tokenizer)
+        check_bert_tokenizer(tokenizer, "BLIP")
         add_blip_special_tokens(tokenizer)
-        _check_positive_int("max_length", max_length, minimum=3, why="room for [CLS], one token and [SEP]")
-        _check_positive_int("max_words", max_words, minimum=1, why="at least one word")
-        _check_positive_int("max_question_words", max_question_words, minimum=1, why="at least one word")
+        check_positive_int("max_length", max_length, minimum=3, why="room for [CLS], one token and [SEP]")
+        check_positive_int("max_words", max_words, minimum=1, why="at least one word")
+        check_positive_int("max_question_words", max_question_words, minimum=1, why="at least one word")
         if not isinstance(prompt, str):
             raise TypeError(f"prompt must be a string (may be empty), got {type(prompt).__name__}")
         self.max_length = max_length
@@ -180,9 +182,9 @@ class VlpBlipProcessor(ProcessorMixin):
             raise ValueError(f"text_kind must be one of {TEXT_KINDS}; got {text_kind!r}.")
         if max_words is None:
             max_words = self.max_words if text_kind == "caption" else self.max_question_words
-        _check_positive_int("max_words", max_words, minimum=1, why="at least one word")
+        check_positive_int("max_words", max_words, minimum=1, why="at least one word")
         normalize = pre_caption if text_kind == "caption" else pre_question
-        return [normalize(item, max_words) for item in _checked_texts(text)]
+        return [normalize(item, max_words) for item in checked_texts(text)]
 
     def decode_caption(self, token_ids: Any, strip_prompt: bool = True) -> str:
         """Caption text of one generated id sequence: special tokens skipped and, with ``strip_prompt``, the prompt's
@@ -195,7 +197,7 @@ class VlpBlipProcessor(ProcessorMixin):
     ) -> dict[str, list[list[int]]]:
         if padding not in ("longest", True, "max_length"):
             raise ValueError(f"padding must be 'longest', True or 'max_length'; got {padding!r}.")
-        _check_positive_int("max_length", max_length, minimum=3, why="room for [CLS], one token and [SEP]")
+        check_positive_int("max_length", max_length, minimum=3, why="room for [CLS], one token and [SEP]")
         cls_id, sep_id = self._special_id("cls_token"), self._special_id("sep_token")
         tokens = self._token_ids(texts)
         too_long = [index for index, ids in enumerate(tokens) if len(ids) + 2 > max_length]

@@ -350,3 +350,21 @@ def test_fine_tuning_starts_from_a_pretraining_directory(tmp_path: Path) -> None
     assert torch.equal(model.image_queue.queue, pretraining.image_queue.queue)
     assert torch.equal(model.momentum_text_proj.weight, pretraining.momentum_text_proj.weight)
     assert not model.momentum_text_proj.weight.requires_grad
+
+
+def test_loading_a_pretraining_directory_aligns_the_fresh_id_queue_with_the_feature_queues(tmp_path: Path) -> None:
+    """The original keeps one pointer for features and ids: a retrieval head started from pre-training (whose
+    queues are mid-way) must write ids into the same columns as the features, with every old slot unlabelled."""
+    config, _ = converted_state()
+    pretraining = VlpAlbefForPretraining(VlpAlbefConfig.from_dict(config.to_dict()))
+    with torch.no_grad():
+        for queue in (pretraining.image_queue, pretraining.text_queue):
+            queue.ptr.fill_(2)
+    pretraining.save_pretrained(tmp_path)
+    model = VlpAlbefForImageTextRetrieval.from_pretrained(tmp_path, dtype=torch.float32)
+    assert int(model.idx_queue.ptr) == int(model.image_queue.ptr) == 2
+    assert bool((model.idx_queue.queue == -100).all())
+    model.train()
+    with torch.no_grad():
+        model(**recorded_step_inputs())
+    assert int(model.idx_queue.ptr) == int(model.image_queue.ptr) != 2

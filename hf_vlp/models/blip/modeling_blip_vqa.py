@@ -1,0 +1,437 @@
+"""BLIP VQA (``models/blip_vqa.py:BLIP_VQA``, ``configs/vqa.yaml``): answers are generated, not classified.
+
+    image -> ViT -> image tokens
+    [ENC] question -> MED encoder role, cross-attending the image tokens -> question states
+    [DEC] answer   -> answer decoder (MED decoder role, cross-attending the question states) -> answer_head -> logits
+
+The question encoder is the BLIP text transformer (``text_model``, encoder role); the answer decoder is a second MED
+stack with its own weights (``answer_decoder``, decoder role) whose cross-attention reads question states of the TEXT
+width, and ``answer_head`` its BERT LM head tied to its word embeddings - the names ``conversion/convert_blip.py``'s
+VQA rules write. Three uses:
+
+- training (``forward`` with ``return_loss=True`` or ``labels``): each answer ``[DEC] a.. [SEP]`` is teacher-forced over
+  its question's states; its loss is the summed label-smoothed token cross-entropy; ``loss = sum(weight * loss) / Q``.
+- ranking (:meth:`VlpBlipForQuestionAnswering.rank_answers`, the original's ``inference='rank'``): the ``k`` candidates
+  of highest first-token probability are teacher-forced and scored by minus their summed label-smoothed CE.
+- generation (:meth:`VlpBlipForQuestionAnswering.generate`, ``inference='generate'``): beam search from ``[DEC]`` until
+  ``[SEP]`` (beam 3, max_length 10, min_length 1), the question states seen through an all-ones mask as the original.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import GenerationConfig, GenerationMixin
+from transformers.cache_utils import Cache
+from transformers.modeling_outputs import ModelOutput
+
+from ...generation import (
+    add_decoder_cache,
+    decode_generated,
+    fill_special_tokens,
+    resolved_generation_value,
+    special_token_ids_from_tokenizer,
+    uncached_tokens,
+)
+from ...modules.attention import AttentionMemory
+from ...modules.heads import MaskedLMHead
+from .configuration_blip import VlpBlipConfig, VlpBlipTextConfig
+from .modeling_blip import (
+    IGNORE_INDEX,
+    OriginalBeamScoringMixin,
+    VlpBlipPreTrainedModel,
+    VlpBlipTextModel,
+    check_memory_rows,
+    check_no_token_types,
+    shifted_lm_loss,
+    with_first_token,
+)
+
+# configs/vqa.yaml and models/blip_vqa.py: k_test 128 candidates; generation beam 3, max_length 10, min_length 1
+DEFAULT_RANK_K = 128
+ANSWER_DECODING: dict[str, Any] = dict(num_beams=3, max_length=10, min_length=1)
+
+
+def answer_decoder_config(text: VlpBlipTextConfig) -> VlpBlipTextConfig:
+    """The answer decoder's config: the text config with cross-attention over question states of the text width
+    (``models/blip_vqa.py`` builds the decoder from the med json, whose ``encoder_width`` is the text width)."""
+    config = copy.deepcopy(text)
+    config.encoder_width = text.hidden_size
+    return config
+
+
+@dataclass
+class VlpBlipForQuestionAnsweringOutput(ModelOutput):
+    """``loss`` (with ``return_loss=True`` or ``labels``) = ``sum(answer_weights * answer_losses) / num_questions``;
+    ``answer_losses`` ``[N]`` each answer's summed label-smoothed token CE; ``logits`` ``[N, La, vocab]`` the answer
+    decoder's next-token logits (position t predicts token t + 1); ``question_states`` ``[Q, Lq, D]`` the
+    image-grounded question encodings; ``cache`` the answer decoder's self-attention cache during generation."""
+
+    loss: torch.Tensor | None = None
+    answer_losses: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+    question_states: torch.Tensor | None = None
+    cache: Cache | None = None
+
+
+@dataclass
+class VlpBlipAnswerRanking:
+    """:meth:`VlpBlipForQuestionAnswering.rank_answers` result: ``answer_indices`` ``[Q, k]`` candidate indices best
+    first, ``scores`` ``[Q, k]`` their scores (minus the summed label-smoothed CE, the original's ranking score; not
+    normalised), ``first_token_probs`` ``[Q, A]`` every candidate's first-token probability after ``[DEC]``."""
+
+    answer_indices: torch.Tensor
+    scores: torch.Tensor
+    first_token_probs: torch.Tensor
+
+
+class VlpBlipForQuestionAnswering(OriginalBeamScoringMixin, VlpBlipPreTrainedModel, GenerationMixin):
+    """BLIP VQA: ``vision_model`` + image-grounded question encoder ``text_model`` (``[ENC]`` first) + ``answer_decoder``
+    (MED decoder role over the question states, ``[DEC]`` first) with its LM head ``answer_head``.
+
+    The model puts ``[ENC]``/``[DEC]`` at position 0 itself, so questions and answers come from the processor as
+    ``[CLS] .. [SEP]``. Fine-tuning uses label smoothing ``config.label_smoothing`` (0.1 in the original), which also
+    enters the ranking score. :meth:`generate` decodes free answers with transformers' ``GenerationMixin`` (the question
+    encoded once, its states' keys/values projected once per decoder layer and shared by the beams);
+    :meth:`rank_answers` ranks a candidate list as the original's ``rank_answer``.
+    """
+
+    main_input_name = "pixel_values"
+    text_roles = ("encoder",)
+    model_card_pipeline_tag = "visual-question-answering"
+    _tied_weights_keys = {"answer_head.decoder.weight": "answer_decoder.transformer.embeddings.word_embeddings.weight"}
+
+    def __init__(self, config: VlpBlipConfig) -> None:
+        super().__init__(config)
+        self._build_towers(config)
+        decoder = answer_decoder_config(config.text_config)
+        self.answer_decoder = VlpBlipTextModel(decoder, roles=("decoder",))
+        self.answer_head = MaskedLMHead(
+            decoder.hidden_size, decoder.vocab_size, activation=decoder.hidden_act, layer_norm_eps=decoder.layer_norm_eps
+        )
+        self.post_init()
+        self.generation_config = self.default_generation_config()
+
+    def default_generation_config(self) -> GenerationConfig:
+        """``inference='generate'`` of ``models/blip_vqa.py``: beam 3, max_length 10 (``[DEC]`` included), min_length
+        1; start ``[DEC]`` (``text_config.bos_token_id``), stop at ``[SEP]``, pad with ``[PAD]``."""
+        text = self.config.text_config
+        return GenerationConfig(
+            bos_token_id=text.bos_token_id, eos_token_id=text.sep_token_id, pad_token_id=text.pad_token_id,
+            **ANSWER_DECODING,
+        )
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.text_model.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.text_model.set_input_embeddings(value)
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.answer_head.decoder
+
+    def set_output_embeddings(self, value: nn.Linear) -> None:
+        self.answer_head.decoder = value
+
+    # ------------------------------------------------------------------------------------------- building blocks
+
+    def encode_question(
+        self,
+        pixel_values: torch.Tensor,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        interpolate_pos_encoding: bool = False,
+    ) -> torch.Tensor:
+        """Question states ``[Q, Lq, D]``: the ViT, then the MED encoder role over the image tokens with ``[ENC]``
+        put at position 0 (``text_encoder(question, encoder_hidden_states=image_embeds)`` in the original)."""
+        if pixel_values.shape[0] != input_ids.shape[0]:
+            raise ValueError(
+                f"pass one image per question: got {pixel_values.shape[0]} images and {input_ids.shape[0]} questions"
+            )
+        images = self.encode_image(pixel_values, interpolate_pos_encoding).last_hidden_state
+        return self.text_model(
+            with_first_token(input_ids, self._special_id("enc_token_id")),
+            attention_mask,
+            encoder_hidden_states=images,
+            mode="multimodal",
+            return_dict=True,
+        ).last_hidden_state
+
+    def decode_answers(
+        self,
+        answer_input_ids: torch.Tensor,
+        question_states: torch.Tensor | AttentionMemory,
+        answer_attention_mask: torch.Tensor | None = None,
+        question_attention_mask: torch.Tensor | None = None,
+        cache: Cache | None = None,
+    ) -> torch.Tensor:
+        """Next-token logits ``[N, La, vocab]`` of answers ``[N, La]`` cross-attending row i of ``question_states``
+        (or, through an ``AttentionMemory`` of ``Q`` questions, ``N / Q`` consecutive answers per question).
+
+        Position 0 becomes ``[DEC]`` unless a ``cache`` already holds earlier positions; then ``answer_input_ids`` are
+        the new tokens and ``answer_attention_mask`` covers cached + new positions. Masks are 1/0; ``None`` = all
+        visible (the question mask has one row per question-states row)."""
+        check_memory_rows(
+            answer_input_ids.shape[0], question_states, "the answer decoder pairs answer row i with question row i",
+            "repeat the question states per answer, or wrap them in an AttentionMemory",
+        )
+        if cache is None or cache.get_seq_length() == 0:
+            answer_input_ids = with_first_token(answer_input_ids, self._special_id("bos_token_id"))
+        hidden = self.answer_decoder(
+            answer_input_ids,
+            answer_attention_mask,
+            encoder_hidden_states=question_states,
+            encoder_attention_mask=question_attention_mask,
+            mode="decoder",
+            cache=cache,
+            use_cache=cache is not None,
+            return_dict=True,
+        ).last_hidden_state
+        return self.answer_head(hidden)
+
+    def answer_labels(self, answer_input_ids: torch.Tensor) -> torch.Tensor:
+        """Token targets of answers: the ids with ``[PAD]`` set to -100 (position 0 never counts: the shift drops it)."""
+        return answer_input_ids.masked_fill(answer_input_ids == self._special_id("pad_token_id"), IGNORE_INDEX)
+
+    # ------------------------------------------------------------------------------------------------- training
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        answer_input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        answer_attention_mask: torch.Tensor | None = None,
+        answer_weights: torch.Tensor | None = None,
+        answers_per_question: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        return_loss: bool | None = None,
+        question_states: torch.Tensor | AttentionMemory | None = None,
+        cache: Cache | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        interpolate_pos_encoding: bool = False,
+        return_dict: bool | None = None,
+    ) -> VlpBlipForQuestionAnsweringOutput | tuple:
+        """One VQA forward on ``Q`` (image, question) pairs and their ``N`` answers (also :meth:`generate`'s step).
+
+        Args:
+            input_ids, pixel_values: ``[Q, Lq]`` questions (``[CLS] q [SEP]``; ``[ENC]`` is put first here) and
+                ``[Q, C, H, W]`` their images; ``attention_mask`` is the questions' 1/0 padding mask, also applied to
+                the question states the answer decoder reads (the original does so in training and ranking).
+            answer_input_ids: ``[N, La]`` answers ``[CLS] a.. [SEP] [PAD]..`` grouped by question in order (``[DEC]``
+                is put first here).
+            answers_per_question: ``[Q]`` answers of each question (the original's ``n``); default one each.
+            answer_weights: ``[N]`` each answer's weight (the original's ``weights``); default ones.
+            labels: ``[N, La]`` targets aligned with the answers, -100 ignored; default the answers with ``[PAD]``
+                ignored. Passing labels (or ``return_loss=True``) computes ``answer_losses`` and ``loss``.
+            question_states: ``[Q, Lq, D]`` precomputed :meth:`encode_question` output (or an ``AttentionMemory``)
+                used instead of ``input_ids``/``pixel_values``.
+            cache: the answer decoder's self-attention cache (generation); ``answer_input_ids`` are then the tokens
+                after the cached ones. ``token_type_ids`` (all zero from BERT tokenizers) are accepted.
+        """
+        if answer_input_ids is None:
+            raise ValueError("pass answer_input_ids ([N, La] answers, [CLS] a.. [SEP] from the processor)")
+        check_no_token_types(token_type_ids)
+        if question_states is None:
+            if input_ids is None or pixel_values is None:
+                raise ValueError("pass the questions' input_ids and pixel_values, or precomputed question_states")
+            question_states = self.encode_question(pixel_values, input_ids, attention_mask, interpolate_pos_encoding)
+        compute_loss = bool(return_loss) or labels is not None
+        if cache is not None and compute_loss:
+            raise ValueError("the cache is for generation: compute losses on whole answers without a cache")
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        num_questions, num_answers = question_states.shape[0], answer_input_ids.shape[0]
+        device = answer_input_ids.device
+        if isinstance(question_states, AttentionMemory):
+            memory, question_mask = question_states, attention_mask
+        else:
+            counts = self._answers_per_question(answers_per_question, num_questions, num_answers, device)
+            memory = question_states.repeat_interleave(counts, dim=0)
+            question_mask = attention_mask.repeat_interleave(counts, dim=0) if attention_mask is not None else None
+        logits = self.decode_answers(answer_input_ids, memory, answer_attention_mask, question_mask, cache=cache)
+        loss = answer_losses = None
+        if compute_loss:
+            if labels is None:
+                labels = self.answer_labels(answer_input_ids)
+            elif labels.shape != answer_input_ids.shape:
+                raise ValueError(
+                    f"labels must align with answer_input_ids (shape {tuple(answer_input_ids.shape)}), got "
+                    f"{tuple(labels.shape)}; the model shifts them itself"
+                )
+            weights = torch.ones(num_answers) if answer_weights is None else answer_weights
+            weights = weights.reshape(-1).to(device=logits.device, dtype=logits.dtype)
+            if weights.shape[0] != num_answers:
+                raise ValueError(f"answer_weights must hold one weight per answer ({num_answers}), got {weights.shape[0]}")
+            answer_losses = shifted_lm_loss(logits, labels, self.config.label_smoothing, per_sequence=True)
+            loss = (weights * answer_losses).sum() / num_questions
+        if isinstance(question_states, AttentionMemory):
+            question_states = question_states.states
+        output = VlpBlipForQuestionAnsweringOutput(
+            loss=loss, answer_losses=answer_losses, logits=logits, question_states=question_states, cache=cache
+        )
+        return output if return_dict else output.to_tuple()
+
+    @staticmethod
+    def _answers_per_question(
+        counts: torch.Tensor | None, num_questions: int, num_answers: int, device: torch.device
+    ) -> torch.Tensor:
+        if counts is None:
+            if num_answers != num_questions:
+                raise ValueError(
+                    f"{num_answers} answers for {num_questions} questions: pass answers_per_question ([Q] counts)"
+                )
+            return torch.ones(num_questions, dtype=torch.long, device=device)
+        counts = torch.as_tensor(counts).reshape(-1).to(device=device, dtype=torch.long)
+        if counts.shape[0] != num_questions or int(counts.sum()) != num_answers or bool((counts < 1).any()):
+            raise ValueError(
+                f"answers_per_question must hold one positive count per question ({num_questions}) summing to the "
+                f"number of answers ({num_answers}), got {counts.tolist()}"
+            )
+        return counts
+
+    # ----------------------------------------------------------------------------------------------- generation
+
+    def prepare_inputs_for_generation(
+        self,
+        input_ids: torch.Tensor,
+        question_states: torch.Tensor | AttentionMemory | None = None,
+        cache: Cache | None = None,
+        next_sequence_length: int | None = None,
+        **kwargs: Any,
+    ) -> dict[str, Any]:
+        """One decoding step's ``forward`` inputs: the answer tokens the cache has not seen and the question states
+        (an ``AttentionMemory`` shared by the beams, or with ``use_cache=False`` the states repeated per beam), read
+        without a mask as the original's generation does."""
+        if question_states is None:
+            raise ValueError(
+                "VlpBlipForQuestionAnswering decodes from question states: call generate(pixel_values=..., "
+                "input_ids=questions), which encodes the questions once"
+            )
+        return {
+            "answer_input_ids": uncached_tokens(input_ids, next_sequence_length),
+            "question_states": question_states,
+            "cache": cache,
+        }
+
+    @torch.no_grad()
+    def generate(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        generation_config: GenerationConfig | None = None,
+        interpolate_pos_encoding: bool = False,
+        beam_scoring: str = "original",
+        **kwargs: Any,
+    ) -> Any:
+        """Free answers to questions ``input_ids`` ``[Q, Lq]`` about ``pixel_values``: the question encoder runs once
+        (with ``attention_mask``), then transformers' ``generate`` decodes ``[DEC] answer.. [SEP]`` over the question
+        states seen through an all-ones mask, as the original (padded question positions included).
+
+        ``kwargs`` are ``generate``'s; defaults come from ``self.generation_config`` (:meth:`default_generation_config`).
+        ``beam_scoring`` as :meth:`VlpBlipForConditionalGeneration.generate`. Returns ``[Q * num_return_sequences, T]``
+        ids starting with ``[DEC]``, ``[PAD]`` after ``[SEP]``.
+        """
+        if pixel_values is None or input_ids is None:
+            raise ValueError("generate needs the images (pixel_values) and the tokenised questions (input_ids)")
+        cache = kwargs.get("cache")
+        if cache is not None and cache.get_seq_length() > 0:
+            raise ValueError("generate starts every answer from [DEC]: pass an empty cache (or none)")
+        check_no_token_types(kwargs.pop("token_type_ids", None))
+        defaults = self.default_generation_config()
+        generation_config = fill_special_tokens(
+            kwargs,
+            generation_config,
+            self.generation_config,
+            {field: getattr(defaults, field) for field in ("bos_token_id", "eos_token_id", "pad_token_id")},
+        )
+        settings = (kwargs, generation_config, self.generation_config)
+        question_states = self.encode_question(pixel_values, input_ids, attention_mask, interpolate_pos_encoding)
+        start_ids = torch.full(
+            (input_ids.shape[0], 1), self._special_id("bos_token_id"), dtype=torch.long, device=question_states.device
+        )
+        use_cache = resolved_generation_value("use_cache", *settings, default=True)
+        memory = AttentionMemory(question_states) if use_cache else question_states
+        add_decoder_cache(kwargs, generation_config, self.generation_config, self.answer_decoder.config)
+        if generation_config is not None:
+            kwargs["generation_config"] = generation_config
+        return self._generate_with_beam_scoring(
+            beam_scoring, {**kwargs, "input_ids": start_ids, "question_states": memory}
+        )
+
+    @torch.no_grad()
+    def generate_answers(
+        self,
+        processor: Any,
+        pixel_values: torch.Tensor,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        **generate_kwargs: Any,
+    ) -> list[str]:
+        """:meth:`generate` and decode: one answer string per question (per returned sequence), special tokens
+        removed, as the original's ``tokenizer.decode(output, skip_special_tokens=True)``. ``processor`` is a
+        ``VlpBlipProcessor`` or its tokenizer."""
+        generation_config = fill_special_tokens(
+            generate_kwargs,
+            generate_kwargs.pop("generation_config", None),
+            self.generation_config,
+            special_token_ids_from_tokenizer(processor, bos_token="bos_token"),
+        )
+        output = self.generate(
+            pixel_values, input_ids, attention_mask, generation_config=generation_config, **generate_kwargs
+        )
+        sequences = output if isinstance(output, torch.Tensor) else output.sequences
+        return decode_generated(processor, sequences)
+
+    # ------------------------------------------------------------------------------------------------ inference
+
+    @torch.no_grad()
+    def rank_answers(
+        self,
+        pixel_values: torch.Tensor,
+        input_ids: torch.Tensor,
+        answer_input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        answer_attention_mask: torch.Tensor | None = None,
+        k: int = DEFAULT_RANK_K,
+        interpolate_pos_encoding: bool = False,
+    ) -> VlpBlipAnswerRanking:
+        """Rank candidate answers ``[A, La]`` (``[CLS] a.. [SEP] [PAD]..``) for each question as BLIP's
+        ``rank_answer``: the decoder fed ``[DEC]`` alone gives every candidate's first-token probability; the ``k``
+        most probable candidates are teacher-forced and scored by minus their summed label-smoothed CE - no
+        first-token term, no softmax (unlike ALBEF). ``k`` is capped at the number of candidates (``k_test`` 128 in
+        ``vqa.yaml``); the question mask applies throughout, as in the original."""
+        if k < 1:
+            raise ValueError(f"k (candidates kept after first-token pruning) must be >= 1, got {k}")
+        if answer_input_ids.ndim != 2 or answer_input_ids.shape[1] < 2:
+            raise ValueError("answer_input_ids must be [A, La] rows [CLS] answer [SEP]: at least 2 tokens per candidate")
+        num_candidates = answer_input_ids.shape[0]
+        k = min(k, num_candidates)
+        if answer_attention_mask is None:
+            answer_attention_mask = torch.ones_like(answer_input_ids)
+        question_states = self.encode_question(pixel_values, input_ids, attention_mask, interpolate_pos_encoding)
+        num_questions = question_states.shape[0]
+        start_ids = answer_input_ids.new_full((num_questions, 1), self._special_id("bos_token_id"))
+        start_logits = self.decode_answers(start_ids, question_states, None, attention_mask)[:, 0]
+        first_token_probs = nn.functional.softmax(start_logits, dim=-1).index_select(1, answer_input_ids[:, 1])
+        _, topk_ids = first_token_probs.topk(k, dim=1)
+        flat = topk_ids.reshape(-1)
+        candidates, candidate_mask = answer_input_ids[flat], answer_attention_mask[flat]
+        logits = self.decode_answers(candidates, AttentionMemory(question_states), candidate_mask, attention_mask)
+        losses = shifted_lm_loss(logits, self.answer_labels(candidates), self.config.label_smoothing, per_sequence=True)
+        scores = -losses.view(num_questions, k)
+        order = scores.argsort(dim=1, descending=True, stable=True)
+        return VlpBlipAnswerRanking(topk_ids.gather(1, order), scores.gather(1, order), first_token_probs)
+
+
+__all__ = [
+    "ANSWER_DECODING",
+    "VlpBlipAnswerRanking",
+    "VlpBlipForQuestionAnswering",
+    "VlpBlipForQuestionAnsweringOutput",
+    "answer_decoder_config",
+]

@@ -1,0 +1,202 @@
+"""BLIP VQA: the original's recorded question states, first-token probabilities, answer scores, rankings, beam-3
+answers and weighted training loss reproduced through ``convert_blip.py --head vqa``; cache == no cache; an
+overfitting run whose ranking and generation give the learned answers; loading and errors."""
+
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+from transformers import AutoModelForVisualQuestionAnswering
+
+from conversion.common import run_cli
+from conversion.convert_blip import convert_blip_checkpoint, main
+from hf_vlp.models.blip import VlpBlipConfig, VlpBlipForQuestionAnswering, shifted_lm_loss
+
+FIXTURE = Path(__file__).resolve().parents[2] / "fixtures" / "originals" / "blip_vqa"
+DEC, SEP, PAD = 64, 3, 0
+FEATURE_ATOL, LOGIT_ATOL = 1e-5, 1e-4
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """These tiny models run fastest on one thread; on a busy 2-core machine two OpenMP threads wait on each other."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@functools.cache
+def converted():
+    return convert_blip_checkpoint(FIXTURE / "checkpoint.pth", None, FIXTURE / "original_config.json", FIXTURE / "vocab.txt")
+
+
+def vqa_model() -> VlpBlipForQuestionAnswering:
+    return converted().model.eval()
+
+
+@functools.cache
+def fixture() -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, str]]:
+    with safe_open(str(FIXTURE / "outputs.safetensors"), "pt") as handle:
+        metadata = handle.metadata()
+    return load_file(FIXTURE / "inputs.safetensors"), load_file(FIXTURE / "outputs.safetensors"), metadata
+
+
+def questions() -> dict[str, torch.Tensor]:
+    inputs = fixture()[0]
+    return {"pixel_values": inputs["pixel_values"], "input_ids": inputs["question_input_ids"],
+            "attention_mask": inputs["question_attention_mask"]}
+
+
+def close(actual: torch.Tensor, expected: torch.Tensor, atol: float, name: str) -> None:
+    torch.testing.assert_close(actual, expected, atol=atol, rtol=0, msg=lambda message: f"{name}: {message}")
+
+
+def tiny_config() -> VlpBlipConfig:
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=16,
+                  patch_size=8)
+    text = dict(vocab_size=40, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                max_position_embeddings=24, pad_token_id=0, cls_token_id=2, sep_token_id=3, mask_token_id=4,
+                bos_token_id=38, enc_token_id=39, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    return VlpBlipConfig(embed_dim=8, vision_config=vision, text_config=text)
+
+
+# --------------------------------------------------------------------------------------------------- parity
+
+
+def test_converter_writes_the_vqa_head_and_it_reproduces_every_recorded_tensor() -> None:
+    inputs, expected, _ = fixture()
+    result = converted()
+    assert result.kind == "vqa" and result.head == "vqa" and type(result.model) is VlpBlipForQuestionAnswering
+    model = vqa_model()
+    assert model.answer_head.decoder.weight is model.answer_decoder.get_input_embeddings().weight
+    layer = model.answer_decoder.transformer.encoder.layers[0]
+    assert layer.cross_attn.kv.in_features == model.config.text_config.hidden_size  # question states, text width
+    answers, answer_mask = inputs["answer_input_ids"], inputs["answer_attention_mask"]
+    question_mask = inputs["question_attention_mask"]
+    with torch.no_grad():
+        states = model.encode_question(**questions())
+        all_pairs = model(question_states=states, attention_mask=question_mask, answer_input_ids=answers.repeat(2, 1),
+                          answer_attention_mask=answer_mask.repeat(2, 1), answers_per_question=torch.tensor([6, 6]))
+        training = model(**questions(), answer_input_ids=inputs["train_answer_input_ids"],
+                         answer_attention_mask=inputs["train_answer_attention_mask"],
+                         answer_weights=inputs["train_answer_weights"],
+                         answers_per_question=inputs["train_answers_per_question"], return_loss=True)
+    close(states, expected["question_states"], FEATURE_ATOL, "question_states")
+    close(all_pairs.logits, expected["answer_decoder_logits_all_pairs"], LOGIT_ATOL, "answer decoder logits")
+    close(training.loss, expected["loss_train"], LOGIT_ATOL, "weighted training loss")
+    labels = answers.masked_fill(answers == PAD, -100).repeat(2, 1)
+    summed = shifted_lm_loss(all_pairs.logits, labels, 0.1, per_sequence=True)
+    close(-summed.view(2, 6), expected["answer_scores_all_pairs"], LOGIT_ATOL, "scores from the forward's logits")
+
+
+def test_ranking_reproduces_first_token_probabilities_scores_and_choices() -> None:
+    inputs, expected, _ = fixture()
+    model = vqa_model()
+    candidates = dict(answer_input_ids=inputs["answer_input_ids"], answer_attention_mask=inputs["answer_attention_mask"])
+    everything = model.rank_answers(**questions(), **candidates, k=100)  # capped at the 6 candidates
+    pruned = model.rank_answers(**questions(), **candidates, k=3)  # the fixture's k_test
+    close(everything.first_token_probs, expected["answer_first_token_probs"], FEATURE_ATOL, "first-token probs")
+    in_candidate_order = torch.empty_like(everything.scores).scatter_(1, everything.answer_indices, everything.scores)
+    close(in_candidate_order, expected["answer_scores_all_pairs"], LOGIT_ATOL, "scores, no first-token term/softmax")
+    assert torch.equal(everything.answer_indices[:, 0], expected["rank_max_ids_all"])
+    assert torch.equal(pruned.answer_indices[:, 0], expected["rank_max_ids_k"])
+    assert everything.answer_indices.shape == (2, 6) and pruned.answer_indices.shape == (2, 3)
+    assert (everything.scores[:, :-1] >= everything.scores[:, 1:]).all()
+    kept = everything.first_token_probs.topk(3, dim=1).indices.sort(dim=1).values
+    assert torch.equal(pruned.answer_indices.sort(dim=1).values, kept)  # pruning keeps the top first-token probs
+
+
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_beam_search_answers_are_the_originals(use_cache: bool) -> None:
+    _, expected, metadata = fixture()
+    with torch.no_grad():
+        generated = vqa_model().generate(**questions(), use_cache=use_cache)
+    assert torch.equal(generated, expected["generated_ids_beam3"]), generated
+    answers = vqa_model().generate_answers(converted().processor, **questions())
+    assert answers == json.loads(metadata["generated_answers_beam3"])
+
+
+def test_sampled_answers_with_the_caches_equal_those_without() -> None:
+    runs = []
+    for use_cache in (True, False):
+        torch.manual_seed(0)
+        with torch.no_grad():
+            runs.append(vqa_model().generate(**questions(), do_sample=True, num_beams=1, num_return_sequences=3,
+                                             use_cache=use_cache))
+    assert torch.equal(*runs) and runs[0].shape[0] == 6
+
+
+# --------------------------------------------------------------------------------------------------- training
+
+
+def test_overfitting_eight_question_answer_pairs_then_ranking_and_generation_give_them() -> None:
+    torch.manual_seed(0)
+    model = VlpBlipForQuestionAnswering(tiny_config()).train()
+    generator = torch.Generator().manual_seed(1)
+    pixel_values = torch.randn(8, 3, 16, 16, generator=generator)
+    question_ids = torch.randint(5, 30, (8, 6), generator=generator)
+    question_ids[:, 0], question_ids[:, -1] = 2, SEP
+    candidates = torch.tensor([[2, 30 + i, 31 + (i % 6), SEP] for i in range(8)])  # 8 two-token answers
+    answer_of = torch.arange(8).roll(3)
+    answers = candidates[answer_of]
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _ in range(150):  # ~30 steps suffice; no dropout, so training logits are the evaluation logits
+        output = model(question_ids, pixel_values, answers, return_loss=True)
+        optimizer.zero_grad()
+        output.loss.backward()
+        optimizer.step()
+        if torch.equal(output.logits.argmax(-1)[:, :-1], answers[:, 1:]):
+            break
+    model.eval()
+    ranking = model.rank_answers(pixel_values, question_ids, candidates, k=4)
+    with torch.no_grad():
+        generated = model.generate(pixel_values, question_ids, max_length=5)
+    assert torch.equal(ranking.answer_indices[:, 0], answer_of), f"loss {output.loss.item():.3f}"
+    assert torch.equal(generated[:, 1:4], answers[:, 1:]) and (generated[:, 4:] == PAD).all()
+
+
+# --------------------------------------------------------------------------------------------------- loading, CLI
+
+
+def test_cli_writes_a_folder_that_auto_classes_load(tmp_path: Path, capsys) -> None:
+    output = tmp_path / "blip-vqa"
+    status = run_cli(main, ["--checkpoint", str(FIXTURE / "checkpoint.pth"), "--output", str(output),
+                            "--original-config", str(FIXTURE / "original_config.json"),
+                            "--tokenizer", str(FIXTURE / "vocab.txt")])
+    assert status == 0, capsys.readouterr().err
+    loaded = AutoModelForVisualQuestionAnswering.from_pretrained(output, dtype=torch.float32).eval()
+    assert type(loaded) is VlpBlipForQuestionAnswering
+    assert (loaded.generation_config.num_beams, loaded.generation_config.max_length) == (3, 10)
+    with torch.no_grad():
+        assert torch.equal(loaded.generate(**questions()), fixture()[1]["generated_ids_beam3"])
+    assert "pipeline_tag: visual-question-answering" in (output / "README.md").read_text()
+
+
+def test_errors_name_the_problem() -> None:
+    model = VlpBlipForQuestionAnswering(tiny_config()).eval()
+    pixel_values, question_ids = torch.randn(2, 3, 16, 16), torch.tensor([[2, 5, 6, SEP], [2, 7, SEP, PAD]])
+    answers = torch.tensor([[2, 9, SEP], [2, 10, SEP], [2, 11, SEP]])
+    with pytest.raises(ValueError, match="pass answer_input_ids"):
+        model(question_ids, pixel_values)
+    with pytest.raises(ValueError, match="3 answers for 2 questions: pass answers_per_question"):
+        model(question_ids, pixel_values, answers)
+    with pytest.raises(ValueError, match="one positive count per question"):
+        model(question_ids, pixel_values, answers, answers_per_question=torch.tensor([1, 1]))
+    with pytest.raises(ValueError, match="one weight per answer"):
+        model(question_ids, pixel_values, answers, answers_per_question=torch.tensor([2, 1]),
+              answer_weights=torch.ones(2), return_loss=True)
+    with pytest.raises(ValueError, match="one image per question"):
+        model.encode_question(pixel_values[:1], question_ids)
+    with pytest.raises(ValueError, match="k .* must be >= 1"):
+        model.rank_answers(pixel_values, question_ids, answers, k=0)
+    with pytest.raises(ValueError, match="needs the images"):
+        model.generate(input_ids=question_ids)
+    with pytest.raises(ValueError, match="repeat the question states per answer"):
+        model.decode_answers(answers, torch.randn(2, 4, 32))
