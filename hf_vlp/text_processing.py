@@ -1,5 +1,6 @@
-"""Text-side helpers shared by the ALBEF and BLIP processors: argument checks, the BERT-tokenizer check, and the two
-steps every caption/question normalisation of the originals ends with (squeeze whitespace, keep the first words)."""
+"""Text-side helpers shared by the ALBEF and BLIP processors: argument checks, the BERT-tokenizer check, the two
+steps every caption/question normalisation of the originals ends with (squeeze whitespace, keep the first words), and
+the VQA answer encoding both originals use (``[CLS] answer [SEP]`` padded to the longest)."""
 
 from __future__ import annotations
 
@@ -68,12 +69,32 @@ def checked_answers(answers: Any, name: str) -> list[str]:
     return list(answers)
 
 
+def encode_answer_ids(tokenizer: Any, answers: Any) -> dict[str, list[list[int]]]:
+    """VQA answers as ``[CLS] tokens [SEP]`` rows padded with ``[PAD]`` to the longest, and their 1/0 masks.
+
+    Both originals write answers this way (ALBEF appends the text ``'[SEP]'``, BLIP's stock tokenizer adds it; each
+    model then puts its own start token at position 0). Answers are neither normalised nor truncated, as in the
+    originals: they come from curated answer lists. Special tokens are found by name on ``tokenizer``."""
+    answers = checked_answers(answers, "answers")
+    cls_id, sep_id, pad_id = (getattr(tokenizer, f"{name}_id") for name in ("cls_token", "sep_token", "pad_token"))
+    token_ids = tokenizer(
+        answers, add_special_tokens=False, return_attention_mask=False, return_token_type_ids=False, verbose=False
+    )["input_ids"]
+    rows = [[cls_id, *ids, sep_id] for ids in token_ids]
+    width = max(len(row) for row in rows)
+    return {
+        "input_ids": [row + [pad_id] * (width - len(row)) for row in rows],
+        "attention_mask": [[1] * len(row) + [0] * (width - len(row)) for row in rows],
+    }
+
+
 __all__ = [
     "TEXT_KINDS",
     "check_bert_tokenizer",
     "check_positive_int",
     "checked_answers",
     "checked_texts",
+    "encode_answer_ids",
     "first_words",
     "squeeze_whitespace",
 ]

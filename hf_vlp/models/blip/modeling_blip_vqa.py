@@ -15,11 +15,16 @@ VQA rules write. Three uses:
   of highest first-token probability are teacher-forced and scored by minus their summed label-smoothed CE.
 - generation (:meth:`VlpBlipForQuestionAnswering.generate`, ``inference='generate'``): beam search from ``[DEC]`` until
   ``[SEP]`` (beam 3, max_length 10, min_length 1), the question states seen through an all-ones mask as the original.
+
+:meth:`VlpBlipForQuestionAnswering.from_pretraining` starts fine-tuning from a pre-trained BLIP as ``blip_vqa.py``'s
+``load_checkpoint`` does.
 """
 
 from __future__ import annotations
 
 import copy
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +33,7 @@ from torch import nn
 from transformers import GenerationConfig, GenerationMixin
 from transformers.cache_utils import Cache
 from transformers.modeling_outputs import ModelOutput
+from transformers.utils import logging
 
 from ...generation import (
     add_decoder_cache,
@@ -50,10 +56,17 @@ from .modeling_blip import (
     shifted_lm_loss,
     with_first_token,
 )
+from .modeling_blip_pretraining import VlpBlipForPretraining
+
+logger = logging.get_logger(__name__)
 
 # configs/vqa.yaml and models/blip_vqa.py: k_test 128 candidates; generation beam 3, max_length 10, min_length 1
 DEFAULT_RANK_K = 128
 ANSWER_DECODING: dict[str, Any] = dict(num_beams=3, max_length=10, min_length=1)
+# models/blip_vqa.py builds its ViT with drop_path_rate=0.1 (pre-training ViT-B uses 0)
+VQA_DROP_PATH_RATE = 0.1
+# weights of a pre-training directory that the VQA model does not copy (momentum towers, feature queues)
+_NOT_COPIED_FROM_PRETRAINING = ("momentum_", "image_queue.", "text_queue.")
 
 
 def answer_decoder_config(text: VlpBlipTextConfig) -> VlpBlipTextConfig:
@@ -62,6 +75,36 @@ def answer_decoder_config(text: VlpBlipTextConfig) -> VlpBlipTextConfig:
     config = copy.deepcopy(text)
     config.encoder_width = text.hidden_size
     return config
+
+
+def copy_matching_weights(target: nn.Module, source_state: Mapping[str, torch.Tensor]) -> list[str]:
+    """Copy every tensor of ``target``'s state dict from the same name in ``source_state``; names whose shape differs
+    keep their initialisation and are returned, as the original's ``load_checkpoint`` drops shape-mismatched keys."""
+    target_state = target.state_dict()
+    absent = sorted(set(target_state) - set(source_state))
+    if absent:
+        raise KeyError(f"the source holds no {', '.join(absent[:3])}{' ...' if len(absent) > 3 else ''}")
+    kept = {name: source_state[name] for name, tensor in target_state.items()
+            if source_state[name].shape == tensor.shape}
+    with torch.no_grad():
+        for name, tensor in kept.items():
+            target_state[name].copy_(tensor)
+    return sorted(set(target_state) - set(kept))
+
+
+def load_pretraining_directory(directory: str | os.PathLike, **from_pretrained_kwargs: Any) -> VlpBlipForPretraining:
+    """A ``VlpBlipForPretraining`` from ``directory``, refusing one that lacks weights the VQA model copies (a
+    directory of another BLIP head: ``VlpBlipModel`` has no decoder, a captioner no bidirectional encoder)."""
+    model, info = VlpBlipForPretraining.from_pretrained(directory, output_loading_info=True, **from_pretrained_kwargs)
+    missing = sorted(name for name in info["missing_keys"] if not name.startswith(_NOT_COPIED_FROM_PRETRAINING))
+    if missing:
+        raise ValueError(
+            f"{os.fspath(directory)} lacks {len(missing)} weights a BLIP VQA model starts from (e.g. "
+            f"{', '.join(missing[:3])}): pass a directory saved from VlpBlipForPretraining (or an original "
+            "pre-training checkpoint converted with conversion/convert_blip.py --head pretraining); a fine-tuned VQA "
+            "directory loads with VlpBlipForQuestionAnswering.from_pretrained"
+        )
+    return model
 
 
 @dataclass
@@ -115,6 +158,62 @@ class VlpBlipForQuestionAnswering(OriginalBeamScoringMixin, VlpBlipPreTrainedMod
         )
         self.post_init()
         self.generation_config = self.default_generation_config()
+
+    @classmethod
+    def from_pretraining(
+        cls,
+        pretrained: VlpBlipForPretraining | str | os.PathLike,
+        *,
+        drop_path_rate: float | None = VQA_DROP_PATH_RATE,
+        **from_pretrained_kwargs: Any,
+    ) -> "VlpBlipForQuestionAnswering":
+        """Build the VQA model from a pre-trained BLIP as ``models/blip_vqa.py`` loads one (``load_checkpoint`` with
+        the pre-training file): ``vision_model`` <- the pre-trained ViT; the question encoder ``text_model`` <- the
+        pre-trained MED in its encoder role (embeddings, bidirectional self-attention, cross-attention to the image,
+        FFN); ``answer_decoder`` <- the pre-trained MED in its decoder role (embeddings, causal self-attention,
+        cross-attention, FFN - the tensors the pre-trained encoder and decoder share are copied into both, which are
+        separate parameters from then on); ``answer_head`` <- the pre-trained ``lm_head``.
+
+        The answer decoder's cross-attention reads question states of the text width. When the pre-trained decoder's
+        reads image tokens of another width (ViT-L with the BERT-base MED), its key/value projections keep their fresh
+        initialisation, as the original drops shape-mismatched keys (a warning names them).
+
+        ``pretrained`` is a ``VlpBlipForPretraining`` or a directory saved from one (``from_pretrained_kwargs`` go to
+        its ``from_pretrained``). The config is the pre-trained one except the ViT's stochastic depth, set to
+        ``drop_path_rate`` (0.1, the original VQA model's; ``None`` keeps the pre-trained value). A fine-tuning
+        resolution other than the pre-training one (480 px in ``vqa.yaml``) needs ``interpolate_pos_encoding=True``
+        in the forwards. Returned in eval mode on the source's device and dtype, like ``from_pretrained``.
+        """
+        if isinstance(pretrained, (str, os.PathLike)):
+            pretrained = load_pretraining_directory(pretrained, **from_pretrained_kwargs)
+        elif from_pretrained_kwargs:
+            raise TypeError(
+                f"from_pretrained keyword arguments {sorted(from_pretrained_kwargs)} only apply when `pretrained` is a "
+                "directory"
+            )
+        if not isinstance(pretrained, VlpBlipForPretraining):
+            raise TypeError(
+                "pretrained must be a VlpBlipForPretraining (or a directory saved from one): the VQA model needs the "
+                f"MED's encoder and decoder roles and the LM head; got {type(pretrained).__name__}"
+            )
+        config = copy.deepcopy(pretrained.config)
+        if drop_path_rate is not None:
+            config.vision_config.drop_path_rate = drop_path_rate
+        model = cls(config)
+        source_text = pretrained.text_model.state_dict()
+        copy_matching_weights(model.vision_model, pretrained.vision_model.state_dict())
+        copy_matching_weights(model.text_model, source_text)
+        not_copied = copy_matching_weights(model.answer_decoder, source_text)
+        copy_matching_weights(model.answer_head, pretrained.lm_head.state_dict())
+        if not_copied:
+            logger.warning(
+                "The answer decoder's cross-attention reads question states of width "
+                f"{config.text_config.hidden_size}, the pre-trained decoder's image tokens of width "
+                f"{config.vision_config.hidden_size}: "
+                f"{len(not_copied)} tensors keep their fresh initialisation ({', '.join(not_copied[:4])}"
+                f"{', ...' if len(not_copied) > 4 else ''}), as the original drops shape-mismatched keys."
+            )
+        return model.to(device=pretrained.device, dtype=pretrained.dtype).eval()
 
     def default_generation_config(self) -> GenerationConfig:
         """``inference='generate'`` of ``models/blip_vqa.py``: beam 3, max_length 10 (``[DEC]`` included), min_length
@@ -390,6 +489,32 @@ class VlpBlipForQuestionAnswering(OriginalBeamScoringMixin, VlpBlipPreTrainedMod
     # ------------------------------------------------------------------------------------------------ inference
 
     @torch.no_grad()
+    def rank_answer_list(
+        self,
+        processor: Any,
+        pixel_values: torch.Tensor,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        answer_list: list[str] | None = None,
+        k: int = DEFAULT_RANK_K,
+        interpolate_pos_encoding: bool = False,
+    ) -> list[str]:
+        """The best answer to each question among ``answer_list`` (default ``processor.answer_list``, the candidates
+        saved with a ``VlpBlipProcessor``) by :meth:`rank_answers` - the original's ``inference='rank'`` answers."""
+        candidates = processor.encode_answers(answer_list, return_tensors="pt")
+        answers = answer_list if answer_list is not None else processor.answer_list
+        ranking = self.rank_answers(
+            pixel_values.to(device=self.device, dtype=self.dtype),
+            input_ids.to(self.device),
+            candidates["input_ids"].to(self.device),
+            attention_mask=None if attention_mask is None else attention_mask.to(self.device),
+            answer_attention_mask=candidates["attention_mask"].to(self.device),
+            k=k,
+            interpolate_pos_encoding=interpolate_pos_encoding,
+        )
+        return [answers[index] for index in ranking.answer_indices[:, 0].tolist()]
+
+    @torch.no_grad()
     def rank_answers(
         self,
         pixel_values: torch.Tensor,
@@ -430,8 +555,11 @@ class VlpBlipForQuestionAnswering(OriginalBeamScoringMixin, VlpBlipPreTrainedMod
 
 __all__ = [
     "ANSWER_DECODING",
+    "VQA_DROP_PATH_RATE",
     "VlpBlipAnswerRanking",
     "VlpBlipForQuestionAnswering",
     "VlpBlipForQuestionAnsweringOutput",
     "answer_decoder_config",
+    "copy_matching_weights",
+    "load_pretraining_directory",
 ]

@@ -4,7 +4,9 @@ BLIP (``models/blip.py:init_tokenizer``) uses the stock ``BertTokenizer`` with t
 the BOS token (the decoder's first token) and ``[ENC]`` (the image-grounded encoder's first token). Texts are written
 ``[CLS] tokens [SEP]``; the model itself replaces position 0 by ``[ENC]`` or ``[DEC]`` where the original does, so the
 processor never emits them. BLIP's text normalisation differs from ALBEF's: punctuation ``.!"()*#:;~`` becomes a space
-in captions (commas, ``?`` and ``'`` are kept) and is removed from questions.
+in captions (commas, ``?`` and ``'`` are kept) and is removed from questions. VQA answers are ``[CLS] answer [SEP]``
+(:meth:`VlpBlipProcessor.encode_answers`); the fixed candidate list of answer ranking travels with the processor
+(``answer_list``, saved in ``processor_config.json``).
 """
 
 from __future__ import annotations
@@ -20,7 +22,9 @@ from ...text_processing import (
     TEXT_KINDS,
     check_bert_tokenizer,
     check_positive_int,
+    checked_answers,
     checked_texts,
+    encode_answer_ids,
     first_words,
     squeeze_whitespace,
 )
@@ -91,6 +95,10 @@ class VlpBlipProcessor(ProcessorMixin):
     tokenised to ``[CLS] tokens [SEP]``, cut to ``max_length`` tokens keeping ``[SEP]`` (with a warning) and padded
     with ``[PAD]`` to the longest text or to ``max_length``. No ``token_type_ids`` are returned (BLIP has no token
     types, and ``generate()`` rejects unknown inputs).
+
+    VQA: :meth:`encode_answers` writes answers as ``[CLS] tokens [SEP]`` (the model puts ``[DEC]`` first), and
+    ``answer_list`` holds the fixed candidates that ``rank_answers`` ranks (the original's ``answer_list.json``); both
+    as :class:`~hf_vlp.models.albef.VlpAlbefProcessor`, so VQA code treats the two processors alike.
     """
 
     def __init__(
@@ -101,6 +109,7 @@ class VlpBlipProcessor(ProcessorMixin):
         max_words: int = DEFAULT_MAX_WORDS,
         max_question_words: int = DEFAULT_MAX_QUESTION_WORDS,
         prompt: str = DEFAULT_PROMPT,
+        answer_list: list[str] | None = None,
         **kwargs: Any,
     ):
         super().__init__(image_processor, tokenizer, **kwargs)
@@ -115,6 +124,7 @@ class VlpBlipProcessor(ProcessorMixin):
         self.max_words = max_words
         self.max_question_words = max_question_words
         self.prompt = prompt
+        self.answer_list = checked_answers(answer_list, "answer_list") if answer_list is not None else None
 
     @property
     def unused_input_names(self) -> list[str]:
@@ -185,6 +195,21 @@ class VlpBlipProcessor(ProcessorMixin):
         check_positive_int("max_words", max_words, minimum=1, why="at least one word")
         normalize = pre_caption if text_kind == "caption" else pre_question
         return [normalize(item, max_words) for item in checked_texts(text)]
+
+    def encode_answers(
+        self, answers: list[str] | None = None, return_tensors: str | TensorType | None = None
+    ) -> BatchFeature:
+        """Tokenise VQA answers as ``[CLS] tokens [SEP]``, padded with ``[PAD]`` to the longest, with their
+        ``attention_mask`` (``answer_list`` when ``answers`` is not given).
+
+        The original tokenises answers with ``padding='longest'`` and neither normalises nor truncates them;
+        ``VlpBlipForQuestionAnswering`` replaces the ``[CLS]`` by ``[DEC]`` itself (forward and ``rank_answers``).
+        """
+        if answers is None:
+            if self.answer_list is None:
+                raise ValueError("No answers given and the processor has no answer_list: pass `answers`.")
+            answers = self.answer_list
+        return BatchFeature(data=encode_answer_ids(self.tokenizer, answers), tensor_type=return_tensors)
 
     def decode_caption(self, token_ids: Any, strip_prompt: bool = True) -> str:
         """Caption text of one generated id sequence: special tokens skipped and, with ``strip_prompt``, the prompt's

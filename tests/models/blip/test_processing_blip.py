@@ -146,6 +146,53 @@ def test_truncation_keeps_sep_and_warns(caplog: pytest.LogCaptureFixture) -> Non
     assert len(blip(text=long_caption)["input_ids"][0]) == 32  # max_words=30 first
 
 
+# ---------------------------------------------------------------- VQA answers
+
+
+def test_answers_match_the_original_vqa_ids_with_cls_first() -> None:
+    tensors, strings = fixture("blip_vqa")
+    cls_id = special_ids()["cls_token_id"]
+    for name, answers in (("answer", strings["answer_candidates"]),
+                          ("train_answer", [a for row in strings["train_answers"] for a in row])):
+        encoded = processor().encode_answers(answers, return_tensors="np")
+        expected = tensors[f"{name}_input_ids"].copy()
+        expected[:, 0] = cls_id  # the model, not the processor, puts [DEC] first (original: tokenizer(...) then [DEC])
+        np.testing.assert_array_equal(encoded["input_ids"], expected)
+        np.testing.assert_array_equal(encoded["attention_mask"], tensors[f"{name}_attention_mask"])
+
+
+def test_answers_are_cls_tokens_sep_padded_to_the_longest_and_decode_back() -> None:
+    blip = processor(answer_list=["yes", "a dog", "two cats playing"])
+    encoded = blip.encode_answers(return_tensors="pt")  # the stored candidates
+    ids, mask = encoded["input_ids"], encoded["attention_mask"]
+    lengths = mask.sum(1)
+    assert ids.shape == (3, 6) and lengths.tolist() == [3, 4, 6]  # "cats" is cat ##s
+    assert (ids[:, 0] == 2).all() and (ids[torch.arange(3), lengths - 1] == 3).all()
+    assert (ids[mask == 0] == 0).all()
+    assert blip.batch_decode(ids, skip_special_tokens=True) == ["yes", "a dog", "two cats playing"]
+    # not normalised or truncated, as the original; the same ids as the stock tokenizer with padding='longest'
+    reference = blip.tokenizer(["Yes!", "a dog"], padding="longest")
+    assert blip.encode_answers(["Yes!", "a dog"])["input_ids"] == reference["input_ids"]
+
+
+def test_answer_list_is_saved_with_the_processor(tmp_path: Path) -> None:
+    blip = processor(answer_list=["yes", "no", "two"])
+    blip.save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "processor_config.json").read_text())["answer_list"] == ["yes", "no", "two"]
+    loaded = VlpBlipProcessor.from_pretrained(tmp_path)
+    assert loaded.answer_list == ["yes", "no", "two"]
+    assert loaded.encode_answers()["input_ids"] == blip.encode_answers()["input_ids"]
+
+
+def test_processor_without_answer_list_round_trips_and_needs_answers(tmp_path: Path) -> None:
+    processor().save_pretrained(tmp_path)
+    loaded = VlpBlipProcessor.from_pretrained(tmp_path)
+    assert loaded.answer_list is None
+    with pytest.raises(ValueError, match="no answer_list: pass `answers`"):
+        loaded.encode_answers()
+    assert loaded.encode_answers(["no"])["input_ids"] == [[2, 37, 3]]
+
+
 # ---------------------------------------------------------------- images
 
 
@@ -206,6 +253,9 @@ def test_decode_caption_strips_the_prompt_as_the_original() -> None:
         ({"max_words": 0}, ValueError, "max_words"),
         ({"max_question_words": 1.5}, ValueError, "max_question_words"),
         ({"prompt": None}, TypeError, "prompt"),
+        ({"answer_list": "yes"}, TypeError, "list of strings"),
+        ({"answer_list": []}, ValueError, "empty"),
+        ({"answer_list": ["yes", " "]}, ValueError, "entry 1"),
     ],
 )
 def test_bad_settings_raise(kwargs: dict, error: type, match: str) -> None:
@@ -225,3 +275,7 @@ def test_bad_calls_raise() -> None:
         blip(text="a dog", text_kind="answer")
     with pytest.raises(TypeError, match="without images"):
         blip(text="a dog", size=32)
+    with pytest.raises(TypeError, match="list of strings"):
+        blip.encode_answers("yes")
+    with pytest.raises(ValueError, match="entry 0"):
+        blip.encode_answers([""])

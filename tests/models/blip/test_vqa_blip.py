@@ -1,11 +1,14 @@
 """BLIP VQA: the original's recorded question states, first-token probabilities, answer scores, rankings, beam-3
 answers and weighted training loss reproduced through ``convert_blip.py --head vqa``; cache == no cache; an
-overfitting run whose ranking and generation give the learned answers; loading and errors."""
+overfitting run whose ranking and generation give the learned answers; initialisation from pre-training (where each
+weight lands); loading and errors."""
 
 from __future__ import annotations
 
+import copy
 import functools
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -16,7 +19,14 @@ from transformers import AutoModelForVisualQuestionAnswering
 
 from conversion.common import run_cli
 from conversion.convert_blip import convert_blip_checkpoint, main
-from hf_vlp.models.blip import VlpBlipConfig, VlpBlipForQuestionAnswering, shifted_lm_loss
+from hf_vlp.models.blip import (
+    VlpBlipConfig,
+    VlpBlipForPretraining,
+    VlpBlipForQuestionAnswering,
+    VlpBlipModel,
+    shifted_lm_loss,
+)
+from hf_vlp.models.blip.modeling_blip import with_first_token
 
 FIXTURE = Path(__file__).resolve().parents[2] / "fixtures" / "originals" / "blip_vqa"
 DEC, SEP, PAD = 64, 3, 0
@@ -48,6 +58,11 @@ def fixture() -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict[st
     return load_file(FIXTURE / "inputs.safetensors"), load_file(FIXTURE / "outputs.safetensors"), metadata
 
 
+def fixture_inputs_metadata() -> dict[str, str]:
+    with safe_open(str(FIXTURE / "inputs.safetensors"), "pt") as handle:
+        return handle.metadata()
+
+
 def questions() -> dict[str, torch.Tensor]:
     inputs = fixture()[0]
     return {"pixel_values": inputs["pixel_values"], "input_ids": inputs["question_input_ids"],
@@ -58,13 +73,13 @@ def close(actual: torch.Tensor, expected: torch.Tensor, atol: float, name: str) 
     torch.testing.assert_close(actual, expected, atol=atol, rtol=0, msg=lambda message: f"{name}: {message}")
 
 
-def tiny_config() -> VlpBlipConfig:
-    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=16,
-                  patch_size=8)
+def tiny_config(vision_width: int = 32) -> VlpBlipConfig:
+    vision = dict(hidden_size=vision_width, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                  image_size=16, patch_size=8)
     text = dict(vocab_size=40, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
                 max_position_embeddings=24, pad_token_id=0, cls_token_id=2, sep_token_id=3, mask_token_id=4,
                 bos_token_id=38, enc_token_id=39, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-    return VlpBlipConfig(embed_dim=8, vision_config=vision, text_config=text)
+    return VlpBlipConfig(embed_dim=8, queue_size=16, vision_config=vision, text_config=text)
 
 
 # --------------------------------------------------------------------------------------------------- parity
@@ -160,6 +175,109 @@ def test_overfitting_eight_question_answer_pairs_then_ranking_and_generation_giv
         generated = model.generate(pixel_values, question_ids, max_length=5)
     assert torch.equal(ranking.answer_indices[:, 0], answer_of), f"loss {output.loss.item():.3f}"
     assert torch.equal(generated[:, 1:4], answers[:, 1:]) and (generated[:, 4:] == PAD).all()
+
+
+# --------------------------------------------------------------------------------------------------- from pre-training
+
+
+def perturbed_pretraining_model(vision_width: int = 32) -> VlpBlipForPretraining:
+    """A tiny pre-training model with every parameter redrawn, so LayerNorms and biases differ from a fresh init."""
+    torch.manual_seed(0)
+    model = VlpBlipForPretraining(tiny_config(vision_width))
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.normal_()
+    return model.eval()
+
+
+def assert_copied(target: torch.nn.Module, source: torch.nn.Module, skip: tuple[str, ...] = ()) -> list[str]:
+    """Every tensor of ``target`` (but names containing one of ``skip``) equals ``source``'s of the same name."""
+    source_state = source.state_dict()
+    names = [name for name in target.state_dict() if not any(part in name for part in skip)]
+    for name in names:
+        assert torch.equal(target.state_dict()[name], source_state[name]), name
+    return names
+
+
+@pytest.mark.parametrize("from_directory", [False, True])
+def test_from_pretraining_copies_weights_where_blip_vqa_loads_them(tmp_path: Path, from_directory: bool) -> None:
+    pretrained = perturbed_pretraining_model()
+    if from_directory:
+        pretrained.save_pretrained(tmp_path)
+        model = VlpBlipForQuestionAnswering.from_pretraining(tmp_path, dtype=torch.float32)
+    else:
+        model = VlpBlipForQuestionAnswering.from_pretraining(pretrained)
+    assert not model.training and model.config.vision_config.drop_path_rate == 0.1  # blip_vqa.py's ViT
+    assert_copied(model.vision_model, pretrained.vision_model)
+    encoder_names = assert_copied(model.text_model, pretrained.text_model)  # question encoder <- encoder role
+    decoder_names = assert_copied(model.answer_decoder, pretrained.text_model)  # answer decoder <- decoder role
+    assert_copied(model.answer_head, pretrained.lm_head)
+    assert any(".attn." in name for name in encoder_names) and not any("causal" in name for name in encoder_names)
+    for part in ("embeddings.", ".causal_attn.", ".norm_causal.", ".cross_attn.", ".norm_cross.", ".mlp.", ".norm2."):
+        assert any(part in name for name in decoder_names), part
+    assert not any(".attn." in name for name in decoder_names)
+    # shared in pre-training, separate parameters from now on; the answer head stays tied to the decoder's embeddings
+    encoder_storage = {parameter.data_ptr() for parameter in model.text_model.parameters()}
+    assert not encoder_storage & {parameter.data_ptr() for parameter in model.answer_decoder.parameters()}
+    assert model.answer_head.decoder.weight is model.answer_decoder.get_input_embeddings().weight
+    assert model.answer_decoder.transformer.encoder.layers[0].cross_attn.kv.in_features == 32  # question states
+    # the same functions: [ENC] question encoding, and the [DEC] decoder + LM head over any memory of that width
+    generator = torch.Generator().manual_seed(2)
+    pixel_values = torch.randn(2, 3, 16, 16, generator=generator)
+    ids = torch.tensor([[2, 9, 10, SEP], [2, 11, SEP, PAD]])
+    mask = (ids != PAD).long()
+    with torch.no_grad():
+        images = pretrained.vision_model(pixel_values).last_hidden_state
+        states = pretrained.text_model(with_first_token(ids, 39), mask, encoder_hidden_states=images,
+                                       mode="multimodal").last_hidden_state
+        decoded = pretrained.text_model(with_first_token(ids, 38), mask, encoder_hidden_states=images, mode="decoder")
+        torch.testing.assert_close(model.encode_question(pixel_values, ids, mask), states, rtol=0, atol=1e-6)
+        logits = pretrained.lm_head(decoded.last_hidden_state)
+        torch.testing.assert_close(model.decode_answers(ids, images, mask), logits, rtol=0, atol=1e-5)
+
+
+def test_from_pretraining_keeps_fresh_cross_attention_keys_when_vision_and_text_widths_differ(caplog) -> None:
+    pretrained = perturbed_pretraining_model(vision_width=48)
+    with caplog.at_level(logging.WARNING, logger="hf_vlp.models.blip.modeling_blip_vqa"):
+        model = VlpBlipForQuestionAnswering.from_pretraining(pretrained)
+    decoder_layers = model.answer_decoder.transformer.encoder.layers
+    source_layers = pretrained.text_model.transformer.encoder.layers
+    assert (decoder_layers[0].cross_attn.kv.in_features, source_layers[0].cross_attn.kv.in_features) == (32, 48)
+    assert model.text_model.transformer.encoder.layers[0].cross_attn.kv.in_features == 48  # reads the image
+    # only the key/value weights differ in shape (as in the original: key/value biases and the query still load)
+    assert_copied(model.answer_decoder, pretrained.text_model, skip=(".cross_attn.kv.weight",))
+    assert_copied(model.text_model, pretrained.text_model)
+    message = " ".join(record.getMessage() for record in caplog.records)
+    assert "2 tensors keep their fresh initialisation" in message and "cross_attn.kv.weight" in message
+    answers = torch.tensor([[2, 9, SEP], [2, 10, SEP]])
+    output = model(torch.tensor([[2, 5, SEP], [2, 6, SEP]]), torch.randn(2, 3, 16, 16), answers, return_loss=True)
+    assert torch.isfinite(output.loss)
+
+
+def test_from_pretraining_options_and_errors(tmp_path: Path) -> None:
+    pretrained = perturbed_pretraining_model()
+    kept = VlpBlipForQuestionAnswering.from_pretraining(pretrained, drop_path_rate=None)
+    assert kept.config.vision_config.drop_path_rate == pretrained.config.vision_config.drop_path_rate == 0.0
+    with pytest.raises(TypeError, match="only apply when `pretrained` is a directory"):
+        VlpBlipForQuestionAnswering.from_pretraining(pretrained, dtype=torch.float32)
+    with pytest.raises(TypeError, match="must be a VlpBlipForPretraining"):
+        VlpBlipForQuestionAnswering.from_pretraining(VlpBlipModel(tiny_config()))
+    VlpBlipModel(tiny_config()).save_pretrained(tmp_path)  # encoders only: no decoder, no LM head
+    with pytest.raises(ValueError, match="lacks .* weights a BLIP VQA model starts from .*lm_head"):
+        VlpBlipForQuestionAnswering.from_pretraining(tmp_path)
+
+
+def test_rank_answer_list_answers_with_the_processors_candidates() -> None:
+    expected = fixture()[1]
+    candidates = json.loads(fixture_inputs_metadata()["answer_candidates"])
+    processor = copy.deepcopy(converted().processor)
+    processor.answer_list = candidates
+    best = vqa_model().rank_answer_list(processor, **questions(), k=100)
+    assert best == [candidates[index] for index in expected["rank_max_ids_all"].tolist()]
+    pruned = vqa_model().rank_answer_list(converted().processor, **questions(), answer_list=candidates, k=3)
+    assert pruned == [candidates[index] for index in expected["rank_max_ids_k"].tolist()]
+    with pytest.raises(ValueError, match="no answer_list"):
+        vqa_model().rank_answer_list(converted().processor, **questions())
 
 
 # --------------------------------------------------------------------------------------------------- loading, CLI
