@@ -1,8 +1,8 @@
-"""``hf-vlp`` command line: ``train <arch>`` and ``evaluate <dir>``.
+"""``hf-vlp`` command line: ``train <arch> [--task TASK]`` and ``evaluate <dir>``.
 
 Every ``transformers.TrainingArguments`` field is accepted as a flag (``--max-steps``, ``--bf16``,
 ``--per-device-train-batch-size``, ``--gradient-checkpointing``, ``--report-to``, ``--resume-from-checkpoint``, ...);
-the architecture's recipe only fills in what is not given. Works under ``torchrun`` (DDP through accelerate).
+the task's recipe only fills in what is not given. Works under ``torchrun`` (DDP through accelerate).
 """
 
 from __future__ import annotations
@@ -13,27 +13,51 @@ from collections.abc import Callable, Sequence
 
 from transformers import HfArgumentParser, TrainingArguments
 
-from .training.recipes import RECIPES, get_recipe
-from .training.runner import JobArguments, evaluate, train
+from .training.job import JobArguments
+from .training.runner import evaluate, task_of_saved_model, train
+from .training.tasks import architectures, get_task, task_names
 
-USAGE = """hf-vlp train ARCH [options]     pre-train / fine-tune ARCH (one of: {archs}) with the stock Trainer
-hf-vlp evaluate DIR [options]    zero-shot and retrieval metrics of a saved model
+USAGE = """hf-vlp train ARCH [--task TASK] [options]   train ARCH's task with the stock Trainer ({tasks})
+hf-vlp evaluate DIR [options]                the task's metrics (retrieval, zero-shot, VQA, accuracy) of a saved model
 Add --help after a command for its options."""
+
+
+def _usage() -> str:
+    tasks = "; ".join(f"{arch}: {', '.join(task_names(arch))}" for arch in architectures())
+    return USAGE.format(tasks=tasks)
+
+
+def _task_argument(arguments: Sequence[str]) -> str | None:
+    """The value of ``--task`` (``--task X`` or ``--task=X``) before the full parse, which needs the task's defaults."""
+    peek = argparse.ArgumentParser(add_help=False)
+    peek.add_argument("--task", default=None)
+    known, _ = peek.parse_known_args(list(arguments))
+    return known.task
 
 
 def _train(arguments: Sequence[str]) -> int:
     if not arguments or arguments[0].startswith("-"):
-        print(f"hf-vlp train: name an architecture, one of {sorted(RECIPES)}", file=sys.stderr)
+        print(f"hf-vlp train: name an architecture, one of {architectures()}", file=sys.stderr)
         return 2
     architecture, rest = arguments[0], list(arguments[1:])
     try:
-        recipe = get_recipe(architecture)
+        task = get_task(architecture, _task_argument(rest))
     except ValueError as error:
         print(f"hf-vlp train: {error}", file=sys.stderr)
         return 2
+    recipe = task.recipe
     parser = HfArgumentParser((JobArguments, TrainingArguments), prog=f"hf-vlp train {architecture}")
-    parser.set_defaults(output_dir=f"hf_vlp_output/{architecture}", **recipe.training_defaults)
-    job, training_args = parser.parse_args_into_dataclasses(args=rest)
+    parser.set_defaults(
+        output_dir=f"hf_vlp_output/{architecture}" + ("" if len(task_names(architecture)) == 1 else f"-{task.name}"),
+        task=task.name,
+        **recipe.training_defaults,
+        **recipe.job_defaults,
+    )
+    try:
+        job, training_args = parser.parse_args_into_dataclasses(args=rest)
+    except ValueError as error:
+        print(f"hf-vlp train {architecture}: {error}", file=sys.stderr)
+        return 2
     return _run(lambda: train(architecture, job, training_args))
 
 
@@ -41,14 +65,21 @@ def _evaluate(arguments: Sequence[str]) -> int:
     if not arguments or arguments[0].startswith("-"):
         print("hf-vlp evaluate: give the directory of a saved model", file=sys.stderr)
         return 2
+    model_dir = arguments[0]
     parser = HfArgumentParser(JobArguments, prog="hf-vlp evaluate DIR", epilog="also: --batch-size N (default 128)")
+    try:
+        task = task_of_saved_model(model_dir)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"hf-vlp evaluate: {error}", file=sys.stderr)
+        return 1
+    parser.set_defaults(task=task.name, **task.recipe.job_defaults)
     job, extra = parser.parse_args_into_dataclasses(args=list(arguments[1:]), return_remaining_strings=True)
     batch = argparse.ArgumentParser(add_help=False)
     batch.add_argument("--batch-size", type=int, default=128)
     known, unknown = batch.parse_known_args(extra)
     if unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
-    return _run(lambda: evaluate(arguments[0], job, batch_size=known.batch_size))
+    return _run(lambda: evaluate(model_dir, job, batch_size=known.batch_size))
 
 
 def _run(job: Callable[[], object]) -> int:
@@ -68,7 +99,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         stream = sys.stdout if arguments and arguments[0] in ("-h", "--help") else sys.stderr
         if arguments and arguments[0] not in ("-h", "--help"):
             print(f"hf-vlp: unknown command {arguments[0]!r}", file=stream)
-        print(USAGE.format(archs=", ".join(sorted(RECIPES))), file=stream)
+        print(_usage(), file=stream)
         return 0 if stream is sys.stdout else 2
     return commands[arguments[0]](arguments[1:])
 

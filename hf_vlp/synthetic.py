@@ -2,9 +2,11 @@
 
 Each image shows one to three identical shapes (one colour, one kind, one size) placed in one region of a
 plain light background. Everything a head can be trained on derives from that small scene description:
-captions, a class label (colour + shape), VQA question/answer pairs and NLVR-style statements over an image
-pair. Generation is deterministic: sample ``i`` of a split depends only on ``(seed, split, i)``, so a
-smaller dataset is a prefix of a larger one, and train/validation/test never share a random stream.
+captions, a class label (colour + shape), image-caption pairs sharing an image id (retrieval), VQA
+question/answer pairs, NLVR-style statements over an image pair and SNLI-VE-style hypotheses labelled
+entailment / neutral / contradiction. Generation is deterministic: sample ``i`` of a split depends only on
+``(seed, split, i)``, so a smaller dataset is a prefix of a larger one, and train/validation/test never share a
+random stream.
 
 The signal is deliberately strong (saturated colours, no overlap, 24 classes) so that a tiny model trained
 for a couple of minutes on CPU beats chance by a wide margin, which is the end-to-end proof that training works.
@@ -13,6 +15,7 @@ for a couple of minutes on CPU beats chance by a wide margin, which is the end-t
 from __future__ import annotations
 
 import random
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
@@ -58,7 +61,10 @@ NLVR_STATEMENT_TYPES: tuple[str, ...] = (
     "same_colour",
     "same_position",
 )
-TASKS: tuple[str, ...] = ("caption", "vqa", "nlvr")
+VE_LABELS: tuple[str, ...] = ("entailment", "neutral", "contradiction")
+VE_HYPOTHESIS_TYPES: tuple[str, ...] = ("true_claim", "false_claim", "unverifiable", "absent_subject")
+TASKS: tuple[str, ...] = ("caption", "retrieval", "vqa", "nlvr", "snli-ve")
+CAPTIONS_PER_IMAGE = 5  # rows per image of the "retrieval" task, one per caption variant
 SPLITS: tuple[str, ...] = ("train", "validation", "test")
 
 ZERO_SHOT_TEMPLATES: tuple[str, ...] = (
@@ -363,6 +369,125 @@ def make_nlvr_example(rng: random.Random) -> tuple[SyntheticScene, SyntheticScen
     raise RuntimeError(f"Could not sample an NLVR pair for statement type {kind!r} with truth {target}.")
 
 
+# ------------------------------------------------------------------------------------------ SNLI-VE
+
+# Predicates no pixel can confirm or contradict, as (singular, plural) verb phrases: said of the shapes the image
+# shows they make a neutral hypothesis; said of shapes the image does not show, a contradiction.
+_UNVERIFIABLE_PREDICATES: tuple[tuple[str, str], ...] = (
+    ("is made of wood", "are made of wood"),
+    ("is made of plastic", "are made of plastic"),
+    ("is heavy", "are heavy"),
+    ("is brand new", "are brand new"),
+    ("is for sale", "are for sale"),
+    ("was drawn by a child", "were drawn by a child"),
+    ("belongs to a board game", "belong to a board game"),
+    ("is wet", "are wet"),
+)
+_CLAIM_ATTRIBUTES: tuple[str, ...] = ("colour", "shape", "count", "position", "size")
+
+
+def _attribute_values(attribute: str) -> tuple:
+    return {
+        "colour": tuple(COLOURS),
+        "shape": SHAPES,
+        "count": COUNTS,
+        "position": POSITIONS,
+        "size": tuple(SIZES),
+    }[attribute]
+
+
+def _claim(attribute: str, value: str | int, rng: random.Random) -> str:
+    """A sentence the image can verify: the scene's ``attribute`` is ``value``."""
+    if attribute == "colour":
+        return rng.choice([f"the shapes are {value}", f"there is a {value} shape"])
+    if attribute == "shape":
+        return rng.choice([f"the image shows {_PLURALS[value]}", f"there is a {value}"])
+    if attribute == "count":
+        return "there is one shape" if value == 1 else f"there are {_COUNT_WORDS[value]} shapes"
+    if attribute == "position":
+        return f"the shapes are {_POSITION_PHRASES[value]}"
+    return rng.choice([f"the shapes are {value}", f"the image shows {value} shapes"])
+
+
+def _subject(colour: str, shape: str, count: int, form: str) -> str:
+    noun = shape if count == 1 else _PLURALS[shape]
+    if form == "colour":
+        return f"the {colour} {'shape' if count == 1 else 'shapes'}"
+    if form == "shape":
+        return f"the {noun}"
+    return f"the {colour} {noun}"
+
+
+def make_entailment_example(scene: SyntheticScene, label: str, rng: random.Random) -> tuple[str, str]:
+    """A ``(hypothesis_type, hypothesis)`` about ``scene`` whose SNLI-VE label is ``label``.
+
+    - entailment: a true claim about a visible attribute (colour, shape, count, position, size);
+    - neutral: an unverifiable predicate ("... are made of wood") about the shapes the image shows;
+    - contradiction: half the time a false claim about a visible attribute, half the time an unverifiable
+      predicate about shapes the image does not show (wrong colour and/or shape), which asserts they are there.
+
+    Hypotheses of the unverifiable kind are neutral or contradictions and claims are entailments or
+    contradictions, so the text alone narrows the label to two and the image decides between them.
+    """
+    if label not in VE_LABELS:
+        raise ValueError(f"Unknown SNLI-VE label {label!r}; expected one of {list(VE_LABELS)}.")
+    if label == "entailment" or (label == "contradiction" and rng.random() < 0.5):
+        attribute = rng.choice(_CLAIM_ATTRIBUTES)
+        actual = scene.count if attribute == "count" else getattr(scene, attribute)
+        if label == "entailment":
+            return "true_claim", _claim(attribute, actual, rng)
+        wrong = rng.choice([value for value in _attribute_values(attribute) if value != actual])
+        return "false_claim", _claim(attribute, wrong, rng)
+    singular, plural = rng.choice(_UNVERIFIABLE_PREDICATES)
+    predicate = singular if scene.count == 1 else plural
+    form = rng.choice(["colour", "shape", "both"])
+    colour, shape = scene.colour, scene.shape
+    if label == "neutral":
+        return "unverifiable", f"{_subject(colour, shape, scene.count, form)} {predicate}"
+    change_colour = form == "colour" or (form == "both" and rng.random() < 0.5)
+    if change_colour:
+        colour = rng.choice([c for c in COLOURS if c != scene.colour])
+    else:
+        shape = rng.choice([s for s in SHAPES if s != scene.shape])
+    return "absent_subject", f"{_subject(colour, shape, scene.count, form)} {predicate}"
+
+
+# ------------------------------------------------------------------------------------------ vocabulary
+
+
+def synthetic_vocabulary() -> list[str]:
+    """Every word any synthetic text (caption, question, answer, statement, hypothesis) can contain, sorted.
+
+    Used to build a small WordPiece vocabulary for tiny text towers trained on ``synthetic-shapes``; found by
+    enumerating every scene and drawing each text generator many times (deterministically).
+    """
+    texts: list[str] = list(VQA_ANSWERS)
+    scenes = [
+        SyntheticScene(colour, shape, size, position, count)
+        for colour in COLOURS
+        for shape in SHAPES
+        for size in SIZES
+        for position in POSITIONS
+        for count in COUNTS
+    ]
+    for index, scene in enumerate(scenes):
+        texts += scene_captions(scene)
+        rng = random.Random(f"{SYNTHETIC_DATASET_NAME}/vocabulary/{index}")
+        for _ in range(12):
+            texts.append(make_vqa_pair(scene, rng)[1])
+            texts += [make_entailment_example(scene, label, rng)[1] for label in VE_LABELS]
+    parameters = {
+        "both_colour": list(COLOURS),
+        "both_shape": list(SHAPES),
+        "exactly_one_class": list(SYNTHETIC_CLASS_NAMES),
+        "total_count": [str(total) for total in range(2, 7)],
+        "same_position": list(POSITIONS),
+    }
+    for kind in NLVR_STATEMENT_TYPES:
+        texts += [NlvrStatement(kind, parameter).text() for parameter in parameters.get(kind, [""])]
+    return sorted({word for text in texts for word in re.findall(r"[a-z0-9]+", text.lower())})
+
+
 # ------------------------------------------------------------------------------------------ datasets
 
 
@@ -405,6 +530,8 @@ def synthetic_features(task: str = "caption") -> datasets.Features:
         "label": class_label,
         **_scene_features(),
     }
+    if task == "retrieval":
+        features["image_id"] = datasets.Value("int64")
     if task == "vqa":
         features.update(
             {
@@ -412,6 +539,14 @@ def synthetic_features(task: str = "caption") -> datasets.Features:
                 "answer": datasets.Value("string"),
                 "answer_label": datasets.ClassLabel(names=list(VQA_ANSWERS)),
                 "question_type": datasets.Value("string"),
+            }
+        )
+    if task == "snli-ve":
+        features.update(
+            {
+                "hypothesis": datasets.Value("string"),
+                "gold_label": datasets.Value("string"),
+                "hypothesis_type": datasets.Value("string"),
             }
         )
     return datasets.Features(features)
@@ -442,12 +577,15 @@ def _caption_row(scene: SyntheticScene) -> dict:
 def build_synthetic_split(
     split: str = "train", num_samples: int = 2000, image_size: int = 64, seed: int = 0, task: str = "caption"
 ) -> datasets.Dataset:
-    """Generate one split of ``synthetic-shapes`` for ``task`` ("caption", "vqa" or "nlvr").
+    """Generate one split of ``synthetic-shapes`` for ``task`` (one of :data:`TASKS`).
 
     Rows of "caption": ``image``, ``caption``, ``captions`` (variants), ``label`` and the scene attributes
-    (``colour``, ``shape``, ``size``, ``position``, ``count``); "vqa" adds ``question``, ``answer``,
-    ``answer_label`` (index into :data:`VQA_ANSWERS`) and ``question_type``; "nlvr" rows hold
-    ``image_left``, ``image_right``, ``statement``, ``nlvr_label``, ``statement_type`` and the two scenes.
+    (``colour``, ``shape``, ``size``, ``position``, ``count``). "retrieval" has the same columns plus ``image_id``,
+    with :data:`CAPTIONS_PER_IMAGE` rows per image (one per caption variant, in ``caption``) sharing its
+    ``image_id``: ``num_samples`` counts images there. "vqa" adds ``question``, ``answer``, ``answer_label``
+    (index into :data:`VQA_ANSWERS`) and ``question_type``; "nlvr" rows hold ``image_left``, ``image_right``,
+    ``statement``, ``nlvr_label``, ``statement_type`` and the two scenes; "snli-ve" adds ``hypothesis``,
+    ``gold_label`` (one of :data:`VE_LABELS`, cycling so the labels are exactly balanced) and ``hypothesis_type``.
     """
     _check_task(task)
     _check_split(split)
@@ -473,6 +611,13 @@ def build_synthetic_split(
             continue
         scene = sample_scene(scene_rng)
         row = {"image": render_scene(scene, image_size, scene_rng), **_caption_row(scene)}
+        if task == "retrieval":
+            rows += [{**row, "caption": caption, "image_id": index} for caption in row["captions"]]
+            continue
+        if task == "snli-ve":
+            label = VE_LABELS[index % len(VE_LABELS)]
+            kind, hypothesis = make_entailment_example(scene, label, _scene_rng(seed, split, index, "snli-ve"))
+            row.update(hypothesis=hypothesis, gold_label=label, hypothesis_type=kind)
         if task == "vqa":
             question_type, question, answer = make_vqa_pair(scene, _scene_rng(seed, split, index, "vqa"))
             row.update(

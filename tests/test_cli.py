@@ -197,3 +197,43 @@ def test_fine_tuning_a_converted_model_and_training_a_released_size(tmp_path):
     assert run.returncode == 0, run.stderr[-3000:]
     config = json.loads((released / "config.json").read_text())
     assert config["vision_config"]["hidden_size"] == 768 and config["vision_config"]["patch_size"] == 32
+
+
+def test_albef_task_and_tower_errors_are_one_clear_line(tmp_path, capsys):
+    assert main(["train", "albef", "--task", "caption"]) == 2
+    assert "albef has no task 'caption'; its tasks are: pretrain, retrieval, vqa, nlvr2, snli-ve" in capsys.readouterr().err
+    assert main(["train", "albef", "--vision-init", str(tmp_path)]) == 2
+    assert "--vision-init was given without --text-init" in capsys.readouterr().err
+    assert main(["train", "albef", "--vision-init", "a", "--text-init", "b", "--from-pretrained", "c"]) == 2
+    assert "cannot be combined" in capsys.readouterr().err
+    assert main(["evaluate", str(tmp_path)]) == 1
+    assert "config.json" in capsys.readouterr().err
+    assert main(["--help"]) == 0
+    assert "albef: pretrain, retrieval, vqa, nlvr2, snli-ve" in capsys.readouterr().out
+
+
+def test_albef_from_transformers_towers_on_the_command_line(tmp_path, capsys):
+    from transformers import BertConfig, BertForMaskedLM, ViTConfig, ViTModel
+
+    from hf_vlp.training.tokenizers import synthetic_wordpiece_tokenizer
+
+    tokenizer = synthetic_wordpiece_tokenizer()
+    ViTModel(ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, image_size=32,
+                       patch_size=16)).save_pretrained(tmp_path / "vit")
+    BertForMaskedLM(BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                               intermediate_size=64, max_position_embeddings=40)).save_pretrained(tmp_path / "bert")
+    tokenizer.save_pretrained(tmp_path / "bert")
+    output = tmp_path / "ve"
+    data = ["--dataset", "synthetic-shapes:n=24", "--eval-max-samples", "12"]
+    code = main(["train", "albef", "--task", "snli-ve", "--vision-init", str(tmp_path / "vit"), "--text-init",
+                 str(tmp_path / "bert"), *data, "--max-steps", "2", "--per-device-train-batch-size", "8",
+                 "--output-dir", str(output), "--save-strategy", "no", "--disable-tqdm", "true"])
+    assert code == 0
+    assert "accuracy_neutral" in capsys.readouterr().out
+    metrics = json.loads((output / "metrics.json").read_text())
+    assert metrics["task"] == "snli-ve" and json.loads((output / "config.json").read_text())["architectures"] == [
+        "VlpAlbefForVisualEntailment"
+    ]
+    assert main(["evaluate", str(output), *data]) == 0  # the task comes from the saved model's class
+    printed = capsys.readouterr().out
+    assert f"{100 * metrics['after']['accuracy']:.2f}%" in next(line for line in printed.splitlines() if line.startswith("accuracy "))

@@ -1,5 +1,6 @@
 """The built-in synthetic-shapes dataset: determinism, speed, and labels that agree with the drawn pixels."""
 
+import random
 import re
 import time
 from collections import Counter, deque
@@ -10,11 +11,15 @@ import pytest
 
 from hf_vlp import synthetic
 from hf_vlp.synthetic import (
+    CAPTIONS_PER_IMAGE,
     COLOURS,
     SYNTHETIC_CLASS_NAMES,
+    VE_LABELS,
     VQA_ANSWERS,
     build_synthetic_dataset,
     build_synthetic_split,
+    make_entailment_example,
+    synthetic_vocabulary,
     zero_shot_prompts,
 )
 
@@ -207,7 +212,7 @@ def test_zero_shot_prompts_cover_every_class():
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"task": "retrieval"}, "Unknown synthetic task"),
+        ({"task": "grounding"}, "Unknown synthetic task"),
         ({"split": "dev"}, "Unknown split"),
         ({"image_size": 8}, "at least 16"),
         ({"num_samples": 0}, "at least 1"),
@@ -216,3 +221,73 @@ def test_zero_shot_prompts_cover_every_class():
 def test_bad_arguments_are_rejected_with_the_fix(kwargs, message):
     with pytest.raises(ValueError, match=message):
         build_synthetic_split(**kwargs)
+
+
+def test_retrieval_rows_share_the_image_and_its_id_across_caption_variants():
+    split = build_synthetic_split("train", 6, image_size=32, seed=1, task="retrieval")
+    captions = build_synthetic_split("train", 6, image_size=32, seed=1, task="caption")
+    assert split.num_rows == 6 * CAPTIONS_PER_IMAGE
+    assert split["image_id"] == [index for index in range(6) for _ in range(CAPTIONS_PER_IMAGE)]
+    for index in range(6):
+        rows = split.select(range(index * CAPTIONS_PER_IMAGE, (index + 1) * CAPTIONS_PER_IMAGE))
+        assert rows["caption"] == captions[index]["captions"]  # every variant once, canonical first
+        for row in rows:
+            np.testing.assert_array_equal(_pixels(row["image"]), _pixels(captions[index]["image"]))
+    # a longer split starts with the same images (prefix property, counted in images)
+    longer = build_synthetic_split("train", 9, image_size=32, seed=1, task="retrieval")
+    assert longer["caption"][: split.num_rows] == split["caption"]
+
+
+def _hypothesis_label(hypothesis, scene):
+    """An independent reading of an SNLI-VE hypothesis against the scene (a dict of its attributes)."""
+    count_words = {"one": 1, "two": 2, "three": 3}
+    plural = {"circles": "circle", "squares": "square", "triangles": "triangle", "crosses": "cross"}
+    positions = {"on the left": "left", "on the right": "right", "at the top": "top", "at the bottom": "bottom",
+                 "in the centre": "centre"}
+    checks = [
+        (r"the shapes are (red|green|blue|yellow|purple|orange)", lambda m: scene["colour"] == m.group(1)),
+        (r"there is a (red|green|blue|yellow|purple|orange) shape", lambda m: scene["colour"] == m.group(1)),
+        (r"the image shows (\w+)", lambda m: scene["shape"] == plural[m.group(1)]),
+        (r"there is a (circle|square|triangle|cross)", lambda m: scene["shape"] == m.group(1)),
+        (r"there is one shape", lambda m: scene["count"] == 1),
+        (r"there are (two|three) shapes", lambda m: scene["count"] == count_words[m.group(1)]),
+        (r"the shapes are (on the left|on the right|at the top|at the bottom|in the centre)",
+         lambda m: scene["position"] == positions[m.group(1)]),
+        (r"the shapes are (small|large)", lambda m: scene["size"] == m.group(1)),
+        (r"the image shows (small|large) shapes", lambda m: scene["size"] == m.group(1)),
+    ]
+    for pattern, holds in checks:
+        if match := re.fullmatch(pattern, hypothesis):
+            return "entailment" if holds(match) else "contradiction"
+    subject = re.fullmatch(r"the (.+?) (is|are|was|were|belongs|belong) .+", hypothesis)
+    assert subject, hypothesis
+    words = subject.group(1).split()
+    colour = next((word for word in words if word in COLOURS), None)
+    shape = next((plural.get(word, word) for word in words if plural.get(word, word) in synthetic.SHAPES), None)
+    shown = colour in (None, scene["colour"]) and shape in (None, scene["shape"])
+    return "neutral" if shown else "contradiction"
+
+
+def test_snli_ve_labels_follow_the_scene_and_are_exactly_balanced():
+    split = build_synthetic_split("train", 300, image_size=32, seed=3, task="snli-ve")
+    assert Counter(split["gold_label"]) == {label: 100 for label in VE_LABELS}
+    kinds = Counter()
+    for row in split:
+        assert _hypothesis_label(row["hypothesis"], row) == row["gold_label"], row["hypothesis"]
+        kinds[(row["hypothesis_type"], row["gold_label"])] += 1
+    # neutral hypotheses are never claims and claims are never neutral: the text alone cannot settle the label
+    assert set(kinds) == {("true_claim", "entailment"), ("unverifiable", "neutral"), ("false_claim", "contradiction"),
+                          ("absent_subject", "contradiction")}
+    with pytest.raises(ValueError, match="Unknown SNLI-VE label"):
+        make_entailment_example(synthetic.SyntheticScene("red", "circle", "small", "left", 1), "maybe", random.Random(0))
+
+
+def test_vocabulary_covers_every_synthetic_text():
+    vocabulary = set(synthetic_vocabulary())
+    texts = []
+    for task, columns in (("retrieval", ["caption"]), ("vqa", ["question", "answer"]), ("nlvr", ["statement"]),
+                          ("snli-ve", ["hypothesis"])):
+        split = build_synthetic_split("validation", 200, image_size=16, seed=7, task=task)
+        texts += [text for column in columns for text in split[column]]
+    words = {word for text in texts for word in re.findall(r"[a-z0-9]+", text.lower())}
+    assert words <= vocabulary, sorted(words - vocabulary)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
+from typing import Any
 
 import torch
 from accelerate.utils import extract_model_from_parallel

@@ -11,16 +11,24 @@ dropped and counted. ``processor`` is any callable with the transformers process
 from __future__ import annotations
 
 import functools
-
+import hashlib
 import logging
+import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from PIL import Image
 
-from hf_vlp.training.data import BadSampleCounter, BadSampleError, ImageTransform, decode_sample, image_source
+from hf_vlp.training.data import (
+    BadSampleCounter,
+    BadSampleError,
+    ImageTransform,
+    decode_image,
+    decode_sample,
+    image_source,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -28,13 +36,30 @@ IGNORE_INDEX = -100
 _UNBOUNDED_LENGTH = 1_000_000  # tokenizers without a real limit report a huge model_max_length
 
 
+HORIZONTAL_FLIPS = ("none", "image", "swap-left-right")
+_LEFT_RIGHT = re.compile(r"\b(left|right)\b", re.IGNORECASE)
+
+
+def swap_left_right(text: str) -> str:
+    """``text`` with the words "left" and "right" exchanged (case kept), for a horizontally flipped image."""
+
+    def swapped(match: re.Match) -> str:
+        word = match.group(0)
+        other = "right" if word.lower() == "left" else "left"
+        return other.capitalize() if word[0].isupper() else other
+
+    return _LEFT_RIGHT.sub(swapped, text)
+
+
 @dataclass
 class ImageTextBatch:
-    """The usable rows of a batch: decoded RGB images, captions and the source rows they came from."""
+    """The usable rows of a batch: decoded RGB images, captions and the source rows they came from; ``flipped[i]``
+    tells whether image ``i`` was mirrored (its caption then has "left"/"right" exchanged, see ``horizontal_flip``)."""
 
     images: list[Image.Image]
     texts: list[str]
     rows: list[dict[str, Any]]
+    flipped: list[bool] = field(default_factory=list)
 
 
 class ImageTextCollator:
@@ -53,6 +78,11 @@ class ImageTextCollator:
             every sample's augmentation is then a pure function of the data, not of global RNG state, so a run
             resumed from a checkpoint or split over processes sees exactly the same images. :meth:`set_epoch`
             (called by :class:`~hf_vlp.training.callbacks.CollatorEpochCallback`) varies it per epoch.
+        horizontal_flip: mirror each image with probability 0.5 after ``image_transform`` (drawn from the same
+            generator): ``"none"`` (default), ``"image"`` (the image only, as the originals do) or
+            ``"swap-left-right"`` (also exchange the words "left" and "right" in the text, so that captions about
+            positions stay true). Texts that use "left"/"right" for something a mirror does not change (NLVR2's
+            "the left image") must use ``"none"``.
     """
 
     def __init__(
@@ -64,6 +94,7 @@ class ImageTextCollator:
         max_length: int | None = None,
         padding: bool | str = True,
         augmentation_seed: int | None = None,
+        horizontal_flip: str = "none",
     ):
         if not callable(processor):
             raise TypeError(
@@ -76,6 +107,9 @@ class ImageTextCollator:
         self.max_length = max_length
         self.padding = padding
         self.augmentation_seed = augmentation_seed
+        if horizontal_flip not in HORIZONTAL_FLIPS:
+            raise ValueError(f"horizontal_flip must be one of {HORIZONTAL_FLIPS}, got {horizontal_flip!r}.")
+        self.horizontal_flip = horizontal_flip
         self.epoch = 0
         self._warned_truncation = False
 
@@ -83,29 +117,54 @@ class ImageTextCollator:
         """Select the epoch whose augmentation draws are used (with ``augmentation_seed``)."""
         self.epoch = epoch
 
-    def _transform_for(self, index: int) -> ImageTransform | None:
+    def sample_generator(self, index: int, stream: str = "") -> torch.Generator | None:
+        """The generator of sample ``index`` in the current epoch (``None`` without ``augmentation_seed``: torch's
+        global generator is used then). ``stream`` names an independent draw (e.g. ``"mlm"``)."""
+        if self.augmentation_seed is None:
+            return None
+        if not stream:  # tuples of ints hash the same in every process
+            return torch.Generator().manual_seed(hash((self.augmentation_seed, self.epoch, int(index))) & (2**63 - 1))
+        return torch.Generator().manual_seed(_stable_hash((self.augmentation_seed, self.epoch, int(index), stream)))
+
+    def _transform_for(self, index: int, generator: torch.Generator | None = None) -> ImageTransform | None:
         if self.image_transform is None or self.augmentation_seed is None:
             return self.image_transform
-        generator = torch.Generator().manual_seed(hash((self.augmentation_seed, self.epoch, int(index))) & (2**63 - 1))
+        generator = generator if generator is not None else self.sample_generator(index)
         return functools.partial(self.image_transform, generator=generator)
+
+    def _flip(self, image: Image.Image, text: str, generator: torch.Generator | None) -> tuple[Image.Image, str, bool]:
+        if self.horizontal_flip == "none" or torch.rand((), generator=generator).item() >= 0.5:
+            return image, text, False
+        image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        return image, swap_left_right(text) if self.horizontal_flip == "swap-left-right" else text, True
 
     @property
     def tokenizer(self) -> Any:
         """The tokenizer inside the processor (or the processor itself when it is a tokenizer)."""
         return getattr(self.processor, "tokenizer", self.processor)
 
-    def _decode_row(self, row: dict[str, Any], position: int, image_key: str, text_key: str) -> tuple[Image.Image, str]:
+    @staticmethod
+    def row_index(row: dict[str, Any], position: int) -> int:
+        """The dataset index of ``row`` (``sample_index``), else its position in the batch."""
+        index = row.get("sample_index")
+        return int(index) if index is not None else position
+
+    def _decode_row(
+        self, row: dict[str, Any], position: int, image_key: str, text_key: str
+    ) -> tuple[Image.Image, str, bool]:
         has_index = row.get("sample_index") is not None
-        index = row["sample_index"] if has_index else position
+        index = self.row_index(row, position)
         source = row.get("source") or image_source(row.get(image_key))
+        generator = self.sample_generator(index)
         try:
             if image_key not in row:
                 raise BadSampleError(index, source, f"the row has no {image_key!r} entry (keys: {sorted(row)})")
-            return decode_sample(row[image_key], row.get(text_key), index, source, self._transform_for(index))
+            image, text = decode_sample(row[image_key], row.get(text_key), index, source, self._transform_for(index, generator))
         except BadSampleError as error:
             if has_index:
                 raise
             raise BadSampleError(index, error.source, f"{error.reason} [index = position in the batch]") from error
+        return self._flip(image, text, generator)
 
     def collect(
         self, rows: Sequence[dict[str, Any]], image_key: str = "image", text_key: str = "text"
@@ -116,7 +175,7 @@ class ImageTextCollator:
             if row.get(image_key) is None and row.get("bad_sample"):
                 continue  # skipped and counted by the dataset's decoding transform
             try:
-                image, text = self._decode_row(row, position, image_key, text_key)
+                image, text, flipped = self._decode_row(row, position, image_key, text_key)
             except BadSampleError as error:
                 if not self.skip_bad_samples:
                     raise
@@ -125,6 +184,7 @@ class ImageTextCollator:
             batch.images.append(image)
             batch.texts.append(text)
             batch.rows.append(row)
+            batch.flipped.append(flipped)
         if not batch.rows:
             indices = [row.get("sample_index", position) for position, row in enumerate(rows)]
             raise ValueError(
@@ -139,8 +199,9 @@ class ImageTextCollator:
         limit = getattr(self.tokenizer, "model_max_length", None)
         return limit if isinstance(limit, int) and limit < _UNBOUNDED_LENGTH else None
 
-    def encode(self, images: list[Image.Image], texts: list[str]) -> dict[str, torch.Tensor]:
-        """Run the processor; returns ``pixel_values``, ``input_ids`` and ``attention_mask``."""
+    def encode(self, images: list[Image.Image], texts: list[str], **text_kwargs: Any) -> dict[str, torch.Tensor]:
+        """Run the processor; returns ``pixel_values``, ``input_ids`` and ``attention_mask``. ``text_kwargs`` go to
+        the processor too (e.g. ALBEF's ``text_kind="question"``)."""
         max_length = self._effective_max_length()
         encoded = self.processor(
             text=texts,
@@ -149,6 +210,7 @@ class ImageTextCollator:
             padding=self.padding,
             truncation=max_length is not None,
             max_length=max_length,
+            **text_kwargs,
         )
         missing = [key for key in ("pixel_values", "input_ids") if key not in encoded]
         if missing:
@@ -174,6 +236,12 @@ class ImageTextCollator:
                 at_limit,
                 max_length,
             )
+
+
+def _stable_hash(key: tuple) -> int:
+    """A 63-bit seed from a tuple of ints and strings, equal in every process (``hash`` of a string is salted)."""
+    digest = hashlib.blake2b(repr(key).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & (2**63 - 1)
 
 
 class ContrastiveCollator(ImageTextCollator):
@@ -226,3 +294,279 @@ class CaptioningCollator(ImageTextCollator):
             prefix = int(mismatch[0]) if len(mismatch) else length
             labels[row, attended[:prefix]] = IGNORE_INDEX
         return labels
+
+
+# ------------------------------------------------------------------------------- fusion-model fine-tuning tasks
+
+
+def stable_image_id(value: Any, index: int) -> int:
+    """A non-negative integer id for an image: integers as they are, strings (file names, COCO ids as text)
+    through a stable 63-bit hash, a missing id as the row's dataset index (each row its own image)."""
+    if value is None:
+        return int(index)
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise ValueError(f"image_id of sample {index} must be an integer or a string, got {type(value).__name__}.")
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError(f"image_id of sample {index} is negative ({value}); image ids must be >= 0.")
+        return value
+    return _stable_hash(("image_id", value))
+
+
+class AlbefPretrainingCollator(ImageTextCollator):
+    """ALBEF pre-training batches: ``pixel_values``, ``input_ids``, ``attention_mask`` and the MLM inputs
+    ``mlm_input_ids``/``mlm_labels``, plus ``return_loss=True``.
+
+    The masking is ALBEF's (:func:`hf_vlp.models.albef.modeling_albef.mask_tokens`: 15% of the non-special tokens,
+    80% ``[MASK]`` / 10% random id over ``vocab_size`` / 10% kept) but done here, on each caption's own tokens
+    with a generator seeded by ``(mlm_seed, epoch, sample index)``: the masking is then a function of the data,
+    so a resumed run or one split over processes masks exactly as one uninterrupted process does (the model's own
+    masking would draw from the global RNG, whose state depends on what ran before).
+    """
+
+    def __init__(
+        self,
+        processor: Any,
+        *,
+        vocab_size: int,
+        mlm_probability: float = 0.15,
+        mlm_seed: int = 0,
+        **kwargs: Any,
+    ):
+        kwargs.setdefault("max_length", getattr(processor, "max_length", None))
+        super().__init__(processor, **kwargs)
+        tokenizer = self.tokenizer
+        missing = [name for name in ("mask_token_id", "cls_token_id", "pad_token_id") if getattr(tokenizer, name, None) is None]
+        if missing:
+            raise ValueError(f"MLM masking needs a tokenizer with [MASK], [CLS] and [PAD]; it has no {missing}.")
+        if not 0.0 < mlm_probability < 1.0:
+            raise ValueError(f"mlm_probability must lie in (0, 1), got {mlm_probability}.")
+        self.vocab_size = vocab_size
+        self.mlm_probability = mlm_probability
+        self.mlm_seed = mlm_seed
+
+    def __call__(self, rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        from ..models.albef.modeling_albef import mask_tokens
+
+        batch = self.collect(rows)
+        encoded = self.encode(batch.images, batch.texts)
+        input_ids, attention_mask = encoded["input_ids"], encoded["attention_mask"]
+        tokenizer = self.tokenizer
+        mlm_input_ids = input_ids.clone()
+        mlm_labels = torch.full_like(input_ids, IGNORE_INDEX)
+        for position, row in enumerate(batch.rows):
+            keep = attention_mask[position].bool()
+            index = self.row_index(row, position)
+            generator = torch.Generator().manual_seed(_stable_hash((self.mlm_seed, self.epoch, index, "mlm")))
+            masked, labels = mask_tokens(
+                input_ids[position, keep][None],
+                vocab_size=self.vocab_size,
+                mask_token_id=tokenizer.mask_token_id,
+                special_token_ids=(tokenizer.pad_token_id, tokenizer.cls_token_id),
+                mlm_probability=self.mlm_probability,
+                generator=generator,
+            )
+            mlm_input_ids[position, keep] = masked[0]
+            mlm_labels[position, keep] = labels[0]
+        return {**encoded, "mlm_input_ids": mlm_input_ids, "mlm_labels": mlm_labels, "return_loss": True}
+
+
+class RetrievalCollator(ImageTextCollator):
+    """Image-text retrieval fine-tuning batches (ALBEF/BLIP): ``pixel_values``, ``input_ids``, ``attention_mask``
+    and ``image_ids`` (captions of one image share its id; see :func:`stable_image_id`), read from ``id_key``."""
+
+    def __init__(self, processor: Any, *, id_key: str = "image_id", **kwargs: Any):
+        kwargs.setdefault("max_length", getattr(processor, "max_length", None))
+        super().__init__(processor, **kwargs)
+        self.id_key = id_key
+
+    def __call__(self, rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        batch = self.collect(rows)
+        ids = [
+            stable_image_id(row.get(self.id_key), self.row_index(row, position))
+            for position, row in enumerate(batch.rows)
+        ]
+        return {**self.encode(batch.images, batch.texts), "image_ids": torch.tensor(ids, dtype=torch.long)}
+
+
+def answer_strings(value: Any, index: int) -> str | list[str]:
+    """A VQA row's answer as a string, or its list of (human) answers as strings (duplicates kept, for scoring)."""
+    if isinstance(value, str) and value.strip():
+        return value
+    if isinstance(value, (list, tuple)) and value:
+        answers = [item.get("answer") if isinstance(item, dict) else item for item in value]
+        if all(isinstance(answer, str) and answer.strip() for answer in answers):
+            return answers
+    raise BadSampleError(index, None, f"the answer is missing or not a string / list of strings ({value!r})")
+
+
+def weighted_answers(value: Any, index: int) -> tuple[list[str], list[float]]:
+    """The distinct answers of a VQA row and their weights: a single answer weighs 1; a list (VQA's ten human
+    answers, as strings or ``{"answer": ...}`` dicts) gives each distinct answer its share of the list, as the
+    original ``vqa_dataset`` does."""
+    answers = answer_strings(value, index)
+    answers = [answers] if isinstance(answers, str) else answers
+    weights: dict[str, float] = {}
+    for answer in answers:
+        weights[answer] = weights.get(answer, 0.0) + 1.0 / len(answers)
+    return list(weights), list(weights.values())
+
+
+class QuestionAnsweringCollator(ImageTextCollator):
+    """VQA fine-tuning batches in the format of ``VlpAlbefForQuestionAnswering.forward``: ``pixel_values``,
+    ``input_ids``/``attention_mask`` (questions, normalised as questions), ``answer_input_ids``/
+    ``answer_attention_mask`` (every answer of every question, grouped by question, from
+    ``processor.encode_answers``), ``answer_weights``, ``answers_per_question`` and ``return_loss=True``.
+
+    Rows hold the question in ``text`` and the answer(s) in ``answer_key`` (a name, or names tried in order; see
+    :func:`weighted_answers`). With
+    ``horizontal_flip="swap-left-right"`` a mirrored image gets "left"/"right" exchanged in question and answers.
+    """
+
+    def __init__(self, processor: Any, *, answer_key: str | Sequence[str] = ("answer", "answers"), **kwargs: Any):
+        if not callable(getattr(processor, "encode_answers", None)):
+            raise TypeError(f"{type(processor).__name__} has no encode_answers(answers); pass a VQA processor.")
+        kwargs.setdefault("max_length", getattr(processor, "max_length", None))
+        super().__init__(processor, **kwargs)
+        self.answer_key = answer_key
+
+    def __call__(self, rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        batch = self.collect(rows)
+        answers: list[str] = []
+        weights: list[float] = []
+        counts: list[int] = []
+        for position, (row, flipped) in enumerate(zip(batch.rows, batch.flipped)):
+            row_answers, row_weights = weighted_answers(first_present(row, self.answer_key), self.row_index(row, position))
+            if flipped and self.horizontal_flip == "swap-left-right":
+                row_answers = [swap_left_right(answer) for answer in row_answers]
+            answers += row_answers
+            weights += row_weights
+            counts.append(len(row_answers))
+        encoded = self.encode(batch.images, batch.texts, text_kind="question")
+        answer_tokens = self.processor.encode_answers(answers, return_tensors="pt")
+        return {
+            **encoded,
+            "answer_input_ids": answer_tokens["input_ids"],
+            "answer_attention_mask": answer_tokens["attention_mask"],
+            "answer_weights": torch.tensor(weights, dtype=torch.float32),
+            "answers_per_question": torch.tensor(counts, dtype=torch.long),
+            "return_loss": True,
+        }
+
+
+def first_present(row: dict[str, Any], keys: str | Sequence[str]) -> Any:
+    """The value of the first of ``keys`` that ``row`` holds (not ``None``), else ``None``."""
+    for key in (keys,) if isinstance(keys, str) else keys:
+        if row.get(key) is not None:
+            return row[key]
+    return None
+
+
+def binary_label(value: Any, index: int) -> int:
+    """0/1 from a bool, 0/1 integer or "true"/"false" string (NLVR2 labels)."""
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return int(value.strip().lower() == "true")
+    if isinstance(value, (bool, int)) and int(value) in (0, 1):
+        return int(value)
+    raise BadSampleError(index, None, f"the label must be true/false or 0/1, got {value!r}")
+
+
+class VisualReasoningCollator(ImageTextCollator):
+    """NLVR2 batches: two images per row stacked as ``pixel_values`` ``[B, 2, C, H, W]`` (``image``, then
+    ``second_image_key``: a name, or names tried in order), the statement as ``input_ids``/``attention_mask`` and
+    ``labels`` ``[B]`` in {0, 1} (from ``label_key``, else ``label``).
+
+    Each image gets ``image_transform`` with its own per-sample generator. There is no horizontal flip: NLVR2
+    statements say "left"/"right" both for image order and for positions inside an image, so neither a plain
+    flip nor a word swap keeps every statement true (``horizontal_flip`` must stay ``"none"``).
+    """
+
+    def __init__(
+        self,
+        processor: Any,
+        *,
+        second_image_key: str | Sequence[str] = ("image_right", "right_image"),
+        label_key: str = "nlvr_label",
+        **kwargs: Any,
+    ):
+        kwargs.setdefault("max_length", getattr(processor, "max_length", None))
+        super().__init__(processor, **kwargs)
+        if self.horizontal_flip != "none":
+            raise ValueError("NLVR2 statements refer to image order with 'left'/'right'; use horizontal_flip='none'.")
+        self.second_image_key = second_image_key
+        self.label_key = label_key
+
+    def _decode_second(self, row: dict[str, Any], position: int) -> Image.Image:
+        index = self.row_index(row, position)
+        value = first_present(row, self.second_image_key)
+        source = image_source(value)
+        generator = self.sample_generator(index, stream="second")
+        transform = self.image_transform
+        if transform is not None and self.augmentation_seed is not None:
+            transform = functools.partial(transform, generator=generator)
+        image = decode_image(value, index, source)
+        if transform is None:
+            return image
+        try:
+            return transform(image)
+        except Exception as error:  # as decode_sample: a transform failing on one image is that image's problem
+            raise BadSampleError(index, source, f"the image transform failed ({type(error).__name__}: {error})") from error
+
+    def __call__(self, rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        batch = self.collect(rows)
+        seconds, labels, kept = [], [], []
+        for position, row in enumerate(batch.rows):
+            try:
+                label = binary_label(row.get(self.label_key, row.get("label")), self.row_index(row, position))
+                second = self._decode_second(row, position)
+            except BadSampleError as error:
+                if not self.skip_bad_samples:
+                    raise
+                self.bad_samples.record(error)
+                continue
+            kept.append(position)
+            seconds.append(second)
+            labels.append(label)
+        if not kept:
+            raise ValueError("Every sample of this batch was bad and skipped; nothing is left to train on.")
+        firsts = [batch.images[position] for position in kept]
+        texts = [batch.texts[position] for position in kept]
+        encoded = self.encode(firsts + seconds, texts + texts)
+        size = len(kept)
+        pixel_values = torch.stack([encoded["pixel_values"][:size], encoded["pixel_values"][size:]], dim=1)
+        return {
+            "pixel_values": pixel_values,
+            "input_ids": encoded["input_ids"][:size],
+            "attention_mask": encoded["attention_mask"][:size],
+            "labels": torch.tensor(labels, dtype=torch.long),
+        }
+
+
+class VisualEntailmentCollator(ImageTextCollator):
+    """SNLI-VE batches: ``pixel_values``, the hypothesis as ``input_ids``/``attention_mask`` and ``labels``
+    ``[B]``: a string label (``gold_label``: "entailment", ...) goes through ``label2id`` (the model's
+    ``config.label2id``), an integer is taken as the model's class id."""
+
+    def __init__(self, processor: Any, *, label2id: dict[str, int], label_key: str = "gold_label", **kwargs: Any):
+        kwargs.setdefault("max_length", getattr(processor, "max_length", None))
+        super().__init__(processor, **kwargs)
+        if not label2id:
+            raise ValueError("label2id is empty; pass the model's config.label2id.")
+        self.label2id = {str(name).lower(): int(value) for name, value in label2id.items()}
+        self.label_key = label_key
+
+    def label_id(self, value: Any, index: int) -> int:
+        """The model's class id of a row's label."""
+        if isinstance(value, str) and value.strip().lower() in self.label2id:
+            return self.label2id[value.strip().lower()]
+        if isinstance(value, int) and not isinstance(value, bool) and value in self.label2id.values():
+            return value
+        raise BadSampleError(index, None, f"the label {value!r} is none of {sorted(self.label2id)} (or their ids)")
+
+    def __call__(self, rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        batch = self.collect(rows)
+        labels = [
+            self.label_id(row.get(self.label_key, row.get("label")), self.row_index(row, position))
+            for position, row in enumerate(batch.rows)
+        ]
+        return {**self.encode(batch.images, batch.texts), "labels": torch.tensor(labels, dtype=torch.long)}

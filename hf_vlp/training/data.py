@@ -23,13 +23,14 @@ from __future__ import annotations
 import csv
 import glob
 import io
+import itertools
 import json
 import logging
 import math
 import os
 import re
 import tarfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -543,15 +544,18 @@ def _select_image_text_columns(
     image_column: str | None,
     text_column: str | None,
     keep_columns: Sequence[str],
+    optional_columns: Sequence[str] = (),
+    text_candidates: Sequence[str] = TEXT_COLUMN_CANDIDATES,
 ) -> AnyDataset:
     columns = _column_names(dataset)
     if not columns:
         raise ValueError(f"Dataset {where!r} is empty: it has no columns.")
     image_candidates = [*_image_columns_by_feature(dataset), *IMAGE_COLUMN_CANDIDATES]
     image_column = _choose_column(columns, image_column, image_candidates, "image", where)
-    text_column = _choose_column(columns, text_column, TEXT_COLUMN_CANDIDATES, "text", where)
+    text_column = _choose_column(columns, text_column, text_candidates, "text", where)
     for name in keep_columns:
         _choose_column(columns, name, (), "extra", where)
+    keep_columns = [*keep_columns, *(name for name in optional_columns if name in columns)]
     # Undecoded storage first: decoding happens in our transform, where a failure can name the sample.
     image_feature = (dataset.features or {}).get(image_column)
     is_path_column = isinstance(image_feature, datasets.Value) and image_feature.dtype in ("string", "large_string")
@@ -644,6 +648,8 @@ def load_image_text_dataset(
     skip_bad_samples: bool = False,
     bad_samples: BadSampleCounter | None = None,
     keep_columns: Sequence[str] = (),
+    optional_columns: Sequence[str] = (),
+    text_column_candidates: Sequence[str] | None = None,
     **kw: Any,
 ) -> AnyDataset:
     """Load ``split`` of the dataset named by ``spec`` as rows of ``image`` (RGB PIL), ``text`` (+ ``label``).
@@ -661,7 +667,10 @@ def load_image_text_dataset(
             ``bad_sample``; the collators drop them. Streamed datasets drop them directly (their ``sample_index``
             counts the rows of the stream this process reads; ``source`` names the shard and sample key).
         bad_samples: the counter to record skips in (read it for the final report).
-        keep_columns: further source columns to carry along (e.g. ``answer_label``).
+        keep_columns: further source columns to carry along (e.g. ``answer_label``); a missing one is an error.
+        optional_columns: further source columns carried along when the dataset has them (e.g. ``image_id``).
+        text_column_candidates: the names tried, in order, when ``text_column`` is not given (default
+            :data:`TEXT_COLUMN_CANDIDATES`; a VQA task tries ``question`` first, SNLI-VE ``hypothesis``).
         **kw: passed to the loader (``datasets.load_dataset`` keyword arguments such as ``cache_dir``, or the
             synthetic builder's ``num_samples``/``image_size``/``seed``/``task``).
 
@@ -684,7 +693,10 @@ def load_image_text_dataset(
     else:
         raw = _load_hub(resolved, split, streaming, kw)
 
-    dataset = _select_image_text_columns(raw, spec, image_column, text_column, keep_columns)
+    dataset = _select_image_text_columns(
+        raw, spec, image_column, text_column, keep_columns, optional_columns,
+        TEXT_COLUMN_CANDIDATES if text_column_candidates is None else text_column_candidates,
+    )
     decoder = DecodeImageText(image_transform, skip_bad_samples, bad_samples)
     if isinstance(dataset, datasets.IterableDataset):
         id_columns = [name for name in _WEBDATASET_ID_COLUMNS if name in _column_names(dataset)]
@@ -696,3 +708,17 @@ def load_image_text_dataset(
         raise ValueError(f"Dataset {spec!r} split {split!r} is empty (0 rows).")
     dataset = dataset.add_column("sample_index", np.arange(len(dataset)))
     return dataset.with_transform(decoder)
+
+
+def take_rows(dataset: AnyDataset, limit: int | None = None) -> Iterator[dict[str, Any]]:
+    """The first ``limit`` rows (all when ``None``) as decoded row dicts: a map-style dataset is read in slices of
+    256 rows (its decoding transform runs per slice), a streamed one row by row."""
+    if isinstance(dataset, datasets.IterableDataset):
+        yield from itertools.islice(dataset, limit)
+        return
+    size = len(dataset) if limit is None else min(limit, len(dataset))
+    for start in range(0, size, 256):
+        batch = dataset[start : min(start + 256, size)]
+        names = list(batch)
+        for position in range(len(batch[names[0]]) if names else 0):
+            yield {name: batch[name][position] for name in names}

@@ -1,73 +1,30 @@
-"""The ``hf-vlp train`` / ``hf-vlp evaluate`` jobs: build or load a model, train it with the stock Trainer,
-evaluate before and after, and write the model, processor, model card, metrics and plots."""
+"""The ``hf-vlp train`` / ``hf-vlp evaluate`` jobs: build or load a model through its registered task, train it with
+the stock Trainer, evaluate before and after, and write the model, processor, model card, metrics and plots.
+
+Everything architecture- or task-specific (model, processor, dataset columns, collator, callbacks, evaluation)
+comes from the :class:`~hf_vlp.training.tasks.TrainingTask` registered for ``(architecture, --task)``.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-from transformers import AutoModel, AutoProcessor, Trainer, TrainingArguments, set_seed
+from transformers import Trainer, TrainingArguments, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
-from ..evaluation.report import dataset_class_names, evaluate_dual_encoder, format_metrics_table
+from ..evaluation.report import format_metrics_table
 from ..model_card import render_model_card
-from ..models.clip import VlpClipConfig, VlpClipImageProcessor, VlpClipModel, VlpClipProcessor
-from ..models.clip.tokenization_clip import load_clip_tokenizer
-from ..synthetic import SYNTHETIC_CLASS_NAMES, ZERO_SHOT_TEMPLATES
-from .callbacks import CollatorEpochCallback, LogitScaleClampCallback
-from .collators import ContrastiveCollator
-from .data import BadSampleCounter, clip_train_transform, load_image_text_dataset, resolve_dataset_spec
+from .data import BadSampleCounter
+from .job import JobArguments
 from .plots import plot_training
-from .recipes import PACKAGED_BPE, Recipe, get_recipe
+from .tasks import TrainingTask, get_task, saved_model_class, task_for_model_class, task_names
 
 logger = logging.getLogger(__name__)
 
-
-@dataclass
-class JobArguments:
-    """What to train on and which model to start from (Trainer arguments are separate)."""
-
-    dataset: str = "synthetic-shapes:n=8000"
-    eval_dataset: str | None = None
-    train_split: str = "train"
-    eval_split: str = "validation"
-    image_column: str | None = None
-    text_column: str | None = None
-    skip_bad_samples: bool = False
-    preset: str | None = None
-    from_pretrained: str | None = None
-    tokenizer: str | None = None
-    image_size: int | None = None
-    no_augment: bool = False
-    eval_max_samples: int = 1000
-    skip_eval: bool = False
-
-
-def build_clip(job: JobArguments, recipe: Recipe) -> tuple[VlpClipModel, VlpClipProcessor]:
-    """A converted/trained model (``--from-pretrained``), a released size (``--preset``) or the tiny recipe."""
-    if job.from_pretrained:
-        model = AutoModel.from_pretrained(job.from_pretrained, dtype=torch.float32)
-        processor = AutoProcessor.from_pretrained(job.from_pretrained)
-        return model, processor
-    tokenizer = load_clip_tokenizer(job.tokenizer or PACKAGED_BPE)
-    if job.preset:
-        config = VlpClipConfig.from_preset(job.preset)
-    else:
-        config = VlpClipConfig(**recipe.tiny_config)
-    if job.image_size:
-        config.vision_config.image_size = job.image_size
-    text = config.text_config
-    text.vocab_size, text.eos_token_id, text.bos_token_id = len(tokenizer), tokenizer.eos_token_id, tokenizer.bos_token_id
-    model = VlpClipModel(config)
-    size = config.vision_config.image_size
-    processor = VlpClipProcessor(
-        VlpClipImageProcessor(size=size, crop_size=size), tokenizer, context_length=text.max_position_embeddings
-    )
-    return model, processor
+__all__ = ["JobArguments", "evaluate", "print_report", "train"]
 
 
 def _resume_path(resume: str | None, output_dir: str) -> str | None:
@@ -83,79 +40,55 @@ def _resume_path(resume: str | None, output_dir: str) -> str | None:
     return resume
 
 
-def _class_names(spec: str, dataset: Any) -> list[str] | None:
-    names = dataset_class_names(dataset)
-    if names is None and resolve_dataset_spec(spec).kind == "synthetic":
-        names = list(SYNTHETIC_CLASS_NAMES)
-    return names
-
-
-def run_evaluation(model: Any, processor: Any, spec: str, split: str, job: JobArguments, batch_size: int) -> dict[str, float]:
-    dataset = load_image_text_dataset(
-        spec, split=split, image_column=job.image_column, text_column=job.text_column, skip_bad_samples=job.skip_bad_samples
-    )
-    synthetic = resolve_dataset_spec(spec).kind == "synthetic"
-    return evaluate_dual_encoder(
-        model,
-        processor,
-        dataset,
-        class_names=_class_names(spec, dataset),
-        templates=list(ZERO_SHOT_TEMPLATES) if synthetic else None,
-        max_samples=job.eval_max_samples,
-        batch_size=batch_size,
-    )
-
-
 def train(architecture: str, job: JobArguments, args: TrainingArguments) -> dict[str, Any]:
-    """Train ``architecture`` with the stock Trainer; returns the metrics also written to ``metrics.json``."""
-    recipe = get_recipe(architecture)
+    """Train ``architecture``'s ``job.task`` with the stock Trainer; returns the metrics also written to
+    ``metrics.json``."""
+    task = get_task(architecture, job.task)
+    resume = _resume_path(args.resume_from_checkpoint, args.output_dir)
     set_seed(args.seed)  # the model is built before the Trainer seeds anything
-    model, processor = build_clip(job, recipe)
+    model, processor = task.build(job)
     bad_samples = BadSampleCounter()
-    train_dataset = load_image_text_dataset(
-        job.dataset,
-        split=job.train_split,
-        image_column=job.image_column,
-        text_column=job.text_column,
-        skip_bad_samples=job.skip_bad_samples,
-        bad_samples=bad_samples,
-    )
-    size = model.config.vision_config.image_size
-    collator = ContrastiveCollator(
-        processor,
-        image_transform=None if job.no_augment else clip_train_transform(size),
-        skip_bad_samples=job.skip_bad_samples,
-        bad_samples=bad_samples,
-        augmentation_seed=args.seed,
-    )
+    train_dataset = task.load_dataset(job.dataset, job.train_split, job, bad_samples)
+    collator = task.collator(model, processor, job, args.seed, bad_samples, train=True)
     trainer = Trainer(
         model=model,
         args=args,
         train_dataset=train_dataset,
         data_collator=collator,
         processing_class=processor,
-        callbacks=[LogitScaleClampCallback(max_value=model.config.logit_scale_max), CollatorEpochCallback(collator)],
+        callbacks=task.callbacks(model, collator),
     )
     eval_spec = job.eval_dataset or job.dataset
     is_main = trainer.is_world_process_zero()
-    metrics: dict[str, Any] = {"architecture": architecture, "dataset": job.dataset, "eval_dataset": eval_spec}
+    metrics: dict[str, Any] = {
+        "architecture": architecture,
+        "task": task.name,
+        "dataset": job.dataset,
+        "eval_dataset": eval_spec,
+    }
+    eval_batch = args.per_device_eval_batch_size
     if is_main and not job.skip_eval:
-        metrics["before"] = run_evaluation(model, processor, eval_spec, job.eval_split, job, args.per_device_eval_batch_size)
-    result = trainer.train(resume_from_checkpoint=_resume_path(args.resume_from_checkpoint, args.output_dir))
+        metrics["before"] = task.evaluate(model, processor, job, eval_spec, job.eval_split, eval_batch)
+    result = trainer.train(resume_from_checkpoint=resume)
     metrics["train"] = dict(result.metrics)
     metrics["bad_samples"] = bad_samples.count
     trainer.save_model(args.output_dir)
     if not is_main:
         return metrics
     if not job.skip_eval:
-        metrics["after"] = run_evaluation(model, processor, eval_spec, job.eval_split, job, args.per_device_eval_batch_size)
+        metrics["after"] = task.evaluate(model, processor, job, eval_spec, job.eval_split, eval_batch)
     output = Path(args.output_dir)
     history = trainer.state.log_history
     (output / "metrics.json").write_text(json.dumps({**metrics, "log_history": history}, indent=2))
     plot_training(history, {k: metrics[k] for k in ("before", "after") if k in metrics}, output)
-    provenance = f"Trained with `hf-vlp train {architecture}` on `{job.dataset}` for {trainer.state.global_step} steps."
-    card = render_model_card(model, metrics=metrics.get("after"), dataset=eval_spec, provenance=provenance)
-    card.save(output / "README.md")
+    task_flag = f" --task {task.name}" if len(task_names(architecture)) > 1 else ""
+    provenance = (
+        f"Trained with `hf-vlp train {architecture}{task_flag}` on `{job.dataset}` for "
+        f"{trainer.state.global_step} steps."
+    )
+    if getattr(model, "model_card_template", None):  # hf_vlp models; a model registered from outside may have none
+        card = render_model_card(model, metrics=metrics.get("after"), dataset=eval_spec, provenance=provenance)
+        card.save(output / "README.md")
     print_report(metrics, output, bad_samples)
     return metrics
 
@@ -174,10 +107,16 @@ def print_report(metrics: dict[str, Any], output: Path, bad_samples: BadSampleCo
     print(f"saved model, processor, README.md, metrics.json, loss_curve.png, metrics.png to {output}")
 
 
+def task_of_saved_model(model_dir: str) -> TrainingTask:
+    """The registered task whose model class wrote ``model_dir``."""
+    return task_for_model_class(saved_model_class(model_dir))
+
+
 def evaluate(model_dir: str, job: JobArguments, batch_size: int = 128) -> dict[str, float]:
-    """``hf-vlp evaluate DIR --dataset SPEC``: the same table for any saved model."""
-    model = AutoModel.from_pretrained(model_dir, dtype=torch.float32)
-    processor = AutoProcessor.from_pretrained(model_dir)
-    metrics = run_evaluation(model, processor, job.eval_dataset or job.dataset, job.eval_split, job, batch_size)
+    """``hf-vlp evaluate DIR --dataset SPEC``: the task's metrics table for any saved model (the task is read from
+    the model class that wrote ``DIR``)."""
+    task = task_of_saved_model(model_dir)
+    model, processor = task.load_saved(model_dir)
+    metrics = task.evaluate(model, processor, job, job.eval_dataset or job.dataset, job.eval_split, batch_size)
     print(format_metrics_table({Path(model_dir).name or "model": metrics}))
     return metrics

@@ -20,6 +20,8 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+import logging
+
 import torch
 from torch import nn
 from transformers import Cache, GenerationConfig, GenerationMixin
@@ -70,6 +72,8 @@ from ...modules.vision import VisionTransformer
 from ...tower_init import LoadReport, TowerSource, load_text_tower_from_transformers, load_vision_tower_from_transformers
 from .configuration_albef import VlpAlbefConfig, VlpAlbefTextConfig, VlpAlbefVisionConfig
 
+
+logger = logging.getLogger(__name__)
 
 @dataclass
 class VlpAlbefOutput(ModelOutput):
@@ -1162,10 +1166,10 @@ class VlpAlbefForQuestionAnswering(VlpAlbefMomentumModel, GenerationMixin):
         text = config.text_config
         fusion_layers = text.num_hidden_layers - text.fusion_layer
         if fusion_layers < cls.answer_decoder_layers:
-            raise ValueError(
-                f"the answer decoder's {cls.answer_decoder_layers} layers copy the pretrained fusion layers, but the "
-                f"pretrained text encoder has only {fusion_layers} (num_hidden_layers {text.num_hidden_layers}, "
-                f"fusion_layer {text.fusion_layer}); pretrain with at least {cls.answer_decoder_layers} fusion layers"
+            logger.warning(
+                "The answer decoder has %d layers but the pretrained text encoder only %d fusion layers; decoder "
+                "layers %d-%d keep their initialisation (the original always has 6 fusion layers).",
+                cls.answer_decoder_layers, fusion_layers, fusion_layers, cls.answer_decoder_layers - 1,
             )
         model = cls(config)
         source = pretrained.albef
@@ -1175,9 +1179,13 @@ class VlpAlbefForQuestionAnswering(VlpAlbefMomentumModel, GenerationMixin):
             model.vision_model.load_state_dict(source.vision_model.state_dict())
             model.text_model.load_state_dict(source.text_model.state_dict())
             decoder.embeddings.load_state_dict(source_text.embeddings.state_dict())
-            for index, layer in enumerate(decoder.encoder.layers):
+            for index, layer in enumerate(decoder.encoder.layers[:fusion_layers]):
                 layer.load_state_dict(source_text.encoder.layers[text.fusion_layer + index].state_dict())
-            model.answer_head.load_state_dict(pretrained.mlm_head.state_dict())
+            if pretrained.mlm_head is None:
+                logger.warning("The pretrained model has no MLM head; the answer head keeps its initialisation.")
+            else:
+                model.answer_head.load_state_dict(pretrained.mlm_head.state_dict())
+        model.tie_weights()
         model.init_momentum()
         return model.to(device=pretrained.device, dtype=pretrained.dtype).eval()
 

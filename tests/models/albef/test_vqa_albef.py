@@ -392,9 +392,18 @@ def test_from_pretraining_copies_weights_where_vqa_py_puts_them(tmp_path: Path, 
     )
 
 
-def test_from_pretraining_rejects_too_few_fusion_layers_and_other_models() -> None:
-    with pytest.raises(ValueError, match="fusion layers"):
-        VlpAlbefForQuestionAnswering.from_pretraining(VlpAlbefForPretraining(pretraining_config(fusion_layers=2)))
+def test_from_pretraining_with_few_fusion_layers_copies_them_and_says_so(caplog) -> None:
+    source = VlpAlbefForPretraining(pretraining_config(fusion_layers=2))
+    with caplog.at_level("WARNING"):
+        model = VlpAlbefForQuestionAnswering.from_pretraining(source)
+    assert "only 2 fusion layers" in caplog.text
+    source_text = source.albef.text_model.transformer
+    fusion = source.config.text_config.fusion_layer
+    for index, layer in enumerate(model.answer_decoder.transformer.encoder.layers[:2]):
+        assert_same_state(layer, source_text.encoder.layers[fusion + index])
+
+
+def test_from_pretraining_rejects_other_models() -> None:
     with pytest.raises(TypeError, match="VlpAlbefForPretraining"):
         VlpAlbefForQuestionAnswering.from_pretraining(fixture_model())
     with pytest.raises(TypeError, match="only apply"):

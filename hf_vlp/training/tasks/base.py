@@ -1,0 +1,215 @@
+"""The per-(architecture, task) registry behind ``hf-vlp train ARCH --task TASK`` and ``hf-vlp evaluate DIR``.
+
+A :class:`TrainingTask` says everything the generic runner needs: how to build the model and processor (tiny
+recipe config, preset, ``--from-pretrained``, ``--vision-init``/``--text-init``), which dataset columns it reads
+(and which ``synthetic-shapes`` rows it trains on), its collator, its Trainer callbacks and its evaluation. A new
+architecture or task is one subclass registered with :func:`register_task`; the runner is not edited::
+
+    class BlipCaptionTask(TrainingTask):
+        architecture, name, synthetic_task = "blip", "caption", "caption"
+        recipe = get_recipe("blip", "caption")
+        model_classes = (VlpBlipForConditionalGeneration,)
+        def build(self, job): ...
+        def collator(self, model, processor, job, seed, bad_samples, train=True): ...
+        def evaluate(self, model, processor, job, spec, split, batch_size): ...
+
+    register_task(BlipCaptionTask())
+"""
+
+from __future__ import annotations
+
+import abc
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import AutoProcessor, TrainerCallback
+
+from ..callbacks import CollatorEpochCallback
+from ..collators import ImageTextCollator
+from ..data import AnyDataset, BadSampleCounter, load_image_text_dataset, resolve_dataset_spec
+from ..job import JobArguments
+from ..recipes import Recipe
+
+__all__ = [
+    "TrainingTask",
+    "architectures",
+    "get_task",
+    "register_task",
+    "saved_model_class",
+    "task_for_model_class",
+    "task_names",
+]
+
+
+class TrainingTask(abc.ABC):
+    """One task of one architecture. Subclasses set the class attributes and implement :meth:`build`,
+    :meth:`collator` and :meth:`evaluate`; the other methods have defaults that fit most tasks.
+
+    Attributes:
+        architecture / name: what ``hf-vlp train ARCH --task NAME`` selects.
+        recipe: the task's :class:`~hf_vlp.training.recipes.Recipe` (tiny config, Trainer and job defaults).
+        model_classes: saved-model classes this task trains and evaluates (the first is the class it trains);
+            ``hf-vlp evaluate DIR`` picks the task whose list holds the directory's ``config.architectures[0]``.
+        synthetic_task: which ``synthetic-shapes`` rows (``task=``) the task reads.
+        image_column / text_column_candidates: the default image column and the text columns tried in order
+            (``--image-column``/``--text-column`` win); ``keep_columns`` must exist, ``optional_columns`` are
+            carried along when present.
+    """
+
+    architecture: str
+    name: str
+    recipe: Recipe
+    model_classes: tuple[type, ...] = ()
+    synthetic_task: str = "caption"
+    image_column: str | None = None
+    text_column_candidates: tuple[str, ...] | None = None
+    keep_columns: tuple[str, ...] = ()
+    optional_columns: tuple[str, ...] = ()
+
+    # ------------------------------------------------------------------------------------------------ model
+
+    @abc.abstractmethod
+    def build(self, job: JobArguments) -> tuple[nn.Module, Any]:
+        """The model and processor to train: from ``job.from_pretrained``, the towers, a preset or the tiny recipe."""
+
+    def load_saved(self, directory: str) -> tuple[nn.Module, Any]:
+        """A saved model of this task and its processor, for ``hf-vlp evaluate``."""
+        cls = self.model_classes[0]
+        for candidate in self.model_classes:
+            if candidate.__name__ == saved_model_class(directory):
+                cls = candidate
+        return cls.from_pretrained(directory, dtype=torch.float32), AutoProcessor.from_pretrained(directory)
+
+    # ------------------------------------------------------------------------------------------------- data
+
+    def load_dataset(
+        self,
+        spec: str,
+        split: str,
+        job: JobArguments,
+        bad_samples: BadSampleCounter | None = None,
+        max_samples: int | None = None,
+    ) -> AnyDataset:
+        """``split`` of ``spec`` with this task's columns (``synthetic-shapes`` gets this task's rows; with
+        ``max_samples`` only that many are generated)."""
+        options: dict[str, Any] = {}
+        resolved = resolve_dataset_spec(spec)
+        if resolved.kind == "synthetic":
+            asked = resolved.options.get("task", self.synthetic_task)
+            if asked != self.synthetic_task:
+                raise ValueError(
+                    f"{self.architecture} --task {self.name} trains on synthetic-shapes task={self.synthetic_task} "
+                    f"rows, but the spec {spec!r} asks for task={asked}; drop task= from the spec."
+                )
+            options["task"] = self.synthetic_task
+            if max_samples is not None:
+                options["num_samples"] = min(max_samples, resolved.options.get("num_samples", max_samples))
+        return load_image_text_dataset(
+            spec,
+            split=split,
+            image_column=job.image_column or self.image_column,
+            text_column=job.text_column,
+            skip_bad_samples=job.skip_bad_samples,
+            bad_samples=bad_samples,
+            keep_columns=self.keep_columns,
+            optional_columns=self.optional_columns,
+            text_column_candidates=self.text_column_candidates,
+            **options,
+        )
+
+    @abc.abstractmethod
+    def collator(
+        self,
+        model: nn.Module,
+        processor: Any,
+        job: JobArguments,
+        seed: int,
+        bad_samples: BadSampleCounter | None = None,
+        train: bool = True,
+    ) -> ImageTextCollator:
+        """The collator of training batches (``train``: with augmentation) or of evaluation batches."""
+
+    def callbacks(self, model: nn.Module, collator: ImageTextCollator) -> list[TrainerCallback]:
+        """Trainer callbacks; by default only the collator's epoch (per-epoch augmentation draws)."""
+        return [CollatorEpochCallback(collator)]
+
+    # ------------------------------------------------------------------------------------------- evaluation
+
+    @abc.abstractmethod
+    def evaluate(
+        self, model: nn.Module, processor: Any, job: JobArguments, spec: str, split: str, batch_size: int
+    ) -> dict[str, float]:
+        """Metrics (fractions in [0, 1], chance levels included) of ``model`` on ``split`` of ``spec``."""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.architecture}/{self.name})"
+
+
+_REGISTRY: dict[str, dict[str, TrainingTask]] = {}
+_DEFAULT_TASKS: dict[str, str] = {}
+
+
+def register_task(task: TrainingTask, default: bool = False) -> TrainingTask:
+    """Make ``task`` available to ``hf-vlp train``; ``default`` marks it as the architecture's task when ``--task``
+    is not given (the first one registered is the default otherwise). Registering a name again replaces it."""
+    if not isinstance(task, TrainingTask):
+        raise TypeError(f"register_task takes a TrainingTask instance, got {type(task).__name__}.")
+    tasks = _REGISTRY.setdefault(task.architecture, {})
+    tasks[task.name] = task
+    if default or task.architecture not in _DEFAULT_TASKS:
+        _DEFAULT_TASKS[task.architecture] = task.name
+    return task
+
+
+def architectures() -> list[str]:
+    """Architectures with at least one registered task."""
+    return sorted(_REGISTRY)
+
+
+def task_names(architecture: str) -> list[str]:
+    """The tasks of ``architecture``, default first."""
+    _check_architecture(architecture)
+    default = _DEFAULT_TASKS[architecture]
+    return [default, *(name for name in _REGISTRY[architecture] if name != default)]
+
+
+def _check_architecture(architecture: str) -> None:
+    if architecture not in _REGISTRY:
+        raise ValueError(f"No training tasks for architecture {architecture!r}; available: {architectures()}.")
+
+
+def get_task(architecture: str, name: str | None = None) -> TrainingTask:
+    """The registered task (``None``: the architecture's default); unknown names get an error listing the tasks."""
+    _check_architecture(architecture)
+    name = name or _DEFAULT_TASKS[architecture]
+    tasks = _REGISTRY[architecture]
+    if name not in tasks:
+        raise ValueError(
+            f"{architecture} has no task {name!r}; its tasks are: {', '.join(task_names(architecture))}."
+        )
+    return tasks[name]
+
+
+def saved_model_class(directory: str | Path) -> str:
+    """The class name a saved model directory was written by (``config.json``'s ``architectures[0]``)."""
+    config_file = Path(directory) / "config.json"
+    if not config_file.is_file():
+        raise FileNotFoundError(f"{directory} has no config.json; pass a directory written by save_pretrained.")
+    names: Sequence[str] = json.loads(config_file.read_text()).get("architectures") or []
+    if not names:
+        raise ValueError(f"{config_file} names no model class (no 'architectures' entry); save it with save_pretrained.")
+    return names[0]
+
+
+def task_for_model_class(class_name: str) -> TrainingTask:
+    """The task that trains and evaluates saved models of class ``class_name``."""
+    for tasks in _REGISTRY.values():
+        for task in tasks.values():
+            if any(cls.__name__ == class_name for cls in task.model_classes):
+                return task
+    known = sorted({cls.__name__ for tasks in _REGISTRY.values() for task in tasks.values() for cls in task.model_classes})
+    raise ValueError(f"No training task evaluates {class_name} models; known model classes: {known}.")

@@ -1,0 +1,97 @@
+"""CLIP's one task: contrastive image-text training, evaluated by zero-shot accuracy and retrieval recall."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import AutoModel, AutoProcessor, TrainerCallback
+
+from ...evaluation.report import dataset_class_names, evaluate_dual_encoder
+from ...models.clip import VlpClipConfig, VlpClipImageProcessor, VlpClipModel, VlpClipProcessor
+from ...models.clip.tokenization_clip import load_clip_tokenizer
+from ...synthetic import SYNTHETIC_CLASS_NAMES, ZERO_SHOT_TEMPLATES
+from ..callbacks import CollatorEpochCallback, LogitScaleClampCallback
+from ..collators import ContrastiveCollator, ImageTextCollator
+from ..data import BadSampleCounter, clip_train_transform, resolve_dataset_spec
+from ..job import JobArguments
+from ..recipes import PACKAGED_BPE, get_recipe
+from .base import TrainingTask, register_task
+
+
+class ClipContrastiveTask(TrainingTask):
+    """CLIP contrastive pre-training / fine-tuning (``hf-vlp train clip``)."""
+
+    architecture = "clip"
+    name = "contrastive"
+    recipe = get_recipe("clip", "contrastive")
+    model_classes = (VlpClipModel,)
+    synthetic_task = "caption"
+
+    def build(self, job: JobArguments) -> tuple[nn.Module, Any]:
+        """A converted/trained model (``--from-pretrained``), a released size (``--preset``) or the tiny recipe."""
+        if job.vision_init is not None:
+            raise ValueError("--vision-init/--text-init initialise ALBEF/BLIP towers; CLIP starts from --preset or "
+                             "--from-pretrained.")
+        if job.from_pretrained:
+            model = AutoModel.from_pretrained(job.from_pretrained, dtype=torch.float32)
+            processor = AutoProcessor.from_pretrained(job.from_pretrained)
+            return model, processor
+        tokenizer = load_clip_tokenizer(job.tokenizer or PACKAGED_BPE)
+        config = VlpClipConfig.from_preset(job.preset) if job.preset else VlpClipConfig(**self.recipe.tiny_config)
+        if job.image_size:
+            config.vision_config.image_size = job.image_size
+        text = config.text_config
+        text.vocab_size, text.eos_token_id, text.bos_token_id = len(tokenizer), tokenizer.eos_token_id, tokenizer.bos_token_id
+        model = VlpClipModel(config)
+        size = config.vision_config.image_size
+        processor = VlpClipProcessor(
+            VlpClipImageProcessor(size=size, crop_size=size), tokenizer, context_length=text.max_position_embeddings
+        )
+        return model, processor
+
+    def collator(
+        self,
+        model: nn.Module,
+        processor: Any,
+        job: JobArguments,
+        seed: int,
+        bad_samples: BadSampleCounter | None = None,
+        train: bool = True,
+    ) -> ImageTextCollator:
+        augment = train and not job.no_augment
+        size = model.config.vision_config.image_size
+        return ContrastiveCollator(
+            processor,
+            image_transform=clip_train_transform(size) if augment else None,
+            skip_bad_samples=job.skip_bad_samples,
+            bad_samples=bad_samples,
+            augmentation_seed=seed,
+        )
+
+    def callbacks(self, model: nn.Module, collator: ImageTextCollator) -> list[TrainerCallback]:
+        return [LogitScaleClampCallback(max_value=model.config.logit_scale_max), CollatorEpochCallback(collator)]
+
+    def evaluate(
+        self, model: nn.Module, processor: Any, job: JobArguments, spec: str, split: str, batch_size: int
+    ) -> dict[str, float]:
+        """Zero-shot top-1/top-5 (with class labels; the synthetic class names and templates for the built-in
+        dataset) and image<->text recall@1/5/10 over the first ``eval_max_samples`` rows."""
+        dataset = self.load_dataset(spec, split, job, max_samples=job.eval_max_samples)
+        synthetic = resolve_dataset_spec(spec).kind == "synthetic"
+        names = dataset_class_names(dataset)
+        if names is None and synthetic:
+            names = list(SYNTHETIC_CLASS_NAMES)
+        return evaluate_dual_encoder(
+            model,
+            processor,
+            dataset,
+            class_names=names,
+            templates=list(ZERO_SHOT_TEMPLATES) if synthetic else None,
+            max_samples=job.eval_max_samples,
+            batch_size=batch_size,
+        )
+
+
+register_task(ClipContrastiveTask(), default=True)
