@@ -19,6 +19,7 @@ from .training.tasks import architectures, get_task, task_names
 
 USAGE = """hf-vlp train ARCH [--task TASK] [options]   train ARCH's task with the stock Trainer ({tasks})
 hf-vlp evaluate DIR [options]                the task's metrics (retrieval, zero-shot, VQA, accuracy) of a saved model
+hf-vlp capfilt --captioner DIR --filter DIR --dataset SPEC --output DIR   bootstrap a dataset with BLIP's CapFilt
 Add --help after a command for its options."""
 
 
@@ -82,6 +83,12 @@ def _evaluate(arguments: Sequence[str]) -> int:
     return _run(lambda: evaluate(model_dir, job, batch_size=known.batch_size))
 
 
+def _capfilt(arguments: Sequence[str]) -> int:
+    from .capfilt import main as capfilt_main  # loads BLIP generation only when used
+
+    return capfilt_main(list(arguments), prog="hf-vlp capfilt")
+
+
 def _run(job: Callable[[], object]) -> int:
     """Run a job; problems with the user's input become one clear line and exit status 1, not a traceback."""
     try:
@@ -94,7 +101,7 @@ def _run(job: Callable[[], object]) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     arguments = list(sys.argv[1:] if argv is None else argv)
-    commands = {"train": _train, "evaluate": _evaluate}
+    commands = {"train": _train, "evaluate": _evaluate, "capfilt": _capfilt}
     if not arguments or arguments[0] in ("-h", "--help") or arguments[0] not in commands:
         stream = sys.stdout if arguments and arguments[0] in ("-h", "--help") else sys.stderr
         if arguments and arguments[0] not in ("-h", "--help"):

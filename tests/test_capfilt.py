@@ -149,12 +149,7 @@ def test_sampling_is_seeded_and_a_prefix_run_reproduces_its_batches(models, boot
 
 def test_output_is_a_training_dataset_spec(bootstrapped) -> None:
     output, _ = bootstrapped
-    try:
-        loaded = load_image_text_dataset(str(output))
-    except ValueError as error:
-        if "no dataset layout" in str(error):
-            pytest.skip("hf_vlp.training.data does not load save_to_disk folders yet")
-        raise
+    loaded = load_image_text_dataset(str(output))
     assert len(loaded) == 48 and loaded[0]["text"] == columns(output, "text")[0][0]
 
 
@@ -276,6 +271,9 @@ def test_cli_writes_the_dataset_and_reports_errors_in_one_line(models, tmp_path,
     assert main(arguments) == 1
     assert "already exists" in capsys.readouterr().err
     assert main([*arguments, "--overwrite"]) == 0
+    from hf_vlp.cli import main as hf_vlp_main
+
+    assert hf_vlp_main(["capfilt", *arguments, "--overwrite"]) == 0  # the same job as `hf-vlp capfilt`
 
 
 # ------------------------------------------------------------------------------------------------- errors

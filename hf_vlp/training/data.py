@@ -9,6 +9,8 @@ A spec is one of
   ``<split>/captions.csv`` or ``captions_<split>.csv``), or the path of such a table;
 - webdataset tar shards: a ``.tar`` path, a glob or brace pattern (``shards/train-{000..009}.tar``) or a folder of
   ``.tar`` files whose samples hold an image member (``jpg``/``png``/...) and a ``txt`` member; streamed by default;
+- a folder written by ``datasets``' ``save_to_disk`` (a ``DatasetDict`` with splits or one ``Dataset``), e.g. the output
+  of ``hf-vlp capfilt``;
 - a Hugging Face Hub dataset id (``org/name``), loaded with ``datasets.load_dataset``.
 
 Every result has the columns ``image`` (decoded lazily to an RGB ``PIL.Image``), ``text`` (the caption),
@@ -262,7 +264,7 @@ def clip_train_transform(image_size: int, scale: tuple[float, float] = (0.9, 1.0
 
 @dataclass(frozen=True)
 class DatasetSpec:
-    """A parsed dataset spec: ``kind`` is synthetic, imagefolder, captions_table, webdataset or hub."""
+    """A parsed dataset spec: ``kind`` is synthetic, imagefolder, captions_table, saved, webdataset or hub."""
 
     kind: str
     location: str
@@ -357,7 +359,12 @@ def resolve_dataset_spec(spec: str) -> DatasetSpec:
     return DatasetSpec("hub", spec)
 
 
+SAVED_DATASET_FILES = ("dataset_dict.json", "state.json")  # save_to_disk of a DatasetDict / of one Dataset
+
+
 def _resolve_folder(folder: Path) -> DatasetSpec:
+    if any((folder / name).is_file() for name in SAVED_DATASET_FILES):
+        return DatasetSpec("saved", str(folder))
     children = [folder, *sorted(p for p in folder.iterdir() if p.is_dir())]
     if any((child / name).is_file() for child in children for name in METADATA_NAMES):
         return DatasetSpec("imagefolder", str(folder))
@@ -464,6 +471,13 @@ def _load_caption_table(spec: DatasetSpec, split: str, image_column: str | None,
     columns[image_column] = [str(path.parent / str(value)) if value else None for value in columns[image_column]]
     dataset = datasets.Dataset.from_dict(columns).cast_column(image_column, datasets.Image(decode=False))
     return dataset.to_iterable_dataset() if streaming else dataset
+
+
+def _load_saved(spec: DatasetSpec, split: str, streaming: bool) -> AnyDataset:
+    loaded = datasets.load_from_disk(spec.location)
+    if isinstance(loaded, datasets.DatasetDict):
+        loaded = _pick_split(loaded, split, spec.location)
+    return loaded.to_iterable_dataset() if streaming else loaded
 
 
 def _load_webdataset(spec: DatasetSpec, split: str, streaming: bool, kw: dict[str, Any]) -> AnyDataset:
@@ -688,6 +702,8 @@ def load_image_text_dataset(
         raw = _load_imagefolder(resolved, split, streaming, kw)
     elif resolved.kind == "captions_table":
         raw = _load_caption_table(resolved, split, image_column, streaming)
+    elif resolved.kind == "saved":
+        raw = _load_saved(resolved, split, streaming)
     elif resolved.kind == "webdataset":
         raw = _load_webdataset(resolved, split, streaming, kw)
     else:
