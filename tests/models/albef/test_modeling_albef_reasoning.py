@@ -245,7 +245,11 @@ def test_text_assignment_weights_load_into_visual_reasoning(tmp_path: Path, capl
             tmp_path, dtype=torch.float32, output_loading_info=True
         )
     assert info["missing_keys"] == {"cls_head.0.weight", "cls_head.0.bias", "cls_head.2.weight", "cls_head.2.bias"}
-    assert info["unexpected_keys"] == set() and "corrupted" not in caplog.text
+    assert info["unexpected_keys"] == set()
+    # a text-assignment save has no momentum towers (they are copied from the loaded online ones below), so
+    # transformers may warn that the momentum pairs' tied key/value are absent; nothing else may be reported missing
+    corrupted = [record.getMessage() for record in caplog.records if "corrupted" in record.getMessage()]
+    assert all("momentum_" in message and "to tie momentum_" in message for message in corrupted), corrupted
     for ours, theirs in ((model.text_model, ta.text_model), (model.vision_model, ta.vision_model)):
         for (name, p), p_ta in zip(ours.named_parameters(), theirs.parameters()):
             assert torch.equal(p, p_ta), name
