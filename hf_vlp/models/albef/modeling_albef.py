@@ -67,11 +67,12 @@ from ...momentum import FeatureQueue, MomentumModelMixin, ModulePair
 from ...modules.heads import ItmHead, MaskedLMHead
 from ...modules.attention import padding_mask
 from ...modules.text import BertStyleTextTransformer
-from ...modules.transformer import BlockOptions
 from ...modules.vision import VisionTransformer
 from ...tower_init import LoadReport, TowerSource, load_text_tower_from_transformers, load_vision_tower_from_transformers
 from .configuration_albef import VlpAlbefConfig, VlpAlbefTextConfig, VlpAlbefVisionConfig
 
+
+from ...modules.towers import build_vision_tower, text_block_options
 
 logger = logging.getLogger(__name__)
 
@@ -88,44 +89,6 @@ class VlpAlbefOutput(ModelOutput):
     vision_model_output: BaseModelOutputWithPooling | None = None
     text_model_output: BaseModelOutputWithCrossAttentions | None = None
     multimodal_output: BaseModelOutputWithCrossAttentions | None = None
-
-
-def vision_block_options(config: VlpAlbefVisionConfig) -> BlockOptions:
-    return BlockOptions(
-        hidden_size=config.hidden_size,
-        num_heads=config.num_attention_heads,
-        intermediate_size=config.intermediate_size,
-        activation=config.hidden_act,
-        layer_norm_eps=config.layer_norm_eps,
-        attention_dropout=config.attention_dropout,
-    )
-
-
-def text_block_options(config: VlpAlbefTextConfig) -> BlockOptions:
-    return BlockOptions(
-        hidden_size=config.hidden_size,
-        num_heads=config.num_attention_heads,
-        intermediate_size=config.intermediate_size,
-        activation=config.hidden_act,
-        layer_norm_eps=config.layer_norm_eps,
-        attention_dropout=config.attention_probs_dropout_prob,
-        hidden_dropout=config.hidden_dropout_prob,
-    )
-
-
-def build_vision_tower(config: VlpAlbefVisionConfig) -> VisionTransformer:
-    """timm's ViT as ALBEF's ``models/vit.py`` builds it: patch bias, no pre-norm, final norm on every token."""
-    return VisionTransformer(
-        vision_block_options(config),
-        num_layers=config.num_hidden_layers,
-        image_size=config.image_size,
-        patch_size=config.patch_size,
-        num_channels=config.num_channels,
-        patch_bias=True,
-        norm_pre=False,
-        final_norm="all",
-        config=config,
-    )
 
 
 def build_text_tower(config: VlpAlbefTextConfig) -> BertStyleTextTransformer:

@@ -40,7 +40,7 @@ from ...modules.heads import ItmHead, MaskedLMHead
 from ...modules.text import MedTextTransformer
 from ...modules.vision import VisionTransformer
 from ...tower_init import LoadReport, TowerSource, load_text_tower_from_transformers, load_vision_tower_from_transformers
-from ..albef.modeling_albef import build_vision_tower, text_block_options
+from ...modules.towers import build_vision_tower, text_block_options
 from .configuration_blip import VlpBlipConfig, VlpBlipTextConfig, VlpBlipVisionConfig
 
 IGNORE_INDEX = -100

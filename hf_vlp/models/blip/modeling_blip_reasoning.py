@@ -27,7 +27,7 @@ from ...modules.attention import Attention
 from ...modules.heads import MlpClassifierHead
 from ...modules.transformer import BlockOptions
 from ...modules.vision import interpolate_grid_embeddings
-from ..albef.modeling_albef import text_block_options
+from ...modules.towers import text_block_options
 from .configuration_blip import VlpBlipConfig
 from .modeling_blip import (
     VlpBlipModel,
