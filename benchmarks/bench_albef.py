@@ -2,7 +2,7 @@
 
 1. Pre-training: one step = ``VlpAlbefForPretraining`` forward with all three losses (ITC with momentum
    distillation against the queues, ITM on hard negatives, distilled MLM) + backward + AdamW step + the momentum EMA
-   (``hf_vlp.momentum.momentum_update``). Reported as samples/s (median over rounds, ``run_alternating``) and peak
+   (``hf_vlp.objectives.momentum.momentum_update``). Reported as samples/s (median over rounds, ``run_alternating``) and peak
    memory: ``torch.cuda.max_memory_allocated`` on GPU, the growth of the process's peak RSS (``ru_maxrss``) over
    the steps on CPU (tracemalloc does not see torch's allocations).
 2. Retrieval: a random gallery of ``--images`` images and ``--texts`` captions through
@@ -47,7 +47,7 @@ from hf_vlp.models.albef.modeling_albef import (  # noqa: E402
     VlpAlbefForPretraining,
     VlpAlbefRetrievalFeatures,
 )
-from hf_vlp.momentum import momentum_update  # noqa: E402
+from hf_vlp.objectives.momentum import momentum_update  # noqa: E402
 
 CLS_TOKEN_ID, SEP_TOKEN_ID, MASK_TOKEN_ID = 101, 102, 103  # bert-base-uncased, as the original ALBEF tokenizer
 

@@ -40,7 +40,7 @@ import torch
 from huggingface_hub.errors import StrictDataclassError
 
 import hf_vlp  # noqa: F401  (registers the Auto classes)
-from hf_vlp.model_card import render_model_card
+from hf_vlp.integrations.model_card import render_model_card
 from hf_vlp.models.blip.configuration_blip import VlpBlipConfig
 from hf_vlp.models.blip.image_processing_blip import VlpBlipImageProcessor
 from hf_vlp.models.blip.processing_blip import DEFAULT_PROMPT, VlpBlipProcessor, blip_special_token_ids

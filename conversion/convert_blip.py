@@ -39,7 +39,7 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import hf_vlp  # noqa: F401  (registers the Auto classes)
-from hf_vlp.model_card import render_model_card
+from hf_vlp.integrations.model_card import render_model_card
 from hf_vlp.models.blip.configuration_blip import BLIP_PRESETS, VlpBlipConfig
 from hf_vlp.models.blip.image_processing_blip import VlpBlipImageProcessor
 from hf_vlp.models.blip.processing_blip import (
@@ -216,7 +216,7 @@ def momentum_rules() -> list[MappingRule]:
 
 
 def queue_rules(with_ids: bool) -> list[MappingRule]:
-    """Feature queues as ``hf_vlp.momentum.FeatureQueue`` buffers; the single pointer (``queue_ptr`` in pre-training,
+    """Feature queues as ``hf_vlp.objectives.momentum.FeatureQueue`` buffers; the single pointer (``queue_ptr`` in pre-training,
     ``ptr_queue`` in retrieval) goes to ``image_queue.ptr`` and is copied to the others by :func:`map_blip_state_dict`."""
     queues = "image|text|idx" if with_ids else "image|text"
     return [

@@ -36,7 +36,7 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import hf_vlp  # noqa: F401  (registers the Auto classes)
-from hf_vlp.model_card import render_model_card
+from hf_vlp.integrations.model_card import render_model_card
 from hf_vlp.models.clip.configuration_clip import VlpClipConfig, VlpClipTextConfig
 from hf_vlp.models.clip.image_processing_clip import VlpClipImageProcessor
 from hf_vlp.models.clip.modeling_clip import VlpClipModel, VlpClipTextModel

@@ -64,7 +64,7 @@ from .models.clip import (
     VlpClipVisionModel,
     VlpClipVisionModelWithProjection,
 )
-from .registration import register_all
+from .integrations.auto import register_all
 
 register_all()
 
@@ -82,8 +82,8 @@ _LAZY = {
     "BadSampleCounter": "hf_vlp.training.data",
     "build_synthetic_dataset": "hf_vlp.synthetic",
     "SYNTHETIC_CLASS_NAMES": "hf_vlp.synthetic",
-    "contrastive_loss": "hf_vlp.losses",
-    "FeatureQueue": "hf_vlp.momentum",
+    "contrastive_loss": "hf_vlp.objectives.losses",
+    "FeatureQueue": "hf_vlp.objectives.momentum",
     "zero_shot_accuracy": "hf_vlp.evaluation",
     "retrieval_recall": "hf_vlp.evaluation",
     "make_compute_metrics": "hf_vlp.evaluation",

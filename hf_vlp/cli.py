@@ -84,7 +84,7 @@ def _evaluate(arguments: Sequence[str]) -> int:
 
 
 def _capfilt(arguments: Sequence[str]) -> int:
-    from .capfilt import main as capfilt_main  # loads BLIP generation only when used
+    from .workflows.capfilt import main as capfilt_main  # loads BLIP generation only when used
 
     return capfilt_main(list(arguments), prog="hf-vlp capfilt")
 

@@ -17,7 +17,7 @@ from torch import nn
 
 from hf_vlp.models.albef import VlpAlbefConfig
 from hf_vlp.models.albef.modeling_albef import VlpAlbefForPretraining, mask_tokens
-from hf_vlp.momentum import momentum_update
+from hf_vlp.objectives.momentum import momentum_update
 
 
 WORLD_SIZE, LOCAL_BATCH, STEPS, QUEUE_SIZE = 2, 3, 3, 12

@@ -14,15 +14,15 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedConfig, PreTrainedModel
 
-from hf_vlp.distributed import all_gather_no_grad, get_rank, get_world_size
-from hf_vlp.losses import (
+from hf_vlp.objectives.distributed import all_gather_no_grad, get_rank, get_world_size
+from hf_vlp.objectives.losses import (
     contrastive_loss,
     distillation_targets,
     id_match_targets,
     sample_hard_negatives,
     soft_target_contrastive,
 )
-from hf_vlp.momentum import FeatureQueue, MomentumModelMixin, copy_params, momentum_update
+from hf_vlp.objectives.momentum import FeatureQueue, MomentumModelMixin, copy_params, momentum_update
 
 
 IMAGE_DIM, TEXT_DIM, EMBED_DIM = 6, 5, 4
@@ -102,7 +102,7 @@ def distributed_worker(rank: int, world_size: int, out_dir: str) -> None:
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
 
-    import hf_vlp.distributed as hf_dist
+    import hf_vlp.objectives.distributed as hf_dist
 
     out = Path(out_dir)
     dist.init_process_group("gloo", init_method=f"file://{out}/rdzv", rank=rank, world_size=world_size)

@@ -13,8 +13,8 @@ import pytest
 import torch
 from PIL import Image
 
-from hf_vlp import capfilt as capfilt_module
-from hf_vlp.capfilt import capfilt, itm_match_probabilities, load_filter, main
+from hf_vlp.workflows import capfilt as capfilt_module
+from hf_vlp.workflows.capfilt import capfilt, itm_match_probabilities, load_filter, main
 from hf_vlp.models.blip import (
     VlpBlipConfig,
     VlpBlipForConditionalGeneration,

@@ -1,4 +1,4 @@
-"""hf_vlp.contrastive on inputs small enough to check by hand: projections/normalisation, logits against
+"""hf_vlp.objectives.contrastive on inputs small enough to check by hand: projections/normalisation, logits against
 [momentum batch ; queue], distilled ITC, diagonal targets, queue updates, hard negatives and ITM triplets."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from hf_vlp.contrastive import (
+from hf_vlp.objectives.contrastive import (
     MomentumContrastiveStep,
     clamp_temperature_,
     diagonal_targets,
@@ -19,7 +19,7 @@ from hf_vlp.contrastive import (
     momentum_contrastive_step,
     sample_itm_negatives,
 )
-from hf_vlp.momentum import FeatureQueue
+from hf_vlp.objectives.momentum import FeatureQueue
 
 
 def queue_with(columns: list[list[float]]) -> FeatureQueue:

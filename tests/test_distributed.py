@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from hf_vlp.distributed import all_gather_no_grad, all_gather_with_grad, get_rank, get_world_size, is_distributed
+from hf_vlp.objectives.distributed import all_gather_no_grad, all_gather_with_grad, get_rank, get_world_size, is_distributed
 
 
 _TESTS_DIR = str(Path(__file__).resolve().parent)  # holds _dist_helpers.py

@@ -9,8 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import hf_vlp.losses as hf_vlp_losses
-from hf_vlp.losses import (
+import hf_vlp.objectives.losses as hf_vlp_losses
+from hf_vlp.objectives.losses import (
     contrastive_loss,
     distillation_targets,
     id_match_targets,
@@ -65,10 +65,10 @@ def test_contrastive_loss_logs_negatives_and_logits_bytes_once(
 ) -> None:
     monkeypatch.setattr(hf_vlp_losses, "_logged_contrastive_shapes", set())
     image = F.normalize(torch.randn(7, 4), dim=-1)
-    with caplog.at_level(logging.INFO, logger="hf_vlp.losses"):
+    with caplog.at_level(logging.INFO, logger="hf_vlp.objectives.losses"):
         contrastive_loss(image, image, 1.0)
         contrastive_loss(image, image, 1.0)
-    messages = [r.getMessage() for r in caplog.records if r.name == "hf_vlp.losses"]
+    messages = [r.getMessage() for r in caplog.records if r.name == "hf_vlp.objectives.losses"]
     assert len(messages) == 1
     # 2 matrices of 7 x 7 float32 logits.
     assert "global batch of 7 (6 negatives per row)" in messages[0] and f"{2 * 7 * 7 * 4} bytes" in messages[0]

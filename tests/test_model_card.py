@@ -3,9 +3,9 @@ from pathlib import Path
 import pytest
 from huggingface_hub import ModelCard
 
-import hf_vlp.modeling_utils as modeling_utils
+import hf_vlp.models.modeling_utils as modeling_utils
 from hf_vlp import VlpClipConfig, VlpClipModel
-from hf_vlp.model_card import render_model_card, template_path
+from hf_vlp.integrations.model_card import render_model_card, template_path
 
 
 def _tiny_model() -> VlpClipModel:

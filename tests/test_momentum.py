@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from hf_vlp.momentum import FeatureQueue, MomentumModel, copy_params, momentum_update
+from hf_vlp.objectives.momentum import FeatureQueue, MomentumModel, copy_params, momentum_update
 
 
 _TESTS_DIR = str(Path(__file__).resolve().parent)  # holds _dist_helpers.py

@@ -14,7 +14,7 @@ from transformers import pipeline
 import hf_vlp  # noqa: F401
 from hf_vlp import VlpClipConfig, VlpClipImageProcessor, VlpClipModel, VlpClipProcessor
 from hf_vlp.models.clip.tokenization_clip import clip_tokenizer_from_bpe
-from hf_vlp.pipelines import VlpZeroShotImageClassificationPipeline, saved_prompt_template
+from hf_vlp.integrations.pipelines import VlpZeroShotImageClassificationPipeline, saved_prompt_template
 
 FIXTURE = Path(__file__).parent / "fixtures" / "originals" / "clip_vit"
 LABELS = ["cat", "dog", "red bicycle"]

@@ -16,10 +16,11 @@ from transformers import (
 )
 
 from hf_vlp.modules.heads import MaskedLMHead
-from hf_vlp.modules.text import BertStyleTextTransformer, MedTextTransformer
+from hf_vlp.models.blip.modeling_blip_text import MedTextTransformer
+from hf_vlp.modules.text import BertStyleTextTransformer
 from hf_vlp.modules.transformer import BlockOptions
 from hf_vlp.modules.vision import VisionTransformer, interpolate_grid_embeddings
-from hf_vlp.tower_init import (
+from hf_vlp.utils.tower_init import (
     LoadReport,
     TowerInitError,
     load_text_tower_from_transformers,

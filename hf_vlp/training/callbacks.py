@@ -20,7 +20,7 @@ from accelerate.utils import extract_model_from_parallel
 from torch import nn
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
-from ..momentum import FeatureQueue, momentum_update
+from ..objectives.momentum import FeatureQueue, momentum_update
 
 
 logger = logging.getLogger(__name__)
@@ -88,7 +88,7 @@ class MomentumCallback(TrainerCallback):
     """EMA update, queue check and alpha ramp for models with momentum towers (ALBEF, BLIP).
 
     The model provides ``momentum_pairs()`` (``(online, momentum)`` module pairs) and ``momentum``
-    (see ``hf_vlp.momentum.MomentumModelMixin``); ``distill_alpha`` (attribute or 0-d buffer) is optional.
+    (see ``hf_vlp.objectives.momentum.MomentumModelMixin``); ``distill_alpha`` (attribute or 0-d buffer) is optional.
 
     - ``on_train_begin``: every ``FeatureQueue`` must hold a whole number of global micro-batches
       (``per_device_train_batch_size x world_size``: each forward enqueues one all-gathered micro-batch).
@@ -123,7 +123,7 @@ class MomentumCallback(TrainerCallback):
         if not callable(getattr(model, "momentum_pairs", None)) or not hasattr(model, "momentum"):
             raise ValueError(
                 f"MomentumCallback needs a model with momentum_pairs() and momentum (see "
-                f"hf_vlp.momentum.MomentumModelMixin); {type(model).__name__} has none - remove the callback."
+                f"hf_vlp.objectives.momentum.MomentumModelMixin); {type(model).__name__} has none - remove the callback."
             )
         return model
 

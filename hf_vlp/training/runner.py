@@ -16,7 +16,7 @@ from transformers import Trainer, TrainingArguments, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
 from ..evaluation.report import format_metrics_table
-from ..model_card import render_model_card
+from ..integrations.model_card import render_model_card
 from .data import BadSampleCounter
 from .job import JobArguments
 from .plots import plot_training

@@ -1,6 +1,6 @@
 """Reading checkpoints and mapping their keys strictly onto hf_vlp models.
 
-Shared by the converters in ``conversion/`` and by :mod:`hf_vlp.tower_init`: every source key must be consumed
+Shared by the converters in ``conversion/`` and by :mod:`hf_vlp.utils.tower_init`: every source key must be consumed
 or explicitly dropped and every target key filled, or a :class:`ConversionError` names the offending keys.
 """
 from __future__ import annotations

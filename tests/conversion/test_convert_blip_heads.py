@@ -16,7 +16,7 @@ from conversion.common import ConversionError, run_cli
 from conversion.convert_blip import HEADS, convert_blip_checkpoint, main, resolve_head, source_kind
 from hf_vlp.models.blip.modeling_blip_pretraining import VlpBlipForImageTextRetrieval, VlpBlipForPretraining
 from hf_vlp.models.blip.modeling_blip_reasoning import VlpBlipForVisualReasoning
-from hf_vlp.momentum import momentum_update
+from hf_vlp.objectives.momentum import momentum_update
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "originals" / "blip_pretrain"
 CHECKPOINT, CONFIG, VOCAB = FIXTURE / "checkpoint.pth", FIXTURE / "original_config.json", FIXTURE / "vocab.txt"

@@ -14,7 +14,8 @@ from conversion.common import filter_prefix, map_state_dict
 from conversion.convert_albef import albef_rules
 from hf_vlp.modules.heads import ItmHead, MaskedLMHead
 from hf_vlp.modules.attention import padding_mask
-from hf_vlp.modules.text import BertStyleEncoder, BertStyleTextTransformer, MedTextTransformer, PostNormBlock
+from hf_vlp.models.blip.modeling_blip_text import MedTextTransformer
+from hf_vlp.modules.text import BertStyleEncoder, BertStyleTextTransformer, PostNormBlock
 from hf_vlp.modules.transformer import BlockOptions
 
 WIDTH, HEADS, FFN, VOCAB, POSITIONS, MEMORY_WIDTH = 32, 4, 48, 50, 24, 40

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from huggingface_hub.dataclasses import strict
 
-from ...configuration_towers import BertStyleTextConfig, MomentumContrastiveConfig, TimmVitConfig
+from ..configuration_towers import BertStyleTextConfig, MomentumContrastiveConfig, TimmVitConfig
 
 
 @strict

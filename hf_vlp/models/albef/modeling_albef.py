@@ -12,7 +12,7 @@ pretraining losses (ITC with momentum distillation, ITM on hard negatives, MLM w
 top-k then ITM re-ranking. ``VlpAlbefForQuestionAnswering`` decodes answers with a causal BERT cross-attending to
 the fused question states, trained on weighted answers with momentum distillation; it ranks a candidate list (as the
 original) or generates free answers with transformers' ``generate``. The momentum-contrastive steps shared with BLIP
-live in :mod:`hf_vlp.contrastive`.
+live in :mod:`hf_vlp.objectives.contrastive`.
 """
 
 import copy
@@ -33,7 +33,7 @@ from transformers.modeling_outputs import (
     ModelOutput,
 )
 
-from ...contrastive import (
+from ...objectives.contrastive import (
     ImageTextRetrievalOutput,
     MomentumContrastiveStep,
     RetrievalFeatures,
@@ -53,7 +53,7 @@ from ...contrastive import (
     same_id_mask,
     sample_itm_negatives,
 )
-from ...generation import (
+from ...generation.utils import (
     add_decoder_cache,
     decode_generated,
     fill_special_tokens,
@@ -61,14 +61,14 @@ from ...generation import (
     special_token_ids_from_tokenizer,
     uncached_tokens,
 )
-from ...losses import id_match_targets
-from ...modeling_utils import VlpPreTrainedModel
-from ...momentum import FeatureQueue, MomentumModelMixin, ModulePair
+from ...objectives.losses import id_match_targets
+from ..modeling_utils import VlpPreTrainedModel
+from ...objectives.momentum import FeatureQueue, MomentumModelMixin, ModulePair
 from ...modules.heads import ItmHead, MaskedLMHead
 from ...modules.attention import padding_mask
 from ...modules.text import BertStyleTextTransformer
 from ...modules.vision import VisionTransformer
-from ...tower_init import LoadReport, TowerSource, load_text_tower_from_transformers, load_vision_tower_from_transformers
+from ...utils.tower_init import LoadReport, TowerSource, load_text_tower_from_transformers, load_vision_tower_from_transformers
 from .configuration_albef import VlpAlbefConfig, VlpAlbefTextConfig, VlpAlbefVisionConfig
 
 
@@ -554,7 +554,7 @@ class AlbefContrastiveStep:
 
 class VlpAlbefMomentumModel(MomentumModelMixin, VlpAlbefPreTrainedModel):
     """Base of the ALBEF heads with frozen momentum towers (declared by ``momentum_pairs()``) and feature queues;
-    :class:`~hf_vlp.momentum.MomentumModelMixin` re-freezes them on load. ``config.itm_negative_eps`` is 0 as in the
+    :class:`~hf_vlp.objectives.momentum.MomentumModelMixin` re-freezes them on load. ``config.itm_negative_eps`` is 0 as in the
     original."""
 
     def _contrastive_step(
@@ -776,7 +776,7 @@ class VlpAlbefForPretraining(VlpAlbefMomentumModel):
 
 @dataclass
 class VlpAlbefForImageTextRetrievalOutput(ImageTextRetrievalOutput):
-    """ALBEF retrieval fine-tuning outputs (the fields of :class:`hf_vlp.contrastive.ImageTextRetrievalOutput`)."""
+    """ALBEF retrieval fine-tuning outputs (the fields of :class:`hf_vlp.objectives.contrastive.ImageTextRetrievalOutput`)."""
 
 
 # one features/scores type serves ALBEF and BLIP; the ALBEF names stay importable
@@ -943,7 +943,7 @@ class VlpAlbefForImageTextRetrieval(VlpAlbefMomentumModel):
         cosine (and for each text the ``k`` images) get the raw ITM match logit ``itm_head(fusion)[:, 1]``; every
         other entry is ``fill_value``. The ITC similarity is not added. ``k`` is 256 for COCO and 128 for Flickr30k in
         the original; it is capped at the gallery size. ``batch_size`` queries are fused per call (see
-        :func:`~hf_vlp.contrastive.rerank_top_k`)."""
+        :func:`~hf_vlp.objectives.contrastive.rerank_top_k`)."""
         images.require("images", "hidden_states", built_by="encode_images")
         texts.require("texts", "hidden_states", "attention_mask", built_by="encode_texts")
 

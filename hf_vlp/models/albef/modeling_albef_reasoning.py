@@ -28,9 +28,9 @@ import torch
 from torch import nn
 from transformers.modeling_outputs import BaseModelOutputWithCrossAttentions, ModelOutput
 
-from ...classification import NLVR2_LABELS, check_class_labels, flatten_image_pairs, set_task_labels
-from ...losses import soft_target_cross_entropy
-from ...momentum import ModulePair
+from ...utils.classification import NLVR2_LABELS, check_class_labels, flatten_image_pairs, set_task_labels
+from ...objectives.losses import soft_target_cross_entropy
+from ...objectives.momentum import ModulePair
 from ...modules.attention import padding_mask
 from ...modules.heads import MlpClassifierHead
 from ...modules.text import BertStyleTextTransformer
@@ -289,7 +289,7 @@ class VlpAlbefDistilledClassifier(VlpAlbefMomentumModel):
     ``from_pretrained`` accepts the subclass's ``compatible_architectures`` only (a pre-trained ALBEF goes through
     ``from_albef_pretrained``); when the checkpoint has no momentum towers (text-assignment weights) they start as
     copies of the loaded online towers (``copy_momentum_when_missing``, see
-    :class:`~hf_vlp.momentum.MomentumModelMixin`)."""
+    :class:`~hf_vlp.objectives.momentum.MomentumModelMixin`)."""
 
     main_input_name = "pixel_values"
     accepts_loss_kwargs = False

@@ -8,7 +8,7 @@ from typing import Any
 
 from huggingface_hub.dataclasses import strict
 
-from ...configuration_towers import BertStyleTextConfig, MomentumContrastiveConfig, TimmVitConfig
+from ..configuration_towers import BertStyleTextConfig, MomentumContrastiveConfig, TimmVitConfig
 
 # the text config's special-token fields, each set from the tokenizer by the token's name (see VlpBlipProcessor)
 SPECIAL_TOKEN_FIELDS = ("pad_token_id", "cls_token_id", "sep_token_id", "mask_token_id", "bos_token_id", "enc_token_id")

@@ -32,14 +32,14 @@ from transformers import initialization as init
 from transformers.cache_utils import Cache
 from transformers.modeling_outputs import BaseModelOutputWithPastAndCrossAttentions, BaseModelOutputWithPooling, ModelOutput
 
-from ...generation import add_decoder_cache, fill_special_tokens, resolved_generation_value, uncached_tokens
-from ...modeling_utils import VlpPreTrainedModel
-from ...momentum import FeatureQueue
+from ...generation.utils import add_decoder_cache, fill_special_tokens, resolved_generation_value, uncached_tokens
+from ..modeling_utils import VlpPreTrainedModel
+from ...objectives.momentum import FeatureQueue
 from ...modules.attention import AttentionMemory, grouped_rows
 from ...modules.heads import ItmHead, MaskedLMHead
-from ...modules.text import MedTextTransformer
+from .modeling_blip_text import MedTextTransformer
 from ...modules.vision import VisionTransformer
-from ...tower_init import LoadReport, TowerSource, load_text_tower_from_transformers, load_vision_tower_from_transformers
+from ...utils.tower_init import LoadReport, TowerSource, load_text_tower_from_transformers, load_vision_tower_from_transformers
 from ...modules.towers import build_vision_tower, text_block_options
 from .configuration_blip import VlpBlipConfig, VlpBlipTextConfig, VlpBlipVisionConfig
 

@@ -1,7 +1,7 @@
 """BLIP pre-training (``models/blip_pretrain.py``) and image-text retrieval (``models/blip_retrieval.py`` +
 ``train_retrieval.py``): the heads with momentum towers and feature queues.
 
-Both run the momentum-contrastive step of :mod:`hf_vlp.contrastive` (online features against ``[momentum batch ;
+Both run the momentum-contrastive step of :mod:`hf_vlp.objectives.contrastive` (online features against ``[momentum batch ;
 queue]``, soft targets distilled from the momentum towers) and image-text matching over
 ``[positives ; (text b, negative image) ; (negative text, image b)]``, the negatives' token ids re-run through the MED
 in its image-grounded encoder role with ``[ENC]`` first. Pre-training adds the captioning LM loss through the MED's
@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from transformers.modeling_outputs import ModelOutput
 
-from ...contrastive import (
+from ...objectives.contrastive import (
     ImageTextRetrievalOutput,
     MomentumContrastiveStep,
     RetrievalFeatures,
@@ -40,8 +40,8 @@ from ...contrastive import (
     same_id_mask,
     sample_itm_negatives,
 )
-from ...losses import id_match_targets, sample_hard_negatives
-from ...momentum import FeatureQueue, ModulePair, MomentumModelMixin
+from ...objectives.losses import id_match_targets, sample_hard_negatives
+from ...objectives.momentum import FeatureQueue, ModulePair, MomentumModelMixin
 from .configuration_blip import VlpBlipConfig
 from .modeling_blip import (
     IGNORE_INDEX,
@@ -79,7 +79,7 @@ class VlpBlipMomentumModel(MomentumModelMixin, VlpBlipPreTrainedModel):
     ``text_proj``, ``itm_head``, ``temp``), their momentum copies (``momentum_vision_model``, ``momentum_vision_proj``,
     ``momentum_text_model`` - encoder role only - and ``momentum_text_proj``) and the ``image_queue``/``text_queue``.
     The EMA step runs in ``hf_vlp.MomentumCallback`` once per optimizer step (the original runs it at the start of every
-    forward); the callback also ramps ``distill_alpha``. :class:`~hf_vlp.momentum.MomentumModelMixin` re-freezes the
+    forward); the callback also ramps ``distill_alpha``. :class:`~hf_vlp.objectives.momentum.MomentumModelMixin` re-freezes the
     momentum towers on load.
     """
 
@@ -331,7 +331,7 @@ class VlpBlipForPretraining(VlpBlipMomentumModel):
 
 @dataclass
 class VlpBlipForImageTextRetrievalOutput(ImageTextRetrievalOutput):
-    """BLIP retrieval fine-tuning outputs (the fields of :class:`hf_vlp.contrastive.ImageTextRetrievalOutput`)."""
+    """BLIP retrieval fine-tuning outputs (the fields of :class:`hf_vlp.objectives.contrastive.ImageTextRetrievalOutput`)."""
 
 
 # one features type serves ALBEF and BLIP; the BLIP name stays importable
@@ -490,7 +490,7 @@ class VlpBlipForImageTextRetrieval(VlpBlipMomentumModel):
         cosine (and for each text the ``k`` images) get ``itm_head(...)[:, 1] + cosine``, the ITM match logit of the
         image-grounded encoder (``[ENC]`` first) plus the similarity; every other entry is ``fill_value``. ``k`` is 256
         for COCO and 128 for Flickr30k in the original (``k_test``), capped at the gallery size. ``batch_size``
-        queries are re-scored per encoder call (see :func:`~hf_vlp.contrastive.rerank_top_k`)."""
+        queries are re-scored per encoder call (see :func:`~hf_vlp.objectives.contrastive.rerank_top_k`)."""
         images.require("images", "hidden_states", built_by="encode_images")
         texts.require("texts", "input_ids", "attention_mask", built_by="encode_texts")
 

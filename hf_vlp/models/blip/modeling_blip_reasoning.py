@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from transformers.modeling_outputs import ModelOutput
 
-from ...classification import NLVR2_LABELS, check_class_labels, flatten_image_pairs, set_task_labels
+from ...utils.classification import NLVR2_LABELS, check_class_labels, flatten_image_pairs, set_task_labels
 from ...modules.attention import Attention
 from ...modules.heads import MlpClassifierHead
 from ...modules.transformer import BlockOptions

@@ -35,7 +35,7 @@ from transformers.cache_utils import Cache
 from transformers.modeling_outputs import ModelOutput
 from transformers.utils import logging
 
-from ...generation import (
+from ...generation.utils import (
     add_decoder_cache,
     decode_generated,
     fill_special_tokens,

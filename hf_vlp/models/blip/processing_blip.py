@@ -18,7 +18,7 @@ from transformers import BatchFeature
 from transformers.processing_utils import ProcessorMixin
 from transformers.utils import TensorType, logging
 
-from ...text_processing import (
+from ...utils.text_processing import (
     TEXT_KINDS,
     check_bert_tokenizer,
     check_positive_int,

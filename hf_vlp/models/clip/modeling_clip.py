@@ -14,8 +14,8 @@ from torch import nn
 from transformers import initialization as init
 from transformers.modeling_outputs import BaseModelOutputWithPooling, ImageClassifierOutput, ModelOutput
 
-from ...losses import contrastive_loss
-from ...modeling_utils import VlpPreTrainedModel
+from ...objectives.losses import contrastive_loss
+from ..modeling_utils import VlpPreTrainedModel
 from ...modules.pooling import AttentionPool2d
 from ...modules.text import CausalTextTransformer
 from ...modules.transformer import BlockOptions
@@ -281,7 +281,7 @@ class VlpClipModel(VlpClipPreTrainedModel):
 
         hf_vlp's collators put ``return_loss=True`` in every batch, so the stock ``Trainer`` trains and evaluates
         without labels. Across processes the loss gathers features (with gradient) from every rank: see
-        :func:`hf_vlp.losses.contrastive_loss`.
+        :func:`hf_vlp.objectives.losses.contrastive_loss`.
         """
         if input_ids is None or pixel_values is None:
             raise ValueError("VlpClipModel.forward needs both input_ids and pixel_values (use get_*_features for one)")

@@ -25,7 +25,7 @@ from hf_vlp.models.albef.modeling_albef_reasoning import (
     paired_num_layers,
     sample_text_assignment,
 )
-from hf_vlp.momentum import momentum_update
+from hf_vlp.objectives.momentum import momentum_update
 from hf_vlp.modules.attention import padding_mask
 from hf_vlp.modules.vision import interpolate_grid_embeddings
 
@@ -445,7 +445,7 @@ def test_overfit_eight_examples_text_assignment() -> None:
 
 
 def test_model_card_names_the_task_when_no_pipeline_exists(tmp_path):
-    from hf_vlp.model_card import render_model_card
+    from hf_vlp.integrations.model_card import render_model_card
 
     model = VlpAlbefForVisualEntailment(tiny_config())
     card = render_model_card(model, repo_id="me/ve", metrics={"accuracy": 0.9}, dataset="synthetic-shapes")

@@ -24,7 +24,7 @@ from hf_vlp.models.albef import (
 )
 from hf_vlp.models.albef.image_processing_albef import VlpAlbefImageProcessor
 from hf_vlp.models.albef.processing_albef import VlpAlbefProcessor
-from hf_vlp.momentum import momentum_update
+from hf_vlp.objectives.momentum import momentum_update
 
 NUM_EXAMPLES, IMAGE_SIZE = 8, 16
 PAD_ID, CLS_ID, SEP_ID, MASK_ID = 0, 2, 3, 4

@@ -14,7 +14,7 @@ from transformers import AutoModel, Trainer, TrainingArguments
 
 from conversion.convert_albef import convert_albef_checkpoint
 from hf_vlp.models.albef import VlpAlbefConfig, VlpAlbefForMaskedLM, VlpAlbefForPretraining, VlpAlbefModel
-from hf_vlp.momentum import FeatureQueue
+from hf_vlp.objectives.momentum import FeatureQueue
 from hf_vlp.training.callbacks import MomentumCallback
 
 FIXTURE = Path(__file__).resolve().parents[2] / "fixtures" / "originals" / "albef_pretrain"

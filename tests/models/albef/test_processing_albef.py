@@ -15,7 +15,7 @@ from safetensors import safe_open
 from transformers import AutoTokenizer, BertTokenizer, PretrainedConfig
 from transformers.models.auto.image_processing_auto import AutoImageProcessor, get_image_processor_class_from_name
 
-from hf_vlp.model_card import template_path
+from hf_vlp.integrations.model_card import template_path
 from hf_vlp.models.albef.image_processing_albef import VlpAlbefImageProcessor
 from hf_vlp.models.albef.processing_albef import VlpAlbefProcessor, pre_caption, pre_question
 

@@ -19,7 +19,7 @@ from hf_vlp.models.blip.modeling_blip_pretraining import (
     VlpBlipForPretraining,
     encoder_role_modules,
 )
-from hf_vlp.momentum import FeatureQueue
+from hf_vlp.objectives.momentum import FeatureQueue
 from hf_vlp.training.callbacks import MomentumCallback
 
 FIXTURE = Path(__file__).resolve().parents[2] / "fixtures" / "originals" / "blip_pretrain"

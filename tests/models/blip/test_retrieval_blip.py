@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from transformers import Trainer, TrainingArguments
 
 from conversion.convert_blip import convert_blip_checkpoint
-from hf_vlp.losses import sample_hard_negatives
+from hf_vlp.objectives.losses import sample_hard_negatives
 from hf_vlp.models.blip import VlpBlipConfig, VlpBlipModel
 from hf_vlp.models.blip.modeling_blip_pretraining import (
     VlpBlipForImageTextRetrieval,

@@ -15,7 +15,7 @@ from transformers import (
     AutoProcessor,
 )
 
-from .models.albef import (
+from ..models.albef import (
     VlpAlbefConfig,
     VlpAlbefForMaskedLM,
     VlpAlbefForPretraining,
@@ -28,7 +28,7 @@ from .models.albef import (
     VlpAlbefVisionConfig,
     VlpAlbefVisionModel,
 )
-from .models.blip import (
+from ..models.blip import (
     VlpBlipConfig,
     VlpBlipForConditionalGeneration,
     VlpBlipForPretraining,
@@ -41,7 +41,7 @@ from .models.blip import (
     VlpBlipVisionConfig,
     VlpBlipVisionModel,
 )
-from .models.clip import (
+from ..models.clip import (
     VlpClipConfig,
     VlpClipForImageClassification,
     VlpClipImageProcessor,

@@ -83,7 +83,7 @@ class FeatureQueue(nn.Module):
     def enqueue(self, features: torch.Tensor) -> None:
         """Write the all-gathered batch ``[B, dim]`` (or ``[B]`` for a ``dim=1`` queue) at ``ptr``.
 
-        Pass ``hf_vlp.distributed.all_gather_no_grad(features)`` so every rank writes the same columns.
+        Pass ``hf_vlp.objectives.distributed.all_gather_no_grad(features)`` so every rank writes the same columns.
         """
         columns = self._as_columns(features)
         global_batch = columns.shape[1]

@@ -9,7 +9,7 @@ from typing import Any
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 TEMPLATE_DIRS = (
-    Path(__file__).resolve().parent.parent / "model_cards",  # a source checkout / editable install
+    Path(__file__).resolve().parents[2] / "model_cards",  # a source checkout / editable install
     Path(sys.prefix) / "share" / "hf_vlp" / "model_cards",  # a regular install (setup.cfg data_files)
 )
 

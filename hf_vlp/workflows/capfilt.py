@@ -8,7 +8,7 @@ a caption is kept when its match probability exceeds ``threshold`` (0.5: the arg
 paper). The kept pairs form a ``datasets`` dataset, saved with ``save_to_disk`` (``DatasetDict`` with a ``"train"``
 split) next to ``summary.json``; each row records where it came from (``caption_source``, ``image_index``) and its score.
 
-    python -m hf_vlp.capfilt --captioner CAPTIONER_DIR --filter FILTER_DIR --dataset SPEC --output OUT_DIR
+    python -m hf_vlp.workflows.capfilt --captioner CAPTIONER_DIR --filter FILTER_DIR --dataset SPEC --output OUT_DIR
 
 The output appears only when the run succeeds: everything is written to a temporary folder beside ``OUT_DIR`` and
 renamed at the end.
@@ -35,7 +35,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 from transformers import HfArgumentParser
 
-from .models.blip import (
+from ..models.blip import (
     CAPTION_DECODING,
     VlpBlipConfig,
     VlpBlipForConditionalGeneration,
@@ -43,12 +43,12 @@ from .models.blip import (
     VlpBlipPreTrainedModel,
     VlpBlipProcessor,
 )
-from .training.data import BadSampleCounter, load_image_text_dataset, take_rows
+from ..training.data import BadSampleCounter, load_image_text_dataset, take_rows
 
 SOURCES = ("web", "synthetic")
 OUTPUT_SPLIT = "train"
 SUMMARY_FILE = "summary.json"
-CREATED_BY = "hf_vlp.capfilt"
+CREATED_BY = "hf_vlp.capfilt"  # the marker written into output folders; unchanged when the module moved
 # saved BLIP classes that hold the captioning decoder, and those that hold the ITM head (loaded as VlpBlipModel: every
 # BLIP head shares the parameter names, so the filter's encoder weights load from any of them)
 CAPTIONER_CLASSES = ("VlpBlipForConditionalGeneration", "VlpBlipForPretraining")
@@ -658,4 +658,4 @@ __all__ = [
 
 
 if __name__ == "__main__":
-    sys.exit(main(prog="python -m hf_vlp.capfilt"))
+    sys.exit(main(prog="python -m hf_vlp.workflows.capfilt"))

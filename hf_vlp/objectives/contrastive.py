@@ -8,7 +8,7 @@ Both originals (ALBEF's ``model_pretrain.py``/``model_retrieval.py``, BLIP's ``b
 2. score the online features against ``[momentum batch features ; queue]`` divided by the temperature;
 3. take the loss against ``alpha * softmax(momentum scores) + (1 - alpha) * hard targets`` (:func:`distilled_itc`),
    the hard targets being the diagonal (pretraining, :func:`diagonal_targets`) or the image-id matches (retrieval,
-   :func:`hf_vlp.losses.id_match_targets`);
+   :func:`hf_vlp.objectives.losses.id_match_targets`);
 4. enqueue the all-gathered momentum features (:func:`enqueue_momentum_features`);
 5. draw one hard negative per row from the in-batch scores (:func:`sample_itm_negatives`) and score
    ``[positives ; (text b, negative image) ; (negative text, image b)]`` with labels ``1/0/0``
@@ -177,7 +177,7 @@ def sample_itm_negatives(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One hard negative per row drawn from the step's in-batch logits (the first ``B`` columns), never where
     ``positive_mask`` ``[B, B]`` is True (default the diagonal, as pretraining; :func:`same_id_mask` for retrieval).
-    Returns ``(negative_image_per_text, negative_text_per_image)``; see :func:`hf_vlp.losses.sample_hard_negatives`."""
+    Returns ``(negative_image_per_text, negative_text_per_image)``; see :func:`hf_vlp.objectives.losses.sample_hard_negatives`."""
     batch = step.batch_size
     if positive_mask is None:
         positive_mask = torch.eye(batch, dtype=torch.bool, device=step.logits_per_image.device)

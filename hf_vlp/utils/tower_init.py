@@ -5,7 +5,7 @@ image tower (DeiT's distillation token dropped, positions bicubically interpolat
 BERT's weights into every text layer, the fusion layers included (self-attention and FFN of the same layer index),
 while the cross-attention blocks stay freshly initialised; BLIP's decoder self-attention starts as a copy of BERT's too.
 These loaders do that for :class:`~hf_vlp.modules.vision.VisionTransformer`,
-:class:`~hf_vlp.modules.text.BertStyleTextTransformer` and :class:`~hf_vlp.modules.text.MedTextTransformer`, reusing
+:class:`~hf_vlp.modules.text.BertStyleTextTransformer` and :class:`~hf_vlp.models.blip.modeling_blip_text.MedTextTransformer`, reusing
 the strict key rules of :mod:`hf_vlp.utils.checkpoints`, and return a :class:`LoadReport` of what was copied, interpolated,
 dropped and left as initialised.
 """
@@ -19,18 +19,21 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union
+from typing import TYPE_CHECKING, Any, Union
 
 import torch
 from torch import nn
 from transformers import PreTrainedModel
 from transformers.activations import ACT2FN
 
-from .modules.heads import MaskedLMHead
-from .modules.text import BertStyleTextTransformer, MedTextTransformer
-from .modules.vision import VisionTransformer, interpolate_grid_embeddings
+from ..modules.heads import MaskedLMHead
+from ..modules.text import BertStyleTextTransformer
 
-from .utils.checkpoints import (
+if TYPE_CHECKING:
+    from ..models.blip.modeling_blip_text import MedTextTransformer
+from ..modules.vision import VisionTransformer, interpolate_grid_embeddings
+
+from .checkpoints import (
     ConversionError,
     Drop,
     Fuse,
@@ -447,9 +450,11 @@ def load_text_tower_from_transformers(
     is left as initialised and listed in ``not_initialised``, as in ALBEF/BLIP. A larger tower vocabulary (BLIP's added
     tokens) keeps its extra rows. With ``mlm_head``, ``cls.predictions`` fills it; its decoder weight comes from
     ``cls.predictions.decoder.weight`` or, when the source ties it (BERT's default), from the word embeddings.
-    A :class:`~hf_vlp.modules.text.MedTextTransformer` gets BERT's self-attention in every self-attention it holds: the
+    A :class:`~hf_vlp.models.blip.modeling_blip_text.MedTextTransformer` gets BERT's self-attention in every self-attention it holds: the
     bidirectional one and a copy in the causal (decoder) one, as BLIP loads bert-base into both encoder and decoder.
     """
+    from ..models.blip.modeling_blip_text import MedTextTransformer  # BLIP's stack; imported late (BLIP imports this module)
+
     if not isinstance(tower, (BertStyleTextTransformer, MedTextTransformer)):
         raise TypeError(
             f"tower must be a hf_vlp BertStyleTextTransformer or MedTextTransformer, got {type(tower).__name__}"

@@ -10,7 +10,7 @@ from typing import Any
 from huggingface_hub import HfApi, ModelCard
 from transformers import PreTrainedModel
 
-from .model_card import render_model_card
+from ..integrations.model_card import render_model_card
 
 MODEL_CARD_NAME = "README.md"
 
