@@ -42,7 +42,7 @@ from benchmarks.common import (  # noqa: E402
     write_json,
 )
 from hf_vlp.models.albef.configuration_albef import VlpAlbefConfig  # noqa: E402
-from hf_vlp.models.albef.modeling_albef import (  # noqa: E402
+from hf_vlp.models.albef import (  # noqa: E402
     VlpAlbefForImageTextRetrieval,
     VlpAlbefForPretraining,
     VlpAlbefRetrievalFeatures,

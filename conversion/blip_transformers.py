@@ -7,7 +7,7 @@
 transformers' BLIP keeps the original's text keys (``text_encoder.*``, ``text_decoder.bert.*``, ``text_decoder.cls.*``)
 and renames the ViT's (``vision_model.embeddings.*``, ``vision_model.encoder.layers.*``, ``post_layernorm``); the tied LM
 decoder weight/bias are not saved. :func:`original_layout` undoes both, so the original-checkpoint rules of
-``conversion/convert_blip.py`` convert these directories too, with the same strictness (every key consumed or dropped
+``conversion/blip_heads.py`` convert these directories too, with the same strictness (every key consumed or dropped
 on purpose, every target filled). Special-token ids come from the tokenizer saved in the directory (or ``tokenizer``),
 else from the config; sizes and epsilons from ``config.json``.
 
@@ -28,9 +28,7 @@ Where the converted model behaves differently from transformers' on purpose (it 
 
 from __future__ import annotations
 
-import json
 import logging
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,44 +38,25 @@ import torch
 from huggingface_hub.errors import StrictDataclassError
 
 import hf_vlp  # noqa: F401  (registers the Auto classes)
-from hf_vlp.integrations.model_card import render_model_card
 from hf_vlp.models.blip.configuration_blip import VlpBlipConfig
-from hf_vlp.models.blip.image_processing_blip import VlpBlipImageProcessor
-from hf_vlp.models.blip.processing_blip import DEFAULT_PROMPT, VlpBlipProcessor, blip_special_token_ids
+from hf_vlp.models.blip.processing_blip import blip_special_token_ids
 
-from conversion.common import (
-    ConversionError,
-    check_differences,
-    check_output_dir,
-    format_differences,
-    load_mapped_state_dict,
-    max_abs_differences,
-    read_transformers_weights,
-    write_output_dir,
-)
+from conversion.blip_heads import VERIFY_ATOL, BlipConversion, build_processor, check_ties, compare_with_transformers
+from conversion.blip_heads import load_tokenizer, map_blip_state_dict, model_class_of, resolve_head
+from conversion.common import TOWER_SIZES, ConversionError, check_differences, config_fields, check_output_dir
+from conversion.common import format_differences, load_mapped_state_dict, read_transformers_config
+from conversion.common import read_transformers_weights, write_conversion
+from conversion.rules import from_transformers_vit_name
 
 logger = logging.getLogger("conversion.blip")
 
-VERIFY_ATOL = 1e-4
-# transformers class -> the original layout convert_blip.py knows (its source kind)
+# transformers class -> the original layout the BLIP rules know (its source kind)
 TRANSFORMERS_ARCHITECTURES = {
     "BlipForConditionalGeneration": "caption",
     "BlipForImageTextRetrieval": "itm",
     "BlipForQuestionAnswering": "vqa",
 }
 TOKENIZER_FILES = ("tokenizer_config.json", "tokenizer.json", "vocab.txt")
-
-# transformers' ViT names -> the original timm names (the inverse of transformers' conversion script's renames)
-_VISION_TO_ORIGINAL = (
-    (r"vision_model\.embeddings\.class_embedding", "visual_encoder.cls_token"),
-    (r"vision_model\.embeddings\.position_embedding", "visual_encoder.pos_embed"),
-    (r"vision_model\.embeddings\.patch_embedding\.", "visual_encoder.patch_embed.proj."),
-    (r"vision_model\.post_layernorm\.", "visual_encoder.norm."),
-    (r"vision_model\.encoder\.layers\.(\d+)\.layer_norm(\d)\.", r"visual_encoder.blocks.\1.norm\2."),
-    (r"vision_model\.encoder\.layers\.(\d+)\.self_attn\.projection\.", r"visual_encoder.blocks.\1.attn.proj."),
-    (r"vision_model\.encoder\.layers\.(\d+)\.self_attn\.qkv\.", r"visual_encoder.blocks.\1.attn.qkv."),
-    (r"vision_model\.encoder\.layers\.(\d+)\.mlp\.", r"visual_encoder.blocks.\1.mlp."),
-)
 _LM_HEAD = "text_decoder.cls.predictions."
 
 
@@ -96,27 +75,18 @@ class TransformersBlipSource:
 
 def is_transformers_blip_directory(path: str | Path) -> bool:
     """True when ``path`` is a directory whose ``config.json`` says ``model_type: blip`` (transformers' own BLIP)."""
-    config = Path(path) / "config.json"
-    if not config.is_file():
-        return False
     try:
-        return json.loads(config.read_text()).get("model_type") == "blip"
-    except json.JSONDecodeError:
+        read_transformers_config(Path(path), "blip", "a transformers BLIP directory")
+    except ConversionError:
         return False
+    return True
 
 
 def original_layout(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """transformers' BLIP tensors under the original BLIP names: ViT keys renamed back, and the LM head's tied
     ``decoder.weight`` (= the decoder's word embeddings) and ``decoder.bias`` (= ``predictions.bias``), which
     transformers does not save, restored. Other keys keep their names (text keys are the original's)."""
-    renamed: dict[str, torch.Tensor] = {}
-    for key, tensor in state_dict.items():
-        for pattern, replacement in _VISION_TO_ORIGINAL:
-            new_key, count = re.subn("^" + pattern, replacement, key)
-            if count:
-                key = new_key
-                break
-        renamed[key] = tensor
+    renamed = {from_transformers_vit_name(key): tensor for key, tensor in state_dict.items()}
     words = renamed.get("text_decoder.bert.embeddings.word_embeddings.weight")
     if words is not None and f"{_LM_HEAD}transform.dense.weight" in renamed:
         renamed.setdefault(f"{_LM_HEAD}decoder.weight", words)
@@ -131,17 +101,12 @@ def read_transformers_blip(path: str | Path) -> TransformersBlipSource:
     from transformers import BlipConfig
 
     path = Path(path)
-    if not (path / "config.json").is_file():
-        raise ConversionError(
-            f"{path} is a directory without config.json; pass a transformers BLIP directory (save_pretrained of "
-            "BlipForConditionalGeneration, BlipForImageTextRetrieval or BlipForQuestionAnswering)."
-        )
-    raw = json.loads((path / "config.json").read_text())
-    if raw.get("model_type") != "blip":
-        raise ConversionError(
-            f"{path} holds a transformers model of type {raw.get('model_type')!r}; this converter reads transformers' "
-            "BLIP (model_type 'blip'). hf_vlp's own BLIP directories need no conversion."
-        )
+    raw = read_transformers_config(
+        path,
+        "blip",
+        "a transformers BLIP directory (save_pretrained of BlipForConditionalGeneration, BlipForImageTextRetrieval or "
+        "BlipForQuestionAnswering); hf_vlp's own BLIP directories need no conversion",
+    )
     architectures = raw.get("architectures") or []
     architecture = architectures[0] if architectures else None
     if architecture not in TRANSFORMERS_ARCHITECTURES:
@@ -175,35 +140,18 @@ def blip_config_from_transformers(
             f"The text config's encoder_hidden_size ({text.encoder_hidden_size}) differs from the vision width "
             f"({vision.hidden_size}): the text transformer cross-attends the image tokens, so they must be equal."
         )
-    text_settings: dict[str, Any] = dict(
-        vocab_size=text.vocab_size,
-        hidden_size=text.hidden_size,
-        intermediate_size=text.intermediate_size,
-        num_hidden_layers=text.num_hidden_layers,
-        num_attention_heads=text.num_attention_heads,
-        max_position_embeddings=text.max_position_embeddings,
-        hidden_act=text.hidden_act,
-        layer_norm_eps=text.layer_norm_eps,
-        hidden_dropout_prob=text.hidden_dropout_prob,
-        attention_probs_dropout_prob=text.attention_probs_dropout_prob,
-        initializer_range=text.initializer_range,
+    text_settings = config_fields(
+        text, *TOWER_SIZES, "vocab_size", "max_position_embeddings", "hidden_dropout_prob",
+        "attention_probs_dropout_prob", "initializer_range",
     )
     for name in ("pad_token_id", "sep_token_id", "bos_token_id"):
         if getattr(text, name, None) is not None:
             text_settings[name] = getattr(text, name)
     if special_token_ids is not None:
         text_settings.update(special_token_ids)
-    vision_settings = dict(
-        hidden_size=vision.hidden_size,
-        intermediate_size=vision.intermediate_size,
-        num_hidden_layers=vision.num_hidden_layers,
-        num_attention_heads=vision.num_attention_heads,
-        image_size=vision.image_size,
-        patch_size=vision.patch_size,
-        hidden_act=vision.hidden_act,
-        layer_norm_eps=vision.layer_norm_eps if vision_layer_norm_eps is None else vision_layer_norm_eps,
-        attention_dropout=vision.attention_dropout,
-    )
+    vision_settings = config_fields(vision, *TOWER_SIZES, "image_size", "patch_size", "attention_dropout")
+    if vision_layer_norm_eps is not None:
+        vision_settings["layer_norm_eps"] = vision_layer_norm_eps
     try:
         return VlpBlipConfig(
             vision_config=vision_settings, text_config=text_settings, embed_dim=hf_config.image_text_hidden_size
@@ -223,81 +171,23 @@ def transformers_reference(source: TransformersBlipSource) -> torch.nn.Module:
     return model_class.from_pretrained(str(source.path), dtype=torch.float32).eval()
 
 
-def random_inputs(config: VlpBlipConfig, batch: int = 2, length: int = 10, seed: int = 0) -> dict[str, torch.Tensor]:
-    """Random images and unpadded ``[CLS] words.. [SEP]`` rows without special tokens inside (verification inputs)."""
-    vision, text = config.vision_config, config.text_config
-    generator = torch.Generator().manual_seed(seed)
-    length = min(length, text.max_position_embeddings)
-    special = {getattr(text, name) for name in ("pad_token_id", "cls_token_id", "sep_token_id", "mask_token_id",
-                                                "bos_token_id", "enc_token_id")}
-    words = torch.tensor([index for index in range(text.vocab_size) if index not in special])
-    input_ids = words[torch.randint(len(words), (batch, length), generator=generator)]
-    input_ids[:, 0], input_ids[:, -1] = text.cls_token_id, text.sep_token_id
-    pixel_values = torch.randn(batch, vision.num_channels, vision.image_size, vision.image_size, generator=generator)
-    return {"pixel_values": pixel_values, "input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)}
-
-
-@torch.no_grad()
-def compare_with_transformers(model: torch.nn.Module, reference: torch.nn.Module, head: str) -> dict[str, float]:
-    """Max |difference| between the converted model and transformers' on random inputs, the special first tokens
-    given to transformers explicitly: decoder logits (``caption``), ITM logits and cosine similarities (``model``),
-    question states and answer-decoder logits (``vqa``)."""
-    text = model.config.text_config
-    inputs = random_inputs(model.config)
-    pixel_values, input_ids, mask = inputs["pixel_values"], inputs["input_ids"], inputs["attention_mask"]
-
-    def first(ids: torch.Tensor, token: int) -> torch.Tensor:
-        ids = ids.clone()
-        ids[:, 0] = token
-        return ids
-
-    if head == "caption":
-        theirs = reference(pixel_values=pixel_values, input_ids=first(input_ids, text.bos_token_id), attention_mask=mask)
-        ours = model(pixel_values=pixel_values, input_ids=input_ids, attention_mask=mask)
-        return max_abs_differences({"decoder_logits": theirs.logits}, {"decoder_logits": ours.logits})
-    if head == "model":
-        itm = reference(input_ids=first(input_ids, text.enc_token_id), pixel_values=pixel_values, attention_mask=mask)
-        cosine = reference(input_ids=input_ids, pixel_values=pixel_values, attention_mask=mask, use_itm_head=False)
-        ours = model(input_ids, pixel_values, mask, output_itm=True)
-        return max_abs_differences(
-            {"itm_logits": itm.itm_score, "cosine_similarity": cosine.itm_score},
-            {"itm_logits": ours.itm_logits, "cosine_similarity": ours.logits_per_image * model.temp},
-        )
-    images = reference.vision_model(pixel_values=pixel_values).last_hidden_state
-    theirs_questions = reference.text_encoder(
-        input_ids=first(input_ids, text.enc_token_id), attention_mask=mask, encoder_hidden_states=images
-    ).last_hidden_state
-    theirs_logits = reference.text_decoder(
-        input_ids=first(input_ids, text.bos_token_id), attention_mask=mask, encoder_hidden_states=theirs_questions
-    ).logits
-    ours_questions = model.encode_question(pixel_values, input_ids, mask)
-    ours_logits = model.decode_answers(input_ids, ours_questions, mask)
-    return max_abs_differences(
-        {"question_states": theirs_questions, "answer_decoder_logits": theirs_logits},
-        {"question_states": ours_questions, "answer_decoder_logits": ours_logits},
-    )
-
-
 def convert_transformers_blip(
     directory: str | Path,
     output: str | Path | None = None,
     tokenizer: str | Path | None = None,
     head: str = "auto",
-    verify_outputs: bool = False,
+    verify: bool = False,
     overwrite: bool = False,
     command: str | None = None,
     vision_layer_norm_eps: float | None = None,
-) -> Any:
+) -> BlipConversion:
     """Convert a transformers BLIP directory to the hf_vlp ``head`` (``auto``: the class's counterpart, see
-    :data:`TRANSFORMERS_ARCHITECTURES`) with ``convert_blip.py``'s rules; write it to ``output`` if given.
+    :data:`TRANSFORMERS_ARCHITECTURES`) with the rules of ``blip_heads.py``; write it to ``output`` if given.
 
     The tokenizer is ``tokenizer`` or the directory's own (``[DEC]``/``[ENC]`` added when missing); without one the
-    model is written without a processor. ``verify_outputs`` compares with transformers' model of the directory
-    (:func:`compare_with_transformers`, atol 1e-4). Returns ``convert_blip.BlipConversion``.
+    model is written without a processor. ``verify`` compares with transformers' model of the directory
+    (:func:`~conversion.blip_heads.compare_with_transformers`, atol 1e-4).
     """
-    from conversion.convert_blip import BlipConversion, check_ties, load_tokenizer, map_blip_state_dict, model_class_of
-    from conversion.convert_blip import resolve_head
-
     if output is not None:
         check_output_dir(output, overwrite)
     source = read_transformers_blip(directory)
@@ -320,29 +210,23 @@ def convert_transformers_blip(
     model = model_class_of(head)(config)
     load_mapped_state_dict(model, mapped)
     model.eval()
-    processor = None
-    if blip_tokenizer is not None:
-        size = config.vision_config.image_size
-        processor = VlpBlipProcessor(VlpBlipImageProcessor(size={"height": size, "width": size}), blip_tokenizer,
-                                     prompt=DEFAULT_PROMPT)
-    else:
+    processor = build_processor(blip_tokenizer, config) if blip_tokenizer is not None else None
+    if processor is None:
         logger.warning("No tokenizer in the directory or given (--tokenizer): writing the model without a processor.")
     differences = None
-    if verify_outputs:
+    if verify:
         if vision_layer_norm_eps is not None:
             raise ConversionError("--verify compares with transformers' model, so keep the directory's vision epsilon.")
         differences = compare_with_transformers(model, transformers_reference(source), head)
-        check_differences(differences, VERIFY_ATOL, "transformers' BLIP")
-        logger.info(f"Verified against transformers' {source.architecture}: max |diff| {format_differences(differences)}")
+        check_differences(differences, VERIFY_ATOL, f"transformers' {source.architecture}")
     result = BlipConversion(model, processor, source.kind, head, mapped.dropped, differences)
     if output is not None:
         readme = provenance(source, command or f"convert_transformers_blip({source.path.name!r}, ...)", result)
-        result.output = write_output_dir(output, lambda folder: _write(folder, result, readme), overwrite)
-        logger.info(f"Wrote {result.output}")
+        result.output = write_conversion(output, model, processor, readme, overwrite)
     return result
 
 
-def provenance(source: TransformersBlipSource, command: str, result: Any) -> str:
+def provenance(source: TransformersBlipSource, command: str, result: BlipConversion) -> str:
     """The model card's provenance paragraph of a conversion from transformers."""
     verified = (
         f"Compared with transformers' `{source.architecture}`: max |diff| {format_differences(result.differences)}."
@@ -357,18 +241,10 @@ def provenance(source: TransformersBlipSource, command: str, result: Any) -> str
     )
 
 
-def _write(folder: Path, result: Any, readme: str) -> None:
-    result.model.save_pretrained(folder)
-    if result.processor is not None:
-        result.processor.save_pretrained(folder)
-    render_model_card(result.model, provenance=readme, tags=["converted"]).save(folder / "README.md")
-
-
 __all__ = [
     "TRANSFORMERS_ARCHITECTURES",
     "TransformersBlipSource",
     "blip_config_from_transformers",
-    "compare_with_transformers",
     "convert_transformers_blip",
     "is_transformers_blip_directory",
     "original_layout",

@@ -1,7 +1,8 @@
 """Convert an original ALBEF pretraining checkpoint (salesforce/ALBEF ``{'model': state_dict, ...}``) to hf_vlp's
 ``VlpAlbefForPretraining`` (online weights: ViT, BERT text/fusion encoder, MLM head, projections, ITM head, ``temp``;
 the momentum ``*_m`` towers as ``momentum_*``; ``image_queue``/``text_queue`` with the shared ``queue_ptr`` copied into
-each queue's ``ptr``) plus a BERT tokenizer. ``--head masked_lm`` (or a checkpoint without momentum towers) writes
+each queue's ``ptr``) plus a ``VlpAlbefProcessor`` (ALBEF's image transform and the BERT tokenizer of ``--tokenizer``).
+``--head masked_lm`` (or a checkpoint without momentum towers) writes
 ``VlpAlbefForMaskedLM`` with the momentum towers and queues dropped explicitly. A retrieval fine-tuning checkpoint
 (``models/model_retrieval.py``: ``text_encoder.*`` without ``bert.``, an ``idx_queue``) is detected and written as
 ``VlpAlbefForImageTextRetrieval``; ``--head retrieval`` on a pretraining checkpoint starts retrieval fine-tuning as
@@ -19,16 +20,16 @@ target image size (``--image-size``, else the original config's ``image_res``) d
 
 Sizes are inferred from tensor shapes; head counts are not stored in shapes, so they default to ``width // 64``
 (ViT-B/16 and BERT-base) unless ``--original-config`` (the original yaml keys as JSON, with the BERT json content under
-``bert_config``) gives them.
+``bert_config``) gives them. ``--verify`` compares the towers of the pretraining, masked-LM and retrieval heads with
+the original tensors run through transformers' own BERT/BLIP modules (``conversion/albef_reference.py``).
 
     python conversion/convert_albef.py --checkpoint ALBEF.pth --output out/albef-base \
-        --original-config pretrain_config.json --tokenizer vocab.txt
+        --original-config pretrain_config.json --tokenizer vocab.txt --verify
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import re
 import sys
@@ -44,43 +45,26 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import hf_vlp  # noqa: F401  (registers the Auto classes)
-from hf_vlp.integrations.model_card import render_model_card
-from hf_vlp.models.albef.configuration_albef import VlpAlbefConfig
-from hf_vlp.models.albef.modeling_albef import (
-    VlpAlbefForImageTextRetrieval,
-    VlpAlbefForMaskedLM,
-    VlpAlbefForPretraining,
-    VlpAlbefForQuestionAnswering,
-)
-from hf_vlp.models.albef.modeling_albef_reasoning import (
-    VlpAlbefForTextAssignment,
-    VlpAlbefForVisualEntailment,
-    VlpAlbefForVisualReasoning,
-)
+from hf_vlp.models.albef import VlpAlbefConfig, VlpAlbefForImageTextRetrieval, VlpAlbefForMaskedLM
+from hf_vlp.models.albef import VlpAlbefForPretraining, VlpAlbefForQuestionAnswering, VlpAlbefForTextAssignment
+from hf_vlp.models.albef import VlpAlbefForVisualEntailment, VlpAlbefForVisualReasoning, VlpAlbefImageProcessor
+from hf_vlp.models.albef import VlpAlbefProcessor
 from hf_vlp.modules.vision import interpolate_grid_embeddings
+from hf_vlp.utils.key_rules import bert_embedding_rules, bert_layer_rules
 
-from conversion.common import (
-    ConversionError,
-    Drop,
-    Fuse,
-    MappedStateDict,
-    MappingRule,
-    Rename,
-    check_output_dir,
-    command_line,
-    load_mapped_state_dict,
-    map_state_dict,
-    read_checkpoint,
-    run_cli,
-    write_output_dir,
-)
+from conversion.albef_reference import converted_outputs, random_inputs, reference_outputs
+from conversion.common import ConversionError, Drop, MappedStateDict, MappingRule, Rename, check_differences
+from conversion.common import check_output_dir, converter_options, converter_parser, format_differences
+from conversion.common import load_bert_tokenizer, load_mapped_state_dict, map_state_dict, max_abs_differences
+from conversion.common import read_checkpoint, read_original_config, run_cli, write_conversion
+from conversion.rules import P, as_scalar, bert_prediction_head_rules
+from conversion.rules import timm_vit_rules
 
 logger = logging.getLogger("conversion.albef")
 
 HEAD_DIM = 64  # ViT-B/16 and BERT-base: 768 / 12
 # the original hard-codes ViT-B/16 in every model constructor; the vit_* keys (reference fixtures) override it
 VIT_DEFAULTS = {"vit_patch_size": 16, "vit_depth": 12, "vit_num_heads": 12, "vit_mlp_ratio": 4}
-SPECIAL_TOKENS = {"pad_token": "[PAD]", "unk_token": "[UNK]", "cls_token": "[CLS]", "sep_token": "[SEP]", "mask_token": "[MASK]"}
 MOMENTUM_PREFIXES = (
     "visual_encoder_m", "text_encoder_m", "vision_proj_m", "text_proj_m", "text_decoder_m", "cls_head_m",
 )
@@ -94,106 +78,62 @@ TIED_KEYS = tuple(
 
 # --------------------------------------------------------------------------------------------------- key rules
 
+# Where the heads keep their towers: the online ones at the top level (``vision_model``, ``text_model``,
+# ``vision_proj``, ``text_proj``, ``itm_head``, ``temp``), the momentum copies under ``momentum_``.
+ONLINE, MOMENTUM = "", "momentum_"
+NO_MLM_HEAD = "MLM head (the retrieval model has none, as Retrieval.py)"
 
-def _flatten(tensor: torch.Tensor) -> torch.Tensor:
-    return tensor.reshape(-1)
 
-
-def _squeeze_batch(tensor: torch.Tensor) -> torch.Tensor:
-    return tensor[0]
+def text_tower_rules(encoder: str, bert: str, text: str, mlm_head: str | None) -> list[MappingRule]:
+    """ALBEF's xbert ``BertForMaskedLM`` (``bert=r"bert\\."``) or ``BertModel`` (``bert=""``) under the regex prefix
+    ``encoder`` -> ``{text}transformer.*``; its MLM head -> ``mlm_head`` (``None``: dropped, a model without one)."""
+    return [
+        *bert_prediction_head_rules(encoder, mlm_head, NO_MLM_HEAD),
+        *bert_embedding_rules(encoder + bert, text + "transformer."),
+        *bert_layer_rules(encoder + bert, text + "transformer."),
+    ]
 
 
 def tower_rules(
     source: str,
-    vision: str,
-    text: str,
-    mlm_head: str | None,
-    vision_proj: str,
-    text_proj: str,
+    target: str,
+    mlm_head: bool,
+    projections: Sequence[str] = ("vision_proj", "text_proj"),
     bert: str = r"bert\.",
-    text_source: str = "text_encoder",
 ) -> list[MappingRule]:
-    """Rules for one set of towers: ``source`` is ``""`` (online) or ``"_m"`` (momentum copies), the other arguments
-    the target prefixes (with the trailing dot) of the ViT, the BERT encoder, the MLM head and the two projections.
-    ``bert`` is the source's BERT prefix after ``text_encoder.`` (``""`` for the retrieval layout's ``BertModel``);
-    ``mlm_head=None`` drops the MLM head (a retrieval model has none). ``text_source`` names the source BERT
-    (``text_decoder`` for the VQA answer decoder)."""
-    vit, text_tower, p = vision + "transformer.", text + "transformer.", r"(?P<p>weight|bias)"
-    visual, encoder = rf"visual_encoder{source}\.", rf"{text_source}{source}\."
-    block, layer = visual + r"blocks\.(?P<i>\d+)\.", encoder + bert + r"encoder\.layer\.(?P<i>\d+)\."
-    vit_layer, text_layer = vit + r"encoder.layers.\g<i>.", text_tower + r"encoder.layers.\g<i>."
-    head = encoder + r"cls\.predictions\."
-    if mlm_head is None:
-        head_rules: list[MappingRule] = [Drop(head + r".+", "MLM head (the retrieval model has none, as Retrieval.py)")]
-    else:
-        head_rules = [
-            Drop(head + "bias", "same tensor as cls.predictions.decoder.bias (tied)"),
-            # MLM head (decoder.weight is tied to the word embeddings in both layouts)
-            Rename(head + r"transform\.dense\." + p, mlm_head + r"dense.\g<p>"),
-            Rename(head + r"transform\.LayerNorm\." + p, mlm_head + r"norm.\g<p>"),
-            Rename(head + r"decoder\." + p, mlm_head + r"decoder.\g<p>"),
-        ]
+    """One set of towers: ``source`` ``""`` (online) or ``"_m"`` (momentum copies) -> the ``target`` prefix
+    (:data:`ONLINE` or :data:`MOMENTUM`): the ViT, the text encoder (``bert`` as in :func:`text_tower_rules`), its MLM
+    head when ``mlm_head`` and the contrastive ``projections`` the model has."""
     return [
-        Drop(encoder + bert + r"embeddings\.position_ids", "index buffer; positions are computed"),
-        *head_rules,
-        Rename(rf"vision_proj{source}\.{p}", vision_proj + r"\g<p>"),
-        Rename(rf"text_proj{source}\.{p}", text_proj + r"\g<p>"),
-        # ViT (timm layout)
-        Rename(visual + r"cls_token", vit + "class_embedding", _flatten),
-        Rename(visual + r"pos_embed", vit + "position_embedding", _squeeze_batch),
-        Rename(visual + r"patch_embed\.proj\." + p, vit + r"patch_embed.\g<p>"),
-        Rename(visual + r"norm\." + p, vit + r"norm_post.\g<p>"),
-        Rename(block + r"(?P<m>norm1|norm2|attn\.qkv|mlp\.fc1|mlp\.fc2)\." + p, vit_layer + r"\g<m>.\g<p>"),
-        Rename(block + r"attn\.proj\." + p, vit_layer + r"attn.out_proj.\g<p>"),
-        # BERT embeddings and layers (xbert layout)
-        Rename(
-            encoder + bert + r"embeddings\.(?P<e>word|position|token_type)_embeddings\.weight",
-            text_tower + r"embeddings.\g<e>_embeddings.weight",
+        *timm_vit_rules(rf"visual_encoder{source}\.", f"{target}vision_model."),
+        *text_tower_rules(
+            rf"text_encoder{source}\.", bert, f"{target}text_model.", f"{target}mlm_head." if mlm_head else None
         ),
-        Rename(encoder + bert + r"embeddings\.LayerNorm\." + p, text_tower + r"embeddings.norm.\g<p>"),
-        Fuse(layer + r"attention\.self\.(?P<part>query|key|value)\." + p, text_layer + r"attn.qkv.\g<p>",
-             parts=("query", "key", "value")),
-        Rename(layer + r"attention\.output\.dense\." + p, text_layer + r"attn.out_proj.\g<p>"),
-        Rename(layer + r"attention\.output\.LayerNorm\." + p, text_layer + r"norm1.\g<p>"),
-        Rename(layer + r"crossattention\.self\.query\." + p, text_layer + r"cross_attn.q.\g<p>"),
-        Fuse(layer + r"crossattention\.self\.(?P<part>key|value)\." + p, text_layer + r"cross_attn.kv.\g<p>",
-             parts=("key", "value")),
-        Rename(layer + r"crossattention\.output\.dense\." + p, text_layer + r"cross_attn.out_proj.\g<p>"),
-        Rename(layer + r"crossattention\.output\.LayerNorm\." + p, text_layer + r"norm_cross.\g<p>"),
-        Rename(layer + r"intermediate\.dense\." + p, text_layer + r"mlp.fc1.\g<p>"),
-        Rename(layer + r"output\.dense\." + p, text_layer + r"mlp.fc2.\g<p>"),
-        Rename(layer + r"output\.LayerNorm\." + p, text_layer + r"norm2.\g<p>"),
+        *(Rename(rf"{name}{source}\.{P}", rf"{target}{name}.\g<p>") for name in projections),
     ]
+
+
+def _online_heads() -> list[MappingRule]:
+    return [Rename(r"temp", ONLINE + "temp"), Rename(r"itm_head\." + P, ONLINE + r"itm_head.\g<p>")]
 
 
 def albef_rules(with_momentum: bool = False) -> list[MappingRule]:
     """Original ``model_pretrain.ALBEF`` names -> ``VlpAlbefForPretraining`` names (``with_momentum``), else ->
     ``VlpAlbefForMaskedLM`` names with the momentum towers and queues dropped. The original's single
     ``queue_ptr`` goes to ``image_queue.ptr`` here and is copied to ``text_queue.ptr`` by :func:`map_albef_state_dict`."""
-    online = tower_rules(
-        "", "albef.vision_model.", "albef.text_model.", "mlm_head.", "albef.vision_proj.", "albef.text_proj."
-    )
-    shared = [
-        Rename(r"temp", "albef.temp"),
-        Rename(r"itm_head\.(weight|bias)", r"albef.itm_head.\1"),
-    ]
+    online = [*_online_heads(), *tower_rules("", ONLINE, mlm_head=True)]
     if not with_momentum:
         momentum = "|".join(MOMENTUM_PREFIXES)
         return [
             Drop(rf"(?:{momentum})\..+", "momentum tower (only VlpAlbefForPretraining keeps it)"),
-            Drop(r"image_queue|text_queue|queue_ptr", "feature queue of momentum distillation (only VlpAlbefForPretraining keeps it)"),
-            *shared,
+            Drop(
+                r"image_queue|text_queue|queue_ptr",
+                "feature queue of momentum distillation (only VlpAlbefForPretraining keeps it)",
+            ),
             *online,
         ]
-    momentum_towers = tower_rules(
-        "_m", "momentum_vision_model.", "momentum_text_model.", "momentum_mlm_head.", "momentum_vision_proj.",
-        "momentum_text_proj.",
-    )
-    queues = [
-        Rename(r"(image|text)_queue", r"\1_queue.queue"),
-        Rename(r"queue_ptr", "image_queue.ptr", _as_scalar),
-    ]
-    return [*shared, *momentum_towers, *online, *queues]
+    queues = [Rename(r"(image|text)_queue", r"\1_queue.queue"), Rename(r"queue_ptr", "image_queue.ptr", as_scalar)]
+    return [*online, *tower_rules("_m", MOMENTUM, mlm_head=True), *queues]
 
 
 def is_vqa_checkpoint(state_dict: Mapping[str, torch.Tensor]) -> bool:
@@ -203,19 +143,13 @@ def is_vqa_checkpoint(state_dict: Mapping[str, torch.Tensor]) -> bool:
 
 def vqa_rules() -> list[MappingRule]:
     """Original ``model_vqa.ALBEF`` names -> ``VlpAlbefForQuestionAnswering`` names: the question encoder (a
-    ``BertModel``, no ``bert.``), the answer decoder ``text_decoder.bert.*`` and its LM head ``text_decoder.cls.*``,
-    and the momentum copies ``*_m`` of all three."""
+    ``BertModel``, no ``bert.``, no projections), the answer decoder ``text_decoder.bert.*`` and its LM head
+    ``text_decoder.cls.*``, and the momentum copies ``*_m`` of all three."""
     rules: list[MappingRule] = []
-    for source, target in (("", ""), ("_m", "momentum_")):
-        # the projections do not exist in the VQA model; their targets are never produced
-        rules += tower_rules(
-            source, f"{target}vision_model.", f"{target}text_model.", None, "unused.", "unused.", bert=""
-        )
-        decoder = tower_rules(
-            source, "unused.", f"{target}answer_decoder.", f"{target}answer_head.", "unused.", "unused.",
-            text_source="text_decoder",
-        )
-        rules += [rule for rule in decoder if rule.pattern.startswith("text_decoder")]
+    for source, target in (("", ONLINE), ("_m", MOMENTUM)):
+        rules += tower_rules(source, target, mlm_head=False, projections=(), bert="")
+        decoder = rf"text_decoder{source}\."
+        rules += text_tower_rules(decoder, r"bert\.", f"{target}answer_decoder.", f"{target}answer_head.")
     return rules
 
 
@@ -235,20 +169,12 @@ def retrieval_rules(bert: str) -> list[MappingRule]:
     """Original ``model_retrieval.ALBEF`` names (or a pretraining checkpoint's, ``bert="bert\\."``, with its MLM heads
     dropped as ``Retrieval.py`` ignores them) -> ``VlpAlbefForImageTextRetrieval`` names. The single ``queue_ptr`` goes
     to ``image_queue.ptr`` and is copied to the other queues by :func:`map_retrieval_state_dict`."""
-    online = tower_rules(
-        "", "albef.vision_model.", "albef.text_model.", None, "albef.vision_proj.", "albef.text_proj.", bert
-    )
-    momentum_towers = tower_rules(
-        "_m", "momentum_vision_model.", "momentum_text_model.", None, "momentum_vision_proj.", "momentum_text_proj.",
-        bert,
-    )
     return [
-        Rename(r"temp", "albef.temp"),
-        Rename(r"itm_head\.(weight|bias)", r"albef.itm_head.\1"),
-        *momentum_towers,
-        *online,
+        *_online_heads(),
+        *tower_rules("_m", MOMENTUM, mlm_head=False, bert=bert),
+        *tower_rules("", ONLINE, mlm_head=False, bert=bert),
         Rename(r"(image|text|idx)_queue", r"\1_queue.queue"),
-        Rename(r"queue_ptr", "image_queue.ptr", _as_scalar),
+        Rename(r"queue_ptr", "image_queue.ptr", as_scalar),
     ]
 
 
@@ -266,10 +192,6 @@ def map_retrieval_state_dict(state_dict: Mapping[str, torch.Tensor]) -> MappedSt
             mapped.tensors[f"{queue}.ptr"] = mapped.tensors["image_queue.ptr"].clone()
             mapped.sources[f"{queue}.ptr"] = list(mapped.sources["image_queue.ptr"])
     return mapped
-
-
-def _as_scalar(tensor: torch.Tensor) -> torch.Tensor:
-    return tensor.reshape(())
 
 
 def has_momentum_towers(state_dict: Mapping[str, torch.Tensor]) -> bool:
@@ -332,12 +254,10 @@ def classifier_rules() -> list[MappingRule]:
     ``VlpAlbefForVisualEntailment`` names: ``visual_encoder``, ``text_encoder`` (a ``BertModel``: no ``bert.``, layer
     indices kept, so NLVR2's 18 layers land on the paired encoder's), ``cls_head`` and their ``*_m`` copies."""
     rules: list[MappingRule] = []
-    for source, target in (("", ""), ("_m", "momentum_")):
-        # neither model has contrastive projections: their targets are never produced
-        rules += tower_rules(
-            source, f"{target}vision_model.", f"{target}text_model.", None, "unused.", "unused.", bert=""
-        )
-        rules.append(Rename(rf"cls_head{source}\.(?P<i>[02])\.(?P<p>weight|bias)", rf"{target}cls_head.\g<i>.\g<p>"))
+    for source, target in (("", ONLINE), ("_m", MOMENTUM)):
+        # neither model has contrastive projections
+        rules += tower_rules(source, target, mlm_head=False, projections=(), bert="")
+        rules.append(Rename(rf"cls_head{source}\.(?P<i>[02])\.{P}", rf"{target}cls_head.\g<i>.\g<p>"))
     return rules
 
 
@@ -346,8 +266,8 @@ def text_assignment_rules() -> list[MappingRule]:
     similar images; ``text_proj`` and ``temp`` exist in the original but are never read)."""
     return [
         Drop(r"text_proj\.(?:weight|bias)|temp", "never read by text assignment (model_pretrain_nlvr.py keeps it)"),
-        *tower_rules("", "vision_model.", "text_model.", None, "vision_proj.", "unused.", bert=""),
-        Rename(r"ta_head\.(weight|bias)", r"ta_head.\1"),
+        *tower_rules("", ONLINE, mlm_head=False, projections=("vision_proj",), bert=""),
+        Rename(r"ta_head\." + P, ONLINE + r"ta_head.\g<p>"),
     ]
 
 
@@ -441,23 +361,8 @@ def _layer_indices(state_dict: Mapping[str, torch.Tensor], pattern: str) -> list
     return sorted({int(match.group(1)) for key in state_dict if (match := regex.match(key))})
 
 
-def read_original_config(path: str | Path) -> dict[str, Any]:
-    """Load ``--original-config``: the original yaml keys as a JSON object (``bert_config`` = the json content)."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConversionError(f"Original config not found: {path}")
-    try:
-        config = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise ConversionError(f"Original config {path} is not valid JSON: {error}") from error
-    if not isinstance(config, dict):
-        raise ConversionError(f"Original config {path} must be a JSON object of the original yaml keys.")
-    if "bert_config" in config and not isinstance(config["bert_config"], dict):
-        raise ConversionError(
-            f"'bert_config' in {path} must hold the CONTENT of the BERT json (e.g. configs/config_bert.json), "
-            f"not {config['bert_config']!r}."
-        )
-    return config
+BERT_CONFIG = ("bert_config", "the BERT json (e.g. configs/config_bert.json)")
+ORIGINAL_CONFIG = "the original yaml keys"
 
 
 def albef_config(
@@ -546,26 +451,25 @@ def albef_config(
 
 
 def load_tokenizer(path: str | Path, vocab_size: int) -> Any:
-    """A lower-casing ``BertTokenizer`` from the original WordPiece ``vocab.txt``; special tokens found by name.
+    """A lower-casing BERT tokenizer from the original WordPiece ``vocab.txt`` (special tokens found by name) or a
+    tokenizer directory; its size must equal the checkpoint's vocabulary.
 
-    ALBEF feeds ``[CLS] tokens`` without a trailing ``[SEP]``: drop the last id of single sentences (the processor's
-    job), or keep it when the model is fine-tuned from here with the stock format.
+    ALBEF feeds ``[CLS] tokens`` without a trailing ``[SEP]``: the processor drops the last id of single sentences;
+    the tokenizer alone keeps the stock format (for fine-tuning from here with it).
     """
-    from transformers import BertTokenizer
-
-    path = Path(path)
-    if not path.is_file():
-        raise ConversionError(f"Tokenizer not found: {path}. Pass the WordPiece vocab.txt the checkpoint was trained with.")
-    tokens = path.read_text(encoding="utf-8").splitlines()
-    missing = [token for token in SPECIAL_TOKENS.values() if token not in tokens]
-    if missing:
-        raise ConversionError(f"{path} lacks the special tokens {missing}; pass a BERT WordPiece vocab.txt.")
-    if len(tokens) != vocab_size:
+    tokenizer = load_bert_tokenizer(path)
+    if len(tokenizer) != vocab_size:
         raise ConversionError(
-            f"The tokenizer has {len(tokens)} tokens but the checkpoint's vocabulary has {vocab_size}; pass the "
+            f"The tokenizer has {len(tokenizer)} tokens but the checkpoint's vocabulary has {vocab_size}; pass the "
             "vocab.txt the checkpoint was trained with."
         )
-    return BertTokenizer(vocab=str(path), do_lower_case=True, **SPECIAL_TOKENS)
+    return tokenizer
+
+
+def build_processor(tokenizer: Any, config: VlpAlbefConfig) -> VlpAlbefProcessor:
+    """The processor of a converted model: ALBEF's square bicubic resize at the model's resolution and ``tokenizer``."""
+    size = config.vision_config.image_size
+    return VlpAlbefProcessor(VlpAlbefImageProcessor(size={"height": size, "width": size}), tokenizer)
 
 
 # --------------------------------------------------------------------------------------------------- conversion
@@ -577,6 +481,9 @@ MODEL_CLASSES = {
     "vqa": VlpAlbefForQuestionAnswering, "nlvr2": VlpAlbefForVisualReasoning, "snli-ve": VlpAlbefForVisualEntailment,
     "text-assignment": VlpAlbefForTextAssignment,
 }
+VERIFY_ATOL = 1e-4
+VERIFIED_HEADS = ("pretraining", "masked_lm", "retrieval")
+VERIFIED_AGAINST = "the original tensors run through transformers' BERT/BLIP modules"
 TASK_MODEL_NAMES = {"nlvr2": "VlpAlbefForVisualReasoning", "snli-ve": "VlpAlbefForVisualEntailment",
                     "text-assignment": "VlpAlbefForTextAssignment"}
 
@@ -590,7 +497,9 @@ class AlbefConversion:
         | VlpAlbefForVisualReasoning | VlpAlbefForVisualEntailment | VlpAlbefForTextAssignment
     )
     tokenizer: Any
+    processor: VlpAlbefProcessor | None
     dropped: dict[str, str]
+    differences: dict[str, float] | None = None  # None when no verification ran
     output: Path | None = None
 
 
@@ -603,8 +512,9 @@ def convert_albef_checkpoint(
     command: str | None = None,
     head: str = "auto",
     image_size: int | None = None,
+    verify: bool = False,
 ) -> AlbefConversion:
-    """Convert an ALBEF checkpoint (+ tokenizer); write it to ``output``.
+    """Convert an ALBEF checkpoint (+ tokenizer, as a ``VlpAlbefProcessor``); write it to ``output``.
 
     ``head="auto"`` writes ``VlpAlbefForImageTextRetrieval`` for a retrieval checkpoint (it has ``idx_queue``),
     ``VlpAlbefForPretraining`` (momentum towers and queues kept) when the checkpoint holds momentum towers, else
@@ -614,7 +524,9 @@ def convert_albef_checkpoint(
     only to their own head. ``image_size`` (default: the original config's ``image_res``, else the checkpoint's)
     resizes the ViT position embeddings when it differs from the checkpoint's. Every source key is mapped or
     explicitly dropped (``position_ids``, the tied bias copies) and every target key filled, or a
-    :class:`ConversionError` names the keys and nothing is written.
+    :class:`ConversionError` names the keys and nothing is written. ``verify`` compares the ITC/ITM towers of the
+    pretraining, masked-LM and retrieval heads with the original tensors run through transformers' modules
+    (:mod:`conversion.albef_reference`, atol 1e-4).
     """
     if head not in HEADS:
         raise ConversionError(f"head must be one of {HEADS}, got {head!r}")
@@ -624,7 +536,7 @@ def convert_albef_checkpoint(
     state_dict = source.state_dict
     logger.info(f"Source: {source.path} ({len(state_dict)} tensors)")
     if original_config is not None and not isinstance(original_config, Mapping):
-        original_config = read_original_config(original_config)
+        original_config = read_original_config(original_config, ORIGINAL_CONFIG, nested=BERT_CONFIG)
     original_config = original_config or {}
     retrieval_source = is_retrieval_checkpoint(state_dict)
     vqa_source = is_vqa_checkpoint(state_dict)
@@ -694,18 +606,36 @@ def convert_albef_checkpoint(
         f"Wrote {type(model).__name__}: mapped {len(mapped.tensors)} tensors; dropped {len(momentum)} momentum/queue "
         f"tensors and {sorted(set(mapped.dropped) - set(momentum))}."
     )
-    if bert_tokenizer is None:
-        logger.warning("No tokenizer given (--tokenizer): writing the model without one.")
-    result = AlbefConversion(model, bert_tokenizer, mapped.dropped)
+    differences = _verify(state_dict, model, head, resized) if verify else None
+    processor = build_processor(bert_tokenizer, config) if bert_tokenizer is not None else None
+    if processor is None:
+        logger.warning("No tokenizer given (--tokenizer): writing the model without a processor.")
+    result = AlbefConversion(model, bert_tokenizer, processor, mapped.dropped, differences)
     if output is not None:
         call = command or f"convert_albef_checkpoint({source.path.name!r}, ...)"
         readme = provenance(
             source.path.name, call, momentum, type(model).__name__, grounding=requested_head == "grounding",
             notes=resized, momentum_copied=head in ("nlvr2", "snli-ve") and not has_momentum_towers(state_dict),
+            differences=differences,
         )
-        result.output = write_output_dir(output, lambda directory: _write(directory, result, readme), overwrite)
-        logger.info(f"Wrote {result.output}")
+        result.output = write_conversion(output, model, processor, readme, overwrite)
     return result
+
+
+def _verify(
+    state_dict: Mapping[str, torch.Tensor], model: Any, head: str, resized: Sequence[str]
+) -> dict[str, float]:
+    """Max |difference| between the converted model and :func:`~conversion.albef_reference.reference_outputs`."""
+    if head not in VERIFIED_HEADS:
+        raise ConversionError(
+            f"--verify compares the ITC/ITM towers with the original tensors run through transformers' modules; it "
+            f"covers --head {', '.join(VERIFIED_HEADS)}, not --head {head}."
+        )
+    if resized:
+        raise ConversionError("--verify needs the checkpoint's own resolution; drop --image-size (or image_res).")
+    inputs = random_inputs(model.config)
+    differences = max_abs_differences(reference_outputs(state_dict, model.config, inputs), converted_outputs(model, inputs))
+    return check_differences(differences, VERIFY_ATOL, VERIFIED_AGAINST)
 
 
 def provenance(
@@ -716,6 +646,7 @@ def provenance(
     grounding: bool = False,
     notes: Sequence[str] = (),
     momentum_copied: bool = False,
+    differences: Mapping[str, float] | None = None,
 ) -> str:
     """The conversion's provenance paragraph for the ALBEF model card; ``notes`` (e.g. resized position embeddings)
     are appended. ``momentum_copied``: the source had no momentum towers and they start as copies of the online ones."""
@@ -752,39 +683,37 @@ def provenance(
         source, carried = "pretraining", "Online towers, MLM head, projections, ITM head and `temp`"
         kept = "Momentum towers (`momentum_*`) and feature queues (`image_queue`, `text_queue`) carried over too."
     resized = "".join(f" {note}." for note in notes)
+    verified = (
+        f" Compared with {VERIFIED_AGAINST} on random inputs: max |diff| {format_differences(differences)}."
+        if differences is not None
+        else ""
+    )
     return (
         f"Converted from `{checkpoint_name}` (salesforce/ALBEF {source} checkpoint) to `{model_class}` with\n\n"
         f"```bash\n{command}\n```\n\n"
-        f"{carried} carried over exactly. {kept}{resized} "
+        f"{carried} carried over exactly. {kept}{resized}{verified} "
         "ALBEF's text format is `[CLS] tokens` without a trailing `[SEP]`."
     )
-
-
-def _write(directory: Path, result: AlbefConversion, readme: str) -> None:
-    result.model.save_pretrained(directory)
-    if result.tokenizer is not None:
-        result.tokenizer.save_pretrained(directory)
-    render_model_card(result.model, provenance=readme, tags=["converted"]).save(directory / "README.md")
 
 
 # --------------------------------------------------------------------------------------------------- CLI
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--checkpoint", required=True, help="original {'model': state_dict} file (e.g. ALBEF.pth)")
-    parser.add_argument("--output", required=True, help="directory to write (must not exist or be empty unless --overwrite)")
-    parser.add_argument("--original-config", help="JSON of the original yaml keys, BERT json content under bert_config")
-    parser.add_argument("--tokenizer", help="the WordPiece vocab.txt the checkpoint was trained with")
-    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --output directory")
-    parser.add_argument(
-        "--head", choices=HEADS, default="auto",
-        help="auto: VlpAlbefForQuestionAnswering for a VQA checkpoint (text_decoder), VlpAlbefForTextAssignment for a "
-        "text-assignment checkpoint (ta_head), VlpAlbefForVisualReasoning / VlpAlbefForVisualEntailment for an NLVR2 / "
-        "SNLI-VE checkpoint (cls_head with 2 / 3 outputs), VlpAlbefForImageTextRetrieval for a retrieval checkpoint "
-        "(idx_queue; --head grounding for RefCOCO+ grounding ones), VlpAlbefForPretraining when the checkpoint has "
-        "momentum towers, else VlpAlbefForMaskedLM",
-    )
+OPTION_HELP = {
+    "checkpoint": "original {'model': state_dict} file (e.g. ALBEF.pth)",
+    "original_config": "JSON of the original yaml keys, BERT json content under bert_config",
+    "tokenizer": "the WordPiece vocab.txt (or tokenizer directory) the checkpoint was trained with",
+    "verify": "compare the ITC/ITM towers with the original tensors run through transformers' modules (atol 1e-4)",
+    "head": "auto: VlpAlbefForQuestionAnswering for a VQA checkpoint (text_decoder), VlpAlbefForTextAssignment for a "
+    "text-assignment checkpoint (ta_head), VlpAlbefForVisualReasoning / VlpAlbefForVisualEntailment for an NLVR2 / "
+    "SNLI-VE checkpoint (cls_head with 2 / 3 outputs), VlpAlbefForImageTextRetrieval for a retrieval checkpoint "
+    "(idx_queue; --head grounding for RefCOCO+ grounding ones), VlpAlbefForPretraining when the checkpoint has "
+    "momentum towers, else VlpAlbefForMaskedLM",
+}
+
+
+def parse_args(argv: Sequence[str] | None = None, prog: str | None = None) -> argparse.Namespace:
+    parser = converter_parser(__doc__, OPTION_HELP, heads=HEADS, prog=prog)
     parser.add_argument(
         "--image-size", type=int,
         help="image resolution of the converted model (default: the original config's image_res, else the "
@@ -793,18 +722,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv: Sequence[str] | None = None) -> AlbefConversion:
-    args = parse_args(argv)
-    return convert_albef_checkpoint(
-        args.checkpoint,
-        output=args.output,
-        original_config=args.original_config,
-        tokenizer=args.tokenizer,
-        overwrite=args.overwrite,
-        head=args.head,
-        image_size=args.image_size,
-        command=command_line(argv, program="python conversion/convert_albef.py"),
-    )
+def main(argv: Sequence[str] | None = None, program: str = "python conversion/convert_albef.py") -> AlbefConversion:
+    """``convert_albef.py`` / ``hf-vlp convert albef``: convert as the command line says."""
+    args = parse_args(argv, program)
+    return convert_albef_checkpoint(**converter_options(args, argv, program), head=args.head, image_size=args.image_size)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import logging
 import math
 import re
@@ -36,35 +35,18 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import hf_vlp  # noqa: F401  (registers the Auto classes)
-from hf_vlp.integrations.model_card import render_model_card
 from hf_vlp.models.clip.configuration_clip import VlpClipConfig, VlpClipTextConfig
 from hf_vlp.models.clip.image_processing_clip import VlpClipImageProcessor
 from hf_vlp.models.clip.modeling_clip import VlpClipModel, VlpClipTextModel
 from hf_vlp.models.clip.processing_clip import VlpClipProcessor
 from hf_vlp.models.clip.tokenization_clip import load_clip_tokenizer
 
-from conversion.common import (
-    ConversionError,
-    Drop,
-    Fuse,
-    MappedStateDict,
-    MappingRule,
-    Rename,
-    check_differences,
-    check_output_dir,
-    command_line,
-    filter_prefix,
-    format_differences,
-    load_mapped_state_dict,
-    map_state_dict,
-    max_abs_differences,
-    prepare_torchscript_for_cpu,
-    read_checkpoint,
-    read_transformers_weights,
-    run_cli,
-    transpose,
-    write_output_dir,
-)
+from conversion.common import ConversionError, Drop, MappedStateDict, MappingRule, Rename, check_differences
+from conversion.common import TOWER_SIZES, check_output_dir, config_fields, converter_options, converter_parser
+from conversion.common import filter_prefix, format_differences, fused_projection, load_mapped_state_dict, map_state_dict
+from conversion.common import max_abs_differences, prepare_torchscript_for_cpu, read_checkpoint, read_original_config
+from conversion.common import read_transformers_config, read_transformers_weights, run_cli, transpose, write_conversion
+from conversion.rules import clip_block_rules
 
 logger = logging.getLogger("conversion.clip")
 
@@ -95,31 +77,6 @@ SOURCE_TRANSFORMERS = "transformers CLIPModel directory"
 # --------------------------------------------------------------------------------------------------- key rules
 
 
-def _block_rules(source: str, target: str, fused_attention: bool) -> list[MappingRule]:
-    """One pre-norm block stack: ``{source}{i}.`` -> ``{target}{i}.`` (OpenAI or transformers names)."""
-    src, dst = re.escape(source) + r"(?P<i>\d+)\.", target + r"\g<i>."
-    param = r"\.(?P<p>weight|bias)"
-    if fused_attention:
-        attention: list[MappingRule] = [
-            Rename(src + r"attn\.in_proj_(?P<p>weight|bias)", dst + r"attn.qkv.\g<p>"),
-            Rename(src + r"attn\.out_proj" + param, dst + r"attn.out_proj.\g<p>"),
-        ]
-        norm1, norm2, fc1, fc2 = r"ln_1", r"ln_2", r"mlp\.c_fc", r"mlp\.c_proj"
-    else:
-        attention = [
-            Fuse(src + r"self_attn\.(?P<part>q_proj|k_proj|v_proj)" + param, dst + r"attn.qkv.\g<p>",
-                 parts=("q_proj", "k_proj", "v_proj")),
-            Rename(src + r"self_attn\.out_proj" + param, dst + r"attn.out_proj.\g<p>"),
-        ]
-        norm1, norm2, fc1, fc2 = r"layer_norm1", r"layer_norm2", r"mlp\.fc1", r"mlp\.fc2"
-    return attention + [
-        Rename(src + norm1 + param, dst + r"norm1.\g<p>"),
-        Rename(src + norm2 + param, dst + r"norm2.\g<p>"),
-        Rename(src + fc1 + param, dst + r"mlp.fc1.\g<p>"),
-        Rename(src + fc2 + param, dst + r"mlp.fc2.\g<p>"),
-    ]
-
-
 def openai_rules(architecture: str) -> list[MappingRule]:
     """OpenAI (and open_clip OpenAI-style) names -> hf_vlp names, for a ``"vit"`` or ``"resnet"`` image tower."""
     text = "text_model.transformer."
@@ -130,7 +87,7 @@ def openai_rules(architecture: str) -> list[MappingRule]:
         Rename(r"ln_final\.(weight|bias)", text + r"norm_final.\1"),
         Rename(r"text_projection", "text_projection.weight", transpose),
         Rename(r"logit_scale", "logit_scale"),
-        *_block_rules("transformer.resblocks.", text + "encoder.layers.", fused_attention=True),
+        *clip_block_rules("transformer.resblocks.", text + "encoder.layers.", fused_attention=True),
     ]
     if architecture == "vit":
         vit = "vision_model.transformer."
@@ -141,7 +98,7 @@ def openai_rules(architecture: str) -> list[MappingRule]:
             Rename(r"visual\.ln_pre\.(weight|bias)", vit + r"norm_pre.\1"),
             Rename(r"visual\.ln_post\.(weight|bias)", vit + r"norm_post.\1"),
             Rename(r"visual\.proj", "visual_projection.weight", transpose),
-            *_block_rules("visual.transformer.resblocks.", vit + "encoder.layers.", fused_attention=True),
+            *clip_block_rules("visual.transformer.resblocks.", vit + "encoder.layers.", fused_attention=True),
         ]
     else:
         trunk, pool = "vision_model.trunk.", "vision_model.attnpool."
@@ -152,8 +109,7 @@ def openai_rules(architecture: str) -> list[MappingRule]:
             Rename(r"visual\.(layer[1-4]\.\d+)\.((?:conv|bn)[123]\..+)", trunk + r"\1.\2"),
             Rename(r"visual\.attnpool\.positional_embedding", pool + "position_embedding"),
             Rename(r"visual\.attnpool\.q_proj\.(weight|bias)", pool + r"attn.q.\1"),
-            Fuse(r"visual\.attnpool\.(?P<part>k_proj|v_proj)\.(?P<p>weight|bias)", pool + r"attn.kv.\g<p>",
-                 parts=("k_proj", "v_proj")),
+            fused_projection(r"visual\.attnpool\.", ("k_proj", "v_proj"), pool + "attn.kv"),
             Rename(r"visual\.attnpool\.c_proj\.(weight|bias)", pool + r"attn.out_proj.\1"),
         ]
     return rules
@@ -167,13 +123,13 @@ def transformers_rules() -> list[MappingRule]:
         Rename(r"text_model\.embeddings\.token_embedding\.weight", text + "token_embedding.weight"),
         Rename(r"text_model\.embeddings\.position_embedding\.weight", text + "position_embedding"),
         Rename(r"text_model\.final_layer_norm\.(weight|bias)", text + r"norm_final.\1"),
-        *_block_rules("text_model.encoder.layers.", text + "encoder.layers.", fused_attention=False),
+        *clip_block_rules("text_model.encoder.layers.", text + "encoder.layers.", fused_attention=False),
         Rename(r"vision_model\.embeddings\.patch_embedding\.weight", vit + "patch_embed.weight"),
         Rename(r"vision_model\.embeddings\.class_embedding", vit + "class_embedding"),
         Rename(r"vision_model\.embeddings\.position_embedding\.weight", vit + "position_embedding"),
         Rename(r"vision_model\.pre_layrnorm\.(weight|bias)", vit + r"norm_pre.\1"),
         Rename(r"vision_model\.post_layernorm\.(weight|bias)", vit + r"norm_post.\1"),
-        *_block_rules("vision_model.encoder.layers.", vit + "encoder.layers.", fused_attention=False),
+        *clip_block_rules("vision_model.encoder.layers.", vit + "encoder.layers.", fused_attention=False),
         Rename(r"(visual_projection|text_projection)\.weight", r"\1.weight"),
         Rename(r"logit_scale", "logit_scale"),
     ]
@@ -207,21 +163,8 @@ def read_clip_source(path: str | Path) -> ClipSource:
 
 
 def _read_transformers_directory(path: Path) -> ClipSource:
-    config_file = path / "config.json"
-    if not config_file.is_file():
-        raise ConversionError(
-            f"{path} is a directory without config.json; pass a transformers CLIPModel directory "
-            "(written by save_pretrained) or a checkpoint file."
-        )
-    try:
-        model_type = json.loads(config_file.read_text()).get("model_type")
-    except json.JSONDecodeError as error:
-        raise ConversionError(f"{config_file} is not valid JSON: {error}") from error
-    if model_type != "clip":
-        raise ConversionError(
-            f"{path} holds a transformers model of type {model_type!r}; this converter reads CLIPModel "
-            "directories (model_type 'clip')."
-        )
+    expected = "a transformers CLIPModel directory (written by save_pretrained) or a checkpoint file"
+    read_transformers_config(path, "clip", expected)
     from transformers import CLIPConfig
 
     hf_config = CLIPConfig.from_pretrained(str(path))
@@ -277,25 +220,6 @@ def infer_original_config(state_dict: Mapping[str, torch.Tensor]) -> dict[str, A
         "transformer_heads": text_width // OPENAI_HEAD_DIM,
         "transformer_layers": _count_indices(state_dict, r"transformer\.resblocks\.(\d+)\."),
     }
-
-
-def read_original_config(path: str | Path) -> dict[str, Any]:
-    """Load ``--original-config`` (a JSON object of ``CLIP(...)`` constructor arguments) and check its keys."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConversionError(f"Original config not found: {path}")
-    try:
-        config = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise ConversionError(f"Original config {path} is not valid JSON: {error}") from error
-    if not isinstance(config, dict):
-        raise ConversionError(f"Original config {path} must be a JSON object of CLIP(...) arguments.")
-    unknown = sorted(set(config) - set(ORIGINAL_CONFIG_KEYS))
-    if unknown:
-        raise ConversionError(
-            f"Original config {path} has unknown keys {unknown}; expected a subset of {list(ORIGINAL_CONFIG_KEYS)}."
-        )
-    return config
 
 
 def _intermediate_size(state_dict: Mapping[str, torch.Tensor], block_prefix: str, width: int) -> int:
@@ -385,27 +309,9 @@ def transformers_clip_config(hf_config: Any, eos_token_id: int | None, bos_token
             raise ConversionError(f"The {name} id {token_id} is outside the vocabulary of {text.vocab_size}.")
     return _make_config(
         hf_config.projection_dim,
+        dict(architecture="vit", **config_fields(vision, *TOWER_SIZES, "patch_size", "image_size", "num_channels")),
         dict(
-            architecture="vit",
-            hidden_size=vision.hidden_size,
-            intermediate_size=vision.intermediate_size,
-            num_hidden_layers=vision.num_hidden_layers,
-            num_attention_heads=vision.num_attention_heads,
-            patch_size=vision.patch_size,
-            image_size=vision.image_size,
-            num_channels=vision.num_channels,
-            hidden_act=vision.hidden_act,
-            layer_norm_eps=vision.layer_norm_eps,
-        ),
-        dict(
-            vocab_size=text.vocab_size,
-            hidden_size=text.hidden_size,
-            intermediate_size=text.intermediate_size,
-            num_hidden_layers=text.num_hidden_layers,
-            num_attention_heads=text.num_attention_heads,
-            max_position_embeddings=text.max_position_embeddings,
-            hidden_act=text.hidden_act,
-            layer_norm_eps=text.layer_norm_eps,
+            **config_fields(text, *TOWER_SIZES, "vocab_size", "max_position_embeddings"),
             eos_token_id=eos_token_id,
             bos_token_id=bos_token_id,
             pad_token_id=0,
@@ -628,7 +534,9 @@ def convert_clip_checkpoint(
                 "config.json."
             )
         if not isinstance(original_config, Mapping):
-            original_config = read_original_config(original_config)
+            original_config = read_original_config(
+                original_config, "CLIP(...) arguments", allowed_keys=ORIGINAL_CONFIG_KEYS
+            )
     context_length = None
     if source.kind != SOURCE_TRANSFORMERS:
         context_length = _require(source.state_dict, "positional_embedding").shape[0]
@@ -656,9 +564,8 @@ def convert_clip_checkpoint(
 
     result = ClipConversion(model, processor, source.kind, differences, note)
     if output is not None:
-        card = model_card(result, source, command or _api_call(checkpoint, original_config, tokenizer, verify))
-        result.output = write_output_dir(output, lambda directory: _write(directory, model, processor, card), overwrite)
-        logger.info(f"Wrote {result.output}")
+        card = provenance(result, source, command or _api_call(checkpoint, original_config, tokenizer, verify))
+        result.output = write_conversion(output, model, processor, card, overwrite)
     return result
 
 
@@ -674,17 +581,10 @@ def _verify(source: ClipSource, model: VlpClipModel) -> tuple[dict[str, float] |
     else:
         reference = transformers_outputs(source.path, pixel_values, input_ids)
         against = "transformers CLIPModel"
-    differences = max_abs_differences(reference, converted_outputs(model, pixel_values, input_ids))
-    logger.info(f"Verification against {against}: max |diff| {format_differences(differences)}")
-    check_differences(differences, VERIFY_ATOL, against)
+    differences = check_differences(
+        max_abs_differences(reference, converted_outputs(model, pixel_values, input_ids)), VERIFY_ATOL, against
+    )
     return differences, f"passed against {against} (atol {VERIFY_ATOL:g}): max |diff| {format_differences(differences)}"
-
-
-def _write(directory: Path, model: VlpClipModel, processor: VlpClipProcessor | None, card: str) -> None:
-    model.save_pretrained(directory)
-    if processor is not None:
-        processor.save_pretrained(directory)
-    (directory / "README.md").write_text(card, encoding="utf-8")
 
 
 def _api_call(checkpoint: Any, original_config: Any, tokenizer: Any, verify: bool) -> str:
@@ -698,55 +598,38 @@ def _api_call(checkpoint: Any, original_config: Any, tokenizer: Any, verify: boo
     return f"conversion.convert_clip.convert_clip_checkpoint({', '.join(arguments)}, output=...)"
 
 
-def model_card(result: ClipConversion, source: ClipSource, command: str) -> str:
-    """The architecture's model card (``model_cards/clip.md``) with the conversion's provenance."""
+def provenance(result: ClipConversion, source: ClipSource, command: str) -> str:
+    """The conversion's provenance paragraph for the CLIP model card (``model_cards/clip.md``)."""
     processor_line = (
         "The processor tokenises like the original `clip.tokenize(..., truncate=True)` and preprocesses images like "
         "`clip._transform`."
         if result.processor is not None
         else "No tokenizer was given, so this folder holds the model only (convert again with `--tokenizer`)."
     )
-    provenance = (
+    return (
         f"Converted from `{source.path.name}` ({source.kind}); weights upcast to float32, `logit_scale` carried over "
         f"exactly.\n\n```bash\n{command}\n```\n\nVerification: {result.verification_note}. {processor_line}"
     )
-    card = render_model_card(result.model, provenance=provenance, tags=["converted"])
-    return str(card)
 
 
 # --------------------------------------------------------------------------------------------------- CLI
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--checkpoint", required=True, help="TorchScript release, state-dict file or transformers CLIPModel directory"
-    )
-    parser.add_argument(
-        "--output", required=True, help="directory to write (must not exist or be empty unless --overwrite)"
-    )
-    parser.add_argument(
-        "--original-config", help="JSON of the original CLIP(...) constructor arguments (sizes, text heads)"
-    )
-    parser.add_argument("--tokenizer", help="original BPE merges file (.txt.gz) or a transformers tokenizer directory")
-    parser.add_argument(
-        "--verify", action="store_true", help="compare with the source model on random inputs (atol 1e-4)"
-    )
-    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --output directory")
-    return parser.parse_args(argv)
+OPTION_HELP = {
+    "checkpoint": "TorchScript release, state-dict file or transformers CLIPModel directory",
+    "original_config": "JSON of the original CLIP(...) constructor arguments (sizes, text heads)",
+    "tokenizer": "original BPE merges file (.txt.gz) or a transformers tokenizer directory",
+    "verify": "compare with the source model on random inputs (atol 1e-4)",
+}
 
 
-def main(argv: Sequence[str] | None = None) -> ClipConversion:
-    args = parse_args(argv)
-    return convert_clip_checkpoint(
-        args.checkpoint,
-        output=args.output,
-        original_config=args.original_config,
-        tokenizer=args.tokenizer,
-        verify=args.verify,
-        overwrite=args.overwrite,
-        command=command_line(argv, program="python conversion/convert_clip.py"),
-    )
+def parse_args(argv: Sequence[str] | None = None, prog: str | None = None) -> argparse.Namespace:
+    return converter_parser(__doc__, OPTION_HELP, prog=prog).parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None, program: str = "python conversion/convert_clip.py") -> ClipConversion:
+    """``convert_clip.py`` / ``hf-vlp convert clip``: convert as the command line says."""
+    return convert_clip_checkpoint(**converter_options(parse_args(argv, program), argv, program))
 
 
 if __name__ == "__main__":

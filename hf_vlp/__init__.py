@@ -78,7 +78,7 @@ _LAZY = {
     "ContrastiveCollator": "hf_vlp.training.collators",
     "CaptioningCollator": "hf_vlp.training.collators",
     "load_image_text_dataset": "hf_vlp.training.data",
-    "clip_train_transform": "hf_vlp.training.data",
+    "clip_train_transform": "hf_vlp.training.transforms",
     "BadSampleCounter": "hf_vlp.training.data",
     "build_synthetic_dataset": "hf_vlp.synthetic",
     "SYNTHETIC_CLASS_NAMES": "hf_vlp.synthetic",

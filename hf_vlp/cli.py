@@ -1,4 +1,5 @@
-"""``hf-vlp`` command line: ``train <arch> [--task TASK]`` and ``evaluate <dir>``.
+"""``hf-vlp`` command line: ``train <arch> [--task TASK]``, ``evaluate <dir>``, ``capfilt`` and
+``convert <family> ...`` (the ``conversion`` package's converters).
 
 Every ``transformers.TrainingArguments`` field is accepted as a flag (``--max-steps``, ``--bf16``,
 ``--per-device-train-batch-size``, ``--gradient-checkpointing``, ``--report-to``, ``--resume-from-checkpoint``, ...);
@@ -8,6 +9,8 @@ the task's recipe only fills in what is not given. Works under ``torchrun`` (DDP
 from __future__ import annotations
 
 import argparse
+import functools
+import importlib
 import sys
 from collections.abc import Callable, Sequence
 
@@ -17,15 +20,18 @@ from .training.job import JobArguments
 from .training.runner import evaluate, task_of_saved_model, train
 from .training.tasks import architectures, get_task, task_names
 
+CONVERTER_FAMILIES = ("clip", "albef", "blip")
 USAGE = """hf-vlp train ARCH [--task TASK] [options]   train ARCH's task with the stock Trainer ({tasks})
 hf-vlp evaluate DIR [options]                the task's metrics (retrieval, zero-shot, VQA, accuracy) of a saved model
 hf-vlp capfilt --captioner DIR --filter DIR --dataset SPEC --output DIR   bootstrap a dataset with BLIP's CapFilt
+hf-vlp convert {families} --checkpoint PATH --output DIR [--original-config PATH] [--tokenizer PATH] [--verify]
+                                             convert an original release (or transformers directory) to hf_vlp
 Add --help after a command for its options."""
 
 
 def _usage() -> str:
     tasks = "; ".join(f"{arch}: {', '.join(task_names(arch))}" for arch in architectures())
-    return USAGE.format(tasks=tasks)
+    return USAGE.format(tasks=tasks, families="|".join(CONVERTER_FAMILIES))
 
 
 def _task_argument(arguments: Sequence[str]) -> str | None:
@@ -89,6 +95,19 @@ def _capfilt(arguments: Sequence[str]) -> int:
     return capfilt_main(list(arguments), prog="hf-vlp capfilt")
 
 
+def _convert(arguments: Sequence[str]) -> int:
+    """``hf-vlp convert FAMILY ARGS...``: the family's ``conversion/convert_<family>.py`` ``main`` on ARGS."""
+    if not arguments or arguments[0] not in CONVERTER_FAMILIES:
+        given = f" (got {arguments[0]!r})" if arguments else ""
+        print(f"hf-vlp convert: name a family, one of {list(CONVERTER_FAMILIES)}{given}", file=sys.stderr)
+        return 2
+    family = arguments[0]
+    from conversion.common import run_cli  # loads the converters only when used
+
+    converter = importlib.import_module(f"conversion.convert_{family}")
+    return run_cli(functools.partial(converter.main, program=f"hf-vlp convert {family}"), list(arguments[1:]))
+
+
 def _run(job: Callable[[], object]) -> int:
     """Run a job; problems with the user's input become one clear line and exit status 1, not a traceback."""
     try:
@@ -101,7 +120,7 @@ def _run(job: Callable[[], object]) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     arguments = list(sys.argv[1:] if argv is None else argv)
-    commands = {"train": _train, "evaluate": _evaluate, "capfilt": _capfilt}
+    commands = {"train": _train, "evaluate": _evaluate, "capfilt": _capfilt, "convert": _convert}
     if not arguments or arguments[0] in ("-h", "--help") or arguments[0] not in commands:
         stream = sys.stdout if arguments and arguments[0] in ("-h", "--help") else sys.stderr
         if arguments and arguments[0] not in ("-h", "--help"):

@@ -4,19 +4,12 @@ plus the shared helpers' arithmetic (summaries, per-round ratios, alternation or
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from benchmarks.common import (  # noqa: E402
+from benchmarks.common import (
     Summary,
     clip_forward_flops,
     per_round_ratios,
@@ -25,22 +18,9 @@ from benchmarks.common import (  # noqa: E402
     run_alternating,
     tiny_clip_config,
 )
+from tests.helpers.benchmarks import run_smoke
 
 RATIO_LINE = re.compile(r"^ratio (?P<label>.+) hf_vlp/(?P<other>\w+) (?P<what>[\w/]+) = (?P<value>\d+\.\d+) \(", re.M)
-
-
-def run_smoke(script: str, json_path: Path) -> str:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    completed = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / script), "--smoke", "--json", str(json_path)],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert completed.returncode == 0, f"{script} failed:\n{completed.stdout}\n{completed.stderr}"
-    return completed.stdout
 
 
 @pytest.mark.slow

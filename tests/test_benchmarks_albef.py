@@ -4,25 +4,19 @@ assertion), plus its argument checks and random-batch layout."""
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from benchmarks.bench_albef import (  # noqa: E402
+from benchmarks.bench_albef import (
     CLS_TOKEN_ID,
     SEP_TOKEN_ID,
     albef_config,
     parse_args,
     random_albef_batch,
 )
+from tests.helpers.benchmarks import run_smoke
 
 PRETRAIN_LINE = re.compile(r"^pretrain smoke samples/s = (?P<rate>\d+\.\d+) \(step \d+ ms", re.M)
 MEMORY_LINE = re.compile(
@@ -39,18 +33,8 @@ RETRIEVAL_LINE = re.compile(
 
 @pytest.mark.slow
 def test_bench_albef_smoke(tmp_path: Path) -> None:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     json_path = tmp_path / "albef.json"
-    completed = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "bench_albef.py"), "--smoke", "--json", str(json_path)],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert completed.returncode == 0, f"bench_albef.py failed:\n{completed.stdout}\n{completed.stderr}"
-    stdout = completed.stdout
+    stdout = run_smoke("bench_albef.py", json_path)
     pretrain, memory = PRETRAIN_LINE.search(stdout), MEMORY_LINE.search(stdout)
     retrieval = RETRIEVAL_LINE.search(stdout)
     assert pretrain and memory and retrieval, stdout

@@ -5,17 +5,12 @@ from __future__ import annotations
 
 import json
 import re
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from benchmarks.bench_blip import CLS_TOKEN_ID, DECODING, SEP_TOKEN_ID, main, parse_args, prompt_ids  # noqa: E402
+from benchmarks.bench_blip import CLS_TOKEN_ID, DECODING, SEP_TOKEN_ID, main, parse_args, prompt_ids
 
 RATIO_LINE = re.compile(
     r"^ratio smoke caption ours-(?P<kernel>\w+) hf_vlp/transformers images/s = (?P<value>\d+\.\d+) \(", re.M

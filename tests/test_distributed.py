@@ -2,20 +2,13 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 import torch.multiprocessing as mp
 
 from hf_vlp.objectives.distributed import all_gather_no_grad, all_gather_with_grad, get_rank, get_world_size, is_distributed
 
-
-_TESTS_DIR = str(Path(__file__).resolve().parent)  # holds _dist_helpers.py
-if _TESTS_DIR not in sys.path:
-    sys.path.append(_TESTS_DIR)
-import _dist_helpers as helpers  # noqa: E402
+from tests.helpers import toy_models as helpers
 
 
 def test_single_process_helpers_are_no_ops() -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
@@ -11,11 +10,7 @@ from torch import nn
 
 from hf_vlp.objectives.momentum import FeatureQueue, MomentumModel, copy_params, momentum_update
 
-
-_TESTS_DIR = str(Path(__file__).resolve().parent)  # holds _dist_helpers.py
-if _TESTS_DIR not in sys.path:
-    sys.path.append(_TESTS_DIR)
-import _dist_helpers as helpers  # noqa: E402
+from tests.helpers import toy_models as helpers
 
 
 def test_float_queue_starts_as_unit_columns_in_persistent_buffers() -> None:

@@ -15,15 +15,18 @@ L2-normalised float32.
 from __future__ import annotations
 
 import contextlib
+import functools
+import inspect
 import itertools
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, ParamSpec
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 __all__ = [
+    "check_positive_ints",
     "embed_images",
     "embed_texts",
     "iter_image_embeddings",
@@ -32,6 +35,8 @@ __all__ = [
 ]
 
 DEFAULT_TEXT_KWARGS: dict[str, Any] = {"padding": True}
+
+Params = ParamSpec("Params")
 
 
 def model_device(model: nn.Module) -> torch.device:
@@ -72,6 +77,14 @@ def _batches(items: Iterable[Any], batch_size: int) -> Iterator[list[Any]]:
     iterator = iter(items)
     while batch := list(itertools.islice(iterator, batch_size)):
         yield batch
+
+
+def check_positive_ints(values: Iterable[int], name: str) -> tuple[int, ...]:
+    """``values`` as a tuple, or a ValueError naming the argument unless it holds positive integers (top-k, recall@K)."""
+    values = tuple(values)
+    if not values or any(not isinstance(value, int) or value < 1 for value in values):
+        raise ValueError(f"`{name}` must be positive integers, got {values!r}.")
+    return values
 
 
 def _check_batch_size(batch_size: int, name: str = "batch_size") -> None:
@@ -149,13 +162,18 @@ def _pixel_batches(processor: Any, images: Iterable[Any] | torch.Tensor, batch_s
         yield from images.split(batch_size)
         return
     for batch in _batches(images, batch_size):
-        encoded = processor(images=batch, return_tensors="pt")
-        if "pixel_values" not in encoded:
-            raise KeyError(
-                f"`processor(images=..., return_tensors='pt')` returned keys {sorted(encoded.keys())}; "
-                "expected `pixel_values`."
-            )
-        yield encoded["pixel_values"]
+        yield _processed(processor, "images", batch, "pixel_values", {})["pixel_values"]
+
+
+def _processed(processor: Any, argument: str, batch: list[Any], key: str, kwargs: Mapping[str, Any]) -> Mapping:
+    """``processor(<argument>=batch, return_tensors="pt", **kwargs)``; a KeyError naming the keys it returned when
+    ``key`` (``pixel_values`` or ``input_ids``) is missing."""
+    encoded = processor(**{argument: batch}, return_tensors="pt", **kwargs)
+    if key not in encoded:
+        raise KeyError(
+            f"`processor({argument}=..., return_tensors='pt')` returned keys {sorted(encoded.keys())}; expected `{key}`."
+        )
+    return encoded
 
 
 def iter_text_embeddings(
@@ -186,12 +204,7 @@ def iter_text_embeddings(
             bad = [text for text in batch if not isinstance(text, str)]
             if bad:
                 raise TypeError(f"`texts` must contain only strings; got {type(bad[0]).__name__}: {bad[0]!r}.")
-            encoded = processor(text=batch, return_tensors="pt", **text_kwargs)
-            if "input_ids" not in encoded:
-                raise KeyError(
-                    f"`processor(text=..., return_tensors='pt')` returned keys {sorted(encoded.keys())}; "
-                    "expected `input_ids` (and `attention_mask`)."
-                )
+            encoded = _processed(processor, "text", batch, "input_ids", text_kwargs)
             attention_mask = encoded.get("attention_mask")
             features = model.get_text_features(
                 input_ids=encoded["input_ids"].to(device),
@@ -200,31 +213,28 @@ def iter_text_embeddings(
             yield F.normalize(_features_tensor(features, "get_text_features").float(), dim=-1)
 
 
-def _concatenate(chunks: Iterator[torch.Tensor], what: str) -> torch.Tensor:
-    embeddings = list(chunks)
-    if not embeddings:
-        raise ValueError(f"No {what} to embed: the input is empty.")
-    return torch.cat(embeddings)
+def _collected(
+    iterate: Callable[Params, Iterator[torch.Tensor]], name: str, what: str
+) -> Callable[Params, torch.Tensor]:
+    """``iterate`` (an ``iter_*_embeddings``) with its batches concatenated into ``[N, E]``: the same arguments, one
+    tensor; a ValueError when the input holds no ``what``."""
+
+    @functools.wraps(iterate)
+    def collect(*args: Params.args, **kwargs: Params.kwargs) -> torch.Tensor:
+        embeddings = list(iterate(*args, **kwargs))
+        if not embeddings:
+            raise ValueError(f"No {what} to embed: the input is empty.")
+        return torch.cat(embeddings)
+
+    collect.__name__ = collect.__qualname__ = name
+    signature = inspect.signature(iterate).replace(return_annotation="torch.Tensor")
+    collect.__signature__ = signature  # type: ignore[attr-defined]
+    collect.__doc__ = (
+        f"L2-normalised float32 {what[:-1]} embeddings ``[N, E]``, computed batch by batch "
+        f"(see ``{iterate.__name__}``)."
+    )
+    return collect
 
 
-def embed_images(
-    model: nn.Module,
-    processor: Any,
-    images: Iterable[Any] | torch.Tensor,
-    batch_size: int = 64,
-    device: torch.device | str | None = None,
-) -> torch.Tensor:
-    """L2-normalised float32 image embeddings ``[N, E]``, computed batch by batch (see ``iter_image_embeddings``)."""
-    return _concatenate(iter_image_embeddings(model, processor, images, batch_size, device), "images")
-
-
-def embed_texts(
-    model: nn.Module,
-    processor: Any,
-    texts: Iterable[str],
-    batch_size: int = 256,
-    device: torch.device | str | None = None,
-    text_kwargs: Mapping[str, Any] | None = None,
-) -> torch.Tensor:
-    """L2-normalised float32 text embeddings ``[N, E]``, computed batch by batch (see ``iter_text_embeddings``)."""
-    return _concatenate(iter_text_embeddings(model, processor, texts, batch_size, device, text_kwargs), "texts")
+embed_images = _collected(iter_image_embeddings, "embed_images", "images")
+embed_texts = _collected(iter_text_embeddings, "embed_texts", "texts")

@@ -16,7 +16,7 @@ Ties count against the query (a collapsed model that maps everything to one vect
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -24,13 +24,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .embeddings import embed_images, embed_texts
+from .embeddings import check_positive_ints, embed_images, embed_texts
 
 __all__ = [
     "RetrievalComputeMetrics",
     "image_to_text_ranks",
     "make_compute_metrics",
+    "ranks_from_scores",
     "recall_at_k",
+    "recall_at_k_from_scores",
+    "recall_metrics",
     "retrieval_metrics_from_model",
     "retrieval_recall",
     "text_to_image_ranks",
@@ -91,17 +94,11 @@ def _count_at_least(scores: torch.Tensor, thresholds: torch.Tensor) -> torch.Ten
     return (scores >= thresholds[:, None]).sum(dim=1, dtype=torch.int32).long()
 
 
-def image_to_text_ranks(
-    image_embeds: torch.Tensor, text_embeds: torch.Tensor, text_to_image: torch.Tensor, chunk_size: int = 1024
+def _image_ranks(
+    score_rows: Callable[[int, int], torch.Tensor], num_images: int, text_to_image: torch.Tensor, chunk_size: int
 ) -> torch.Tensor:
-    """For each image, the 0-based rank of its best-scoring caption among all texts ``[Ni]``.
-
-    That rank is the number of other images' captions scoring at least as high as the best own
-    caption. Inputs must already be validated (see ``retrieval_recall``). Peak extra memory is
-    ``chunk_size x Nt`` scores.
-    """
-    _check_chunk_size(chunk_size)
-    num_images = image_embeds.shape[0]
+    """Per image, the number of other images' captions scoring at least as high as its best caption; ``score_rows(
+    start, stop)`` gives the ``[stop - start, Nt]`` scores of images ``start..stop``."""
     # Group caption indices by image so a chunk of images owns one contiguous run of captions.
     caption_order = torch.argsort(text_to_image, stable=True)
     caption_owner = text_to_image[caption_order]
@@ -109,7 +106,7 @@ def image_to_text_ranks(
     ranks = []
     for start in range(0, num_images, chunk_size):
         stop = min(start + chunk_size, num_images)
-        scores = image_embeds[start:stop] @ text_embeds.T
+        scores = score_rows(start, stop)
         run = slice(int(run_starts[start]), int(run_starts[stop]))
         owners = caption_owner[run] - start
         caption_scores = scores[owners, caption_order[run]]
@@ -121,6 +118,34 @@ def image_to_text_ranks(
     return torch.cat(ranks)
 
 
+def _text_ranks(
+    score_rows: Callable[[int, int], torch.Tensor], num_texts: int, text_to_image: torch.Tensor, chunk_size: int
+) -> torch.Tensor:
+    """Per text, the number of other images scoring at least as high as its own; ``score_rows(start, stop)`` gives
+    the ``[stop - start, Ni]`` scores of texts ``start..stop``."""
+    ranks = []
+    for start in range(0, num_texts, chunk_size):
+        scores = score_rows(start, min(start + chunk_size, num_texts))
+        own_score = scores.gather(1, text_to_image[start : start + chunk_size, None]).squeeze(1)
+        ranks.append(_count_at_least(scores, own_score) - 1)  # minus the own image itself
+    return torch.cat(ranks)
+
+
+def image_to_text_ranks(
+    image_embeds: torch.Tensor, text_embeds: torch.Tensor, text_to_image: torch.Tensor, chunk_size: int = 1024
+) -> torch.Tensor:
+    """For each image, the 0-based rank of its best-scoring caption among all texts ``[Ni]``.
+
+    That rank is the number of other images' captions scoring at least as high as the best own
+    caption. Inputs must already be validated (see ``retrieval_recall``). Peak extra memory is
+    ``chunk_size x Nt`` scores.
+    """
+    _check_chunk_size(chunk_size)
+    return _image_ranks(
+        lambda start, stop: image_embeds[start:stop] @ text_embeds.T, image_embeds.shape[0], text_to_image, chunk_size
+    )
+
+
 def text_to_image_ranks(
     image_embeds: torch.Tensor, text_embeds: torch.Tensor, text_to_image: torch.Tensor, chunk_size: int = 1024
 ) -> torch.Tensor:
@@ -129,12 +154,29 @@ def text_to_image_ranks(
     Peak extra memory is ``chunk_size x Ni`` scores.
     """
     _check_chunk_size(chunk_size)
-    ranks = []
-    for start in range(0, text_embeds.shape[0], chunk_size):
-        scores = text_embeds[start : start + chunk_size] @ image_embeds.T
-        own_score = scores.gather(1, text_to_image[start : start + chunk_size, None]).squeeze(1)
-        ranks.append(_count_at_least(scores, own_score) - 1)  # minus the own image itself
-    return torch.cat(ranks)
+    return _text_ranks(
+        lambda start, stop: text_embeds[start:stop] @ image_embeds.T, text_embeds.shape[0], text_to_image, chunk_size
+    )
+
+
+def ranks_from_scores(
+    image_to_text: torch.Tensor,
+    text_to_image_scores: torch.Tensor,
+    text_to_image: torch.Tensor,
+    chunk_size: int = 1024,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """0-based ranks from explicit score matrices (a fusion model's ITM re-ranking, ``-inf`` or a fill value outside
+    each query's candidates), ties against the query as above: per image among the texts (``image_to_text``
+    ``[Ni, Nt]``), per text among the images (``text_to_image_scores`` ``[Nt, Ni]``)."""
+    _check_chunk_size(chunk_size)
+    text_to_image = torch.as_tensor(text_to_image, dtype=torch.long, device=image_to_text.device)
+    image_ranks = _image_ranks(
+        lambda start, stop: image_to_text[start:stop], image_to_text.shape[0], text_to_image, chunk_size
+    )
+    text_ranks = _text_ranks(
+        lambda start, stop: text_to_image_scores[start:stop], text_to_image_scores.shape[0], text_to_image, chunk_size
+    )
+    return image_ranks, text_ranks
 
 
 def recall_at_k(ranks: torch.Tensor, ks: Iterable[int]) -> dict[int, float]:
@@ -142,11 +184,47 @@ def recall_at_k(ranks: torch.Tensor, ks: Iterable[int]) -> dict[int, float]:
     return {k: (ranks < k).float().mean().item() for k in ks}
 
 
-def _check_ks(ks: Iterable[int]) -> tuple[int, ...]:
+def recall_metrics(
+    image_ranks: torch.Tensor, text_ranks: torch.Tensor, ks: Iterable[int], prefix: str = ""
+) -> dict[str, float]:
+    """``{prefix}i2t_r{k}`` and ``{prefix}t2i_r{k}`` from the image and text queries' ranks, and
+    ``{prefix}mean_recall`` (their average), as fractions."""
     ks = tuple(ks)
-    if not ks or any(not isinstance(k, int) or k < 1 for k in ks):
-        raise ValueError(f"`ks` must be positive integers, got {ks!r}.")
-    return ks
+    i2t, t2i = recall_at_k(image_ranks, ks), recall_at_k(text_ranks, ks)
+    metrics = {f"{prefix}i2t_r{k}": i2t[k] for k in ks} | {f"{prefix}t2i_r{k}": t2i[k] for k in ks}
+    metrics[f"{prefix}mean_recall"] = sum(metrics.values()) / len(metrics)
+    return metrics
+
+
+def recall_at_k_from_scores(
+    image_to_text: torch.Tensor,
+    text_to_image: torch.Tensor,
+    image_to_texts: list[list[int]],
+    text_to_image_index: list[int],
+    ks: tuple[int, ...] = (1, 5, 10),
+) -> dict[str, float]:
+    """Recall@K in percent from score matrices, as ALBEF's ``itm_eval``: an image query's rank is that of its
+    best-ranked ground-truth caption; keys ``txt_r{k}``/``img_r{k}`` plus ``txt_r_mean``, ``img_r_mean``, ``r_mean``.
+
+    Ties are broken by a stable descending sort (the original uses numpy's reversed ``argsort``), not counted
+    against the query as in :func:`ranks_from_scores`."""
+    if image_to_text.shape != text_to_image.T.shape:
+        raise ValueError(
+            f"image_to_text {tuple(image_to_text.shape)} must be the transpose shape of text_to_image "
+            f"{tuple(text_to_image.shape)}"
+        )
+    if len(image_to_texts) != image_to_text.shape[0] or len(text_to_image_index) != text_to_image.shape[0]:
+        raise ValueError("pass one caption list per image (image_to_texts) and one image index per text")
+    positions_i2t = image_to_text.argsort(dim=1, descending=True, stable=True).argsort(dim=1)
+    positions_t2i = text_to_image.argsort(dim=1, descending=True, stable=True).argsort(dim=1)
+    image_ranks = torch.stack([positions_i2t[row, captions].min() for row, captions in enumerate(image_to_texts)])
+    text_ranks = positions_t2i[torch.arange(len(text_to_image_index)), torch.tensor(text_to_image_index)]
+    result: dict[str, float] = {}
+    for name, ranks in (("txt", image_ranks), ("img", text_ranks)):
+        result |= {f"{name}_r{k}": 100.0 * recall for k, recall in recall_at_k(ranks, ks).items()}
+        result[f"{name}_r_mean"] = sum(result[f"{name}_r{k}"] for k in ks) / len(ks)
+    result["r_mean"] = (result["txt_r_mean"] + result["img_r_mean"]) / 2
+    return result
 
 
 def retrieval_recall(
@@ -164,16 +242,16 @@ def retrieval_recall(
     (re-normalised unless ``normalize=False``). Returns ``i2t_r{k}``, ``t2i_r{k}`` for each ``k``
     and ``mean_recall`` (their average), as fractions.
     """
-    ks = _check_ks(ks)
+    ks = check_positive_ints(ks, "ks")
     _check_chunk_size(chunk_size)
     image_embeds, text_embeds = _prepare_embeddings(image_embeds, text_embeds, normalize)
     mapping = _prepare_text_to_image(text_to_image, image_embeds.shape[0], text_embeds.shape[0], image_embeds.device)
 
-    i2t = recall_at_k(image_to_text_ranks(image_embeds, text_embeds, mapping, chunk_size), ks)
-    t2i = recall_at_k(text_to_image_ranks(image_embeds, text_embeds, mapping, chunk_size), ks)
-    metrics = {f"i2t_r{k}": i2t[k] for k in ks} | {f"t2i_r{k}": t2i[k] for k in ks}
-    metrics["mean_recall"] = sum(metrics.values()) / len(metrics)
-    return metrics
+    return recall_metrics(
+        image_to_text_ranks(image_embeds, text_embeds, mapping, chunk_size),
+        text_to_image_ranks(image_embeds, text_embeds, mapping, chunk_size),
+        ks,
+    )
 
 
 def retrieval_metrics_from_model(
@@ -273,7 +351,7 @@ class RetrievalComputeMetrics:
     ) -> None:
         self.embeds_positions = embeds_positions
         self.image_ids = list(image_ids) if image_ids is not None else None
-        self.ks = _check_ks(ks)
+        self.ks = check_positive_ints(ks, "ks")
         _check_chunk_size(chunk_size)
         self.chunk_size = chunk_size
         self._image_batches: list[torch.Tensor] = []

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .embeddings import embed_texts, iter_image_embeddings
+from .embeddings import check_positive_ints, embed_texts, iter_image_embeddings
 
 __all__ = [
     "DEFAULT_TEMPLATES",
@@ -122,13 +122,6 @@ def _label_tensor(labels: Sequence[int] | Sequence[str] | torch.Tensor, class_na
     return label_tensor
 
 
-def _check_topk(topk: Iterable[int]) -> tuple[int, ...]:
-    topk = tuple(topk)
-    if not topk or any(not isinstance(k, int) or k < 1 for k in topk):
-        raise ValueError(f"`topk` must be positive integers, got {topk!r}.")
-    return topk
-
-
 def zero_shot_accuracy(
     model: nn.Module,
     processor: Any,
@@ -150,7 +143,7 @@ def zero_shot_accuracy(
     chance is ``min(k, C) / C``). Pass ``classifier`` (from ``build_zero_shot_classifier``) to
     reuse class embeddings across calls.
     """
-    topk = _check_topk(topk)
+    topk = check_positive_ints(topk, "topk")
     _check_class_names(class_names)
     num_classes = len(class_names)
     label_tensor = _label_tensor(labels, class_names)

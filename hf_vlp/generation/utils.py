@@ -101,6 +101,38 @@ def add_decoder_cache(
         generate_kwargs["cache"] = DynamicCache(config=decoder_config)
 
 
+def start_generation(
+    model: Any, generate_kwargs: dict[str, Any], generation_config: GenerationConfig | None, start: str
+) -> GenerationConfig | None:
+    """The common start of a generative head's ``generate``: refuse a non-empty ``cache`` (``start`` says where every
+    sequence starts, e.g. ``"answer from [CLS]"``) and fill the special tokens the settings lack from
+    ``model.default_generation_config()`` (:func:`fill_special_tokens`); returns the ``generation_config`` to pass on."""
+    cache = generate_kwargs.get("cache")
+    if cache is not None and cache.get_seq_length() > 0:
+        raise ValueError(f"generate starts every {start}: pass an empty cache (or none)")
+    defaults = model.default_generation_config()
+    return fill_special_tokens(
+        generate_kwargs,
+        generation_config,
+        model.generation_config,
+        {field: getattr(defaults, field) for field in SPECIAL_TOKEN_FIELDS},
+    )
+
+
+def finish_generation_kwargs(
+    generate_kwargs: dict[str, Any],
+    generation_config: GenerationConfig | None,
+    model_generation_config: GenerationConfig,
+    decoder_config: PretrainedConfig,
+) -> dict[str, Any]:
+    """``generate_kwargs`` with the decoder's cache (:func:`add_decoder_cache`) and the resolved
+    ``generation_config``, ready for ``GenerationMixin.generate``."""
+    add_decoder_cache(generate_kwargs, generation_config, model_generation_config, decoder_config)
+    if generation_config is not None:
+        generate_kwargs["generation_config"] = generation_config
+    return generate_kwargs
+
+
 def uncached_tokens(input_ids: torch.Tensor, next_sequence_length: int | None) -> torch.Tensor:
     """The trailing tokens the decoder has not seen: ``generate`` passes ``next_sequence_length`` (1 per step with
     a cache, the prompt's length at prefill) or ``None`` when every step re-runs the whole sequence."""

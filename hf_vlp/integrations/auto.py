@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 from transformers import (
     AutoConfig,
     AutoImageProcessor,
@@ -13,6 +15,8 @@ from transformers import (
     AutoModelForVisualQuestionAnswering,
     AutoModelForZeroShotImageClassification,
     AutoProcessor,
+    PretrainedConfig,
+    PreTrainedModel,
 )
 
 from ..models.albef import (
@@ -55,45 +59,73 @@ from ..models.clip import (
 from .pipelines import register_pipelines
 
 
+@dataclass(frozen=True)
+class ArchitectureRegistration:
+    """What one architecture registers: its three configs, their base models, task heads and processors."""
+
+    config: type[PretrainedConfig]
+    vision_config: type[PretrainedConfig]
+    text_config: type[PretrainedConfig]
+    model: type[PreTrainedModel]
+    vision_model: type[PreTrainedModel]
+    text_model: type[PreTrainedModel]
+    image_processor: type
+    processor: type
+    # (Auto class, head class) pairs registered on the composite config
+    heads: tuple[tuple[type, type[PreTrainedModel]], ...] = field(default_factory=tuple)
+
+
+ARCHITECTURES: tuple[ArchitectureRegistration, ...] = (
+    ArchitectureRegistration(
+        VlpClipConfig, VlpClipVisionConfig, VlpClipTextConfig,
+        VlpClipModel, VlpClipVisionModel, VlpClipTextModel,
+        VlpClipImageProcessor, VlpClipProcessor,
+        heads=(
+            (AutoModelForZeroShotImageClassification, VlpClipModel),
+            (AutoModelForImageClassification, VlpClipForImageClassification),
+        ),
+    ),
+    ArchitectureRegistration(
+        VlpAlbefConfig, VlpAlbefVisionConfig, VlpAlbefTextConfig,
+        VlpAlbefModel, VlpAlbefVisionModel, VlpAlbefTextModel,
+        VlpAlbefImageProcessor, VlpAlbefProcessor,
+        heads=(
+            (AutoModelForPreTraining, VlpAlbefForPretraining),
+            (AutoModelForMaskedLM, VlpAlbefForMaskedLM),
+            (AutoModelForVisualQuestionAnswering, VlpAlbefForQuestionAnswering),
+        ),
+    ),
+    ArchitectureRegistration(
+        VlpBlipConfig, VlpBlipVisionConfig, VlpBlipTextConfig,
+        VlpBlipModel, VlpBlipVisionModel, VlpBlipTextModel,
+        VlpBlipImageProcessor, VlpBlipProcessor,
+        heads=(
+            (AutoModelForZeroShotImageClassification, VlpBlipModel),
+            (AutoModelForImageTextToText, VlpBlipForConditionalGeneration),
+            (AutoModelForVisualQuestionAnswering, VlpBlipForQuestionAnswering),
+            (AutoModelForPreTraining, VlpBlipForPretraining),
+        ),
+    ),
+)
+
+
+def register_architecture(arch: ArchitectureRegistration) -> None:
+    """Register one architecture's configs, models, heads and processors (``exist_ok`` keeps it idempotent)."""
+    for config in (arch.config, arch.vision_config, arch.text_config):
+        AutoConfig.register(config.model_type, config, exist_ok=True)
+    AutoModel.register(arch.config, arch.model, exist_ok=True)
+    AutoModel.register(arch.vision_config, arch.vision_model, exist_ok=True)
+    AutoModel.register(arch.text_config, arch.text_model, exist_ok=True)
+    for auto_class, head in arch.heads:
+        auto_class.register(arch.config, head, exist_ok=True)
+    backends = {"pil": arch.image_processor, "torchvision": arch.image_processor}
+    for config in (arch.config, arch.vision_config):
+        AutoImageProcessor.register(config, image_processor_classes=backends, exist_ok=True)
+    AutoProcessor.register(arch.config, arch.processor, exist_ok=True)
+
+
 def register_all() -> None:
     """Idempotent: safe to call again (e.g. after ``importlib.reload``)."""
-    for config in (VlpClipConfig, VlpClipVisionConfig, VlpClipTextConfig):
-        AutoConfig.register(config.model_type, config, exist_ok=True)
-    AutoModel.register(VlpClipConfig, VlpClipModel, exist_ok=True)
-    AutoModel.register(VlpClipVisionConfig, VlpClipVisionModel, exist_ok=True)
-    AutoModel.register(VlpClipTextConfig, VlpClipTextModel, exist_ok=True)
-    AutoModelForZeroShotImageClassification.register(VlpClipConfig, VlpClipModel, exist_ok=True)
-    AutoModelForImageClassification.register(VlpClipConfig, VlpClipForImageClassification, exist_ok=True)
-    for config in (VlpClipConfig, VlpClipVisionConfig):
-        AutoImageProcessor.register(
-            config, image_processor_classes={"pil": VlpClipImageProcessor, "torchvision": VlpClipImageProcessor}, exist_ok=True
-        )
-    AutoProcessor.register(VlpClipConfig, VlpClipProcessor, exist_ok=True)
-    for config in (VlpAlbefConfig, VlpAlbefVisionConfig, VlpAlbefTextConfig):
-        AutoConfig.register(config.model_type, config, exist_ok=True)
-    AutoModel.register(VlpAlbefConfig, VlpAlbefModel, exist_ok=True)
-    AutoModel.register(VlpAlbefVisionConfig, VlpAlbefVisionModel, exist_ok=True)
-    AutoModel.register(VlpAlbefTextConfig, VlpAlbefTextModel, exist_ok=True)
-    AutoModelForPreTraining.register(VlpAlbefConfig, VlpAlbefForPretraining, exist_ok=True)
-    AutoModelForMaskedLM.register(VlpAlbefConfig, VlpAlbefForMaskedLM, exist_ok=True)
-    AutoModelForVisualQuestionAnswering.register(VlpAlbefConfig, VlpAlbefForQuestionAnswering, exist_ok=True)
-    for config in (VlpAlbefConfig, VlpAlbefVisionConfig):
-        AutoImageProcessor.register(
-            config, image_processor_classes={"pil": VlpAlbefImageProcessor, "torchvision": VlpAlbefImageProcessor}, exist_ok=True
-        )
-    AutoProcessor.register(VlpAlbefConfig, VlpAlbefProcessor, exist_ok=True)
-    for config in (VlpBlipConfig, VlpBlipVisionConfig, VlpBlipTextConfig):
-        AutoConfig.register(config.model_type, config, exist_ok=True)
-    AutoModel.register(VlpBlipConfig, VlpBlipModel, exist_ok=True)
-    AutoModel.register(VlpBlipVisionConfig, VlpBlipVisionModel, exist_ok=True)
-    AutoModel.register(VlpBlipTextConfig, VlpBlipTextModel, exist_ok=True)
-    AutoModelForZeroShotImageClassification.register(VlpBlipConfig, VlpBlipModel, exist_ok=True)
-    AutoModelForImageTextToText.register(VlpBlipConfig, VlpBlipForConditionalGeneration, exist_ok=True)
-    AutoModelForVisualQuestionAnswering.register(VlpBlipConfig, VlpBlipForQuestionAnswering, exist_ok=True)
-    AutoModelForPreTraining.register(VlpBlipConfig, VlpBlipForPretraining, exist_ok=True)
-    for config in (VlpBlipConfig, VlpBlipVisionConfig):
-        AutoImageProcessor.register(
-            config, image_processor_classes={"pil": VlpBlipImageProcessor, "torchvision": VlpBlipImageProcessor}, exist_ok=True
-        )
-    AutoProcessor.register(VlpBlipConfig, VlpBlipProcessor, exist_ok=True)
+    for arch in ARCHITECTURES:
+        register_architecture(arch)
     register_pipelines()

@@ -1,5 +1,9 @@
-"""Config bases shared by ALBEF and BLIP, whose towers and objective are built the same way.
+"""Config bases shared by the models' towers; ALBEF and BLIP build their towers and objective the same way.
 
+- :class:`TransformerTowerConfig`: the fields every transformer tower has (widths, depth, heads, activation, LayerNorm
+  eps, init range), with the check that the heads divide the width (CLIP's towers, and the two below).
+- :class:`VisionTowerConfig` / :class:`TextTowerConfig`: the fields of every ViT image tower (image and patch size,
+  channels) and of every text tower (vocabulary, positions), with their checks (CLIP's towers subclass these).
 - :class:`TimmVitConfig`: the timm-style ViT both use (patch conv with bias, no pre-norm, final norm on every token).
 - :class:`BertStyleTextConfig`: the BERT-base text transformer whose layers cross-attend to ``encoder_width`` image
   tokens (ALBEF's xbert fusion layers, BLIP's MED).
@@ -27,50 +31,70 @@ def check_heads_divide_width(config: PretrainedConfig) -> None:
 
 
 @strict
-class TimmVitConfig(PretrainedConfig):
-    """timm-style ViT-B/16 (exact GELU, LayerNorm eps 1e-6); ``image_size`` must be a multiple of ``patch_size``."""
-
-    base_config_key = "vision_config"
+class TransformerTowerConfig(PretrainedConfig):
+    """Fields of every transformer tower (defaults: BERT-base / ViT-B); subclasses redeclare a field to change its
+    default and add their own."""
 
     hidden_size: int = 768
     intermediate_size: int = 3072
     num_hidden_layers: int = 12
     num_attention_heads: int = 12
-    image_size: int = 224
-    patch_size: int = 16
-    num_channels: int = 3
     hidden_act: str = "gelu"
-    layer_norm_eps: float = 1e-6
-    attention_dropout: float = 0.0
+    layer_norm_eps: float = 1e-12
     initializer_range: float = 0.02
 
     def validate_architecture(self) -> None:
         check_heads_divide_width(self)
-        if self.image_size % self.patch_size:
-            raise ValueError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
+
+
+def check_patch_grid(config: PretrainedConfig) -> None:
+    """``image_size`` must be a multiple of ``patch_size`` (a whole grid of patches)."""
+    if config.image_size % config.patch_size:
+        raise ValueError(f"image_size {config.image_size} is not a multiple of patch_size {config.patch_size}")
 
 
 @strict
-class BertStyleTextConfig(PretrainedConfig):
-    """BERT-base text transformer whose cross-attention reads ``encoder_width`` memory tokens (the image tokens)."""
+class VisionTowerConfig(TransformerTowerConfig):
+    """Fields of a ViT image tower (defaults: ViT-B/16 at 224 px); ``image_size`` must be a multiple of
+    ``patch_size``."""
+
+    base_config_key = "vision_config"
+
+    image_size: int = 224
+    patch_size: int = 16
+    num_channels: int = 3
+    attention_dropout: float = 0.0
+
+    def validate_architecture(self) -> None:
+        super().validate_architecture()
+        check_patch_grid(self)
+
+
+@strict
+class TimmVitConfig(VisionTowerConfig):
+    """timm-style ViT-B/16 (exact GELU, LayerNorm eps 1e-6)."""
+
+    layer_norm_eps: float = 1e-6
+
+
+@strict
+class TextTowerConfig(TransformerTowerConfig):
+    """Fields of a text tower: a ``vocab_size`` token embedding and ``max_position_embeddings`` learned positions
+    (defaults: BERT-base)."""
 
     base_config_key = "text_config"
 
     vocab_size: int = 30522
-    hidden_size: int = 768
-    intermediate_size: int = 3072
-    num_hidden_layers: int = 12
-    num_attention_heads: int = 12
     max_position_embeddings: int = 512
+
+
+@strict
+class BertStyleTextConfig(TextTowerConfig):
+    """BERT-base text transformer whose cross-attention reads ``encoder_width`` memory tokens (the image tokens)."""
+
     encoder_width: int = 768
-    hidden_act: str = "gelu"
-    layer_norm_eps: float = 1e-12
     hidden_dropout_prob: float = 0.1
     attention_probs_dropout_prob: float = 0.1
-    initializer_range: float = 0.02
-
-    def validate_architecture(self) -> None:
-        check_heads_divide_width(self)
 
 
 @strict
@@ -112,4 +136,13 @@ class MomentumContrastiveConfig(PretrainedConfig):
             raise ValueError(f"itm_negative_eps must be >= 0, got {self.itm_negative_eps}")
 
 
-__all__ = ["BertStyleTextConfig", "MomentumContrastiveConfig", "TimmVitConfig", "check_heads_divide_width"]
+__all__ = [
+    "BertStyleTextConfig",
+    "MomentumContrastiveConfig",
+    "TextTowerConfig",
+    "TimmVitConfig",
+    "TransformerTowerConfig",
+    "VisionTowerConfig",
+    "check_heads_divide_width",
+    "check_patch_grid",
+]

@@ -3,7 +3,7 @@
 ``MaskedLMHead`` is BERT's prediction head (``dense -> act -> LayerNorm -> decoder``); its ``decoder.weight`` is meant
 to be tied to the word embeddings by the model that owns it (``_tied_weights_keys``). ``ItmHead`` scores whether an
 image and a text match from the fused ``[CLS]`` state (column 1 = "match", as the originals). ``MlpClassifierHead`` is the
-two-layer classifier of the visual-reasoning heads.
+two-layer classifier of the visual-reasoning and VQA heads, its activation, width and LayerNorm options.
 """
 
 from __future__ import annotations
@@ -40,8 +40,25 @@ class ItmHead(nn.Linear):
 
 
 class MlpClassifierHead(nn.Sequential):
-    """``Linear(D, D) -> ReLU -> Linear(D, num_labels)`` on a fused ``[CLS]`` state: the ``cls_head`` of ALBEF's and
-    BLIP's NLVR2 / SNLI-VE models (keys ``0.*`` and ``2.*`` as in the originals)."""
+    """``Linear(D, M) [-> LayerNorm(M)] -> act -> Linear(M, num_labels)`` on a pooled state.
 
-    def __init__(self, hidden_size: int, num_labels: int) -> None:
-        super().__init__(nn.Linear(hidden_size, hidden_size), nn.ReLU(), nn.Linear(hidden_size, num_labels))
+    The defaults (``M = D``, ReLU, no norm) are the ``cls_head`` of ALBEF's and BLIP's NLVR2 / SNLI-VE models (keys
+    ``0.*`` and ``2.*`` as in the originals). ViLT's VQA and NLVR2 classifiers are ``intermediate_size=2 * D``,
+    ``activation="gelu"`` and ``layer_norm_eps=1e-5`` (keys ``0.*``, ``1.*`` (the norm) and ``3.*``, as ViLT's).
+    """
+
+    def __init__(
+        self,
+        hidden_size: int,
+        num_labels: int,
+        *,
+        intermediate_size: int | None = None,
+        activation: str = "relu",
+        layer_norm_eps: float | None = None,
+    ) -> None:
+        width = intermediate_size or hidden_size
+        layers: list[nn.Module] = [nn.Linear(hidden_size, width)]
+        if layer_norm_eps is not None:
+            layers.append(nn.LayerNorm(width, eps=layer_norm_eps))
+        layers += [ACT2FN[activation], nn.Linear(width, num_labels)]
+        super().__init__(*layers)

@@ -1,7 +1,8 @@
 """Text towers.
 
 ``CausalTextTransformer`` is CLIP's (and CoCa's unimodal) text encoder: token + learned absolute position
-embeddings, pre-norm blocks under a causal mask, a final LayerNorm, and pooling at the end-of-text token.
+embeddings, pre-norm blocks under a causal mask, a final LayerNorm, and pooling at the end-of-text token (CLIP) or at a
+class token appended after the text (CoCa).
 
 ``BertStyleEmbeddings``, ``PostNormBlock``, ``BertStyleEncoder`` and ``BertStyleTextTransformer`` are the BERT-style text/fusion encoder of ALBEF
 (xbert) and BLIP (med): post-norm layers, the upper ones cross-attending to image tokens.
@@ -20,8 +21,8 @@ from torch import nn
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithCrossAttentions, BaseModelOutputWithPooling
 
-from .attention import Attention, padding_mask
-from .transformer import BlockOptions, Mlp, PreNormEncoder
+from .attention import padding_mask
+from .transformer import BlockOptions, LayerOutputs, Mlp, PreNormEncoder, attention_from_options
 
 
 def end_of_text_positions(input_ids: torch.Tensor, eos_token_id: int) -> torch.Tensor:
@@ -42,11 +43,41 @@ def end_of_text_positions(input_ids: torch.Tensor, eos_token_id: int) -> torch.T
     return is_eos.int().argmax(dim=-1)
 
 
-class CausalTextTransformer(nn.Module):
-    """Token/position embeddings, causal pre-norm encoder, final norm and end-of-text pooling.
+CLS_MASK_ALIGNMENTS = ("shifted", "aligned")
 
-    Padding needs no mask: pads follow the end-of-text token, which the causal mask hides them from. The
-    ``attention_mask`` argument is therefore accepted and ignored (right padding, as CLIP's tokenizer does).
+
+def cls_row_mask(keep: torch.Tensor, alignment: str, dtype: torch.dtype) -> torch.Tensor:
+    """Additive mask ``[B, 1, L + 1, L + 1]`` hiding padded keys from the appended class token's query row only.
+
+    ``keep`` ``[B, L]`` marks the real tokens. ``"aligned"``: the class token sees the real tokens and itself.
+    ``"shifted"``: open_clip's ``build_cls_mask`` as the released CoCa models run it, whose validity vector is
+    ``[True, keep]`` over the ``L + 1`` keys (one position late: the class token sees the first pad slot and, when the
+    text is padded, not itself).
+    """
+    batch, length = keep.shape
+    keep = keep.bool()
+    if alignment == "shifted":
+        visible = torch.cat([keep.new_ones(batch, 1), keep], dim=1)
+    else:
+        visible = torch.cat([keep, keep.new_ones(batch, 1)], dim=1)
+    mask = torch.zeros(batch, 1, length + 1, length + 1, dtype=dtype, device=keep.device)
+    mask[:, 0, -1].masked_fill_(~visible, torch.finfo(dtype).min)
+    return mask
+
+
+class CausalTextTransformer(nn.Module):
+    """Token/position embeddings, causal pre-norm encoder, final norm and pooling (CLIP's and CoCa's text tower).
+
+    CLIP (the default): pooling at the end-of-text token. Padding needs no mask there: pads follow the end-of-text
+    token, which the causal mask hides them from, so ``attention_mask`` is accepted and ignored (right padding, as
+    CLIP's tokenizer does) unless ``use_padding_mask`` hides padded keys from every query.
+
+    CoCa (``embed_cls=True``): a learned ``cls_embedding`` is appended after the tokens (with its own position, so
+    there are ``context_length + 1`` positions) and the causal mask is extended over it; its query row also hides the
+    pads (``attention_mask``, else ``input_ids != pad_token_id``; ``cls_mask_alignment`` as :func:`cls_row_mask`). The
+    pooled output is that last token after ``norm_final``; ``last_hidden_state`` holds the text tokens' states without
+    ``norm_final`` (open_clip's ``tokens``, the multimodal decoder's input); ``hidden_states`` include the class
+    token.
     """
 
     def __init__(
@@ -56,15 +87,32 @@ class CausalTextTransformer(nn.Module):
         num_layers: int,
         vocab_size: int,
         context_length: int,
-        eos_token_id: int,
+        eos_token_id: int | None,
         config: Any = None,
+        use_padding_mask: bool = False,
+        embed_cls: bool = False,
+        pad_token_id: int | None = 0,
+        cls_mask_alignment: str = "shifted",
     ) -> None:
         super().__init__()
+        if cls_mask_alignment not in CLS_MASK_ALIGNMENTS:
+            raise ValueError(f"cls_mask_alignment must be one of {CLS_MASK_ALIGNMENTS}, got {cls_mask_alignment!r}")
+        if eos_token_id is None and not embed_cls:
+            raise ValueError(
+                "end-of-text pooling needs eos_token_id (or embed_cls=True to pool an appended class token)"
+            )
         width = options.hidden_size
         self.context_length = context_length
         self.eos_token_id = eos_token_id
+        self.use_padding_mask = use_padding_mask
+        self.embed_cls = embed_cls
+        self.pad_token_id = pad_token_id
+        self.cls_mask_alignment = cls_mask_alignment
         self.token_embedding = nn.Embedding(vocab_size, width)
-        self.position_embedding = nn.Parameter(torch.empty(context_length, width).normal_(std=0.01))
+        num_positions = context_length + 1 if embed_cls else context_length
+        self.position_embedding = nn.Parameter(torch.empty(num_positions, width).normal_(std=0.01))
+        if embed_cls:
+            self.cls_embedding = nn.Parameter(torch.empty(width).normal_(std=0.01))
         self.encoder = PreNormEncoder(options, num_layers, config=config)
         self.norm_final = nn.LayerNorm(width, eps=options.layer_norm_eps)
 
@@ -83,19 +131,46 @@ class CausalTextTransformer(nn.Module):
                 f"input_ids length {length} exceeds the context length {self.context_length}; tokenize with the "
                 "model's processor, which truncates (keeping the end-of-text token) and warns."
             )
-        eos_positions = end_of_text_positions(input_ids, self.eos_token_id)
-        tokens = self.token_embedding(input_ids) + self.position_embedding[:length]
-        encoded = self.encoder(
-            tokens, is_causal=True, output_hidden_states=output_hidden_states, output_attentions=output_attentions
-        )
-        last = self.norm_final(encoded.last_hidden_state)
-        pooled = last[torch.arange(last.shape[0], device=last.device), eos_positions]
+        if self.embed_cls:
+            tokens, mask = self._embed_with_cls(input_ids, attention_mask)
+        else:
+            eos_positions = end_of_text_positions(input_ids, self.eos_token_id)
+            tokens = self.token_embedding(input_ids) + self.position_embedding[:length]
+            mask = None
+            if self.use_padding_mask and attention_mask is not None:
+                mask = padding_mask(attention_mask, tokens.dtype)
+        outputs = dict(output_hidden_states=output_hidden_states, output_attentions=output_attentions)
+        encoded = self.encoder(tokens, attention_mask=mask, is_causal=True, **outputs)
+        if self.embed_cls:
+            last = encoded.last_hidden_state[:, :-1]
+            pooled = self.norm_final(encoded.last_hidden_state[:, -1])
+        else:
+            last = self.norm_final(encoded.last_hidden_state)
+            pooled = last[torch.arange(last.shape[0], device=last.device), eos_positions]
         return BaseModelOutputWithPooling(
             last_hidden_state=last,
             pooler_output=pooled,
             hidden_states=encoded.hidden_states,
             attentions=encoded.attentions,
         )
+
+    def _embed_with_cls(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token embeddings with the class token appended and positions added, and the additive mask of its row."""
+        batch, length = input_ids.shape
+        tokens = self.token_embedding(input_ids)
+        cls = self.cls_embedding.to(tokens.dtype).expand(batch, 1, -1)
+        tokens = torch.cat([tokens, cls], dim=1) + self.position_embedding[: length + 1]
+        if attention_mask is None:
+            if self.pad_token_id is None:
+                raise ValueError("pass attention_mask, or set pad_token_id so the class token can skip the pads")
+            attention_mask = input_ids != self.pad_token_id
+        mask = cls_row_mask(attention_mask, self.cls_mask_alignment, tokens.dtype)
+        if self.use_padding_mask:
+            keep = torch.cat([attention_mask.bool(), attention_mask.new_ones(batch, 1, dtype=torch.bool)], dim=1)
+            mask = mask + padding_mask(keep, tokens.dtype)
+        return tokens, mask
 
 
 # --------------------------------------------------------------------------------------------------- BERT-style
@@ -188,31 +263,15 @@ class PostNormBlock(GradientCheckpointingLayer):
         self.has_self_attention = self_attention
         self.has_causal_self_attention = causal_self_attention
 
-        def self_attention_module() -> Attention:
-            return Attention(
-                width,
-                options.num_heads,
-                config=config,
-                qkv_bias=options.qkv_bias,
-                dropout=options.attention_dropout,
-                layer_idx=layer_idx,
-            )
-
         if self_attention:
-            self.attn = self_attention_module()
+            self.attn = attention_from_options(options, config=config, layer_idx=layer_idx)
             self.norm1 = nn.LayerNorm(width, eps=options.layer_norm_eps)
         if causal_self_attention:
-            self.causal_attn = self_attention_module()
+            self.causal_attn = attention_from_options(options, config=config, layer_idx=layer_idx)
             self.norm_causal = nn.LayerNorm(width, eps=options.layer_norm_eps)
         if cross_attention:
-            self.cross_attn = Attention(
-                width,
-                options.num_heads,
-                config=config,
-                cross_attention=True,
-                kv_size=kv_size or width,
-                qkv_bias=options.qkv_bias,
-                dropout=options.attention_dropout,
+            self.cross_attn = attention_from_options(
+                options, config=config, cross_attention=True, kv_size=kv_size or width
             )
             self.norm_cross = nn.LayerNorm(width, eps=options.layer_norm_eps)
         self.mlp = Mlp(width, options.intermediate_size, options.activation, options.hidden_dropout)
@@ -354,9 +413,7 @@ class BertStyleEncoder(nn.Module):
         cross_attends = use_cross_attention and any(self.layers[i].has_cross_attention for i in indices)
         if encoder_hidden_states is None and cross_attends:
             raise ValueError(f"mode {mode!r} runs cross-attention layers: pass encoder_hidden_states")
-        all_states = [hidden_states] if output_hidden_states else None
-        self_attentions = [] if output_attentions else None
-        cross_attentions = [] if output_attentions else None
+        collected = LayerOutputs(hidden_states, output_hidden_states, output_attentions, attention_kinds=2)
         for i in indices:
             hidden_states, self_weights, cross_weights = self.layers[i](
                 hidden_states,
@@ -369,16 +426,9 @@ class BertStyleEncoder(nn.Module):
                 use_causal_self_attention=use_causal_self_attention,
                 use_cross_attention=use_cross_attention,
             )
-            if all_states is not None:
-                all_states.append(hidden_states)
-            if self_attentions is not None:
-                self_attentions.append(self_weights)
-                cross_attentions.append(cross_weights)
+            collected.add(hidden_states, self_weights, cross_weights)
         return BertStyleEncoderOutput(
-            hidden_states,
-            tuple(all_states) if all_states is not None else None,
-            tuple(self_attentions) if self_attentions is not None else None,
-            tuple(cross_attentions) if cross_attentions is not None else None,
+            hidden_states, collected.hidden_states(), collected.attention_weights(0), collected.attention_weights(1)
         )
 
 

@@ -4,11 +4,16 @@ The ViT covers the variants of the six originals through options: patch convolut
 ``norm_pre`` before the blocks (CLIP/CoCa), where the final LayerNorm sits (``final_norm="cls"``: only on
 the class token, as CLIP's ``ln_post``; ``"all"``: on every token, as timm/ALBEF/BLIP; ``"none"``), and stochastic
 depth (``drop_path_rate``: timm's per-sample drop of residual branches, BLIP-L/VQA/NLVR2 train with 0.1).
+
+:meth:`VisionTransformer.embed_masked` embeds a zero-padded batch of images of different sizes with a pixel mask, as
+ViLT's ``visual_embed``: positions interpolated per image, at most ``max_patches`` patches sampled among the valid ones
+(:func:`sample_patches`), and a token mask for the encoder's keys.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -19,70 +24,96 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 from .transformer import BlockOptions, PreNormEncoder
 
 FINAL_NORM_MODES = ("cls", "all", "none")
+# name -> (F.interpolate mode, align_corners) of a position-grid resize: timm/CLIP's bicubic, ViLT's bilinear
+POSITION_INTERPOLATIONS = {"bicubic": ("bicubic", False), "bilinear_align_corners": ("bilinear", True)}
 
 
 def interpolate_grid_embeddings(
-    embeddings: torch.Tensor, num_prefix_tokens: int, grid_size: int, new_grid: tuple[int, int]
+    embeddings: torch.Tensor,
+    num_prefix_tokens: int,
+    grid_size: int,
+    new_grid: tuple[int, int],
+    interpolation: str = "bicubic",
 ) -> torch.Tensor:
-    """Bicubically resize the grid part of ``[prefix + grid², D]`` position embeddings to ``new_grid``."""
+    """Resize the grid part of ``[prefix + grid², D]`` position embeddings to ``new_grid`` (bicubic by default; see
+    :data:`POSITION_INTERPOLATIONS`)."""
+    mode, align_corners = POSITION_INTERPOLATIONS[interpolation]
     prefix, grid = embeddings[:num_prefix_tokens], embeddings[num_prefix_tokens:]
     dim = grid.shape[-1]
     grid = grid.reshape(1, grid_size, grid_size, dim).permute(0, 3, 1, 2)
-    grid = F.interpolate(grid.float(), size=new_grid, mode="bicubic", align_corners=False).to(embeddings.dtype)
+    grid = F.interpolate(grid.float(), size=new_grid, mode=mode, align_corners=align_corners).to(embeddings.dtype)
     grid = grid.permute(0, 2, 3, 1).reshape(-1, dim)
     return torch.cat([prefix, grid], dim=0)
 
 
-class DropPath(nn.Module):
-    """Stochastic depth (timm's ``drop_path``): in training, drop a residual branch for whole samples with
-    probability ``rate`` and scale the kept ones by ``1 / (1 - rate)``; the identity in eval mode."""
-
-    def __init__(self, rate: float) -> None:
-        super().__init__()
-        if not 0.0 <= rate < 1.0:
-            raise ValueError(f"drop path rate must lie in [0, 1), got {rate}")
-        self.rate = rate
-
-    def extra_repr(self) -> str:
-        return f"rate={self.rate}"
-
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.rate == 0.0:
-            return hidden_states
-        keep = 1.0 - self.rate
-        shape = (hidden_states.shape[0],) + (1,) * (hidden_states.ndim - 1)
-        return hidden_states * hidden_states.new_empty(shape).bernoulli_(keep).div_(keep)
+def _uniform(shape: tuple[int, ...], device: torch.device, generator: torch.Generator | None) -> torch.Tensor:
+    draw_device = generator.device if generator is not None else device
+    return torch.rand(shape, generator=generator, device=draw_device).to(device)
 
 
-def drop_path_rates(rate: float, num_layers: int) -> list[float]:
-    """timm's linear stochastic-depth schedule: 0 for the first block up to ``rate`` for the last."""
-    if not 0.0 <= rate < 1.0:
-        raise ValueError(f"drop_path_rate must lie in [0, 1), got {rate}")
-    if num_layers < 2:
-        return [0.0] * num_layers
-    return [rate * index / (num_layers - 1) for index in range(num_layers)]
+def sample_patches(
+    patch_mask: torch.Tensor,
+    max_patches: int | None = None,
+    *,
+    generator: torch.Generator | None = None,
+    shuffle: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Choose which grid cells of each image become tokens, as ViLT's ``visual_embed``.
+
+    ``patch_mask`` ``[B, L]`` marks the valid cells (row-major). Every image gets ``N = max valid count`` slots, or
+    ``min(that, max_patches)`` when ``max_patches`` is given. An image with more than ``N`` valid cells keeps a
+    random subset; one with fewer keeps all of them and fills its other slots with invalid cells drawn with
+    replacement (masked out). ``shuffle`` puts the kept cells of every image that fills its slots in random order (the
+    original's ``torch.multinomial``); without it kept cells stay row-major (deterministic evaluation). The draws use
+    ``generator`` when given. Returns ``(cell index [B, N], keep [B, N])``.
+    """
+    if patch_mask.ndim != 2:
+        raise ValueError(f"patch_mask must be [batch, cells], got shape {tuple(patch_mask.shape)}")
+    valid = patch_mask.bool()
+    batch, cells = valid.shape
+    counts = valid.sum(dim=1)
+    if not bool((counts > 0).all()):
+        raise ValueError("every image needs at least one valid patch: check the pixel mask")
+    slots = int(counts.max())
+    if max_patches is not None and max_patches >= 0:
+        slots = min(slots, max_patches)
+    positions = torch.arange(cells, device=valid.device).expand(batch, cells)
+    filled = counts >= slots
+    randomised = (counts > slots) | (filled & shuffle)
+    priority = torch.where(randomised[:, None], _uniform((batch, cells), valid.device, generator), positions / cells)
+    chosen = torch.argsort(torch.where(valid, priority, priority + 2.0), dim=1)[:, :slots]
+    keep = torch.arange(slots, device=valid.device)[None, :] < counts[:, None]
+    if not shuffle:  # the kept cells in row-major order, the padding slots after them
+        chosen = torch.sort(torch.where(keep, chosen, chosen + cells), dim=1).values.remainder(cells)
+    invalid_first = torch.argsort(torch.where(valid, positions + cells, positions), dim=1)
+    invalid_counts = (cells - counts).clamp(min=1)
+    pad_rank = (_uniform((batch, slots), valid.device, generator) * invalid_counts[:, None]).long()
+    pad_cells = invalid_first.gather(1, pad_rank.minimum(invalid_counts[:, None] - 1))
+    return torch.where(keep, chosen, pad_cells), keep
 
 
-def _add_drop_path(encoder: PreNormEncoder, rates: list[float]) -> None:
-    """Put a :class:`DropPath` on both residual branches of every block with a non-zero rate: after the block's
-    attention output dropout and after its MLP (whose output passes the MLP's ``dropout``), so each block computes
-    ``x + drop_path(attn(norm1(x)))`` then ``x + drop_path(mlp(norm2(x)))`` as timm's. No parameters are added."""
-    for block, rate in zip(encoder.layers, rates):
-        if rate == 0.0:
-            continue
-        block.dropout = _then_drop_path(block.dropout, rate)
-        block.mlp.dropout = _then_drop_path(block.mlp.dropout, rate)
+@dataclass
+class MaskedPatchEmbedding:
+    """Tokens of :meth:`VisionTransformer.embed_masked`.
 
+    ``tokens`` ``[B, 1 + N, D]`` (class token first), ``token_mask`` ``[B, 1 + N]`` (1 = a real token; padding slots
+    0, to be masked as attention keys), ``patch_index`` ``[B, N, 2]`` the (row, column) of each slot's cell and
+    ``grid`` the patch grid ``(rows, columns)`` of the padded canvas.
+    """
 
-def _then_drop_path(module: nn.Module, rate: float) -> nn.Module:
-    return DropPath(rate) if isinstance(module, nn.Identity) else nn.Sequential(module, DropPath(rate))
+    tokens: torch.Tensor
+    token_mask: torch.Tensor
+    patch_index: torch.Tensor
+    grid: tuple[int, int]
 
 
 class VisionTransformer(nn.Module):
     """Patch embedding + class token + learned positions + pre-norm encoder (+ final norm).
 
-    ``drop_path_rate`` (stochastic depth, linearly increasing over the blocks as timm's) defaults to the config's
-    ``drop_path_rate`` field when it has one, else 0 (no effect, and the identity in eval mode anyway).
+    ``drop_path_rate`` (stochastic depth, linearly increasing over the blocks as timm's; a constructor option of the
+    encoder's blocks) defaults to the config's ``drop_path_rate`` field when it has one, else 0 (no effect, and the
+    identity in eval mode anyway). ``position_interpolation`` is how the position grid is resized for another image
+    size (:data:`POSITION_INTERPOLATIONS`: timm/CLIP's ``"bicubic"``, ViLT's ``"bilinear_align_corners"``).
     """
 
     def __init__(
@@ -97,9 +128,13 @@ class VisionTransformer(nn.Module):
         norm_pre: bool = True,
         final_norm: str = "cls",
         drop_path_rate: float | None = None,
+        position_interpolation: str = "bicubic",
         config: Any = None,
     ) -> None:
         super().__init__()
+        if position_interpolation not in POSITION_INTERPOLATIONS:
+            choices = sorted(POSITION_INTERPOLATIONS)
+            raise ValueError(f"position_interpolation must be one of {choices}, got {position_interpolation!r}")
         if final_norm not in FINAL_NORM_MODES:
             raise ValueError(f"final_norm must be one of {FINAL_NORM_MODES}, got {final_norm!r}")
         if image_size % patch_size:
@@ -109,15 +144,15 @@ class VisionTransformer(nn.Module):
         self.patch_size = patch_size
         self.grid_size = image_size // patch_size
         self.final_norm = final_norm
+        self.position_interpolation = position_interpolation
         self.patch_embed = nn.Conv2d(num_channels, width, patch_size, stride=patch_size, bias=patch_bias)
         self.class_embedding = nn.Parameter(torch.randn(width) * width**-0.5)
         self.position_embedding = nn.Parameter(torch.randn(self.grid_size**2 + 1, width) * width**-0.5)
         self.norm_pre = nn.LayerNorm(width, eps=options.layer_norm_eps) if norm_pre else nn.Identity()
-        self.encoder = PreNormEncoder(options, num_layers, config=config)
         if drop_path_rate is None:
             drop_path_rate = float(getattr(config, "drop_path_rate", 0.0) or 0.0)
         self.drop_path_rate = drop_path_rate
-        _add_drop_path(self.encoder, drop_path_rates(drop_path_rate, num_layers))
+        self.encoder = PreNormEncoder(options, num_layers, config=config, drop_path_rate=drop_path_rate)
         self.norm_post = nn.LayerNorm(width, eps=options.layer_norm_eps) if final_norm != "none" else nn.Identity()
 
     def embed(self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool = False) -> torch.Tensor:
@@ -138,8 +173,55 @@ class VisionTransformer(nn.Module):
         positions = self.position_embedding
         new_grid = (height // self.patch_size, width // self.patch_size)
         if new_grid != (self.grid_size, self.grid_size):
-            positions = interpolate_grid_embeddings(positions, 1, self.grid_size, new_grid)
+            positions = interpolate_grid_embeddings(
+                positions, 1, self.grid_size, new_grid, self.position_interpolation
+            )
         return tokens + positions.to(tokens.dtype)
+
+    def embed_masked(
+        self,
+        pixel_values: torch.Tensor,
+        pixel_mask: torch.Tensor,
+        max_patches: int | None = None,
+        *,
+        generator: torch.Generator | None = None,
+        shuffle: bool = True,
+    ) -> MaskedPatchEmbedding:
+        """Embed a zero-padded batch of images of different sizes (ViLT's ``visual_embed``).
+
+        ``pixel_mask`` ``[B, H, W]`` is 1 on each image's real pixels (top-left aligned). It is resized to the patch
+        grid (nearest); an image's valid grid is ``rows x columns`` counted along its first column and first row.
+        The learned position grid is interpolated to each image's valid grid (``position_interpolation``) and
+        zero-padded to the canvas grid; then :func:`sample_patches` picks the tokens (``max_patches``, ``generator``,
+        ``shuffle``). Padding slots hold an invalid cell: the patch projection of zeros with a zero position.
+        """
+        if pixel_values.ndim != 4 or pixel_mask.shape != (pixel_values.shape[0], *pixel_values.shape[-2:]):
+            raise ValueError(
+                f"pixel_values [B, C, H, W] and pixel_mask [B, H, W] must agree, got shapes "
+                f"{tuple(pixel_values.shape)} and {tuple(pixel_mask.shape)}"
+            )
+        patches = self.patch_embed(pixel_values.to(self.patch_embed.weight.dtype))
+        batch, width, rows, columns = patches.shape
+        grid_mask = F.interpolate(pixel_mask[:, None].float(), size=(rows, columns)).long()[:, 0]
+        valid_rows, valid_columns = grid_mask[:, :, 0].sum(dim=1), grid_mask[:, 0, :].sum(dim=1)
+        positions = patches.new_zeros(batch, rows, columns, width)
+        sizes = torch.stack([valid_rows, valid_columns], dim=1)
+        for size in torch.unique(sizes, dim=0).tolist():  # one interpolation per distinct image size
+            if min(size) == 0:
+                continue
+            grid = interpolate_grid_embeddings(
+                self.position_embedding[1:], 0, self.grid_size, tuple(size), self.position_interpolation
+            )
+            same_size = (sizes == sizes.new_tensor(size)).all(dim=1)
+            positions[same_size, : size[0], : size[1]] = grid.view(size[0], size[1], width).to(positions.dtype)[None]
+        grid_mask = grid_mask.flatten(1)
+        cells, keep = sample_patches(grid_mask, max_patches, generator=generator, shuffle=shuffle)
+        take = cells[..., None].expand(-1, -1, width)
+        patch_tokens = patches.flatten(2).transpose(1, 2).gather(1, take) + positions.flatten(1, 2).gather(1, take)
+        cls = (self.class_embedding + self.position_embedding[0]).to(patch_tokens.dtype).expand(batch, 1, -1)
+        patch_index = torch.stack([cells.div(columns, rounding_mode="floor"), cells.remainder(columns)], dim=-1)
+        token_mask = torch.cat([keep.new_ones(batch, 1), keep], dim=1).long()
+        return MaskedPatchEmbedding(torch.cat([cls, patch_tokens], dim=1), token_mask, patch_index, (rows, columns))
 
     def forward(
         self,

@@ -16,7 +16,7 @@ import logging
 import torch
 import torch.nn.functional as F
 
-from .distributed import all_gather_with_grad, get_rank, get_world_size, is_distributed
+from .distributed import all_gather_with_grad, get_rank, is_distributed
 
 
 logger = logging.getLogger(__name__)

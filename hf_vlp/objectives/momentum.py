@@ -19,6 +19,8 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from torch import nn
 
+from ..integrations.compat import LoadedKeysRecorderMixin, is_loaded_from_checkpoint
+
 
 ModulePair = tuple[nn.Module, nn.Module]
 
@@ -63,16 +65,16 @@ class FeatureQueue(nn.Module):
     def reset_buffers(self) -> None:
         """(Re)initialise ``queue`` and ``ptr``; call it from the model's ``_init_weights``.
 
-        Buffers that transformers flagged as loaded from a checkpoint (``_is_hf_initialized``) are left
-        alone, so a restored queue is never overwritten.
+        Buffers that transformers flagged as loaded from a checkpoint are left alone, so a restored queue is never
+        overwritten.
         """
-        if not getattr(self.queue, "_is_hf_initialized", False):
+        if not is_loaded_from_checkpoint(self.queue):
             if self.fill_value is None:
                 fresh = torch.randn(self.queue.shape, dtype=self.queue.dtype, device=self.queue.device)
                 self.queue.copy_(nn.functional.normalize(fresh, dim=0))
             else:
                 self.queue.fill_(self.fill_value)
-        if not getattr(self.ptr, "_is_hf_initialized", False):
+        if not is_loaded_from_checkpoint(self.ptr):
             self.ptr.zero_()
 
     def with_batch(self, batch: torch.Tensor) -> torch.Tensor:
@@ -168,7 +170,7 @@ def momentum_update(pairs: Sequence[ModulePair], momentum: float) -> None:
         torch._foreach_lerp_(targets, sources, 1.0 - momentum)
 
 
-class MomentumModelMixin:
+class MomentumModelMixin(LoadedKeysRecorderMixin):
     """Helpers for a ``PreTrainedModel`` with momentum towers; it implements ``momentum_pairs()``. Put it before the
     ``PreTrainedModel`` base (``class Head(MomentumModelMixin, MyPreTrainedModel)``).
 
@@ -226,7 +228,7 @@ class MomentumModelMixin:
         loaded = super().from_pretrained(*args, **kwargs)
         model = loaded[0] if isinstance(loaded, tuple) else loaded  # output_loading_info=True
         model.freeze_momentum()
-        model.complete_after_load(model.__dict__.pop("_missing_keys_on_load", ()))
+        model.complete_after_load(model.missing_keys_on_load())
         return loaded
 
     def complete_after_load(self, missing_keys: tuple[str, ...]) -> None:
@@ -241,8 +243,3 @@ class MomentumModelMixin:
             # originals use one pointer for all three queues)
             id_queue.queue.fill_(-100)
             id_queue.ptr.copy_(image_queue.ptr)
-
-    def _adjust_missing_and_unexpected_keys(self, loading_info: Any) -> None:
-        # transformers' loading hook: remember the missing keys for complete_after_load
-        self.__dict__["_missing_keys_on_load"] = tuple(loading_info.missing_keys)
-        super()._adjust_missing_and_unexpected_keys(loading_info)

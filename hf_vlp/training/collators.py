@@ -260,17 +260,8 @@ class CaptioningCollator(ImageTextCollator):
     ``-100``, so the loss covers the caption only. The model shifts ``labels`` itself.
     """
 
-    def __init__(
-        self,
-        processor: Any,
-        image_transform: ImageTransform | None = None,
-        skip_bad_samples: bool = False,
-        bad_samples: BadSampleCounter | None = None,
-        max_length: int | None = None,
-        padding: bool | str = True,
-        prompt: str = "",
-    ):
-        super().__init__(processor, image_transform, skip_bad_samples, bad_samples, max_length, padding)
+    def __init__(self, processor: Any, *args: Any, prompt: str = "", **kwargs: Any):
+        super().__init__(processor, *args, **kwargs)
         self.prompt = prompt
         self._prompt_ids: list[int] = list(self.tokenizer(prompt)["input_ids"]) if prompt else []
 
@@ -296,6 +287,25 @@ class CaptioningCollator(ImageTextCollator):
         return labels
 
 
+class BlipCaptionCollator(ImageTextCollator):
+    """Captioner batches as ``BLIP_Decoder`` trains: ``prompt + pre_caption(caption)`` (the processor's
+    ``add_prompt``) as ``input_ids``/``attention_mask`` with ``labels`` = the ids with ``[PAD]`` and the first
+    ``processor.prompt_length`` positions (``[DEC]`` + prompt) set to -100, so the loss covers the caption only."""
+
+    def __init__(self, processor: Any, **kwargs: Any):
+        if not hasattr(processor, "prompt_length"):
+            raise TypeError(f"{type(processor).__name__} has no caption prompt; pass a VlpBlipProcessor.")
+        kwargs.setdefault("max_length", getattr(processor, "max_length", None))
+        super().__init__(processor, **kwargs)
+
+    def __call__(self, rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        batch = self.collect(rows)
+        encoded = self.encode(batch.images, batch.texts, add_prompt=True)
+        labels = encoded["input_ids"].masked_fill(encoded["attention_mask"] == 0, IGNORE_INDEX)
+        labels[:, : self.processor.prompt_length] = IGNORE_INDEX
+        return {**encoded, "labels": labels}
+
+
 # ------------------------------------------------------------------------------- fusion-model fine-tuning tasks
 
 
@@ -317,7 +327,7 @@ class AlbefPretrainingCollator(ImageTextCollator):
     """ALBEF pre-training batches: ``pixel_values``, ``input_ids``, ``attention_mask`` and the MLM inputs
     ``mlm_input_ids``/``mlm_labels``, plus ``return_loss=True``.
 
-    The masking is ALBEF's (:func:`hf_vlp.models.albef.modeling_albef.mask_tokens`: 15% of the non-special tokens,
+    The masking is ALBEF's (:func:`hf_vlp.objectives.mlm.mask_tokens`: 15% of the non-special tokens,
     80% ``[MASK]`` / 10% random id over ``vocab_size`` / 10% kept) but done here, on each caption's own tokens
     with a generator seeded by ``(mlm_seed, epoch, sample index)``: the masking is then a function of the data,
     so a resumed run or one split over processes masks exactly as one uninterrupted process does (the model's own
@@ -346,7 +356,7 @@ class AlbefPretrainingCollator(ImageTextCollator):
         self.mlm_seed = mlm_seed
 
     def __call__(self, rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
-        from ..models.albef.modeling_albef import mask_tokens
+        from ..objectives.mlm import mask_tokens
 
         batch = self.collect(rows)
         encoded = self.encode(batch.images, batch.texts)

@@ -37,6 +37,19 @@ class Recipe:
     paper: dict[str, Any] = field(default_factory=dict)
 
 
+# Trainer settings every tiny run shares: logging and checkpoint cadence, no evaluation during training (the job
+# evaluates before and after), the raw columns kept for the on-the-fly decoding, a fixed seed.
+TINY_RUN_BOOKKEEPING = {
+    "logging_steps": 25,
+    "save_total_limit": 2,
+    "eval_strategy": "no",
+    "dataloader_drop_last": True,
+    "remove_unused_columns": False,
+    "report_to": "none",
+    "seed": 0,
+}
+
+
 # ------------------------------------------------------------------------------------------------------ CLIP
 
 # CLIP paper (Radford et al. 2021, §2.5 / Table 19): AdamW with decoupled weight decay 0.2, beta2 0.98, eps 1e-6,
@@ -70,14 +83,8 @@ CLIP = Recipe(
         "per_device_train_batch_size": 64,
         "per_device_eval_batch_size": 128,
         "max_steps": 600,
-        "logging_steps": 25,
         "save_steps": 200,
-        "save_total_limit": 2,
-        "eval_strategy": "no",
-        "dataloader_drop_last": True,
-        "remove_unused_columns": False,
-        "report_to": "none",
-        "seed": 0,
+        **TINY_RUN_BOOKKEEPING,
     },
     paper_notes="AdamW(0.9, 0.98, eps 1e-6), wd 0.2, cosine, logit scale clamp ln 100, batch 32,768 (global).",
     paper={
@@ -194,52 +201,70 @@ ALBEF_TRAINING_DEFAULTS = {
     "per_device_train_batch_size": 32,
     "per_device_eval_batch_size": 64,
     "max_steps": 300,
-    "logging_steps": 25,
     "save_steps": 100,
-    "save_total_limit": 2,
-    "eval_strategy": "no",
-    "dataloader_drop_last": True,
-    "remove_unused_columns": False,
-    "report_to": "none",
-    "seed": 0,
+    **TINY_RUN_BOOKKEEPING,
 }
 
 
-def _albef(task: str, training: dict[str, Any], job: dict[str, Any], notes: str) -> Recipe:
+def _fusion_recipe(
+    architecture: str,
+    task: str,
+    run: tuple[dict[str, Any], dict[str, Any]],
+    notes: str,
+    *,
+    tiny_config: dict[str, Any],
+    context_length: int,
+    training_defaults: dict[str, Any],
+    paper: dict[str, dict[str, Any]],
+) -> Recipe:
+    """An ALBEF/BLIP recipe: the tiny model at 64 px, the architecture's Trainer defaults updated by the task's ``run``
+    (Trainer overrides, job defaults), the paper's values for ``task`` and a one-line summary of them (``notes``)."""
+    training, job = run
     return Recipe(
-        architecture="albef",
+        architecture=architecture,
         task=task,
-        tiny_config=ALBEF_TINY_CONFIG,
+        tiny_config=tiny_config,
         image_size=64,
-        context_length=30,
-        training_defaults={**ALBEF_TRAINING_DEFAULTS, **training},
+        context_length=context_length,
+        training_defaults={**training_defaults, **training},
         job_defaults=job,
-        paper=ALBEF_PAPER[task],
+        paper=paper[task],
         paper_notes=notes,
     )
 
 
-# Pre-training from scratch needs the most steps; the fine-tuning tasks are sized for starting from a pre-trained
-# (tiny) ALBEF, the paper's route (--from-pretrained): from scratch they first learn the text priors (question type,
-# hypothesis wording) and need longer to ground.
+def _albef(task: str, run: tuple[dict[str, Any], dict[str, Any]], notes: str) -> Recipe:
+    return _fusion_recipe(
+        "albef", task, run, notes, tiny_config=ALBEF_TINY_CONFIG, context_length=30,
+        training_defaults=ALBEF_TRAINING_DEFAULTS, paper=ALBEF_PAPER,
+    )
+
+
+# The tiny runs (Trainer overrides, job defaults) of the tasks ALBEF and BLIP share. Pre-training from scratch needs the
+# most steps; the fine-tuning tasks are sized for starting from a pre-trained tiny model, the papers' route
+# (--from-pretrained): from scratch they first learn the text priors (question type, hypothesis wording) and need
+# longer to ground.
+SMALL_GALLERY_JOB = {"dataset": "synthetic-shapes:n=1000", "eval_max_samples": 100}
+PRETRAIN_RUN = ({"learning_rate": 2e-3, "max_steps": 500}, SMALL_GALLERY_JOB)
+RETRIEVAL_RUN = ({"max_steps": 200}, SMALL_GALLERY_JOB)
+VQA_RUN = ({"max_steps": 300}, {"dataset": "synthetic-shapes:n=4000", "eval_max_samples": 500})
+NLVR2_JOB = {"dataset": "synthetic-shapes:n=4000", "eval_max_samples": 500}
+
 ALBEF_PRETRAIN = _albef(
-    "pretrain", {"learning_rate": 2e-3, "max_steps": 500}, {"dataset": "synthetic-shapes:n=1000", "eval_max_samples": 100},
+    "pretrain", PRETRAIN_RUN,
     "AdamW lr 1e-4 (warm-up from 1e-5 over 2k steps, cosine to 1e-5), wd 0.02, 30 epochs, batch 512, 256 px.",
 )
 ALBEF_RETRIEVAL = _albef(
-    "retrieval", {"max_steps": 200}, {"dataset": "synthetic-shapes:n=1000", "eval_max_samples": 100},
+    "retrieval", RETRIEVAL_RUN,
     "AdamW lr 1e-5, wd 0.02, 5 (COCO) / 10 (Flickr) epochs, batch 256, 384 px, k_test 256/128.",
 )
-ALBEF_VQA = _albef(
-    "vqa", {"max_steps": 300}, {"dataset": "synthetic-shapes:n=4000", "eval_max_samples": 500},
-    "AdamW lr 2e-5, wd 0.02, 8 epochs, batch 256, 384 px, k_test 128.",
-)
+ALBEF_VQA = _albef("vqa", VQA_RUN, "AdamW lr 2e-5, wd 0.02, 8 epochs, batch 256, 384 px, k_test 128.")
 ALBEF_NLVR2 = _albef(
-    "nlvr2", {"learning_rate": 5e-4, "max_steps": 500}, {"dataset": "synthetic-shapes:n=4000", "eval_max_samples": 500},
+    "nlvr2", ({"learning_rate": 5e-4, "max_steps": 500}, NLVR2_JOB),
     "AdamW lr 2e-5, wd 0.02, 10 epochs, batch 128, 384 px, after 1 epoch of text-assignment pre-training.",
 )
 ALBEF_SNLI_VE = _albef(
-    "snli-ve", {"max_steps": 300}, {"dataset": "synthetic-shapes:n=4000", "eval_max_samples": 600},
+    "snli-ve", ({"max_steps": 300}, {"dataset": "synthetic-shapes:n=4000", "eval_max_samples": 600}),
     "AdamW lr 2e-5, wd 0.02, 5 epochs, 384 px, no alpha warm-up.",
 )
 
@@ -357,78 +382,45 @@ BLIP_PAPER = {
 # (64) instead of 57,600, momentum 0.99 instead of 0.995, no dropout. (Patches of 8 px or a third text layer cost
 # 1.3-1.6x the time without better recall or accuracy in these runs.)
 BLIP_TINY_CONFIG = {
-    "embed_dim": 64,
-    "queue_size": 64,
-    "momentum": 0.99,
-    "vision_config": dict(
-        hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4, image_size=64, patch_size=16,
-        initializer_range=0.1,
-    ),
+    **{key: value for key, value in ALBEF_TINY_CONFIG.items() if key != "text_config"},
     "text_config": dict(
         hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=40,
         hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, initializer_range=0.1,
     ),
 }
 
-BLIP_TRAINING_DEFAULTS = {
-    "adam_beta1": 0.9,
-    "adam_beta2": 0.999,
-    "weight_decay": 0.05,
-    "lr_scheduler_type": "cosine",
-    "learning_rate": 1e-3,
-    "warmup_steps": 0.1,
-    "per_device_train_batch_size": 32,
-    "per_device_eval_batch_size": 64,
-    "max_steps": 300,
-    "logging_steps": 25,
-    "save_steps": 100,
-    "save_total_limit": 2,
-    "eval_strategy": "no",
-    "dataloader_drop_last": True,
-    "remove_unused_columns": False,
-    "report_to": "none",
-    "seed": 0,
-}
+BLIP_TRAINING_DEFAULTS = {**ALBEF_TRAINING_DEFAULTS, "weight_decay": 0.05}
 
 # text lengths of the original per task (tokens, [CLS]/[SEP] included)
 BLIP_CONTEXT_LENGTHS = {"pretrain": 30, "retrieval": 35, "caption": 40, "vqa": 35, "nlvr2": 35}
 
 
-def _blip(task: str, training: dict[str, Any], job: dict[str, Any], notes: str) -> Recipe:
-    return Recipe(
-        architecture="blip",
-        task=task,
-        tiny_config=BLIP_TINY_CONFIG,
-        image_size=64,
-        context_length=BLIP_CONTEXT_LENGTHS[task],
-        training_defaults={**BLIP_TRAINING_DEFAULTS, **training},
-        job_defaults=job,
-        paper=BLIP_PAPER[task],
-        paper_notes=notes,
+def _blip(task: str, run: tuple[dict[str, Any], dict[str, Any]], notes: str) -> Recipe:
+    return _fusion_recipe(
+        "blip", task, run, notes, tiny_config=BLIP_TINY_CONFIG, context_length=BLIP_CONTEXT_LENGTHS[task],
+        training_defaults=BLIP_TRAINING_DEFAULTS, paper=BLIP_PAPER,
     )
 
 
-# Pre-training from scratch needs the most steps. Captioning is sized to learn from scratch; retrieval, VQA and NLVR2
-# are sized for starting from the pre-trained tiny BLIP (--from-pretrained), the paper's route: from scratch VQA
-# first learns the answer priors of each question type and NLVR2 stays near chance for hundreds of steps.
+# Captioning is sized to learn from scratch; from scratch VQA first learns the answer priors of each question type and
+# NLVR2 stays near chance for hundreds of steps (see PRETRAIN_RUN above for the others).
 BLIP_PRETRAIN = _blip(
-    "pretrain", {"learning_rate": 2e-3, "max_steps": 500}, {"dataset": "synthetic-shapes:n=1000", "eval_max_samples": 100},
+    "pretrain", PRETRAIN_RUN,
     "AdamW lr 3e-4 (warm-up from 1e-6 over 3k steps, x0.9 per epoch), wd 0.05, 20 epochs, batch 2880, 224 px.",
 )
 BLIP_RETRIEVAL = _blip(
-    "retrieval", {"max_steps": 200}, {"dataset": "synthetic-shapes:n=1000", "eval_max_samples": 100},
-    "AdamW lr 1e-5, wd 0.05, cosine, 6 epochs, batch 256, 384 px, k_test 256/128.",
+    "retrieval", RETRIEVAL_RUN, "AdamW lr 1e-5, wd 0.05, cosine, 6 epochs, batch 256, 384 px, k_test 256/128."
 )
 BLIP_CAPTION = _blip(
-    "caption", {"max_steps": 500}, {"dataset": "synthetic-shapes:n=2000", "eval_max_samples": 200},
+    "caption", ({"max_steps": 500}, {"dataset": "synthetic-shapes:n=2000", "eval_max_samples": 200}),
     "AdamW lr 1e-5, wd 0.05, cosine, 5 epochs, batch 256, 384 px, prompt 'a picture of ', beam 3.",
 )
 BLIP_VQA = _blip(
-    "vqa", {"max_steps": 300}, {"dataset": "synthetic-shapes:n=4000", "eval_max_samples": 500},
+    "vqa", VQA_RUN,
     "AdamW lr 2e-5, wd 0.05, cosine, 10 epochs, batch 128, 480 px, rank over the answer list (k_test 128).",
 )
 BLIP_NLVR2 = _blip(
-    "nlvr2", {"learning_rate": 5e-4, "max_steps": 600}, {"dataset": "synthetic-shapes:n=4000", "eval_max_samples": 500},
+    "nlvr2", ({"learning_rate": 5e-4, "max_steps": 600}, NLVR2_JOB),
     "AdamW lr 3e-5, wd 0.05, cosine, 15 epochs, batch 128, 384 px.",
 )
 

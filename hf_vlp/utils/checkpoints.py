@@ -290,6 +290,17 @@ class MappedStateDict:
     dropped: dict[str, str]
 
 
+PARAMETER = r"(?P<p>weight|bias)"  # the parameter of a Linear/LayerNorm, kept as is by a rule
+
+
+def fused_projection(source: str, parts: Sequence[str], target: str) -> Fuse:
+    """Separate projections ``{source}{part}.weight|bias`` (``source`` a regex prefix) concatenated in ``parts`` order
+    into ``{target}.weight|bias``: q/k/v into a fused ``qkv``, k/v into a cross-attention's ``kv``. The one place
+    separate projections are fused (converters and tower initialisation)."""
+    group = "|".join(re.escape(part) for part in parts)
+    return Fuse(source + rf"(?P<part>{group})\." + PARAMETER, target + r".\g<p>", parts=tuple(parts))
+
+
 def transpose(tensor: torch.Tensor) -> torch.Tensor:
     """``[in, out]`` ``x @ W`` matrix to an ``nn.Linear`` weight ``[out, in]``."""
     return tensor.t().contiguous()
@@ -353,16 +364,22 @@ def map_state_dict(source: Mapping[str, torch.Tensor], rules: Sequence[MappingRu
         tensors[target] = torch.cat([parts[part][1] for part in rule.parts], dim=rule.dim)
         origins[target] = [parts[part][0] for part in rule.parts]
 
-    problems = []
-    if unclaimed:
-        problems.append(f"unexpected source keys that no rule consumes ({len(unclaimed)}): {_format_keys(unclaimed)}")
-    if incomplete:
-        problems.append(f"incomplete fused tensors ({len(incomplete)}): {_format_keys(incomplete)}")
-    if clashes:
-        problems.append(f"several source keys map to one target ({len(clashes)}): {_format_keys(clashes)}")
-    if problems:
-        raise ConversionError("The checkpoint does not match the expected layout:\n  - " + "\n  - ".join(problems))
+    _raise_problems(
+        "The checkpoint does not match the expected layout:",
+        {
+            "unexpected source keys that no rule consumes": unclaimed,
+            "incomplete fused tensors": incomplete,
+            "several source keys map to one target": clashes,
+        },
+    )
     return MappedStateDict(tensors, origins, dropped)
+
+
+def _raise_problems(summary: str, problems: Mapping[str, Sequence[str]], hint: str = "") -> None:
+    """One :class:`ConversionError` naming every key of every non-empty problem group, or nothing."""
+    listed = [f"{what} ({len(keys)}): {_format_keys(keys)}" for what, keys in problems.items() if keys]
+    if listed:
+        raise ConversionError(summary + "\n  - " + "\n  - ".join(listed) + hint)
 
 
 def check_mapped_state_dict(mapped: MappedStateDict, expected: Mapping[str, torch.Tensor]) -> None:
@@ -379,21 +396,16 @@ def check_mapped_state_dict(mapped: MappedStateDict, expected: Mapping[str, torc
             shapes.append(f"{key} (from {origin}): expected {list(target.shape)}, got {list(tensor.shape)}")
         elif tensor.is_floating_point() != target.is_floating_point():
             dtypes.append(f"{key} (from {', '.join(mapped.sources[key])}): expected {target.dtype}, got {tensor.dtype}")
-    problems = []
-    if missing:
-        problems.append(f"target keys that no source key fills ({len(missing)}): {_format_keys(missing)}")
-    if unknown:
-        problems.append(f"mapped keys the model does not have ({len(unknown)}): {_format_keys(unknown)}")
-    if shapes:
-        problems.append(f"shape mismatches ({len(shapes)}): {_format_keys(shapes)}")
-    if dtypes:
-        problems.append(f"dtype kind mismatches ({len(dtypes)}): {_format_keys(dtypes)}")
-    if problems:
-        raise ConversionError(
-            "The checkpoint does not fit the model built from its configuration:\n  - "
-            + "\n  - ".join(problems)
-            + "\nCheck that the checkpoint and the configuration (e.g. --original-config) describe the same model."
-        )
+    _raise_problems(
+        "The checkpoint does not fit the model built from its configuration:",
+        {
+            "target keys that no source key fills": missing,
+            "mapped keys the model does not have": unknown,
+            "shape mismatches": shapes,
+            "dtype kind mismatches": dtypes,
+        },
+        hint="\nCheck that the checkpoint and the configuration (e.g. --original-config) describe the same model.",
+    )
 
 
 def load_mapped_state_dict(model: torch.nn.Module, mapped: MappedStateDict) -> None:

@@ -36,12 +36,13 @@ from ..modules.vision import VisionTransformer, interpolate_grid_embeddings
 from .checkpoints import (
     ConversionError,
     Drop,
-    Fuse,
     MappingRule,
     Rename,
+    fused_projection,
     map_state_dict,
     read_transformers_weights,
 )
+from .key_rules import bert_embedding_rules, bert_layer_rules
 
 TowerSource = Union[str, os.PathLike, PreTrainedModel]
 
@@ -298,10 +299,8 @@ def _vision_rules() -> list[MappingRule]:
         Rename(_VIT + r"embeddings\.patch_embeddings\.projection\.(?P<p>weight|bias)", r"patch_embed.\g<p>"),
         Drop(_VIT + r"embeddings\.distillation_token", "DeiT distillation token (the tower has only the class token)"),
         Drop(_VIT + r"embeddings\.mask_token", "masked-image-modelling token, unused by the tower"),
-        Fuse(_VIT_LAYER + r"attention\.attention\.(?P<part>query|key|value)\.(?P<p>weight|bias)",
-             _OUT + r"attn.qkv.\g<p>", ("query", "key", "value")),
-        Fuse(_VIT_LAYER_NEW + r"attention\.(?P<part>q|k|v)_proj\.(?P<p>weight|bias)",
-             _OUT + r"attn.qkv.\g<p>", ("q", "k", "v")),
+        fused_projection(_VIT_LAYER + r"attention\.attention\.", ("query", "key", "value"), _OUT + "attn.qkv"),
+        fused_projection(_VIT_LAYER_NEW + r"attention\.", ("q_proj", "k_proj", "v_proj"), _OUT + "attn.qkv"),
         Rename(_VIT_LAYER + r"attention\.output\.dense\.(?P<p>weight|bias)", _OUT + r"attn.out_proj.\g<p>"),
         Rename(_VIT_LAYER_NEW + r"attention\.o_proj\.(?P<p>weight|bias)", _OUT + r"attn.out_proj.\g<p>"),
         Rename(_VIT_LAYER + r"intermediate\.dense\.(?P<p>weight|bias)", _OUT + r"mlp.fc1.\g<p>"),
@@ -378,30 +377,18 @@ def load_vision_tower_from_transformers(tower: VisionTransformer, source: TowerS
 # --------------------------------------------------------------------------------------------------- text
 
 _BERT = r"(?:bert\.)?"
-_BERT_LAYER = _BERT + r"encoder\.layer\.(?P<layer>\d+)\."
 
 
 def _text_rules(has_token_types: bool, head: bool) -> list[MappingRule]:
     rules: list[MappingRule] = [
-        Rename(_BERT + r"embeddings\.(?P<e>word|position)_embeddings\.weight", r"embeddings.\g<e>_embeddings.weight"),
-        Rename(_BERT + r"embeddings\.LayerNorm\.(?P<p>weight|bias)", r"embeddings.norm.\g<p>"),
-        Drop(_BERT + r"embeddings\.position_ids", "position-id buffer of older checkpoints"),
-        Fuse(_BERT_LAYER + r"attention\.self\.(?P<part>query|key|value)\.(?P<p>weight|bias)",
-             _OUT + r"attn.qkv.\g<p>", ("query", "key", "value")),
-        Rename(_BERT_LAYER + r"attention\.output\.dense\.(?P<p>weight|bias)", _OUT + r"attn.out_proj.\g<p>"),
-        Rename(_BERT_LAYER + r"attention\.output\.LayerNorm\.(?P<p>weight|bias)", _OUT + r"norm1.\g<p>"),
-        Rename(_BERT_LAYER + r"intermediate\.dense\.(?P<p>weight|bias)", _OUT + r"mlp.fc1.\g<p>"),
-        Rename(_BERT_LAYER + r"output\.dense\.(?P<p>weight|bias)", _OUT + r"mlp.fc2.\g<p>"),
-        Rename(_BERT_LAYER + r"output\.LayerNorm\.(?P<p>weight|bias)", _OUT + r"norm2.\g<p>"),
+        *bert_embedding_rules(_BERT, "", token_types=has_token_types),
+        *bert_layer_rules(_BERT, "", cross_attention=False),
         Drop(_BERT + r"pooler\..*", "BERT's pooler (ALBEF/BLIP use no pooler)"),
         Drop(r"cls\.seq_relationship\..*", "BERT's next-sentence head"),
         Drop(r"cls\.predictions\.decoder\.bias", "same tensor as cls.predictions.bias"),
     ]
-    token_types = _BERT + r"embeddings\.token_type_embeddings\.weight"
-    if has_token_types:
-        rules.append(Rename(token_types, "embeddings.token_type_embeddings.weight"))
-    else:
-        rules.append(Drop(token_types, "the tower has no token-type embeddings"))
+    if not has_token_types:
+        rules.append(Drop(_BERT + r"embeddings\.token_type_embeddings\.weight", "the tower has no token-type embeddings"))
     if head:
         rules += [
             Rename(r"cls\.predictions\.transform\.dense\.(?P<p>weight|bias)", HEAD_PREFIX + r"dense.\g<p>"),

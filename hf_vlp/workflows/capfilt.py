@@ -130,6 +130,15 @@ def _saved_class_name(directory: Path, role: str) -> str:
     return names[0]
 
 
+def _check_saved_class(directory: Path, role: str, accepted: Sequence[str], needed: str, advice: str) -> None:
+    """Refuse a saved BLIP whose class lacks what the ``role`` needs (``needed``), with ``advice``."""
+    class_name = _saved_class_name(directory, role)
+    if class_name not in accepted:
+        raise ValueError(
+            f"The {role} {str(directory)!r} is a {class_name} checkpoint, which has no {needed}; {advice}"
+        )
+
+
 def _load_processor(directory: Path, role: str) -> VlpBlipProcessor:
     try:
         return VlpBlipProcessor.from_pretrained(str(directory))
@@ -172,13 +181,11 @@ def load_captioner(
     checkpoint also works: it holds the decoder), or a model object given with its ``processor``."""
     if isinstance(source, (str, os.PathLike)):
         directory = Path(source)
-        class_name = _saved_class_name(directory, "captioner")
-        if class_name not in CAPTIONER_CLASSES:
-            raise ValueError(
-                f"The captioner {str(directory)!r} is a {class_name} checkpoint, which has no captioning decoder; "
-                "pass a VlpBlipForConditionalGeneration fine-tuned for captioning (CapFilt's captioner) or a "
-                "VlpBlipForPretraining checkpoint."
-            )
+        _check_saved_class(
+            directory, "captioner", CAPTIONER_CLASSES, "captioning decoder",
+            "pass a VlpBlipForConditionalGeneration fine-tuned for captioning (CapFilt's captioner) or a "
+            "VlpBlipForPretraining checkpoint.",
+        )
         model = _loaded_without_missing_keys(VlpBlipForConditionalGeneration, directory, "captioner", "decoder")
         processor = processor if processor is not None else _load_processor(directory, "captioner")
     else:
@@ -201,18 +208,17 @@ def load_filter(
     ``processor`` that has an ITM head and the image-grounded encoder."""
     if isinstance(source, (str, os.PathLike)):
         directory = Path(source)
-        class_name = _saved_class_name(directory, "filter")
-        if class_name not in FILTER_CLASSES:
-            raise ValueError(
-                f"The filter {str(directory)!r} is a {class_name} checkpoint, which has no ITM head; pass a BLIP "
-                f"model with one ({', '.join(FILTER_CLASSES)}), e.g. one fine-tuned for retrieval (CapFilt's filter)."
-            )
+        _check_saved_class(
+            directory, "filter", FILTER_CLASSES, "ITM head",
+            f"pass a BLIP model with one ({', '.join(FILTER_CLASSES)}), e.g. one fine-tuned for retrieval (CapFilt's "
+            "filter).",
+        )
         model = _loaded_without_missing_keys(VlpBlipModel, directory, "filter", "image-grounded encoder / ITM head")
         processor = processor if processor is not None else _load_processor(directory, "filter")
     else:
         model = source
         roles = getattr(getattr(getattr(model, "text_model", None), "transformer", None), "roles", ())
-        has_itm = hasattr(model, "itm_head") and (hasattr(model, "get_itm_logits") or hasattr(model, "_itm_logits"))
+        has_itm = hasattr(model, "itm_head") and hasattr(model, "get_itm_logits")
         if not isinstance(model, VlpBlipPreTrainedModel) or not has_itm or "encoder" not in roles:
             raise TypeError(
                 f"The filter must be a BLIP model with an ITM head and the image-grounded encoder (VlpBlipModel, "
@@ -273,12 +279,9 @@ def itm_match_probabilities(
     texts = [captions[b][k] for k in range(count) for b in range(len(images))]
     encoded = processor(text=texts, return_tensors="pt").to(device)
     image_states = image_states.repeat(count, 1, 1)
-    if hasattr(filter_model, "get_itm_logits"):
-        logits = filter_model.get_itm_logits(
-            encoded["input_ids"], attention_mask=encoded["attention_mask"], image_hidden_states=image_states
-        )
-    else:  # the momentum heads (pre-training, retrieval) run the same [ENC] path under this name
-        logits = filter_model._itm_logits(encoded["input_ids"], encoded["attention_mask"], image_states)
+    logits = filter_model.get_itm_logits(
+        encoded["input_ids"], attention_mask=encoded["attention_mask"], image_hidden_states=image_states
+    )
     return logits.float().softmax(dim=-1)[:, 1].view(count, len(images)).T.cpu()
 
 

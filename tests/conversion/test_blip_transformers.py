@@ -100,7 +100,7 @@ def batch(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
 
 def test_captioner_gives_transformers_logits_and_generations(tmp_path: Path) -> None:
     theirs, folder = saved(tmp_path, BlipForConditionalGeneration)
-    result = convert_transformers_blip(folder, verify_outputs=True)
+    result = convert_transformers_blip(folder, verify=True)
     ours = result.model
     assert type(ours) is VlpBlipForConditionalGeneration and result.kind == "caption"
     assert max(result.differences.values()) < ATOL
@@ -122,7 +122,7 @@ def test_captioner_gives_transformers_logits_and_generations(tmp_path: Path) -> 
 
 def test_retrieval_model_gives_transformers_itm_logits_and_cosines(tmp_path: Path) -> None:
     theirs, folder = saved(tmp_path, BlipForImageTextRetrieval)
-    result = convert_transformers_blip(folder, verify_outputs=True)
+    result = convert_transformers_blip(folder, verify=True)
     ours = result.model
     assert type(ours) is VlpBlipModel and result.head == "model" and max(result.differences.values()) < ATOL
     assert ours.temp.item() == pytest.approx(0.07)  # transformers' model has no temperature: the original's start
@@ -140,7 +140,7 @@ def test_retrieval_model_gives_transformers_itm_logits_and_cosines(tmp_path: Pat
 
 def test_vqa_model_gives_transformers_states_logits_and_answers(tmp_path: Path) -> None:
     theirs, folder = saved(tmp_path, BlipForQuestionAnswering)
-    result = convert_transformers_blip(folder, verify_outputs=True)
+    result = convert_transformers_blip(folder, verify=True)
     ours = result.model
     assert type(ours) is VlpBlipForQuestionAnswering and max(result.differences.values()) < ATOL
     pixel_values, input_ids = batch(2)

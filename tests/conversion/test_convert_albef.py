@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import re
-import runpy
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import AutoTokenizer
+from transformers import AutoProcessor, AutoTokenizer
 
+import conversion.convert_albef as convert_albef
 from conversion.common import ConversionError, run_cli
 from conversion.convert_albef import MOMENTUM_PREFIXES, convert_albef_checkpoint, main
 from hf_vlp.models.albef import (
@@ -25,8 +25,10 @@ from hf_vlp.models.albef import (
     VlpAlbefForVisualEntailment,
     VlpAlbefForVisualReasoning,
     VlpAlbefModel,
+    VlpAlbefProcessor,
 )
 from hf_vlp.modules.vision import interpolate_grid_embeddings
+from tests.conversion.helpers import converter_error, save_checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURE = ROOT / "tests" / "fixtures" / "originals" / "albef_pretrain"
@@ -38,18 +40,33 @@ def fixture_tensors() -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]
     return load_file(FIXTURE / "inputs.safetensors"), load_file(FIXTURE / "outputs.safetensors")
 
 
+def towers_output(model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Image and text states, contrastive logits, features and ITM logits of the online towers of a flat ALBEF head."""
+    with torch.no_grad():
+        image_states = model.encode_image(inputs["pixel_values"]).last_hidden_state
+        text_states = model.encode_text(inputs["input_ids"], inputs["attention_mask"]).last_hidden_state
+        fused = model.fuse(text_states, image_states, inputs["attention_mask"]).last_hidden_state
+        image_feat = torch.nn.functional.normalize(model.vision_proj(image_states[:, 0]), dim=-1)
+        text_feat = torch.nn.functional.normalize(model.text_proj(text_states[:, 0]), dim=-1)
+    return {
+        "image_states": image_states,
+        "logits_per_image": image_feat @ text_feat.t() / model.temp,
+        "text_embeds": text_feat,
+        "itm_logits": model.itm_head(fused[:, 0]),
+    }
+
+
 def assert_reproduces_fixture(model: VlpAlbefForMaskedLM | VlpAlbefForPretraining) -> None:
     inputs, expected = fixture_tensors()
+    out = towers_output(model, inputs)
     with torch.no_grad():
-        out = model.albef(inputs["input_ids"], inputs["pixel_values"], inputs["attention_mask"], output_itm=True)
-        image_states = out.vision_model_output.last_hidden_state
-        mlm_states = model.albef.text_model(
-            inputs["mlm_input_ids"], inputs["attention_mask"], encoder_hidden_states=image_states
+        mlm_states = model.text_model(
+            inputs["mlm_input_ids"], inputs["attention_mask"], encoder_hidden_states=out["image_states"]
         ).last_hidden_state
         mlm = model.mlm_head(mlm_states)
-    torch.testing.assert_close(out.logits_per_image, expected["sim_i2t"], atol=LOGIT_ATOL, rtol=0)
-    torch.testing.assert_close(out.itm_logits, expected["itm_logits_pos"], atol=LOGIT_ATOL, rtol=0)
-    torch.testing.assert_close(out.text_embeds, expected["text_feat"], atol=1e-5, rtol=0)
+    torch.testing.assert_close(out["logits_per_image"], expected["sim_i2t"], atol=LOGIT_ATOL, rtol=0)
+    torch.testing.assert_close(out["itm_logits"], expected["itm_logits_pos"], atol=LOGIT_ATOL, rtol=0)
+    torch.testing.assert_close(out["text_embeds"], expected["text_feat"], atol=1e-5, rtol=0)
     torch.testing.assert_close(mlm, expected["mlm_logits"], atol=LOGIT_ATOL, rtol=0)
 
 
@@ -58,19 +75,19 @@ def state_dict() -> dict[str, torch.Tensor]:
     return torch.load(CHECKPOINT, weights_only=True)["model"]
 
 
-def save_checkpoint(tmp_path: Path, state: dict[str, torch.Tensor]) -> Path:
-    path = tmp_path / "ckpt.pth"
-    torch.save({"model": state, "config": {}, "epoch": 0}, path)
-    return path
+cli_error = functools.partial(converter_error, main)
 
 
-def cli_error(tmp_path: Path, capsys: pytest.CaptureFixture[str], checkpoint: Path, *extra: str) -> str:
-    """Run the CLI in-process; assert it fails and writes nothing; return stderr."""
-    before = set(tmp_path.iterdir())
-    status = run_cli(main, ["--checkpoint", str(checkpoint), "--output", str(tmp_path / "out"), *extra])
-    assert status == 1
-    assert set(tmp_path.iterdir()) == before, "a failed conversion must leave no output behind"
-    return capsys.readouterr().err
+def convert_fixture_cli(folder: Path, output: Path, architecture: str) -> dict[str, torch.Tensor]:
+    """Convert the fixture in ``folder`` (with its config and vocabulary) through the command line to ``output``, check
+    the class written and return the original state dict."""
+    arguments = [
+        "--checkpoint", str(folder / "checkpoint.pth"), "--output", str(output),
+        "--original-config", str(folder / "original_config.json"), "--tokenizer", str(folder / "vocab.txt"),
+    ]
+    assert run_cli(main, arguments) == 0
+    assert json.loads((output / "config.json").read_text())["architectures"] == [architecture]
+    return torch.load(folder / "checkpoint.pth", weights_only=True)["model"]
 
 
 # --------------------------------------------------------------------------------------------------- success
@@ -115,6 +132,47 @@ def load_file_metadata(path: Path) -> dict[str, str]:
         return handle.metadata()
 
 
+def test_converted_folder_holds_a_processor_whose_inputs_reproduce_the_fixture(tmp_path: Path) -> None:
+    """The folder is complete: AutoProcessor loads ALBEF's processor, which turns the raw captions and images into the
+    fixture's inputs, and the converted model (verified on the way) gives the original's outputs on them."""
+    output = tmp_path / "albef"
+    result = convert_albef_checkpoint(CHECKPOINT, output, CONFIG, VOCAB, verify=True)
+    assert set(result.differences) >= {"image_embeds", "text_embeds", "fusion_hidden", "itm_logits"}
+    assert max(result.differences.values()) < LOGIT_ATOL
+    assert "Compared with the original tensors run through transformers' BERT/BLIP modules" in (
+        output / "README.md"
+    ).read_text()
+    processor = AutoProcessor.from_pretrained(output)
+    assert isinstance(processor, VlpAlbefProcessor) and processor.image_processor.size["height"] == 32
+    inputs, expected = fixture_tensors()
+    captions = json.loads(load_file_metadata(FIXTURE / "inputs.safetensors")["raw_captions"])
+    encoded = processor(text=captions, images=list(inputs["raw_images_uint8"].numpy()), return_tensors="pt")
+    assert torch.equal(encoded["input_ids"], inputs["input_ids"])
+    assert torch.equal(encoded["attention_mask"], inputs["attention_mask"])
+    torch.testing.assert_close(encoded["pixel_values"], inputs["pixel_values"], atol=1e-5, rtol=0)
+    model = VlpAlbefForPretraining.from_pretrained(output, dtype=torch.float32).eval()
+    out = towers_output(model, encoded)
+    torch.testing.assert_close(out["itm_logits"], expected["itm_logits_pos"], atol=LOGIT_ATOL, rtol=0)
+    torch.testing.assert_close(out["logits_per_image"], expected["sim_i2t"], atol=LOGIT_ATOL, rtol=0)
+
+
+def test_verify_fails_on_a_wrong_reference_and_covers_the_tower_heads_only(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reference = convert_albef.reference_outputs
+
+    def perturbed(*args, **kwargs):
+        outputs = reference(*args, **kwargs)
+        return {**outputs, "itm_logits": outputs["itm_logits"] + 0.01}
+
+    monkeypatch.setattr(convert_albef, "reference_outputs", perturbed)
+    message = cli_error(tmp_path, capsys, CHECKPOINT, "--original-config", str(CONFIG), "--verify")
+    assert "Verification against the original tensors" in message and "itm_logits" in message
+    monkeypatch.undo()
+    message = cli_error(tmp_path, capsys, VQA / "checkpoint.pth", "--original-config", str(VQA / "original_config.json"), "--verify")
+    assert "it covers --head pretraining, masked_lm, retrieval, not --head vqa" in message
+
+
 def test_masked_lm_head_drops_momentum_towers_and_queues_explicitly(
     state_dict: dict[str, torch.Tensor], caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -153,7 +211,7 @@ def test_momentum_towers_and_queues_are_mapped_into_the_pretraining_head(state_d
         "momentum_text_model.transformer.encoder.layers.3.cross_attn.q.weight": "text_encoder_m.bert.encoder.layer.3.crossattention.self.query.weight",
         "momentum_mlm_head.dense.weight": "text_encoder_m.cls.predictions.transform.dense.weight",
         "momentum_mlm_head.decoder.bias": "text_encoder_m.cls.predictions.bias",
-        "albef.vision_proj.weight": "vision_proj.weight",
+        "vision_proj.weight": "vision_proj.weight",
     }
     ours = model.state_dict()
     for target, source in pairs.items():
@@ -162,7 +220,7 @@ def test_momentum_towers_and_queues_are_mapped_into_the_pretraining_head(state_d
     original = [state_dict[f"text_encoder_m.bert.encoder.layer.0.attention.self.{p}.weight"] for p in ("query", "key", "value")]
     assert torch.equal(qkv, torch.cat(original))
     # momentum towers differ from the online ones in the fixture, so a swapped mapping would show
-    assert not torch.equal(ours["momentum_vision_proj.weight"], ours["albef.vision_proj.weight"])
+    assert not torch.equal(ours["momentum_vision_proj.weight"], ours["vision_proj.weight"])
     assert all(not p.requires_grad for n, p in model.named_parameters() if n.startswith("momentum_"))
     assert_reproduces_fixture(model)
 
@@ -196,31 +254,16 @@ def test_cli_masked_lm_head_and_checkpoints_without_momentum(tmp_path: Path, sta
         convert_albef_checkpoint(CHECKPOINT, original_config=CONFIG, head="classification")
 
 
-def test_script_exits_non_zero_on_error(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    argv = ["convert_albef.py", "--checkpoint", str(tmp_path / "missing.pth"), "--output", str(tmp_path / "out")]
-    monkeypatch.setattr(sys, "argv", argv)
-    with pytest.raises(SystemExit) as exited:
-        runpy.run_path(str(ROOT / "conversion" / "convert_albef.py"), run_name="__main__")
-    assert exited.value.code == 1
-    assert "Checkpoint not found" in capsys.readouterr().err
-    assert not (tmp_path / "out").exists()
-
-
-# --------------------------------------------------------------------------------------------------- error paths
-
-
 def test_error_missing_key(tmp_path: Path, capsys: pytest.CaptureFixture[str], state_dict: dict) -> None:
     del state_dict["text_encoder.bert.encoder.layer.3.output.LayerNorm.bias"]
     message = cli_error(tmp_path, capsys, save_checkpoint(tmp_path, state_dict), "--original-config", str(CONFIG))
-    assert "target keys that no source key fills (1): albef.text_model.transformer.encoder.layers.3.norm2.bias" in message
+    assert "target keys that no source key fills (1): text_model.transformer.encoder.layers.3.norm2.bias" in message
 
 
 def test_error_missing_part_of_a_fused_tensor(tmp_path: Path, capsys: pytest.CaptureFixture[str], state_dict: dict) -> None:
     del state_dict["text_encoder.bert.encoder.layer.2.crossattention.self.value.weight"]
     message = cli_error(tmp_path, capsys, save_checkpoint(tmp_path, state_dict), "--original-config", str(CONFIG))
-    assert "albef.text_model.transformer.encoder.layers.2.cross_attn.kv.weight" in message and "lacks ['value']" in message
+    assert "text_model.transformer.encoder.layers.2.cross_attn.kv.weight" in message and "lacks ['value']" in message
 
 
 def test_error_extra_unknown_key(tmp_path: Path, capsys: pytest.CaptureFixture[str], state_dict: dict) -> None:
@@ -238,7 +281,7 @@ def test_error_untied_decoder(tmp_path: Path, capsys: pytest.CaptureFixture[str]
 def test_error_shape_mismatch(tmp_path: Path, capsys: pytest.CaptureFixture[str], state_dict: dict) -> None:
     state_dict["itm_head.bias"] = torch.zeros(3)
     message = cli_error(tmp_path, capsys, save_checkpoint(tmp_path, state_dict), "--original-config", str(CONFIG))
-    assert "albef.itm_head.bias (from itm_head.bias): expected [2], got [3]" in message
+    assert "itm_head.bias (from itm_head.bias): expected [2], got [3]" in message
 
 
 def test_error_head_counts_need_the_original_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -295,15 +338,9 @@ RETRIEVAL = ROOT / "tests" / "fixtures" / "originals" / "albef_retrieval"
 
 def test_retrieval_checkpoint_is_detected_and_reproduces_the_gallery_scores(tmp_path: Path) -> None:
     output = tmp_path / "retrieval"
-    arguments = [
-        "--checkpoint", str(RETRIEVAL / "checkpoint.pth"), "--output", str(output),
-        "--original-config", str(RETRIEVAL / "original_config.json"), "--tokenizer", str(RETRIEVAL / "vocab.txt"),
-    ]
-    assert run_cli(main, arguments) == 0
-    assert json.loads((output / "config.json").read_text())["architectures"] == ["VlpAlbefForImageTextRetrieval"]
+    original = convert_fixture_cli(RETRIEVAL, output, "VlpAlbefForImageTextRetrieval")
     assert "idx_queue" in (output / "README.md").read_text()
     model = VlpAlbefForImageTextRetrieval.from_pretrained(output, dtype=torch.float32).eval()
-    original = torch.load(RETRIEVAL / "checkpoint.pth", weights_only=True)["model"]
     assert torch.equal(model.idx_queue.queue, original["idx_queue"]) and model.config.queue_size == 8
     assert torch.equal(model.momentum_vision_proj.weight, original["vision_proj_m.weight"])
     assert torch.equal(
@@ -328,9 +365,8 @@ def test_retrieval_head_from_a_pretraining_checkpoint_starts_fine_tuning(state_d
     position_ids = {f"{encoder}.bert.embeddings.position_ids" for encoder in ("text_encoder", "text_encoder_m")}
     assert len(mlm) > 4 and set(result.dropped) == mlm | position_ids
     inputs, expected = fixture_tensors()
-    with torch.no_grad():
-        out = model.albef(inputs["input_ids"], inputs["pixel_values"], inputs["attention_mask"], output_itm=True)
-    torch.testing.assert_close(out.itm_logits, expected["itm_logits_pos"], atol=LOGIT_ATOL, rtol=0)
+    out = towers_output(model, inputs)
+    torch.testing.assert_close(out["itm_logits"], expected["itm_logits_pos"], atol=LOGIT_ATOL, rtol=0)
 
 
 def test_retrieval_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str], state_dict: dict) -> None:
@@ -351,14 +387,8 @@ VQA = ROOT / "tests" / "fixtures" / "originals" / "albef_vqa"
 
 def test_vqa_checkpoint_is_detected_and_reproduces_the_answer_ranking(tmp_path: Path) -> None:
     output = tmp_path / "vqa"
-    arguments = [
-        "--checkpoint", str(VQA / "checkpoint.pth"), "--output", str(output),
-        "--original-config", str(VQA / "original_config.json"), "--tokenizer", str(VQA / "vocab.txt"),
-    ]
-    assert run_cli(main, arguments) == 0
-    assert json.loads((output / "config.json").read_text())["architectures"] == ["VlpAlbefForQuestionAnswering"]
+    original = convert_fixture_cli(VQA, output, "VlpAlbefForQuestionAnswering")
     model = VlpAlbefForQuestionAnswering.from_pretrained(output, dtype=torch.float32).eval()
-    original = torch.load(VQA / "checkpoint.pth", weights_only=True)["model"]
     assert torch.equal(
         model.momentum_answer_decoder.transformer.encoder.layers[5].cross_attn.q.weight,
         original["text_decoder_m.bert.encoder.layer.5.crossattention.self.query.weight"],
@@ -566,10 +596,10 @@ def test_position_embeddings_are_resized_for_every_head(tmp_path: Path) -> None:
     # the original config's image_res is the default target, for the pretraining head too
     original = json.loads(CONFIG.read_text()) | {"image_res": 48}
     pretraining = convert_albef_checkpoint(CHECKPOINT, original_config=original).model
-    assert pretraining.albef.vision_model.transformer.position_embedding.shape == (37, 48)
+    assert pretraining.vision_model.transformer.position_embedding.shape == (37, 48)
     assert pretraining.momentum_vision_model.transformer.position_embedding.shape == (37, 48)
     retrieval = convert_albef_checkpoint(CHECKPOINT, original_config=CONFIG, head="grounding", image_size=16).model
-    assert retrieval.albef.vision_model.transformer.position_embedding.shape == (5, 48)
+    assert retrieval.vision_model.transformer.position_embedding.shape == (5, 48)
 
 
 def test_grounding_head_writes_the_retrieval_model(tmp_path: Path) -> None:

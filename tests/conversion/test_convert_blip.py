@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -12,16 +13,11 @@ from safetensors.torch import load_file
 from transformers import AutoModel, AutoModelForImageTextToText, AutoProcessor, pipeline
 
 import conversion.convert_blip as convert_blip
+from conversion.blip_heads import HEADS, map_blip_state_dict, resolve_head, source_kind
 from conversion.common import ConversionError, run_cli
-from conversion.convert_blip import (
-    HEADS,
-    convert_blip_checkpoint,
-    main,
-    map_blip_state_dict,
-    resolve_head,
-    source_kind,
-)
+from conversion.convert_blip import convert_blip_checkpoint, main
 from hf_vlp.models.blip import VlpBlipForConditionalGeneration, VlpBlipModel, VlpBlipProcessor
+from tests.conversion.helpers import converter_error, save_checkpoint
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "originals"
 LOGIT_ATOL = 1e-4
@@ -36,19 +32,7 @@ def state_dict(case: str) -> dict[str, torch.Tensor]:
     return torch.load(files(case)[0], weights_only=True)["model"]
 
 
-def save_checkpoint(tmp_path: Path, state: dict[str, torch.Tensor], config: dict | None = None) -> Path:
-    path = tmp_path / "edited.pth"
-    torch.save({"model": state, "config": config or {}, "epoch": 0}, path)
-    return path
-
-
-def cli_error(tmp_path: Path, capsys: pytest.CaptureFixture[str], checkpoint: Path, *extra: str) -> str:
-    """Run the CLI in-process; assert it fails and writes nothing; return stderr."""
-    before = set(tmp_path.iterdir())
-    status = run_cli(main, ["--checkpoint", str(checkpoint), "--output", str(tmp_path / "out"), *extra])
-    assert status == 1
-    assert set(tmp_path.iterdir()) == before, "a failed conversion must leave no output behind"
-    return capsys.readouterr().err
+cli_error = functools.partial(converter_error, main)
 
 
 # --------------------------------------------------------------------------------------------------- success
@@ -80,7 +64,7 @@ def test_cli_converts_a_captioner_verifies_it_and_writes_a_loadable_folder(tmp_p
 
 def test_pretraining_checkpoint_gives_the_encoders_or_the_decoder(tmp_path: Path) -> None:
     checkpoint, config, vocab = files("blip_pretrain")
-    encoders = convert_blip_checkpoint(checkpoint, tmp_path / "model", config, vocab, head="model", verify_outputs=True)
+    encoders = convert_blip_checkpoint(checkpoint, tmp_path / "model", config, vocab, head="model", verify=True)
     assert encoders.kind == "pretraining" and max(encoders.differences.values()) < LOGIT_ATOL
     reasons = set(encoders.dropped.values())
     assert any("tied copy" in reason for reason in reasons) and any("momentum" in reason for reason in reasons)
@@ -91,7 +75,7 @@ def test_pretraining_checkpoint_gives_the_encoders_or_the_decoder(tmp_path: Path
     scores = classifier(PIL.Image.new("RGB", (40, 30), "red"), candidate_labels=["dog", "red car"])
     assert {score["label"] for score in scores} == {"dog", "red car"}
     assert sum(score["score"] for score in scores) == pytest.approx(1.0)
-    decoder = convert_blip_checkpoint(checkpoint, None, config, vocab, head="caption", verify_outputs=True)
+    decoder = convert_blip_checkpoint(checkpoint, None, config, vocab, head="caption", verify=True)
     assert isinstance(decoder.model, VlpBlipForConditionalGeneration) and decoder.output is None
     assert any("bidirectional self-attention" in reason for reason in decoder.dropped.values())
 

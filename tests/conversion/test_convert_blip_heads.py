@@ -12,8 +12,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from conversion.blip_heads import HEADS, resolve_head, source_kind
 from conversion.common import ConversionError, run_cli
-from conversion.convert_blip import HEADS, convert_blip_checkpoint, main, resolve_head, source_kind
+from conversion.convert_blip import convert_blip_checkpoint, main
 from hf_vlp.models.blip.modeling_blip_pretraining import VlpBlipForImageTextRetrieval, VlpBlipForPretraining
 from hf_vlp.models.blip.modeling_blip_reasoning import VlpBlipForVisualReasoning
 from hf_vlp.objectives.momentum import momentum_update

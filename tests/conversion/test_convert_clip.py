@@ -11,7 +11,6 @@ import functools
 import gzip
 import json
 import logging
-import runpy
 import subprocess
 import sys
 from pathlib import Path
@@ -26,6 +25,7 @@ import hf_vlp
 from conversion.common import ConversionError, run_cli
 from conversion.convert_clip import ClipConversion, convert_clip_checkpoint, main
 from hf_vlp.models.clip.tokenization_clip import clip_tokenizer_from_bpe
+from tests.conversion.helpers import converter_error
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = ROOT / "tests" / "fixtures" / "originals"
@@ -192,20 +192,6 @@ def test_cli_end_to_end_with_tokenizer_and_verify(tmp_path: Path) -> None:
     assert abs(sum(entry["score"] for entry in scores) - 1) < 1e-5
 
 
-def test_script_exits_non_zero_on_error(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    # the script's __main__ block, run in-process (a subprocess would pay the package import again)
-    argv = ["convert_clip.py", "--checkpoint", str(tmp_path / "missing.pt"), "--output", str(tmp_path / "out")]
-    monkeypatch.setattr(sys, "argv", argv)
-    with pytest.raises(SystemExit) as exited:
-        runpy.run_path(str(ROOT / "conversion" / "convert_clip.py"), run_name="__main__")
-    assert exited.value.code == 1
-    stderr = capsys.readouterr().err
-    assert "Checkpoint not found" in stderr and "missing.pt" in stderr
-    assert not (tmp_path / "out").exists()
-
-
 def test_model_without_tokenizer_is_written_alone(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.WARNING, logger="conversion.clip"):
         result = convert_clip_checkpoint(FIXTURES / "clip_vit" / "checkpoint.pt", tmp_path / "out")
@@ -305,13 +291,7 @@ def vit_state_dict() -> dict[str, torch.Tensor]:
     return torch.load(FIXTURES / "clip_vit" / "checkpoint.pt", weights_only=True)
 
 
-def cli_error(tmp_path: Path, capsys: pytest.CaptureFixture[str], checkpoint: Path, *extra: str) -> str:
-    """Run the CLI in-process; assert it fails and leaves nothing in ``tmp_path`` but its inputs; return stderr."""
-    before = set(tmp_path.iterdir())
-    status = run_cli(main, ["--checkpoint", str(checkpoint), "--output", str(tmp_path / "out"), *extra])
-    assert status == 1
-    assert set(tmp_path.iterdir()) == before, "a failed conversion must leave no output behind"
-    return capsys.readouterr().err
+cli_error = functools.partial(converter_error, main)
 
 
 def test_error_missing_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -71,7 +71,7 @@ def test_text_layers_match_transformers_bert() -> None:
     source = {f"text_encoder.bert.{key}": value for key, value in reference.state_dict().items()}
     mapped = map_state_dict(source, albef_rules())
     ours = text_tower(num_layers=2, fusion_layer=2)
-    ours.load_state_dict(filter_prefix(mapped.tensors, "albef.text_model.transformer."), strict=True)
+    ours.load_state_dict(filter_prefix(mapped.tensors, "text_model.transformer."), strict=True)
     input_ids, attention_mask, _ = batch()
     token_type_ids = torch.zeros_like(input_ids)
     token_type_ids[:, 4:] = 1

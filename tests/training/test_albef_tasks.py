@@ -11,11 +11,17 @@ from transformers import BertConfig, BertForMaskedLM, TrainingArguments, ViTConf
 
 from hf_vlp.cli import main
 from hf_vlp.training.job import JobArguments
-from hf_vlp.training.recipes import get_recipe
 from hf_vlp.training.runner import train
 from hf_vlp.training.tasks import get_task
 
 from hf_vlp.training.tokenizers import synthetic_wordpiece_tokenizer
+from tests.training.task_runs import (
+    chance_mean_recall,
+    fine_tuning_run,
+    pretraining_run,
+    recipe_job,
+    recipe_training_args,
+)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -29,39 +35,24 @@ def one_thread():
 
 
 def _job(task: str, **overrides) -> JobArguments:
-    return JobArguments(task=task, **{**get_recipe("albef", task).job_defaults, **overrides})
+    return recipe_job("albef", task, **overrides)
 
 
 def _args(task: str, output_dir, **overrides) -> TrainingArguments:
-    settings = {
-        **get_recipe("albef", task).training_defaults,
-        "output_dir": str(output_dir),
-        "save_strategy": "no",
-        "disable_tqdm": True,
-        "use_cpu": True,
-        **overrides,
-    }
-    return TrainingArguments(**settings)
-
-
-def _chance_mean_recall(metrics: dict[str, float]) -> float:
-    """Mean of recall@1/5/10 of a random ranking over the gallery's images."""
-    images = round(1 / metrics["retrieval_chance_r1"])
-    return sum(min(k, images) / images for k in (1, 5, 10)) / 3
+    return recipe_training_args("albef", task, output_dir, **overrides)
 
 
 @pytest.fixture(scope="module")
 def pretrained(tmp_path_factory):
     """The tiny recipe's pre-training run (defaults as `hf-vlp train albef --task pretrain`)."""
-    output = tmp_path_factory.mktemp("albef-pretrain")
-    return output, train("albef", _job("pretrain"), _args("pretrain", output))
+    return pretraining_run("albef", tmp_path_factory)
 
 
 @pytest.mark.slow
 def test_pretraining_learns_retrieval_well_above_chance(pretrained):
     output, metrics = pretrained
     before, after = metrics["before"], metrics["after"]
-    chance = _chance_mean_recall(after)
+    chance = chance_mean_recall(after)
     assert after["itc_mean_recall"] > 4 * chance and after["itm_mean_recall"] > 4 * chance, after
     assert after["itc_t2i_r1"] > 3 * after["retrieval_chance_r1"], after
     assert before["itc_mean_recall"] < 2 * chance
@@ -70,17 +61,15 @@ def test_pretraining_learns_retrieval_well_above_chance(pretrained):
 
 @pytest.mark.slow
 def test_retrieval_fine_tuning_from_the_pretrained_model(pretrained, tmp_path):
-    metrics = train("albef", _job("retrieval", from_pretrained=str(pretrained[0])), _args("retrieval", tmp_path))
-    after = metrics["after"]
-    assert after["itc_mean_recall"] > 4 * _chance_mean_recall(after) and after["itm_mean_recall"] > 4 * _chance_mean_recall(after)
+    after = fine_tuning_run("albef", "retrieval", pretrained[0], tmp_path)
+    assert after["itc_mean_recall"] > 4 * chance_mean_recall(after) and after["itm_mean_recall"] > 4 * chance_mean_recall(after)
     # `hf-vlp evaluate` reads the task from the saved class and prints the same table
     assert main(["evaluate", str(tmp_path), "--dataset", "synthetic-shapes:n=100", "--eval-max-samples", "20"]) == 0
 
 
 @pytest.mark.slow
 def test_vqa_fine_tuning_from_the_pretrained_model(pretrained, tmp_path):
-    metrics = train("albef", _job("vqa", from_pretrained=str(pretrained[0])), _args("vqa", tmp_path))
-    after = metrics["after"]
+    after = fine_tuning_run("albef", "vqa", pretrained[0], tmp_path)
     # the question type alone gives about 1/3 (answers per type: 2 to 6); chance over the 22 candidates is 1/22
     assert after["vqa_accuracy"] > 8 * after["vqa_chance"] and after["vqa_accuracy"] > 4 * after["vqa_majority_baseline"]
     assert after["vqa_accuracy"] > 0.4, after
@@ -88,8 +77,7 @@ def test_vqa_fine_tuning_from_the_pretrained_model(pretrained, tmp_path):
 
 @pytest.mark.slow
 def test_snli_ve_fine_tuning_uses_the_image(pretrained, tmp_path):
-    metrics = train("albef", _job("snli-ve", from_pretrained=str(pretrained[0])), _args("snli-ve", tmp_path))
-    after = metrics["after"]
+    after = fine_tuning_run("albef", "snli-ve", pretrained[0], tmp_path)
     # the hypothesis alone can reach 2/3 (claims: entailment or contradiction; unverifiable: neutral or contradiction)
     assert after["accuracy"] > 0.7 > 2 * after["chance"], after
     assert after["accuracy_contradiction"] > 0.1, after
@@ -97,8 +85,7 @@ def test_snli_ve_fine_tuning_uses_the_image(pretrained, tmp_path):
 
 @pytest.mark.slow
 def test_nlvr2_fine_tuning_from_the_pretrained_model(pretrained, tmp_path):
-    metrics = train("albef", _job("nlvr2", from_pretrained=str(pretrained[0])), _args("nlvr2", tmp_path))
-    after = metrics["after"]
+    after = fine_tuning_run("albef", "nlvr2", pretrained[0], tmp_path)
     assert after["accuracy"] > 0.58 and after["accuracy"] > after["majority_baseline"] + 0.06, after
     assert min(after["accuracy_False"], after["accuracy_True"]) > 0.4, after
 
@@ -153,7 +140,7 @@ def test_a_pretrained_albef_feeds_every_task(tmp_path):
     model, processor = task.build(JobArguments(task="pretrain"))
     model.save_pretrained(tmp_path)
     processor.save_pretrained(tmp_path)
-    patch = model.albef.vision_model.transformer.patch_embed.weight
+    patch = model.vision_model.transformer.patch_embed.weight
     for task_name in ("retrieval", "vqa", "nlvr2", "snli-ve"):
         tuned, tuned_processor = get_task("albef", task_name).build(JobArguments(task=task_name, from_pretrained=str(tmp_path)))
         vision = tuned.albef.vision_model if hasattr(tuned, "albef") else tuned.vision_model
@@ -187,4 +174,4 @@ def test_interrupted_and_resumed_run_ends_with_the_same_weights_and_queues(tmp_p
     assert {"image_queue.queue", "image_queue.ptr", "text_queue.queue", "momentum_vision_proj.weight"} <= set(straight)
     for key, value in straight.items():
         assert torch.equal(resumed[key], value), key
-    assert not torch.equal(straight["albef.vision_proj.weight"], load_file(checkpoint / "model.safetensors")["albef.vision_proj.weight"])
+    assert not torch.equal(straight["vision_proj.weight"], load_file(checkpoint / "model.safetensors")["vision_proj.weight"])

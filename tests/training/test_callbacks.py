@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,11 +12,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from hf_vlp.training.callbacks import LogitScaleClampCallback, MomentumCallback, distill_alpha_at
 
-
-_TESTS_DIR = str(Path(__file__).resolve().parents[1])  # holds _dist_helpers.py
-if _TESTS_DIR not in sys.path:
-    sys.path.append(_TESTS_DIR)
-import _dist_helpers as helpers  # noqa: E402
+from tests.helpers import toy_models as helpers
 
 
 def make_trainer(model: nn.Module, output_dir: Path, callbacks: list[TrainerCallback], **overrides) -> Trainer:

@@ -12,7 +12,8 @@ from torch.utils.data import DataLoader
 from transformers import BertTokenizer, CLIPImageProcessor, CLIPProcessor, CLIPTokenizer
 
 from hf_vlp.training.collators import IGNORE_INDEX, CaptioningCollator, ContrastiveCollator
-from hf_vlp.training.data import BadSampleCounter, BadSampleError, clip_train_transform, load_image_text_dataset
+from hf_vlp.training.data import BadSampleCounter, BadSampleError, load_image_text_dataset
+from hf_vlp.training.transforms import clip_train_transform
 
 IMAGE_SIZE = 32
 
@@ -170,7 +171,6 @@ def test_captioning_prompt_tokens_are_ignored_with_right_and_left_padding(synthe
 
 def test_seeded_augmentation_is_a_function_of_seed_epoch_and_sample_only(processor):
     from hf_vlp.training.callbacks import CollatorEpochCallback
-    from hf_vlp.training.data import clip_train_transform
 
     rows = [{"image": Image.fromarray(np.random.default_rng(i).integers(0, 255, (48, 40, 3), dtype=np.uint8)),
              "text": "a red circle", "sample_index": i} for i in range(3)]

@@ -8,19 +8,17 @@ import tarfile
 import datasets
 import huggingface_hub.constants
 import pytest
-import torch
 from PIL import Image
 
 from hf_vlp.training.data import (
     BadSampleCounter,
     BadSampleError,
-    RandomResizedCropPil,
-    clip_train_transform,
     decode_image,
     expand_braces,
     load_image_text_dataset,
     resolve_dataset_spec,
 )
+from hf_vlp.training.transforms import clip_train_transform
 
 COLOURS = [(200, 30, 30), (30, 200, 30), (30, 30, 200), (200, 200, 30)]
 
@@ -314,22 +312,6 @@ def test_decode_image_accepts_common_forms_and_names_failures(tmp_path):
         decode_image({"bytes": png[:40], "path": "x.png"}, index=5)
     with pytest.raises(BadSampleError, match="sample 6: the image is missing"):
         decode_image(None, index=6)
-
-
-def test_clip_train_transform_crops_most_of_the_image_and_follows_torch_seed():
-    image = Image.new("RGB", (80, 60), (10, 20, 30))
-    transform = clip_train_transform(32)
-    assert transform.scale == (0.9, 1.0)
-    torch.manual_seed(0)
-    boxes = [transform.crop_box(80, 60) for _ in range(50)]
-    for left, top, right, bottom in boxes:
-        assert 0 <= left < right <= 80 and 0 <= top < bottom <= 60
-        assert (right - left) * (bottom - top) >= 0.9 * 80 * 60 - 80  # rounding of the sampled sides
-    torch.manual_seed(0)
-    assert [transform.crop_box(80, 60) for _ in range(50)] == boxes
-    assert transform(image).size == (32, 32)
-    with pytest.raises(ValueError, match="scale"):
-        RandomResizedCropPil(32, scale=(0.0, 1.0))
 
 
 def test_image_transform_runs_after_decoding():

@@ -7,7 +7,7 @@ from PIL import Image
 from hf_vlp.models.albef import VlpAlbefImageProcessor, VlpAlbefProcessor
 from hf_vlp.models.albef.modeling_albef_reasoning import SNLI_VE_LABELS
 from hf_vlp.synthetic import VQA_ANSWERS
-from hf_vlp.training.augment import albef_train_transform
+from hf_vlp.training.transforms import albef_train_transform
 from hf_vlp.training.collators import (
     IGNORE_INDEX,
     AlbefPretrainingCollator,

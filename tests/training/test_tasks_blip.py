@@ -13,6 +13,8 @@ from PIL import Image
 from transformers import BertConfig, BertForMaskedLM, TrainingArguments, ViTConfig, ViTModel
 
 from hf_vlp.cli import main
+from hf_vlp.evaluation.itm_retrieval import itm_retrieval_metrics
+from hf_vlp.evaluation.retrieval import ranks_from_scores
 from hf_vlp.models.blip import (
     VlpBlipForConditionalGeneration,
     VlpBlipForImageTextRetrieval,
@@ -20,36 +22,31 @@ from hf_vlp.models.blip import (
     VlpBlipForQuestionAnswering,
     VlpBlipForVisualReasoning,
 )
+from hf_vlp.training.collators import BlipCaptionCollator
 from hf_vlp.training.job import JobArguments
 from hf_vlp.training.recipes import BLIP_PAPER, get_recipe
 from hf_vlp.training.runner import train
 from hf_vlp.training.tasks import get_task, task_for_model_class, task_names
-from hf_vlp.training.tasks.blip import BlipCaptionCollator, blip_itm_scorer, blip_train_transform, caption_references
+from hf_vlp.training.tasks.blip import caption_references
+from hf_vlp.training.transforms import blip_train_transform
 from hf_vlp.training.tokenizers import synthetic_wordpiece_tokenizer
+from tests.training.task_runs import (
+    chance_mean_recall,
+    fine_tuning_run,
+    pretraining_run,
+    recipe_job,
+    recipe_training_args,
+)
 
 TASKS = ("pretrain", "retrieval", "caption", "vqa", "nlvr2")
 
 
 def _job(task: str, **overrides) -> JobArguments:
-    return JobArguments(task=task, **{**get_recipe("blip", task).job_defaults, **overrides})
+    return recipe_job("blip", task, **overrides)
 
 
 def _args(task: str, output_dir, **overrides) -> TrainingArguments:
-    settings = {
-        **get_recipe("blip", task).training_defaults,
-        "output_dir": str(output_dir),
-        "save_strategy": "no",
-        "disable_tqdm": True,
-        "use_cpu": True,
-        **overrides,
-    }
-    return TrainingArguments(**settings)
-
-
-def _chance_mean_recall(metrics: dict[str, float]) -> float:
-    """Mean of recall@1/5/10 of a random ranking over the gallery's images."""
-    images = round(1 / metrics["retrieval_chance_r1"])
-    return sum(min(k, images) / images for k in (1, 5, 10)) / 3
+    return recipe_training_args("blip", task, output_dir, **overrides)
 
 
 # --------------------------------------------------------------------------------------------------- registry
@@ -109,26 +106,25 @@ def test_caption_references_group_the_captions_of_an_image():
     assert len(images) == 2 and references == [["a", "b"], ["c", "c2"]]
 
 
-def test_blip_itm_scorer_is_the_retrieval_models_score():
+def test_blip_retrieval_evaluation_is_the_retrieval_models_score():
     """ITC cosine, then ITM match logit + cosine: what VlpBlipForImageTextRetrieval.rank computes (k = gallery)."""
     torch.manual_seed(0)
     task = get_task("blip", "retrieval")
     model, processor = task.build(JobArguments(task="retrieval"))
     model.eval()
     images = [Image.new("RGB", (64, 64), colour) for colour in ((200, 30, 30), (30, 60, 220), (30, 160, 40))]
-    encoded = processor(images=images, text=["a red circle", "blue squares on the left", "green", "a cross"],
-                        padding="max_length", return_tensors="pt")
+    texts, owners = ["a red circle", "blue squares on the left", "green", "a cross"], [0, 1, 2, 0]
+    encoded = processor(images=images, text=texts, padding="max_length", return_tensors="pt")
     expected = model.rank(encoded["pixel_values"], encoded["input_ids"], encoded["attention_mask"], k=4)
-    scorer = blip_itm_scorer(model)
-    with torch.no_grad():
-        states, image_embeds = scorer.encode_images(encoded["pixel_values"])
-        ids, text_embeds = scorer.encode_texts(encoded["input_ids"], encoded["attention_mask"])
-        torch.testing.assert_close(image_embeds @ text_embeds.T, expected.similarities)
-        for image in range(3):
-            scores = scorer.match_logits(ids, encoded["attention_mask"], states[image].expand(4, *states.shape[1:]))
-            torch.testing.assert_close(scores, expected.image_to_text[image], rtol=1e-4, atol=1e-5)
+    metrics = itm_retrieval_metrics(model, processor, images, texts, owners, k=4, batch_size=2)
+    itc_ranks = ranks_from_scores(expected.similarities, expected.similarities.T, torch.tensor(owners))
+    itm_ranks = ranks_from_scores(expected.image_to_text, expected.text_to_image, torch.tensor(owners))
+    for ranks, prefix in ((itc_ranks, "itc"), (itm_ranks, "itm")):
+        for k in (1, 5):
+            assert metrics[f"{prefix}_i2t_r{k}"] == pytest.approx((ranks[0] < k).float().mean().item())
+            assert metrics[f"{prefix}_t2i_r{k}"] == pytest.approx((ranks[1] < k).float().mean().item())
     with pytest.raises(TypeError, match="BLIP pre-training or retrieval model"):
-        blip_itm_scorer(VlpBlipForConditionalGeneration(model.config))
+        itm_retrieval_metrics(VlpBlipForConditionalGeneration(model.config), processor, images, texts, owners)
 
 
 def test_augmentation_is_blips_and_keeps_synthetic_scenes_whole():
@@ -250,15 +246,14 @@ def test_a_pretrained_blip_feeds_every_task(tmp_path):
 @pytest.fixture(scope="module")
 def pretrained(tmp_path_factory):
     """The tiny recipe's pre-training run (defaults as `hf-vlp train blip --task pretrain`)."""
-    output = tmp_path_factory.mktemp("blip-pretrain")
-    return output, train("blip", _job("pretrain"), _args("pretrain", output))
+    return pretraining_run("blip", tmp_path_factory)
 
 
 @pytest.mark.slow
 def test_pretraining_learns_retrieval_well_above_chance(pretrained):
     output, metrics = pretrained
     before, after = metrics["before"], metrics["after"]
-    chance = _chance_mean_recall(after)
+    chance = chance_mean_recall(after)
     assert after["itc_mean_recall"] > 6 * chance and after["itm_mean_recall"] > 6 * chance, after
     assert after["itm_t2i_r1"] > 8 * after["retrieval_chance_r1"] and after["itm_i2t_r1"] > 8 * after["retrieval_chance_r1"]
     assert before["itc_mean_recall"] < 2 * chance
@@ -269,9 +264,8 @@ def test_pretraining_learns_retrieval_well_above_chance(pretrained):
 
 @pytest.mark.slow
 def test_retrieval_fine_tuning_from_the_pretrained_model(pretrained, tmp_path):
-    metrics = train("blip", _job("retrieval", from_pretrained=str(pretrained[0])), _args("retrieval", tmp_path))
-    after = metrics["after"]
-    chance = _chance_mean_recall(after)
+    after = fine_tuning_run("blip", "retrieval", pretrained[0], tmp_path)
+    chance = chance_mean_recall(after)
     assert after["itc_mean_recall"] > 6 * chance and after["itm_mean_recall"] > 6 * chance, after
     # `hf-vlp evaluate` reads the task from the saved class and prints the same table
     assert main(["evaluate", str(tmp_path), "--dataset", "synthetic-shapes:n=100", "--eval-max-samples", "20"]) == 0
@@ -293,8 +287,7 @@ def test_captioning_improves_bleu_and_cider_by_a_wide_margin(pretrained, tmp_pat
 
 @pytest.mark.slow
 def test_vqa_fine_tuning_from_the_pretrained_model(pretrained, tmp_path):
-    metrics = train("blip", _job("vqa", from_pretrained=str(pretrained[0])), _args("vqa", tmp_path))
-    after = metrics["after"]
+    after = fine_tuning_run("blip", "vqa", pretrained[0], tmp_path)
     # the question type alone gives about 1/3 (answers per type: 2 to 6); chance over the 22 candidates is 1/22
     assert after["vqa_accuracy"] > 8 * after["vqa_chance"] and after["vqa_accuracy"] > 4 * after["vqa_majority_baseline"]
     assert after["vqa_accuracy"] > 0.45, after
@@ -302,8 +295,7 @@ def test_vqa_fine_tuning_from_the_pretrained_model(pretrained, tmp_path):
 
 @pytest.mark.slow
 def test_nlvr2_fine_tuning_from_the_pretrained_model(pretrained, tmp_path):
-    metrics = train("blip", _job("nlvr2", from_pretrained=str(pretrained[0])), _args("nlvr2", tmp_path))
-    after = metrics["after"]
+    after = fine_tuning_run("blip", "nlvr2", pretrained[0], tmp_path)
     assert after["accuracy"] > 0.58 and after["accuracy"] > after["majority_baseline"] + 0.06, after
     assert min(after["accuracy_False"], after["accuracy_True"]) > 0.4, after
 

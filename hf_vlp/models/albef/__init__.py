@@ -4,21 +4,20 @@ from .configuration_albef import VlpAlbefConfig, VlpAlbefTextConfig, VlpAlbefVis
 from .gradcam import itm_gradcam, render_gradcam
 from .image_processing_albef import VlpAlbefImageProcessor
 from .modeling_albef import (
-    VlpAlbefForImageTextRetrieval,
-    VlpAlbefForImageTextRetrievalOutput,
     VlpAlbefForMaskedLM,
-    VlpAlbefForPretraining,
-    VlpAlbefForPretrainingOutput,
-    VlpAlbefForQuestionAnswering,
-    VlpAlbefForQuestionAnsweringOutput,
-    VlpAlbefAnswerRanking,
     VlpAlbefModel,
     VlpAlbefOutput,
     VlpAlbefPreTrainedModel,
-    VlpAlbefRetrievalFeatures,
-    VlpAlbefRetrievalScores,
     VlpAlbefTextModel,
     VlpAlbefVisionModel,
+)
+from .modeling_albef_pretraining import (
+    VlpAlbefForImageTextRetrieval,
+    VlpAlbefForImageTextRetrievalOutput,
+    VlpAlbefForPretraining,
+    VlpAlbefForPretrainingOutput,
+    VlpAlbefRetrievalFeatures,
+    VlpAlbefRetrievalScores,
     recall_at_k_from_scores,
 )
 from .modeling_albef_reasoning import (
@@ -31,5 +30,10 @@ from .modeling_albef_reasoning import (
     VlpAlbefForVisualReasoning,
     VlpAlbefPairedTextModel,
     VlpAlbefTextAssignmentOutput,
+)
+from .modeling_albef_vqa import (
+    VlpAlbefAnswerRanking,
+    VlpAlbefForQuestionAnswering,
+    VlpAlbefForQuestionAnsweringOutput,
 )
 from .processing_albef import VlpAlbefProcessor, pre_caption, pre_question

@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 from torch.nn import functional as F
 
-from .modeling_albef import VlpAlbefModel
+from .modeling_albef import AlbefTowersMixin, VlpAlbefModel
 
 # Grounding.py uses text layer block_num=8 with fusion_layer=6: the third cross-attending layer.
 ORIGINAL_GRADCAM_FUSION_LAYER = 2
@@ -45,9 +45,10 @@ def itm_gradcam(
     fusion layer, or the last one when the model has fewer. The model runs in eval mode (no dropout) and its mode is
     restored afterwards; no parameter gradients are written (``torch.autograd.grad`` on the attention map only).
     """
-    if not isinstance(model, VlpAlbefModel):
+    if not isinstance(model, AlbefTowersMixin):
         raise TypeError(
-            f"itm_gradcam needs a VlpAlbefModel, got {type(model).__name__}; pass the .albef of a task model"
+            f"itm_gradcam needs an ALBEF model with the ITM towers (VlpAlbefModel, VlpAlbefForMaskedLM, "
+            f"VlpAlbefForPretraining, VlpAlbefForImageTextRetrieval), got {type(model).__name__}"
         )
     if pixel_values.ndim != 4 or input_ids.ndim != 2:
         raise ValueError(

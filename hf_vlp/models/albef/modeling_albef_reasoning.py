@@ -28,17 +28,18 @@ import torch
 from torch import nn
 from transformers.modeling_outputs import BaseModelOutputWithCrossAttentions, ModelOutput
 
+from ...integrations.compat import StructuralTiedWeightsMixin
 from ...utils.classification import NLVR2_LABELS, check_class_labels, flatten_image_pairs, set_task_labels
 from ...objectives.losses import soft_target_cross_entropy
-from ...objectives.momentum import ModulePair
+from ...objectives.momentum import ModulePair, MomentumModelMixin
 from ...modules.attention import padding_mask
 from ...modules.heads import MlpClassifierHead
 from ...modules.text import BertStyleTextTransformer
 from ...modules.vision import interpolate_grid_embeddings
+from ..towers import DualTowerHeadMixin, TextEmbeddingsMixin
 from .configuration_albef import VlpAlbefConfig, VlpAlbefTextConfig
 from .modeling_albef import (
     VlpAlbefModel,
-    VlpAlbefMomentumModel,
     VlpAlbefPreTrainedModel,
     VlpAlbefTextModel,
     VlpAlbefVisionModel,
@@ -70,7 +71,7 @@ def paired_layer_source(index: int, fusion_layer: int) -> int:
 AlbefClassifierHead = MlpClassifierHead  # the former name, still exported
 
 
-class VlpAlbefPairedTextModel(VlpAlbefPreTrainedModel):
+class VlpAlbefPairedTextModel(StructuralTiedWeightsMixin, TextEmbeddingsMixin, VlpAlbefPreTrainedModel):
     """The NLVR2 text encoder: ``fusion_layer`` text layers, then each pre-trained fusion layer as a pair of layers
     cross-attending to the first and the second image, the pair sharing one ``cross_attn.kv`` parameter.
 
@@ -114,17 +115,6 @@ class VlpAlbefPairedTextModel(VlpAlbefPreTrainedModel):
                 prefix = "transformer.encoder.layers"
                 tied[f"{prefix}.{first + 1}.cross_attn.kv.{name}"] = f"{prefix}.{first}.cross_attn.kv.{name}"
         return tied
-
-    def get_expanded_tied_weights_keys(self, all_submodels: bool = False) -> dict:
-        if all_submodels:
-            return super().get_expanded_tied_weights_keys(all_submodels=True)
-        return dict(self._tied_weights_keys)
-
-    def get_input_embeddings(self) -> nn.Embedding:
-        return self.transformer.embeddings.word_embeddings
-
-    def set_input_embeddings(self, value: nn.Embedding) -> None:
-        self.transformer.embeddings.word_embeddings = value
 
     def forward(
         self,
@@ -207,13 +197,12 @@ def distilled_classification_loss(
     return (1 - alpha) * hard + alpha * soft
 
 
-def _resolve_albef(source: Any, **kwargs: Any) -> VlpAlbefModel:
-    """The pre-trained towers of ``source``: a ``VlpAlbefModel``, a head holding one (``.albef``), or a directory /
-    hub id saved from one of :data:`ALBEF_PRETRAINED_ARCHITECTURES`."""
-    if isinstance(source, VlpAlbefModel):
+def _resolve_albef(source: Any, **kwargs: Any) -> VlpAlbefPreTrainedModel:
+    """The pre-trained towers of ``source``: a model of :data:`ALBEF_PRETRAINED_ARCHITECTURES` (every one holds the
+    flat ``vision_model``/``text_model``/``vision_proj``/``text_proj``/``itm_head``), or a directory / hub id saved from
+    one."""
+    if isinstance(source, VlpAlbefPreTrainedModel) and type(source).__name__ in ALBEF_PRETRAINED_ARCHITECTURES:
         return source
-    if isinstance(getattr(source, "albef", None), VlpAlbefModel):
-        return source.albef
     if isinstance(source, (str, os.PathLike)):
         albef = VlpAlbefModel.from_pretrained(source, **kwargs)
         architectures = albef.config.architectures or []
@@ -225,12 +214,12 @@ def _resolve_albef(source: Any, **kwargs: Any) -> VlpAlbefModel:
             )
         return albef
     raise TypeError(
-        "source must be a VlpAlbefModel, a model holding one as .albef (VlpAlbefForPretraining, VlpAlbefForMaskedLM, "
-        f"VlpAlbefForImageTextRetrieval) or the directory of one, got {type(source).__name__}"
+        f"source must be one of {', '.join(ALBEF_PRETRAINED_ARCHITECTURES)} or the directory of one, got "
+        f"{type(source).__name__}"
     )
 
 
-def _task_config(albef: VlpAlbefModel, image_size: int | None) -> VlpAlbefConfig:
+def _task_config(albef: VlpAlbefPreTrainedModel, image_size: int | None) -> VlpAlbefConfig:
     config = VlpAlbefConfig.from_dict(albef.config.to_dict())
     config.architectures = None
     if image_size is not None:
@@ -239,7 +228,7 @@ def _task_config(albef: VlpAlbefModel, image_size: int | None) -> VlpAlbefConfig
     return config
 
 
-def _vision_state(albef: VlpAlbefModel, image_size: int | None) -> dict[str, torch.Tensor]:
+def _vision_state(albef: VlpAlbefPreTrainedModel, image_size: int | None) -> dict[str, torch.Tensor]:
     """The pre-trained ViT's state, its position embeddings resized (bicubic, class token kept) to ``image_size``."""
     state = dict(albef.vision_model.state_dict())
     key = "transformer.position_embedding"
@@ -281,10 +270,10 @@ class VlpAlbefTextAssignmentOutput(ModelOutput):
 # --------------------------------------------------------------------------------------------------- shared base
 
 
-class VlpAlbefDistilledClassifier(VlpAlbefMomentumModel):
-    """Base of NLVR2 and SNLI-VE: online towers ``vision_model``/``text_model``/``cls_head``, their frozen
-    ``momentum_*`` copies, and the distilled classification ``forward``. Subclasses build the towers and define
-    ``classify``.
+class VlpAlbefDistilledClassifier(DualTowerHeadMixin, MomentumModelMixin, VlpAlbefPreTrainedModel):
+    """Base of NLVR2 and SNLI-VE: online towers ``vision_model``/``text_model`` (``text_model_class``)/``cls_head``,
+    their frozen ``momentum_*`` copies, and the distilled classification ``forward``. Subclasses set
+    ``text_model_class`` and define ``classify``.
 
     ``from_pretrained`` accepts the subclass's ``compatible_architectures`` only (a pre-trained ALBEF goes through
     ``from_albef_pretrained``); when the checkpoint has no momentum towers (text-assignment weights) they start as
@@ -297,6 +286,21 @@ class VlpAlbefDistilledClassifier(VlpAlbefMomentumModel):
     compatible_architectures: tuple[str, ...] = ()
     _keys_to_ignore_on_load_missing = [r"^momentum_"]
     copy_momentum_when_missing = True
+    # the text tower class (NLVR2: paired cross-attention layers; SNLI-VE: the plain encoder)
+    text_model_class: type[VlpAlbefPreTrainedModel] = VlpAlbefTextModel
+
+    def __init__(self, config: VlpAlbefConfig) -> None:
+        super().__init__(config)
+        vision, text = config.vision_config, config.text_config
+        set_task_labels(config, self.task_labels)
+        self.vision_model = VlpAlbefVisionModel(vision)
+        self.text_model = self.text_model_class(text)
+        self.cls_head = MlpClassifierHead(text.hidden_size, len(self.task_labels))
+        self.momentum_vision_model = VlpAlbefVisionModel(vision)
+        self.momentum_text_model = self.text_model_class(text)
+        self.momentum_cls_head = MlpClassifierHead(text.hidden_size, len(self.task_labels))
+        self.post_init()
+        self.init_momentum()
 
     def momentum_pairs(self) -> list[ModulePair]:
         """(online, momentum) pairs for the EMA, the original's ``model_pairs``."""
@@ -305,12 +309,6 @@ class VlpAlbefDistilledClassifier(VlpAlbefMomentumModel):
             (self.text_model, self.momentum_text_model),
             (self.cls_head, self.momentum_cls_head),
         ]
-
-    def get_input_embeddings(self) -> nn.Embedding:
-        return self.text_model.get_input_embeddings()
-
-    def set_input_embeddings(self, value: nn.Embedding) -> None:
-        self.text_model.set_input_embeddings(value)
 
     @classmethod
     def from_pretrained(cls, *args: Any, **kwargs: Any) -> Any:
@@ -390,19 +388,7 @@ class VlpAlbefForVisualReasoning(VlpAlbefDistilledClassifier):
     compatible_architectures = ("VlpAlbefForVisualReasoning", "VlpAlbefForTextAssignment")
     # a text-assignment checkpoint also holds its similarity projection and 3-way head
     _keys_to_ignore_on_load_unexpected = [r"^vision_proj\.", r"^ta_head\."]
-
-    def __init__(self, config: VlpAlbefConfig) -> None:
-        super().__init__(config)
-        vision, text = config.vision_config, config.text_config
-        set_task_labels(config, self.task_labels)
-        self.vision_model = VlpAlbefVisionModel(vision)
-        self.text_model = VlpAlbefPairedTextModel(text)
-        self.cls_head = MlpClassifierHead(text.hidden_size, len(self.task_labels))
-        self.momentum_vision_model = VlpAlbefVisionModel(vision)
-        self.momentum_text_model = VlpAlbefPairedTextModel(text)
-        self.momentum_cls_head = MlpClassifierHead(text.hidden_size, len(self.task_labels))
-        self.post_init()
-        self.init_momentum()
+    text_model_class = VlpAlbefPairedTextModel
 
     def encode_image_pairs(
         self, pixel_values: torch.Tensor, momentum: bool = False, interpolate_pos_encoding: bool = False
@@ -502,7 +488,7 @@ def sample_text_assignment(
     return torch.stack(pairs).to(device), torch.tensor(labels, dtype=torch.long, device=device)
 
 
-class VlpAlbefForTextAssignment(VlpAlbefPreTrainedModel):
+class VlpAlbefForTextAssignment(DualTowerHeadMixin, VlpAlbefPreTrainedModel):
     """ALBEF's text-assignment pre-training for NLVR2 (``models/model_pretrain_nlvr.py``, one epoch before NLVR2).
 
     The NLVR2 encoder (``vision_model``, ``text_model`` = :class:`VlpAlbefPairedTextModel`) plus ``vision_proj``
@@ -526,12 +512,6 @@ class VlpAlbefForTextAssignment(VlpAlbefPreTrainedModel):
         self.vision_proj = nn.Linear(vision.hidden_size, config.embed_dim)
         self.ta_head = nn.Linear(text.hidden_size, len(self.task_labels))
         self.post_init()
-
-    def get_input_embeddings(self) -> nn.Embedding:
-        return self.text_model.get_input_embeddings()
-
-    def set_input_embeddings(self, value: nn.Embedding) -> None:
-        self.text_model.set_input_embeddings(value)
 
     def image_features(self, image_states: torch.Tensor) -> torch.Tensor:
         """Normalised ``vision_proj`` of the ViT ``[CLS]`` tokens, ``[B, embed_dim]`` (no gradient needed)."""
@@ -641,19 +621,7 @@ class VlpAlbefForVisualEntailment(VlpAlbefDistilledClassifier):
     model_card_pipeline_tag = None
     model_card_task = "visual-entailment"
     compatible_architectures = ("VlpAlbefForVisualEntailment",)
-
-    def __init__(self, config: VlpAlbefConfig) -> None:
-        super().__init__(config)
-        vision, text = config.vision_config, config.text_config
-        set_task_labels(config, self.task_labels)
-        self.vision_model = VlpAlbefVisionModel(vision)
-        self.text_model = VlpAlbefTextModel(text)
-        self.cls_head = MlpClassifierHead(text.hidden_size, len(self.task_labels))
-        self.momentum_vision_model = VlpAlbefVisionModel(vision)
-        self.momentum_text_model = VlpAlbefTextModel(text)
-        self.momentum_cls_head = MlpClassifierHead(text.hidden_size, len(self.task_labels))
-        self.post_init()
-        self.init_momentum()
+    text_model_class = VlpAlbefTextModel
 
     def classify(
         self,

@@ -12,7 +12,6 @@ from .modeling_blip import (
     VlpBlipPreTrainedModel,
     VlpBlipTextModel,
     VlpBlipVisionModel,
-    shifted_lm_loss,
 )
 from .modeling_blip_pretraining import (
     RetrievalScores,

@@ -18,7 +18,7 @@ keys a head does not use being ignored - as the original's ``load_checkpoint`` f
 Captioning (:meth:`VlpBlipForConditionalGeneration.generate`) runs transformers' ``generate`` over the image tokens
 wrapped in an :class:`~hf_vlp.modules.attention.AttentionMemory`: each cross-attention projects them once per call,
 one copy per image shared by its beams; beams are scored as the original's transformers 4.15 did
-(:class:`OriginalBeamScoringMixin`). VQA lives in ``modeling_blip_vqa.py``.
+(:class:`~hf_vlp.generation.beam_scoring.OriginalBeamScoringMixin`). VQA lives in ``modeling_blip_vqa.py``.
 """
 
 
@@ -26,40 +26,36 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch import nn
 from transformers import GenerationConfig, GenerationMixin
-from transformers import initialization as init
 from transformers.cache_utils import Cache
-from transformers.modeling_outputs import BaseModelOutputWithPastAndCrossAttentions, BaseModelOutputWithPooling, ModelOutput
+from transformers.modeling_outputs import BaseModelOutputWithPastAndCrossAttentions, ModelOutput
 
-from ...generation.utils import add_decoder_cache, fill_special_tokens, resolved_generation_value, uncached_tokens
-from ..modeling_utils import VlpPreTrainedModel
-from ...objectives.momentum import FeatureQueue
+from ...generation.beam_scoring import BEAM_SCORING, OriginalBeamScoringMixin
+from ...generation.utils import finish_generation_kwargs, resolved_generation_value, start_generation, uncached_tokens
 from ...modules.attention import AttentionMemory, grouped_rows
-from ...modules.heads import ItmHead, MaskedLMHead
-from .modeling_blip_text import MedTextTransformer
-from ...modules.vision import VisionTransformer
-from ...utils.tower_init import LoadReport, TowerSource, load_text_tower_from_transformers, load_vision_tower_from_transformers
 from ...modules.towers import build_vision_tower, text_block_options
+from ...modules.vision import VisionTransformer
+from ...objectives.lm import IGNORE_INDEX, shifted_lm_loss
+from ..towers import (
+    VitBertPreTrainedModel,
+    ContrastiveEncodersMixin,
+    DualEncoderOutput,
+    DualTowerHeadMixin,
+    MaskedLMOutputEmbeddingsMixin,
+    TextEmbeddingsMixin,
+    VisionTowerMixin,
+    bert_prediction_head,
+)
+from .modeling_blip_text import MedTextTransformer
 from .configuration_blip import VlpBlipConfig, VlpBlipTextConfig, VlpBlipVisionConfig
 
-IGNORE_INDEX = -100
 
 
 @dataclass
-class VlpBlipOutput(ModelOutput):
+class VlpBlipOutput(DualEncoderOutput):
     """Contrastive outputs (``image_embeds``/``text_embeds``: L2-normalised projected ``[CLS]`` features, the original's
     ``image_feat``/``text_feat``; ``logits_per_image`` = their similarities / ``temp``) and, with ``output_itm=True``,
     the image-grounded encoder states and ITM logits of the pairs (image b, text b)."""
-
-    logits_per_image: torch.Tensor | None = None
-    logits_per_text: torch.Tensor | None = None
-    image_embeds: torch.Tensor | None = None
-    text_embeds: torch.Tensor | None = None
-    itm_logits: torch.Tensor | None = None
-    vision_model_output: BaseModelOutputWithPooling | None = None
-    text_model_output: BaseModelOutputWithPastAndCrossAttentions | None = None
-    multimodal_output: BaseModelOutputWithPastAndCrossAttentions | None = None
 
 
 @dataclass
@@ -93,172 +89,32 @@ def check_no_token_types(token_type_ids: torch.Tensor | None) -> None:
         )
 
 
-def shifted_lm_loss(
-    logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.0, per_sequence: bool = False
-) -> torch.Tensor:
-    """Next-token cross-entropy of ``logits`` ``[B, L, V]`` against ``labels`` ``[B, L]`` aligned with the inputs
-    (shifted here: position t predicts label t + 1), ``-100`` ignored, with ``label_smoothing`` (med.py's
-    ``BertLMHeadModel``).
-
-    Returns the mean over labelled positions, or with ``per_sequence`` the sum per row ``[B]`` (the original's
-    ``reduction='none'``, used for VQA answers). Zero, with a gradient path, when nothing is labelled.
-    """
-    shifted = logits[:, :-1].reshape(-1, logits.shape[-1])
-    targets = labels[:, 1:].to(logits.device)
-    if per_sequence:
-        losses = nn.functional.cross_entropy(
-            shifted, targets.reshape(-1), ignore_index=IGNORE_INDEX, label_smoothing=label_smoothing, reduction="none"
-        )
-        return losses.view(targets.shape).sum(dim=1)
-    if not bool((targets != IGNORE_INDEX).any()):
-        return logits.sum() * 0.0
-    return nn.functional.cross_entropy(
-        shifted, targets.reshape(-1), ignore_index=IGNORE_INDEX, label_smoothing=label_smoothing
-    )
-
-
-class VlpBlipPreTrainedModel(VlpPreTrainedModel):
+class VlpBlipPreTrainedModel(VitBertPreTrainedModel):
     config: VlpBlipConfig
     base_model_prefix = "blip"
-    main_input_name = "pixel_values"
-    input_modalities = ("image", "text")
-    supports_gradient_checkpointing = True
-    _supports_sdpa = True
-    _supports_attention_backend = True
-    _no_split_modules = ["PreNormBlock", "PostNormBlock"]
-    accepts_loss_kwargs = False
     model_card_template = "blip"
-    model_card_pipeline_tag = "zero-shot-image-classification"
+    vision_config_class = VlpBlipVisionConfig
+    text_config_class = VlpBlipTextConfig
     # the MED self-attentions a head builds ("encoder": bidirectional, "decoder": causal); see MedTextTransformer
     text_roles: tuple[str, ...] = ("encoder",)
 
-    def _build_towers(self, config: VlpBlipConfig) -> None:
-        """``vision_model`` and ``text_model`` (with this head's ``text_roles``), under the names every head shares."""
-        self.vision_model = VlpBlipVisionModel(config.vision_config)
-        self.text_model = VlpBlipTextModel(config.text_config, roles=self.text_roles)
-
-    def _build_contrastive_heads(self, config: VlpBlipConfig) -> None:
-        """``vision_proj``/``text_proj`` (with bias, as the original), ``itm_head`` and the temperature ``temp``."""
-        vision, text = config.vision_config, config.text_config
-        self.vision_proj = nn.Linear(vision.hidden_size, config.embed_dim)
-        self.text_proj = nn.Linear(text.hidden_size, config.embed_dim)
-        self.itm_head = ItmHead(text.hidden_size)
-        self.temp = nn.Parameter(torch.tensor(config.temp))
-
-    def _build_lm_head(self, config: VlpBlipConfig) -> None:
-        """``lm_head``: BERT's prediction head; its decoder weight is tied to the word embeddings."""
-        text = config.text_config
-        self.lm_head = MaskedLMHead(
-            text.hidden_size, text.vocab_size, activation=text.hidden_act, layer_norm_eps=text.layer_norm_eps
-        )
-
-    def model_card_fields(self) -> dict[str, Any]:
-        config = self.config
-        vision = getattr(config, "vision_config", config if isinstance(config, VlpBlipVisionConfig) else None)
-        text = getattr(config, "text_config", config if isinstance(config, VlpBlipTextConfig) else None)
-        fields: dict[str, Any] = {
-            "vision_description": "n/a",
-            "text_description": "n/a",
-            "embed_dim": getattr(config, "embed_dim", "n/a"),
-            "text_roles": " and ".join(self.text_roles),
-        }
-        if vision is not None:
-            fields["vision_description"] = (
-                f"ViT ({vision.num_hidden_layers} layers, width {vision.hidden_size}, patch {vision.patch_size}, "
-                f"{vision.image_size}px)"
-            )
-        if text is not None:
-            fields["text_description"] = f"{text.num_hidden_layers}-layer, width-{text.hidden_size}"
-        return fields
-
-    @classmethod
-    def from_pretrained_towers(
-        cls, config: VlpBlipConfig, *, vision: TowerSource, text: TowerSource
-    ) -> tuple["VlpBlipPreTrainedModel", dict[str, LoadReport]]:
-        """Start as the paper does: the image tower from a transformers ViT/DeiT, the MED from a transformers BERT.
-
-        BERT's self-attention initialises every self-attention the head holds (the original loads bert-base into both
-        the encoder and the decoder), its FFN and embeddings the shared ones, its MLM head the ``lm_head`` if any; the
-        cross-attention stays freshly initialised, BLIP's two added token rows too. Momentum towers, when the head has
-        them (``init_momentum``), copy the result. Returns the model and a report per tower.
-        """
-        model = cls(config)
-        reports = {
-            "vision": load_vision_tower_from_transformers(model.vision_model.transformer, vision),
-            "text": load_text_tower_from_transformers(
-                model.text_model.transformer, text, mlm_head=getattr(model, "lm_head", None)
-            ),
-        }
-        model.tie_weights()
-        if hasattr(model, "init_momentum"):
-            model.init_momentum()
-        return model, reports
-
-    def _init_weights(self, module: nn.Module) -> None:
-        """BERT/timm initialisation: linear and embedding weights N(0, 0.02), LayerNorms 1/0 (super); ViT class and
-        position embeddings trunc-normal(0.02); ``temp`` = ``config.temp``; queues as the original's buffers."""
-        super()._init_weights(module)
-        if isinstance(module, VisionTransformer):
-            init.trunc_normal_(module.class_embedding, std=0.02)
-            init.trunc_normal_(module.position_embedding, std=0.02)
-        elif isinstance(module, VlpBlipPreTrainedModel) and isinstance(getattr(module, "temp", None), nn.Parameter):
-            init.constant_(module.temp, module.config.temp)
-        elif isinstance(module, FeatureQueue):
-            module.reset_buffers()
-
-    # ------------------------------------------------------------------------------------------- shared passes
-
-    def encode_image(
-        self,
-        pixel_values: torch.Tensor,
-        interpolate_pos_encoding: bool = False,
-        output_hidden_states: bool = False,
-        output_attentions: bool = False,
-    ) -> BaseModelOutputWithPooling:
-        """ViT tokens after the final norm (the original's ``image_embeds``, ``[CLS]`` first)."""
-        return self.vision_model(
-            pixel_values,
-            interpolate_pos_encoding=interpolate_pos_encoding,
-            output_hidden_states=output_hidden_states,
-            output_attentions=output_attentions,
-            return_dict=True,
-        )
+    def extra_card_fields(self, text_config: VlpBlipTextConfig | None) -> dict[str, Any]:
+        return {"text_roles": " and ".join(self.text_roles)}
 
     def _special_id(self, name: str) -> int:
         return int(getattr(self.config.text_config, name))
 
 
-class VlpBlipVisionModel(VlpBlipPreTrainedModel):
+class VlpBlipVisionModel(VisionTowerMixin, VlpBlipPreTrainedModel):
     """The image tower: ViT tokens after the final norm (BLIP's ``image_embeds``); ``pooler_output`` = ``[CLS]``."""
 
     config: VlpBlipVisionConfig
-    main_input_name = "pixel_values"
-    input_modalities = ("image",)
 
-    def __init__(self, config: VlpBlipVisionConfig) -> None:
-        super().__init__(config)
-        self.transformer = build_vision_tower(config)
-        self.post_init()
-
-    def forward(
-        self,
-        pixel_values: torch.Tensor,
-        interpolate_pos_encoding: bool = False,
-        output_hidden_states: bool | None = None,
-        output_attentions: bool | None = None,
-        return_dict: bool | None = None,
-    ) -> BaseModelOutputWithPooling | tuple:
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
-        output = self.transformer(
-            pixel_values,
-            interpolate_pos_encoding=interpolate_pos_encoding,
-            output_hidden_states=bool(output_hidden_states),
-            output_attentions=bool(output_attentions),
-        )
-        return output if return_dict else output.to_tuple()
+    def build_transformer(self, config: VlpBlipVisionConfig) -> VisionTransformer:
+        return build_vision_tower(config)
 
 
-class VlpBlipTextModel(VlpBlipPreTrainedModel):
+class VlpBlipTextModel(TextEmbeddingsMixin, VlpBlipPreTrainedModel):
     """The MED text transformer (:class:`~hf_vlp.modules.text.MedTextTransformer`) with the self-attentions of
     ``roles`` (default: the encoder's). ``mode`` = ``"text"`` (unimodal), ``"multimodal"`` (cross-attends to
     ``encoder_hidden_states``) or ``"decoder"`` (causal, optional ``cache``). Ids are used as given."""
@@ -281,12 +137,6 @@ class VlpBlipTextModel(VlpBlipPreTrainedModel):
             config=config,
         )
         self.post_init()
-
-    def get_input_embeddings(self) -> nn.Embedding:
-        return self.transformer.embeddings.word_embeddings
-
-    def set_input_embeddings(self, value: nn.Embedding) -> None:
-        self.transformer.embeddings.word_embeddings = value
 
     def forward(
         self,
@@ -318,7 +168,21 @@ class VlpBlipTextModel(VlpBlipPreTrainedModel):
         return output if return_dict else output.to_tuple()
 
 
-class VlpBlipModel(VlpBlipPreTrainedModel):
+class BlipTowersMixin(DualTowerHeadMixin):
+    """The towers every BLIP head holds under the shared flat names: ``vision_model`` and ``text_model`` (with the
+    head's ``text_roles``), plus ``build_contrastive_heads`` (``vision_proj``, ``text_proj``, ``itm_head``, ``temp``)
+    and :meth:`build_lm_head`."""
+
+    def build_towers(self, config: VlpBlipConfig) -> None:
+        self.vision_model = VlpBlipVisionModel(config.vision_config)
+        self.text_model = VlpBlipTextModel(config.text_config, roles=self.text_roles)
+
+    def build_lm_head(self, config: VlpBlipConfig) -> None:
+        """``lm_head``: BERT's prediction head; its decoder weight is tied to the word embeddings."""
+        self.lm_head = bert_prediction_head(config.text_config)
+
+
+class VlpBlipModel(ContrastiveEncodersMixin, BlipTowersMixin, VlpBlipPreTrainedModel):
     """BLIP's encoders: ``get_image_features``/``get_text_features`` (projected contrastive features, un-normalised),
     ``encode_multimodal``/``get_itm_logits`` (image-grounded encoder with ``[ENC]`` first, ITM head) and a forward
     returning the similarity logits (and ITM logits of matching pairs with ``output_itm=True``).
@@ -328,20 +192,15 @@ class VlpBlipModel(VlpBlipPreTrainedModel):
     """
 
     text_roles = ("encoder",)
+    contrastive_output_class = VlpBlipOutput
     # a pre-training checkpoint also holds the decoder's self-attention, the LM head, momentum towers and queues
     _keys_to_ignore_on_load_unexpected = [r"\.causal_attn\.", r"\.norm_causal\.", r"^lm_head\.", r"^momentum_", r"_queue\."]
 
     def __init__(self, config: VlpBlipConfig) -> None:
         super().__init__(config)
-        self._build_towers(config)
-        self._build_contrastive_heads(config)
+        self.build_towers(config)
+        self.build_contrastive_heads(config)
         self.post_init()
-
-    def get_input_embeddings(self) -> nn.Embedding:
-        return self.text_model.get_input_embeddings()
-
-    def set_input_embeddings(self, value: nn.Embedding) -> None:
-        self.text_model.set_input_embeddings(value)
 
     def encode_text(
         self,
@@ -394,22 +253,23 @@ class VlpBlipModel(VlpBlipPreTrainedModel):
             return_dict=True,
         )
 
-    def get_image_features(self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool = False) -> torch.Tensor:
-        """Projected image features ``[B, embed_dim]`` (``vision_proj`` of the ``[CLS]`` token), not normalised - the
-        project-wide convention (CLIP, ALBEF); L2-normalised they are the original's ``image_feat``."""
-        states = self.encode_image(pixel_values, interpolate_pos_encoding).last_hidden_state
-        return self.vision_proj(states[:, 0])
-
-    def get_text_features(
+    def multimodal_states(
         self,
         input_ids: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
-        token_type_ids: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """Projected text features ``[B, embed_dim]`` (``text_proj`` of the unimodal ``[CLS]``), not normalised;
-        L2-normalised they are the original's ``text_feat``."""
-        states = self.encode_text(input_ids, attention_mask, token_type_ids).last_hidden_state
-        return self.text_proj(states[:, 0])
+        text_states: torch.Tensor,
+        image_states: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        output_hidden_states: bool,
+        output_attentions: bool,
+    ) -> BaseModelOutputWithPastAndCrossAttentions:
+        """The image-grounded encoder (``[ENC]`` first) over pairs (image b, text b); the ids are re-read."""
+        return self.encode_multimodal(
+            input_ids,
+            image_states,
+            attention_mask,
+            output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions,
+        )
 
     def get_itm_logits(
         self,
@@ -446,37 +306,10 @@ class VlpBlipModel(VlpBlipPreTrainedModel):
         """Similarity logits of every image against every text (normalised features / ``temp``); with
         ``output_itm=True`` also the image-grounded encoder states and ITM logits of pair b = (image b, text b) (same
         batch size needed; ``[ENC]`` put first). ``token_type_ids`` (all zero from BERT tokenizers) are accepted."""
-        if input_ids is None or pixel_values is None:
-            raise ValueError("VlpBlipModel.forward needs both input_ids and pixel_values (use get_*_features for one)")
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
-        output_hidden_states = bool(output_hidden_states or self.config.output_hidden_states)
-        output_attentions = bool(output_attentions or self.config.output_attentions)
-        vision_outputs = self.encode_image(pixel_values, interpolate_pos_encoding, output_hidden_states, output_attentions)
-        text_outputs = self.encode_text(input_ids, attention_mask, token_type_ids, output_hidden_states, output_attentions)
-        image_embeds = nn.functional.normalize(self.vision_proj(vision_outputs.last_hidden_state[:, 0]), dim=-1)
-        text_embeds = nn.functional.normalize(self.text_proj(text_outputs.last_hidden_state[:, 0]), dim=-1)
-        logits_per_image = image_embeds @ text_embeds.t() / self.temp
-        multimodal_outputs, itm_logits = None, None
-        if output_itm:
-            multimodal_outputs = self.encode_multimodal(
-                input_ids,
-                vision_outputs.last_hidden_state,
-                attention_mask,
-                output_hidden_states=output_hidden_states,
-                output_attentions=output_attentions,
-            )
-            itm_logits = self.itm_head(multimodal_outputs.last_hidden_state[:, 0])
-        output = VlpBlipOutput(
-            logits_per_image=logits_per_image,
-            logits_per_text=logits_per_image.t(),
-            image_embeds=image_embeds,
-            text_embeds=text_embeds,
-            itm_logits=itm_logits,
-            vision_model_output=vision_outputs,
-            text_model_output=text_outputs,
-            multimodal_output=multimodal_outputs,
+        return self.contrastive_forward(
+            input_ids, pixel_values, attention_mask, token_type_ids, output_itm, interpolate_pos_encoding,
+            output_hidden_states, output_attentions, return_dict,
         )
-        return output if return_dict else output.to_tuple()
 
 
 # BLIP's caption decoding settings (``models/blip.py:BLIP_Decoder.generate``); lengths count ``[DEC]`` and the prompt's
@@ -490,83 +323,6 @@ CAPTION_DECODING: dict[str, dict[str, Any]] = {
 }
 
 
-BEAM_SCORING = ("original", "transformers")
-# the transformers 5 beam-search methods OriginalBeamScoringMixin wraps
-_BEAM_SEARCH_HOOKS = ("_update_finished_beams", "_check_early_stop_heuristic")
-
-
-def pad_after_end(sequences: torch.Tensor, start: int, eos_token_ids: torch.Tensor, pad_token_id: int) -> torch.Tensor:
-    """``sequences`` with every position after a row's first end token (at or after column ``start``) set to
-    ``pad_token_id``, as the original's outputs are padded (transformers 5's beam search fills them with the end token
-    when the pad id is 0)."""
-    generated = sequences[:, start:]
-    ended = torch.isin(generated, eos_token_ids.to(sequences.device)).long().cumsum(dim=1)
-    after_end = (ended - torch.isin(generated, eos_token_ids.to(sequences.device)).long()) > 0
-    padded = sequences.clone()
-    padded[:, start:] = generated.masked_fill(after_end, pad_token_id)
-    return padded
-
-
-class OriginalBeamScoringMixin:
-    """Beam search scored as in transformers 4.x, which the original BLIP code ran on (``beam_scoring="original"``).
-
-    transformers 5 divides a finished hypothesis' summed log-probability by ``generated_length ** length_penalty``;
-    transformers 4.15 divided by its full length, prompt included and the end token excluded (a hypothesis stopped by
-    ``max_length`` counts all its tokens), and stopped early on the same lengths. The two pick different hypotheses when
-    sequences of different lengths compete (the original's NoCaps captions with repetition penalty 1.1 differ otherwise).
-    The hooks rescale the scores transformers' beam search finalises and the length its stopping heuristic assumes;
-    ``beam_scoring="transformers"`` leaves transformers' scoring untouched (e.g. to compare with transformers' BLIP).
-    Remaining difference: transformers 4.15's stopping heuristic compared the best candidate including finished ones.
-    """
-
-    _beam_scoring_end_ids: torch.Tensor | None = None
-
-    def _generate_with_beam_scoring(self, beam_scoring: str, generate_kwargs: dict[str, Any]) -> Any:
-        """``GenerationMixin.generate(**generate_kwargs)`` under ``beam_scoring``; rows that ended are padded with the
-        pad token after their end token (both as ``generate`` resolves them)."""
-        if beam_scoring not in BEAM_SCORING:
-            raise ValueError(f"beam_scoring must be one of {BEAM_SCORING}, got {beam_scoring!r}")
-        settings = (generate_kwargs, generate_kwargs.get("generation_config"), self.generation_config)
-        eos_token_id = resolved_generation_value("eos_token_id", *settings)
-        pad_token_id = resolved_generation_value("pad_token_id", *settings)
-        eos_ids = None
-        if eos_token_id is not None:
-            eos_ids = torch.as_tensor(eos_token_id, dtype=torch.long).reshape(-1)
-        missing = [hook for hook in _BEAM_SEARCH_HOOKS if not hasattr(GenerationMixin, hook)]
-        if beam_scoring == "original" and missing:
-            raise RuntimeError(
-                f"this transformers version's beam search has no {missing}, which beam_scoring='original' hooks into; "
-                "pass beam_scoring='transformers'"
-            )
-        self._beam_scoring_end_ids = eos_ids if beam_scoring == "original" else None
-        try:
-            output = super().generate(**generate_kwargs)
-        finally:
-            self._beam_scoring_end_ids = None
-        if eos_ids is None or pad_token_id is None:
-            return output
-        start = generate_kwargs["input_ids"].shape[1]
-        if isinstance(output, torch.Tensor):
-            return pad_after_end(output, start, eos_ids, pad_token_id)
-        output.sequences = pad_after_end(output.sequences, start, eos_ids, pad_token_id)
-        return output
-
-    def _update_finished_beams(self, **kwargs: Any) -> Any:
-        end_ids = self._beam_scoring_end_ids
-        if end_ids is not None:
-            cur_len, prompt_len, penalty = kwargs["cur_len"], kwargs["decoder_prompt_len"], kwargs["length_penalty"]
-            new_tokens = kwargs["topk_running_sequences"][:, :, cur_len]
-            full_length = cur_len + 1 - torch.isin(new_tokens, end_ids.to(new_tokens.device)).long()
-            rescale = ((cur_len + 1 - prompt_len) / full_length.to(kwargs["topk_log_probs"].dtype)) ** penalty
-            kwargs["topk_log_probs"] = kwargs["topk_log_probs"] * rescale
-        return super()._update_finished_beams(**kwargs)
-
-    def _check_early_stop_heuristic(self, **kwargs: Any) -> Any:
-        if self._beam_scoring_end_ids is not None:
-            kwargs["decoder_prompt_len"] = 1  # transformers 4.15: best running score / (length before this step)
-        return super()._check_early_stop_heuristic(**kwargs)
-
-
 def check_memory_rows(text_rows: int, states: torch.Tensor | AttentionMemory, what: str, hint: str) -> None:
     """Text row b pairs with memory row b; an ``AttentionMemory`` row serves a whole group of consecutive text rows."""
     if isinstance(states, AttentionMemory):
@@ -575,7 +331,9 @@ def check_memory_rows(text_rows: int, states: torch.Tensor | AttentionMemory, wh
         raise ValueError(f"{what}: got {text_rows} texts and {states.shape[0]} memory rows ({hint})")
 
 
-class VlpBlipForConditionalGeneration(OriginalBeamScoringMixin, VlpBlipPreTrainedModel, GenerationMixin):
+class VlpBlipForConditionalGeneration(
+    OriginalBeamScoringMixin, MaskedLMOutputEmbeddingsMixin, BlipTowersMixin, VlpBlipPreTrainedModel, GenerationMixin
+):
     """Image captioning (``models/blip.py:BLIP_Decoder``): the ViT and the MED's image-grounded causal decoder with
     BERT's LM head tied to the word embeddings.
 
@@ -593,6 +351,7 @@ class VlpBlipForConditionalGeneration(OriginalBeamScoringMixin, VlpBlipPreTraine
     """
 
     text_roles = ("decoder",)
+    output_head_name = "lm_head"
     model_card_pipeline_tag = "image-text-to-text"
     _tied_weights_keys = {"lm_head.decoder.weight": "text_model.transformer.embeddings.word_embeddings.weight"}
     # a pre-training or retrieval checkpoint also holds the encoder's self-attention, contrastive heads and momentum
@@ -603,8 +362,8 @@ class VlpBlipForConditionalGeneration(OriginalBeamScoringMixin, VlpBlipPreTraine
 
     def __init__(self, config: VlpBlipConfig) -> None:
         super().__init__(config)
-        self._build_towers(config)
-        self._build_lm_head(config)
+        self.build_towers(config)
+        self.build_lm_head(config)
         self.post_init()
         self.generation_config = self.default_generation_config()
 
@@ -618,18 +377,6 @@ class VlpBlipForConditionalGeneration(OriginalBeamScoringMixin, VlpBlipPreTraine
             pad_token_id=text.pad_token_id,
             **CAPTION_DECODING["coco"],
         )
-
-    def get_input_embeddings(self) -> nn.Embedding:
-        return self.text_model.get_input_embeddings()
-
-    def set_input_embeddings(self, value: nn.Embedding) -> None:
-        self.text_model.set_input_embeddings(value)
-
-    def get_output_embeddings(self) -> nn.Linear:
-        return self.lm_head.decoder
-
-    def set_output_embeddings(self, value: nn.Linear) -> None:
-        self.lm_head.decoder = value
 
     def decode(
         self,
@@ -826,32 +573,21 @@ class VlpBlipForConditionalGeneration(OriginalBeamScoringMixin, VlpBlipPreTraine
         ``kwargs`` are ``generate``'s (``num_beams``, ``max_length``, ``do_sample``, ``top_p``, ...); defaults come
         from ``self.generation_config`` (:meth:`default_generation_config`; :data:`CAPTION_DECODING` holds the
         original's other settings). ``beam_scoring="original"`` scores beam hypotheses as the original's transformers
-        4.15 did, ``"transformers"`` as transformers 5 does (see :class:`OriginalBeamScoringMixin`). Returns what
+        4.15 did, ``"transformers"`` as transformers 5 does (see :class:`~hf_vlp.generation.beam_scoring.OriginalBeamScoringMixin`). Returns what
         ``generate`` returns: ``[B * num_return_sequences, T]`` ids that start with ``[DEC]`` and the prompt, padded
         with ``[PAD]`` after ``[SEP]``, as the original's.
         """
         if (pixel_values is None) == (image_hidden_states is None):
             raise ValueError("generate needs exactly one of pixel_values or image_hidden_states (the ViT tokens)")
-        cache = kwargs.get("cache")
-        if cache is not None and cache.get_seq_length() > 0:
-            raise ValueError("generate starts every caption from [DEC] and the prompt: pass an empty cache (or none)")
+        generation_config = start_generation(self, kwargs, generation_config, "caption from [DEC] and the prompt")
         check_no_token_types(kwargs.pop("token_type_ids", None))
-        defaults = self.default_generation_config()
-        generation_config = fill_special_tokens(
-            kwargs,
-            generation_config,
-            self.generation_config,
-            {field: getattr(defaults, field) for field in ("bos_token_id", "eos_token_id", "pad_token_id")},
-        )
         if image_hidden_states is None:
             image_hidden_states = self.encode_image(pixel_values, interpolate_pos_encoding).last_hidden_state
         start_ids = self.prompt_input_ids(input_ids, attention_mask, image_hidden_states.shape[0])
         settings = (kwargs, generation_config, self.generation_config)
         use_cache = resolved_generation_value("use_cache", *settings, default=True)
         memory = AttentionMemory(image_hidden_states) if use_cache else image_hidden_states
-        add_decoder_cache(kwargs, generation_config, self.generation_config, self.config.text_config)
-        if generation_config is not None:
-            kwargs["generation_config"] = generation_config
+        kwargs = finish_generation_kwargs(kwargs, generation_config, self.generation_config, self.config.text_config)
         return self._generate_with_beam_scoring(
             beam_scoring, {**kwargs, "input_ids": start_ids, "image_hidden_states": memory}
         )
@@ -882,8 +618,8 @@ class VlpBlipForConditionalGeneration(OriginalBeamScoringMixin, VlpBlipPreTraine
 
 __all__ = [
     "BEAM_SCORING",
+    "BlipTowersMixin",
     "CAPTION_DECODING",
-    "OriginalBeamScoringMixin",
     "VlpBlipForConditionalGeneration",
     "VlpBlipForConditionalGenerationOutput",
     "VlpBlipModel",
@@ -891,6 +627,5 @@ __all__ = [
     "VlpBlipPreTrainedModel",
     "VlpBlipTextModel",
     "VlpBlipVisionModel",
-    "shifted_lm_loss",
     "with_first_token",
 ]

@@ -25,31 +25,24 @@ from ...objectives.contrastive import (
     MomentumContrastiveStep,
     RetrievalFeatures,
     RetrievalScores,
-    check_image_ids,
     check_matching_pairs,
     check_negative_indices,
-    clamp_temperature_,
     contrastive_output_fields,
     diagonal_targets,
-    distilled_itc,
-    enqueue_momentum_features,
-    itm_triplets,
-    momentum_contrastive_step,
     rerank_top_k,
-    retrieval_queue_update,
     same_id_mask,
-    sample_itm_negatives,
 )
+from ...objectives.lm import IGNORE_INDEX, shifted_lm_loss
 from ...objectives.losses import id_match_targets, sample_hard_negatives
-from ...objectives.momentum import FeatureQueue, ModulePair, MomentumModelMixin
-from .configuration_blip import VlpBlipConfig
+from ...objectives.momentum import ModulePair
+from ..momentum_contrastive import MomentumContrastiveMixin
+from ..towers import MaskedLMOutputEmbeddingsMixin
+from .configuration_blip import VlpBlipConfig, VlpBlipTextConfig
 from .modeling_blip import (
-    IGNORE_INDEX,
+    BlipTowersMixin,
     VlpBlipPreTrainedModel,
     VlpBlipTextModel,
-    VlpBlipVisionModel,
     check_no_token_types,
-    shifted_lm_loss,
     with_first_token,
 )
 
@@ -72,105 +65,39 @@ def encoder_role_modules(text_model: VlpBlipTextModel) -> nn.ModuleList:
 # --------------------------------------------------------------------------------------------------- shared base
 
 
-class VlpBlipMomentumModel(MomentumModelMixin, VlpBlipPreTrainedModel):
+class VlpBlipMomentumModel(MomentumContrastiveMixin, BlipTowersMixin, VlpBlipPreTrainedModel):
     """Base of the BLIP heads with frozen momentum towers and feature queues (pre-training, retrieval).
 
     Builds the online towers (``vision_model``, ``text_model`` with the head's ``text_roles``, ``vision_proj``,
     ``text_proj``, ``itm_head``, ``temp``), their momentum copies (``momentum_vision_model``, ``momentum_vision_proj``,
-    ``momentum_text_model`` - encoder role only - and ``momentum_text_proj``) and the ``image_queue``/``text_queue``.
-    The EMA step runs in ``hf_vlp.MomentumCallback`` once per optimizer step (the original runs it at the start of every
-    forward); the callback also ramps ``distill_alpha``. :class:`~hf_vlp.objectives.momentum.MomentumModelMixin` re-freezes the
-    momentum towers on load.
+    ``momentum_text_model`` - encoder role only - and ``momentum_text_proj``) and the ``image_queue``/``text_queue``
+    through the momentum-contrastive base shared with ALBEF
+    (:class:`~hf_vlp.models.momentum_contrastive.MomentumContrastiveMixin`). The ITM re-encodes the text ids with
+    ``[ENC]`` first; retrieval re-ranking adds the cosine to the ITM logit. The EMA step runs in
+    ``hf_vlp.MomentumCallback`` once per optimizer step (the original runs it at the start of every forward); the
+    callback also ramps ``distill_alpha``.
     """
 
-    main_input_name = "pixel_values"
-    accepts_loss_kwargs = False
+    itm_text_field = "input_ids"
+    retrieval_adds_similarity = True
 
-    def _build_momentum(self, config: VlpBlipConfig) -> None:
-        """Momentum towers and the two feature queues (call after the online towers, before ``post_init``)."""
-        self.momentum_vision_model = VlpBlipVisionModel(config.vision_config)
-        self.momentum_vision_proj = nn.Linear(config.vision_config.hidden_size, config.embed_dim)
-        self.momentum_text_model = VlpBlipTextModel(config.text_config, roles=("encoder",))
-        self.momentum_text_proj = nn.Linear(config.text_config.hidden_size, config.embed_dim)
-        self.image_queue = FeatureQueue(config.embed_dim, config.queue_size)
-        self.text_queue = FeatureQueue(config.embed_dim, config.queue_size)
+    def build_momentum_text_model(self, config: VlpBlipTextConfig) -> VlpBlipTextModel:
+        return VlpBlipTextModel(config, roles=("encoder",))
 
-    def momentum_pairs(self) -> list[ModulePair]:
-        """(online, momentum) module pairs for the EMA, the original's ``model_pairs``; the text pair is the
-        encoder role's modules (:func:`encoder_role_modules`)."""
-        return [
-            (self.vision_model, self.momentum_vision_model),
-            (self.vision_proj, self.momentum_vision_proj),
-            (encoder_role_modules(self.text_model), encoder_role_modules(self.momentum_text_model)),
-            (self.text_proj, self.momentum_text_proj),
-        ]
+    def momentum_text_pair(self) -> ModulePair:
+        """The encoder role's modules of the online and momentum MEDs (:func:`encoder_role_modules`)."""
+        return encoder_role_modules(self.text_model), encoder_role_modules(self.momentum_text_model)
 
-    def get_input_embeddings(self) -> nn.Embedding:
-        return self.text_model.get_input_embeddings()
-
-    def set_input_embeddings(self, value: nn.Embedding) -> None:
-        self.text_model.set_input_embeddings(value)
-
-    def _contrastive_step(
-        self,
-        input_ids: torch.Tensor,
-        pixel_values: torch.Tensor,
-        attention_mask: torch.Tensor,
-        interpolate_pos_encoding: bool,
-    ) -> tuple[torch.Tensor, MomentumContrastiveStep]:
-        """Clamp ``temp``; encode the images (ViT tokens, returned) and the texts (unimodal role, ``[CLS]`` kept) with
-        the online and momentum towers; score the online features against [momentum batch ; queue]."""
-        clamp_temperature_(self.temp, self.config.temp_min, self.config.temp_max)
-        image_states = self.encode_image(pixel_values, interpolate_pos_encoding).last_hidden_state
-        text_states = self.text_model(input_ids, attention_mask, mode="text", return_dict=True).last_hidden_state
-        with torch.no_grad():
-            momentum_image_states = self.momentum_vision_model(
-                pixel_values, interpolate_pos_encoding=interpolate_pos_encoding, return_dict=True
-            ).last_hidden_state
-            momentum_text_states = self.momentum_text_model(
-                input_ids, attention_mask, mode="text", return_dict=True
-            ).last_hidden_state
-        step = momentum_contrastive_step(
-            image_states[:, 0],
-            text_states[:, 0],
-            momentum_image_states[:, 0],
-            momentum_text_states[:, 0],
-            vision_proj=self.vision_proj,
-            text_proj=self.text_proj,
-            momentum_vision_proj=self.momentum_vision_proj,
-            momentum_text_proj=self.momentum_text_proj,
-            image_queue=self.image_queue,
-            text_queue=self.text_queue,
-            temp=self.temp,
-        )
-        return image_states, step
-
-    def _itm_logits(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, image_states: torch.Tensor
+    def pair_itm_logits(
+        self, texts: torch.Tensor, attention_mask: torch.Tensor | None, image_states: torch.Tensor
     ) -> torch.Tensor:
-        """ITM logits ``[N, 2]`` (column 1 = match) of pairs (text row n, image row n): the image-grounded encoder with
-        ``[ENC]`` put first, ``itm_head`` on its first state."""
-        encoder_ids = with_first_token(input_ids, self._special_id("enc_token_id"))
+        """ITM logits ``[N, 2]`` (column 1 = match) of pairs (text ids row n, image row n): the image-grounded encoder
+        with ``[ENC]`` put first, ``itm_head`` on its first state."""
+        encoder_ids = with_first_token(texts, self._special_id("enc_token_id"))
         states = self.text_model(
             encoder_ids, attention_mask, encoder_hidden_states=image_states, mode="multimodal", return_dict=True
         ).last_hidden_state
         return self.itm_head(states[:, 0])
-
-    def _itm_on_triplets(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor,
-        image_states: torch.Tensor,
-        negative_image_indices: torch.Tensor,
-        negative_text_indices: torch.Tensor,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """ITM logits and labels over ``[positives ; (text b, negative image) ; (negative text, image b)]``."""
-        triplets = itm_triplets(
-            (input_ids, attention_mask), (image_states,), negative_image_indices, negative_text_indices
-        )
-        (texts, masks), (images,) = triplets.text, triplets.image
-        logits = self._itm_logits(texts, masks, images)
-        return logits, triplets.labels.to(logits.device)
 
 
 # --------------------------------------------------------------------------------------------------- pre-training
@@ -203,7 +130,7 @@ class VlpBlipForPretrainingOutput(ModelOutput):
     lm_logits: torch.Tensor | None = None
 
 
-class VlpBlipForPretraining(VlpBlipMomentumModel):
+class VlpBlipForPretraining(MaskedLMOutputEmbeddingsMixin, VlpBlipMomentumModel):
     """BLIP pre-training (``models/blip_pretrain.py``): ITC with momentum distillation against feature queues, ITM on
     hard negatives, and the captioning LM loss; ``loss = loss_itc + loss_itm + loss_lm``.
 
@@ -220,22 +147,18 @@ class VlpBlipForPretraining(VlpBlipMomentumModel):
     """
 
     text_roles = ("encoder", "decoder")
+    output_head_name = "lm_head"
     _tied_weights_keys = {"lm_head.decoder.weight": "text_model.transformer.embeddings.word_embeddings.weight"}
 
     def __init__(self, config: VlpBlipConfig) -> None:
         super().__init__(config)
-        self._build_towers(config)
-        self._build_contrastive_heads(config)
-        self._build_lm_head(config)
-        self._build_momentum(config)
+        self.build_towers(config)
+        self.build_contrastive_heads(config)
+        self.build_lm_head(config)
+        self.build_momentum_towers(config)
+        self.build_feature_queues(config)
         self.post_init()
         self.init_momentum()
-
-    def get_output_embeddings(self) -> nn.Linear:
-        return self.lm_head.decoder
-
-    def set_output_embeddings(self, value: nn.Linear) -> None:
-        self.lm_head.decoder = value
 
     def lm_labels(self, input_ids: torch.Tensor) -> torch.Tensor:
         """The original's decoder targets: the ids with ``[PAD]`` set to -100 (``[DEC]`` at 0 is dropped by the
@@ -286,18 +209,11 @@ class VlpBlipForPretraining(VlpBlipMomentumModel):
         update_queues = self.training if update_queues is None else update_queues
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        image_states, itc = self._contrastive_step(input_ids, pixel_values, attention_mask, interpolate_pos_encoding)
-        loss_itc = distilled_itc(itc, diagonal_targets(itc), alpha, self.temp) if return_loss else None
-        if update_queues:
-            enqueue_momentum_features(itc, self.image_queue, self.text_queue)
-
-        if itm_negative_image_indices is None:
-            itm_negative_image_indices, itm_negative_text_indices = sample_itm_negatives(
-                itc, None, generator, eps=self.itm_negative_eps
-            )
-        itm_logits, itm_labels = self._itm_on_triplets(
-            input_ids, attention_mask, image_states, itm_negative_image_indices, itm_negative_text_indices
+        itc_itm = self._pretraining_itc_itm(
+            input_ids, pixel_values, attention_mask, None, itm_negative_image_indices, itm_negative_text_indices,
+            alpha, update_queues, return_loss, generator, interpolate_pos_encoding,
         )
+        image_states, itm_logits, itm_labels = itc_itm.step.image_states, itc_itm.itm_logits, itc_itm.itm_labels
 
         decoder_ids = with_first_token(input_ids, self._special_id("bos_token_id"))
         decoded = self.text_model(
@@ -310,17 +226,17 @@ class VlpBlipForPretraining(VlpBlipMomentumModel):
             loss_itm = nn.functional.cross_entropy(itm_logits, itm_labels)
             labels = self.lm_labels(decoder_ids) if lm_labels is None else lm_labels
             loss_lm = shifted_lm_loss(lm_logits, labels, self.config.label_smoothing)
-            loss = loss_itc + loss_itm + loss_lm
+            loss = itc_itm.loss_itc + loss_itm + loss_lm
         output = VlpBlipForPretrainingOutput(
             loss=loss,
-            loss_itc=loss_itc,
+            loss_itc=itc_itm.loss_itc,
             loss_itm=loss_itm,
             loss_lm=loss_lm,
-            **contrastive_output_fields(itc),
+            **contrastive_output_fields(itc_itm.step.itc),
             itm_logits=itm_logits,
             itm_labels=itm_labels,
-            itm_negative_image_indices=itm_negative_image_indices,
-            itm_negative_text_indices=itm_negative_text_indices,
+            itm_negative_image_indices=itc_itm.negative_image_indices,
+            itm_negative_text_indices=itc_itm.negative_text_indices,
             lm_logits=lm_logits,
         )
         return output if return_dict else output.to_tuple()
@@ -363,6 +279,7 @@ class VlpBlipForImageTextRetrieval(VlpBlipMomentumModel):
     """
 
     text_roles = ("encoder",)
+    retrieval_output_class = VlpBlipForImageTextRetrievalOutput
     itc_positives: str = "image_id"
     itm_negative_eps: float = 0.0
     _keys_to_ignore_on_load_unexpected = [r"\.causal_attn\.", r"\.norm_causal\.", r"^lm_head\."]
@@ -370,10 +287,10 @@ class VlpBlipForImageTextRetrieval(VlpBlipMomentumModel):
 
     def __init__(self, config: VlpBlipConfig) -> None:
         super().__init__(config)
-        self._build_towers(config)
-        self._build_contrastive_heads(config)
-        self._build_momentum(config)
-        self.idx_queue = FeatureQueue(1, config.queue_size, dtype=torch.long, fill_value=IGNORE_INDEX)
+        self.build_towers(config)
+        self.build_contrastive_heads(config)
+        self.build_momentum_towers(config)
+        self.build_feature_queues(config, with_ids=True)
         self.post_init()
         self.init_momentum()
 
@@ -384,6 +301,17 @@ class VlpBlipForImageTextRetrieval(VlpBlipMomentumModel):
         if self.itc_positives == "diagonal":
             return diagonal_targets(step)
         raise ValueError(f"itc_positives must be 'image_id' or 'diagonal', got {self.itc_positives!r}")
+
+    @torch.no_grad()
+    def _retrieval_negatives(
+        self, step: MomentumContrastiveStep, image_ids: torch.Tensor, generator: torch.Generator | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Hard negatives from the ONLINE in-batch similarities (``softmax``, same-id entries zeroed), as the
+        original's retrieval (its pre-training draws from the queue-step logits)."""
+        online = step.image_embeds @ step.text_embeds.T / self.temp
+        return sample_hard_negatives(
+            online.detach(), online.T.detach(), same_id_mask(image_ids), generator, eps=float(self.itm_negative_eps)
+        )
 
     def forward(
         self,
@@ -414,108 +342,10 @@ class VlpBlipForImageTextRetrieval(VlpBlipMomentumModel):
                 ``self.training and image_ids is not None``.
             generator: random generator for the hard negatives.
         """
-        check_matching_pairs(input_ids, pixel_values, "retrieval training")
-        check_negative_indices(itm_negative_image_indices, itm_negative_text_indices)
         check_no_token_types(token_type_ids)
-        image_ids = check_image_ids(image_ids, input_ids.shape[0], input_ids.device)
-        update_queues = retrieval_queue_update(update_queues, self.training, image_ids)
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
-        alpha = self.distill_alpha if alpha is None else float(alpha)
-        if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
-        image_states, itc = self._contrastive_step(input_ids, pixel_values, attention_mask, interpolate_pos_encoding)
-        loss = loss_itc = loss_itm = itm_labels = None
-        if image_ids is not None:
-            loss_itc = distilled_itc(itc, self._itc_hard_targets(itc, image_ids), alpha, self.temp)
-        if update_queues:
-            enqueue_momentum_features(itc, self.image_queue, self.text_queue, image_ids, self.idx_queue)
-
-        if image_ids is None:  # only the positives
-            itm_logits = self._itm_logits(input_ids, attention_mask, image_states)
-        else:
-            if itm_negative_image_indices is None:
-                with torch.no_grad():
-                    online = itc.image_embeds @ itc.text_embeds.T / self.temp
-                itm_negative_image_indices, itm_negative_text_indices = sample_hard_negatives(
-                    online.detach(), online.T.detach(), same_id_mask(image_ids), generator,
-                    eps=float(self.itm_negative_eps),
-                )
-            itm_logits, itm_labels = self._itm_on_triplets(
-                input_ids, attention_mask, image_states, itm_negative_image_indices, itm_negative_text_indices
-            )
-            loss_itm = nn.functional.cross_entropy(itm_logits, itm_labels)
-            loss = loss_itc + loss_itm
-        output = VlpBlipForImageTextRetrievalOutput(
-            loss=loss,
-            loss_itc=loss_itc,
-            loss_itm=loss_itm,
-            **contrastive_output_fields(itc),
-            itm_logits=itm_logits,
-            itm_labels=itm_labels,
-            itm_negative_image_indices=itm_negative_image_indices if image_ids is not None else None,
-            itm_negative_text_indices=itm_negative_text_indices if image_ids is not None else None,
-        )
-        return output if return_dict else output.to_tuple()
-
-    # ----------------------------------------------------------------------------------------------- inference
-
-    @torch.no_grad()
-    def encode_images(self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool = False) -> RetrievalFeatures:
-        """Gallery image features: ViT tokens and normalised ``vision_proj([CLS])`` (encode a gallery in chunks and
-        :meth:`RetrievalFeatures.cat` them)."""
-        states = self.encode_image(pixel_values, interpolate_pos_encoding).last_hidden_state
-        embeds = nn.functional.normalize(self.vision_proj(states[:, 0]), dim=-1)
-        return RetrievalFeatures(embeds, hidden_states=states)
-
-    @torch.no_grad()
-    def encode_texts(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> RetrievalFeatures:
-        """Gallery text features: normalised ``text_proj`` of the unimodal ``[CLS]``, and the ids and mask the
-        image-grounded encoder re-reads. Pad every chunk to one length (the original: ``max_length=35``)."""
-        if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
-        states = self.text_model(input_ids, attention_mask, mode="text", return_dict=True).last_hidden_state
-        embeds = nn.functional.normalize(self.text_proj(states[:, 0]), dim=-1)
-        return RetrievalFeatures(embeds, input_ids=input_ids, attention_mask=attention_mask)
-
-    @torch.no_grad()
-    def score_matrices(
-        self,
-        images: RetrievalFeatures,
-        texts: RetrievalFeatures,
-        k: int = 256,
-        fill_value: float = -100.0,
-        batch_size: int = 8,
-    ) -> RetrievalScores:
-        """BLIP's retrieval scores (``train_retrieval.py:evaluation``): for each image the ``k`` texts of highest ITC
-        cosine (and for each text the ``k`` images) get ``itm_head(...)[:, 1] + cosine``, the ITM match logit of the
-        image-grounded encoder (``[ENC]`` first) plus the similarity; every other entry is ``fill_value``. ``k`` is 256
-        for COCO and 128 for Flickr30k in the original (``k_test``), capped at the gallery size. ``batch_size``
-        queries are re-scored per encoder call (see :func:`~hf_vlp.objectives.contrastive.rerank_top_k`)."""
-        images.require("images", "hidden_states", built_by="encode_images")
-        texts.require("texts", "input_ids", "attention_mask", built_by="encode_texts")
-
-        def match_logits(image_indices: torch.Tensor, text_indices: torch.Tensor) -> torch.Tensor:
-            return self._itm_logits(
-                texts.input_ids[text_indices], texts.attention_mask[text_indices], images.hidden_states[image_indices]
-            )[:, 1]
-
-        return rerank_top_k(
-            images.embeds @ texts.embeds.T, match_logits, k, add_similarity=True, fill_value=fill_value,
-            batch_size=batch_size,
-        )
-
-    @torch.no_grad()
-    def rank(
-        self,
-        pixel_values: torch.Tensor,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
-        k: int = 256,
-        batch_size: int = 8,
-    ) -> RetrievalScores:
-        """:meth:`score_matrices` of a gallery small enough to encode in one batch per modality."""
-        return self.score_matrices(
-            self.encode_images(pixel_values), self.encode_texts(input_ids, attention_mask), k=k, batch_size=batch_size
+        return self._retrieval_forward(
+            input_ids, pixel_values, attention_mask, token_type_ids, image_ids, itm_negative_image_indices,
+            itm_negative_text_indices, alpha, update_queues, generator, interpolate_pos_encoding, return_dict,
         )
 
 

@@ -30,6 +30,7 @@ from ...modules.vision import interpolate_grid_embeddings
 from ...modules.towers import text_block_options
 from .configuration_blip import VlpBlipConfig
 from .modeling_blip import (
+    BlipTowersMixin,
     VlpBlipModel,
     VlpBlipPreTrainedModel,
     VlpBlipTextModel,
@@ -132,7 +133,7 @@ class VlpBlipForVisualReasoningOutput(ModelOutput):
     image_hidden_states: torch.Tensor | None = None
 
 
-class VlpBlipForVisualReasoning(VlpBlipPreTrainedModel):
+class VlpBlipForVisualReasoning(BlipTowersMixin, VlpBlipPreTrainedModel):
     """BLIP for NLVR2 (``models/blip_nlvr.py``).
 
     ``forward(input_ids, pixel_values [B, 2, C, H, W], attention_mask, labels)`` returns ``logits`` ``[B, 2]`` (labels
@@ -152,16 +153,10 @@ class VlpBlipForVisualReasoning(VlpBlipPreTrainedModel):
     def __init__(self, config: VlpBlipConfig) -> None:
         super().__init__(config)
         set_task_labels(config, self.task_labels)
-        self._build_towers(config)
+        self.build_towers(config)
         pair_cross_attentions(self.text_model, self.merge_from_layer)
         self.cls_head = MlpClassifierHead(config.text_config.hidden_size, len(self.task_labels))
         self.post_init()
-
-    def get_input_embeddings(self) -> nn.Embedding:
-        return self.text_model.get_input_embeddings()
-
-    def set_input_embeddings(self, value: nn.Embedding) -> None:
-        self.text_model.set_input_embeddings(value)
 
     def encode_image_pairs(self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool = False) -> torch.Tensor:
         """ViT tokens of both images of every example, ``[B, 2, N, D_v]`` (one pass over the ``2B`` images)."""

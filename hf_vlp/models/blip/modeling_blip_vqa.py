@@ -36,24 +36,25 @@ from transformers.modeling_outputs import ModelOutput
 from transformers.utils import logging
 
 from ...generation.utils import (
-    add_decoder_cache,
     decode_generated,
     fill_special_tokens,
+    finish_generation_kwargs,
     resolved_generation_value,
     special_token_ids_from_tokenizer,
+    start_generation,
     uncached_tokens,
 )
+from ...generation.beam_scoring import OriginalBeamScoringMixin
 from ...modules.attention import AttentionMemory
-from ...modules.heads import MaskedLMHead
+from ...objectives.lm import IGNORE_INDEX, shifted_lm_loss
+from ..towers import MaskedLMOutputEmbeddingsMixin, bert_prediction_head
 from .configuration_blip import VlpBlipConfig, VlpBlipTextConfig
 from .modeling_blip import (
-    IGNORE_INDEX,
-    OriginalBeamScoringMixin,
+    BlipTowersMixin,
     VlpBlipPreTrainedModel,
     VlpBlipTextModel,
     check_memory_rows,
     check_no_token_types,
-    shifted_lm_loss,
     with_first_token,
 )
 from .modeling_blip_pretraining import VlpBlipForPretraining
@@ -132,7 +133,9 @@ class VlpBlipAnswerRanking:
     first_token_probs: torch.Tensor
 
 
-class VlpBlipForQuestionAnswering(OriginalBeamScoringMixin, VlpBlipPreTrainedModel, GenerationMixin):
+class VlpBlipForQuestionAnswering(
+    OriginalBeamScoringMixin, MaskedLMOutputEmbeddingsMixin, BlipTowersMixin, VlpBlipPreTrainedModel, GenerationMixin
+):
     """BLIP VQA: ``vision_model`` + image-grounded question encoder ``text_model`` (``[ENC]`` first) + ``answer_decoder``
     (MED decoder role over the question states, ``[DEC]`` first) with its LM head ``answer_head``.
 
@@ -145,17 +148,16 @@ class VlpBlipForQuestionAnswering(OriginalBeamScoringMixin, VlpBlipPreTrainedMod
 
     main_input_name = "pixel_values"
     text_roles = ("encoder",)
+    output_head_name = "answer_head"
     model_card_pipeline_tag = "visual-question-answering"
     _tied_weights_keys = {"answer_head.decoder.weight": "answer_decoder.transformer.embeddings.word_embeddings.weight"}
 
     def __init__(self, config: VlpBlipConfig) -> None:
         super().__init__(config)
-        self._build_towers(config)
+        self.build_towers(config)
         decoder = answer_decoder_config(config.text_config)
         self.answer_decoder = VlpBlipTextModel(decoder, roles=("decoder",))
-        self.answer_head = MaskedLMHead(
-            decoder.hidden_size, decoder.vocab_size, activation=decoder.hidden_act, layer_norm_eps=decoder.layer_norm_eps
-        )
+        self.answer_head = bert_prediction_head(decoder)
         self.post_init()
         self.generation_config = self.default_generation_config()
 
@@ -223,18 +225,6 @@ class VlpBlipForQuestionAnswering(OriginalBeamScoringMixin, VlpBlipPreTrainedMod
             bos_token_id=text.bos_token_id, eos_token_id=text.sep_token_id, pad_token_id=text.pad_token_id,
             **ANSWER_DECODING,
         )
-
-    def get_input_embeddings(self) -> nn.Embedding:
-        return self.text_model.get_input_embeddings()
-
-    def set_input_embeddings(self, value: nn.Embedding) -> None:
-        self.text_model.set_input_embeddings(value)
-
-    def get_output_embeddings(self) -> nn.Linear:
-        return self.answer_head.decoder
-
-    def set_output_embeddings(self, value: nn.Linear) -> None:
-        self.answer_head.decoder = value
 
     # ------------------------------------------------------------------------------------------- building blocks
 
@@ -437,17 +427,8 @@ class VlpBlipForQuestionAnswering(OriginalBeamScoringMixin, VlpBlipPreTrainedMod
         """
         if pixel_values is None or input_ids is None:
             raise ValueError("generate needs the images (pixel_values) and the tokenised questions (input_ids)")
-        cache = kwargs.get("cache")
-        if cache is not None and cache.get_seq_length() > 0:
-            raise ValueError("generate starts every answer from [DEC]: pass an empty cache (or none)")
+        generation_config = start_generation(self, kwargs, generation_config, "answer from [DEC]")
         check_no_token_types(kwargs.pop("token_type_ids", None))
-        defaults = self.default_generation_config()
-        generation_config = fill_special_tokens(
-            kwargs,
-            generation_config,
-            self.generation_config,
-            {field: getattr(defaults, field) for field in ("bos_token_id", "eos_token_id", "pad_token_id")},
-        )
         settings = (kwargs, generation_config, self.generation_config)
         question_states = self.encode_question(pixel_values, input_ids, attention_mask, interpolate_pos_encoding)
         start_ids = torch.full(
@@ -455,9 +436,7 @@ class VlpBlipForQuestionAnswering(OriginalBeamScoringMixin, VlpBlipPreTrainedMod
         )
         use_cache = resolved_generation_value("use_cache", *settings, default=True)
         memory = AttentionMemory(question_states) if use_cache else question_states
-        add_decoder_cache(kwargs, generation_config, self.generation_config, self.answer_decoder.config)
-        if generation_config is not None:
-            kwargs["generation_config"] = generation_config
+        kwargs = finish_generation_kwargs(kwargs, generation_config, self.generation_config, self.answer_decoder.config)
         return self._generate_with_beam_scoring(
             beam_scoring, {**kwargs, "input_ids": start_ids, "question_states": memory}
         )

@@ -15,21 +15,10 @@ import re
 from typing import Any
 
 from transformers import BatchFeature
-from transformers.processing_utils import ProcessorMixin
-from transformers.utils import TensorType, logging
+from transformers.utils import TensorType
 
-from ...utils.text_processing import (
-    TEXT_KINDS,
-    check_bert_tokenizer,
-    check_positive_int,
-    checked_answers,
-    checked_texts,
-    encode_answer_ids,
-    first_words,
-    squeeze_whitespace,
-)
-
-logger = logging.get_logger(__name__)
+from ...utils.text_processing import check_positive_int, first_words, squeeze_whitespace
+from ..processing_utils import BertTextProcessorBase
 
 DEC_TOKEN, ENC_TOKEN = "[DEC]", "[ENC]"
 # The caption prompt of BLIP's captioner (configs/caption_coco.yaml); its tokens are not part of the LM loss.
@@ -86,7 +75,7 @@ def blip_special_token_ids(tokenizer: Any) -> dict[str, int]:
     return {name: int(value) for name, value in ids.items()}
 
 
-class VlpBlipProcessor(ProcessorMixin):
+class VlpBlipProcessor(BertTextProcessorBase):
     """Pairs a ``VlpBlipImageProcessor`` with a BERT tokenizer and prepares inputs as the original BLIP does.
 
     The tokenizer gets BLIP's ``[DEC]``/``[ENC]`` tokens if it lacks them (:func:`add_blip_special_tokens`). Text is
@@ -101,6 +90,10 @@ class VlpBlipProcessor(ProcessorMixin):
     as :class:`~hf_vlp.models.albef.VlpAlbefProcessor`, so VQA code treats the two processors alike.
     """
 
+    normalizers = {"caption": pre_caption, "question": pre_question}
+    row_special_tokens = 2
+    row_room = "[CLS], one token and [SEP]"
+
     def __init__(
         self,
         image_processor: Any = None,
@@ -113,23 +106,13 @@ class VlpBlipProcessor(ProcessorMixin):
         **kwargs: Any,
     ):
         super().__init__(image_processor, tokenizer, **kwargs)
-        check_bert_tokenizer(tokenizer, "BLIP")
+        self._set_text_settings("BLIP", max_length, max_words, answer_list)
         add_blip_special_tokens(tokenizer)
-        check_positive_int("max_length", max_length, minimum=3, why="room for [CLS], one token and [SEP]")
-        check_positive_int("max_words", max_words, minimum=1, why="at least one word")
         check_positive_int("max_question_words", max_question_words, minimum=1, why="at least one word")
         if not isinstance(prompt, str):
             raise TypeError(f"prompt must be a string (may be empty), got {type(prompt).__name__}")
-        self.max_length = max_length
-        self.max_words = max_words
         self.max_question_words = max_question_words
         self.prompt = prompt
-        self.answer_list = checked_answers(answer_list, "answer_list") if answer_list is not None else None
-
-    @property
-    def unused_input_names(self) -> list[str]:
-        """The tokenizer lists ``token_type_ids``, which this processor never returns."""
-        return ["token_type_ids"]
 
     @property
     def prompt_length(self) -> int:
@@ -168,48 +151,15 @@ class VlpBlipProcessor(ProcessorMixin):
         ``truncation=False`` over-long text raises instead of being cut. Extra keyword arguments go to the image
         processor.
         """
-        if text is None and images is None:
-            raise ValueError("Pass `text`, `images` or both to VlpBlipProcessor.")
-        if images_kwargs and images is None:
-            raise TypeError(f"Unexpected keyword arguments without images: {sorted(images_kwargs)}.")
-        data: dict[str, Any] = {}
-        if text is not None:
-            texts = self.normalize_text(text, text_kind=text_kind, max_words=max_words)
-            if add_prompt:
-                texts = [self.prompt + item for item in texts]
-            data.update(
-                self._encode(texts, padding, truncation, self.max_length if max_length is None else max_length)
-            )
-        if images is not None:
-            data.update(self.image_processor(images, return_tensors=return_tensors, **images_kwargs))
-        return BatchFeature(data=data, tensor_type=return_tensors)
+        max_length = self.max_length if max_length is None else max_length
+        return self._text_and_images(
+            text, images, return_tensors, images_kwargs, text_kind=text_kind, add_prompt=add_prompt,
+            padding=padding, truncation=truncation, max_length=max_length, max_words=max_words,
+        )
 
-    def normalize_text(
-        self, text: str | list[str], text_kind: str = "caption", max_words: int | None = None
-    ) -> list[str]:
-        """The text as the model sees it before tokenisation (:func:`pre_caption` or :func:`pre_question`)."""
-        if text_kind not in TEXT_KINDS:
-            raise ValueError(f"text_kind must be one of {TEXT_KINDS}; got {text_kind!r}.")
-        if max_words is None:
-            max_words = self.max_words if text_kind == "caption" else self.max_question_words
-        check_positive_int("max_words", max_words, minimum=1, why="at least one word")
-        normalize = pre_caption if text_kind == "caption" else pre_question
-        return [normalize(item, max_words) for item in checked_texts(text)]
-
-    def encode_answers(
-        self, answers: list[str] | None = None, return_tensors: str | TensorType | None = None
-    ) -> BatchFeature:
-        """Tokenise VQA answers as ``[CLS] tokens [SEP]``, padded with ``[PAD]`` to the longest, with their
-        ``attention_mask`` (``answer_list`` when ``answers`` is not given).
-
-        The original tokenises answers with ``padding='longest'`` and neither normalises nor truncates them;
-        ``VlpBlipForQuestionAnswering`` replaces the ``[CLS]`` by ``[DEC]`` itself (forward and ``rank_answers``).
-        """
-        if answers is None:
-            if self.answer_list is None:
-                raise ValueError("No answers given and the processor has no answer_list: pass `answers`.")
-            answers = self.answer_list
-        return BatchFeature(data=encode_answer_ids(self.tokenizer, answers), tensor_type=return_tensors)
+    def default_max_words(self, text_kind: str) -> int:
+        """``max_words`` for captions, ``max_question_words`` for questions."""
+        return self.max_words if text_kind == "caption" else self.max_question_words
 
     def decode_caption(self, token_ids: Any, strip_prompt: bool = True) -> str:
         """Caption text of one generated id sequence: special tokens skipped and, with ``strip_prompt``, the prompt's
@@ -217,44 +167,11 @@ class VlpBlipProcessor(ProcessorMixin):
         caption = self.tokenizer.decode(token_ids, skip_special_tokens=True)
         return caption[len(self.prompt) :] if strip_prompt and self.prompt else caption
 
-    def _encode(
-        self, texts: list[str], padding: bool | str, truncation: bool, max_length: int
-    ) -> dict[str, list[list[int]]]:
-        if padding not in ("longest", True, "max_length"):
-            raise ValueError(f"padding must be 'longest', True or 'max_length'; got {padding!r}.")
-        check_positive_int("max_length", max_length, minimum=3, why="room for [CLS], one token and [SEP]")
+    def _framed_rows(self, tokens: list[list[int]], max_length: int, truncation: bool) -> list[list[int]]:
+        """``[CLS] tokens [SEP]``, cut to ``max_length`` keeping the closing ``[SEP]``."""
         cls_id, sep_id = self._special_id("cls_token"), self._special_id("sep_token")
-        tokens = self._token_ids(texts)
-        too_long = [index for index, ids in enumerate(tokens) if len(ids) + 2 > max_length]
-        if too_long and not truncation:
-            raise ValueError(
-                f"Text {too_long[0]} has {len(tokens[too_long[0]]) + 2} tokens, more than max_length={max_length}; "
-                "shorten it, raise max_length or pass truncation=True."
-            )
-        if too_long:
-            logger.warning(
-                f"{len(too_long)} of {len(texts)} texts were longer than max_length={max_length} tokens and were "
-                "truncated (the closing [SEP] is kept)."
-            )
-        sequences = [[cls_id, *ids[: max_length - 2], sep_id] for ids in tokens]
-        target = max_length if padding == "max_length" else max(len(sequence) for sequence in sequences)
-        pad_id = self._special_id("pad_token")
-        return {
-            "input_ids": [sequence + [pad_id] * (target - len(sequence)) for sequence in sequences],
-            "attention_mask": [[1] * len(sequence) + [0] * (target - len(sequence)) for sequence in sequences],
-        }
-
-    def _token_ids(self, texts: list[str]) -> list[list[int]]:
-        encoded = self.tokenizer(
-            texts, add_special_tokens=False, return_attention_mask=False, return_token_type_ids=False, verbose=False
-        )
-        return encoded["input_ids"]
-
-    def _special_id(self, name: str) -> int:
-        value = getattr(self.tokenizer, f"{name}_id")
-        if value is None:
-            raise ValueError(f"The tokenizer has no {name}; BLIP needs a BERT tokenizer with [PAD], [CLS], [SEP], [MASK].")
-        return int(value)
+        self._overlong_rows([len(ids) + 2 for ids in tokens], max_length, truncation, " (the closing [SEP] is kept)")
+        return [[cls_id, *ids[: max_length - 2], sep_id] for ids in tokens]
 
 
 __all__ = ["VlpBlipProcessor", "add_blip_special_tokens", "blip_special_token_ids", "pre_caption", "pre_question"]

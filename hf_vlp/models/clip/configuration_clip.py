@@ -8,11 +8,13 @@ from typing import Any
 from huggingface_hub.dataclasses import strict
 from transformers import PretrainedConfig
 
+from ..configuration_towers import TextTowerConfig, VisionTowerConfig
+
 VISION_ARCHITECTURES = ("vit", "resnet")
 
 
 @strict
-class VlpClipVisionConfig(PretrainedConfig):
+class VlpClipVisionConfig(VisionTowerConfig):
     """Image tower: a ViT (``architecture="vit"``) or CLIP's ModifiedResNet (``"resnet"``).
 
     ResNet fields: ``resnet_layers`` (blocks per stage), ``resnet_width`` (stem width; features are 32x wider),
@@ -20,35 +22,21 @@ class VlpClipVisionConfig(PretrainedConfig):
     """
 
     model_type = "hf_vlp_clip_vision"
-    base_config_key = "vision_config"
 
     architecture: str = "vit"
-    hidden_size: int = 768
-    intermediate_size: int = 3072
-    num_hidden_layers: int = 12
-    num_attention_heads: int = 12
-    image_size: int = 224
     patch_size: int = 32
-    num_channels: int = 3
     resnet_layers: list[int] | None = None
     resnet_width: int = 64
     resnet_heads: int | None = None
     hidden_act: str = "quick_gelu"
     layer_norm_eps: float = 1e-5
-    attention_dropout: float = 0.0
     projection_dim: int = 512
-    initializer_range: float = 0.02
 
     def validate_architecture(self) -> None:
         if self.architecture not in VISION_ARCHITECTURES:
             raise ValueError(f"vision architecture must be one of {VISION_ARCHITECTURES}, got {self.architecture!r}")
         if self.architecture == "vit":
-            if self.hidden_size % self.num_attention_heads:
-                raise ValueError(
-                    f"hidden_size {self.hidden_size} is not a multiple of num_attention_heads {self.num_attention_heads}"
-                )
-            if self.image_size % self.patch_size:
-                raise ValueError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
+            super().validate_architecture()
         else:
             if not self.resnet_layers or len(self.resnet_layers) != 4:
                 raise ValueError(f"resnet_layers needs four stage depths, got {self.resnet_layers}")
@@ -70,32 +58,26 @@ class VlpClipVisionConfig(PretrainedConfig):
 
 
 @strict
-class VlpClipTextConfig(PretrainedConfig):
+class VlpClipTextConfig(TextTowerConfig):
     """Causal text transformer with end-of-text pooling."""
 
     model_type = "hf_vlp_clip_text"
-    base_config_key = "text_config"
 
     vocab_size: int = 49408
     hidden_size: int = 512
     intermediate_size: int = 2048
-    num_hidden_layers: int = 12
     num_attention_heads: int = 8
     max_position_embeddings: int = 77
     hidden_act: str = "quick_gelu"
     layer_norm_eps: float = 1e-5
     attention_dropout: float = 0.0
     projection_dim: int = 512
-    initializer_range: float = 0.02
     pad_token_id: int | None = 0
     bos_token_id: int | None = 49406
     eos_token_id: int | None = 49407
 
     def validate_architecture(self) -> None:
-        if self.hidden_size % self.num_attention_heads:
-            raise ValueError(
-                f"hidden_size {self.hidden_size} is not a multiple of num_attention_heads {self.num_attention_heads}"
-            )
+        super().validate_architecture()
         if self.eos_token_id is None or not 0 <= self.eos_token_id < self.vocab_size:
             raise ValueError(f"eos_token_id must be an id below vocab_size {self.vocab_size}, got {self.eos_token_id}")
 

@@ -18,8 +18,9 @@ from ...objectives.losses import contrastive_loss
 from ..modeling_utils import VlpPreTrainedModel
 from ...modules.pooling import AttentionPool2d
 from ...modules.text import CausalTextTransformer
-from ...modules.transformer import BlockOptions
+from ...modules.towers import block_options, build_vision_tower
 from ...modules.vision import Bottleneck, ModifiedResNet, VisionTransformer
+from ..towers import TextEmbeddingsMixin, VisionTowerMixin
 from .configuration_clip import VlpClipConfig, VlpClipTextConfig, VlpClipVisionConfig
 
 
@@ -45,17 +46,6 @@ class VlpClipTowerOutput(ModelOutput):
     pooler_output: torch.Tensor | None = None
     hidden_states: tuple[torch.Tensor, ...] | None = None
     attentions: tuple[torch.Tensor, ...] | None = None
-
-
-def _block_options(config: VlpClipVisionConfig | VlpClipTextConfig) -> BlockOptions:
-    return BlockOptions(
-        hidden_size=config.hidden_size,
-        num_heads=config.num_attention_heads,
-        intermediate_size=config.intermediate_size,
-        activation=config.hidden_act,
-        layer_norm_eps=config.layer_norm_eps,
-        attention_dropout=config.attention_dropout,
-    )
 
 
 def build_visual_projection(config: VlpClipVisionConfig) -> nn.Module:
@@ -140,75 +130,55 @@ class VlpClipPreTrainedModel(VlpPreTrainedModel):
                 init.constant_(module.logit_scale, self.config.logit_scale_init_value)
 
 
-class VlpClipVisionModel(VlpClipPreTrainedModel):
+class VlpClipVisionModel(VisionTowerMixin, VlpClipPreTrainedModel):
     """The image tower without projection: a ViT (``transformer``) or a ResNet (``trunk`` + ``attnpool``).
 
     ``pooler_output`` is the normalised class token (ViT) or the attention-pooled, already projected vector (ResNet).
     """
 
     config: VlpClipVisionConfig
-    main_input_name = "pixel_values"
-    input_modalities = ("image",)
 
-    def __init__(self, config: VlpClipVisionConfig) -> None:
-        super().__init__(config)
-        if config.architecture == "resnet":
-            self.trunk = ModifiedResNet(config.resnet_layers, config.resnet_width, config.num_channels)
-            self.attnpool = AttentionPool2d(
-                config.image_size // 32,
-                config.resnet_feature_size,
-                config.resnet_attention_heads,
-                config.projection_dim,
-                config=config,
-            )
-        else:
-            self.transformer = VisionTransformer(
-                _block_options(config),
-                num_layers=config.num_hidden_layers,
-                image_size=config.image_size,
-                patch_size=config.patch_size,
-                num_channels=config.num_channels,
-                patch_bias=False,
-                norm_pre=True,
-                final_norm="cls",
-                config=config,
-            )
-        self.post_init()
+    def build_tower(self, config: VlpClipVisionConfig) -> None:
+        if config.architecture != "resnet":
+            super().build_tower(config)
+            return
+        self.trunk = ModifiedResNet(config.resnet_layers, config.resnet_width, config.num_channels)
+        self.attnpool = AttentionPool2d(
+            config.image_size // 32,
+            config.resnet_feature_size,
+            config.resnet_attention_heads,
+            config.projection_dim,
+            config=config,
+        )
 
-    def forward(
+    def build_transformer(self, config: VlpClipVisionConfig) -> VisionTransformer:
+        return build_vision_tower(config, patch_bias=False, norm_pre=True, final_norm="cls")
+
+    def tower_output(
         self,
         pixel_values: torch.Tensor,
-        interpolate_pos_encoding: bool = False,
-        output_hidden_states: bool | None = None,
-        output_attentions: bool | None = None,
-        return_dict: bool | None = None,
-        **_: Any,
-    ) -> BaseModelOutputWithPooling | tuple:
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
-        if self.config.architecture == "resnet":
-            feature_map = self.trunk(pixel_values)
-            output = BaseModelOutputWithPooling(last_hidden_state=feature_map, pooler_output=self.attnpool(feature_map))
-        else:
-            output = self.transformer(
-                pixel_values,
-                interpolate_pos_encoding=interpolate_pos_encoding,
-                output_hidden_states=bool(output_hidden_states),
-                output_attentions=bool(output_attentions),
-            )
-        return output if return_dict else output.to_tuple()
+        interpolate_pos_encoding: bool,
+        output_hidden_states: bool,
+        output_attentions: bool,
+    ) -> BaseModelOutputWithPooling:
+        if self.config.architecture != "resnet":
+            return super().tower_output(pixel_values, interpolate_pos_encoding, output_hidden_states, output_attentions)
+        feature_map = self.trunk(pixel_values)
+        return BaseModelOutputWithPooling(last_hidden_state=feature_map, pooler_output=self.attnpool(feature_map))
 
 
-class VlpClipTextModel(VlpClipPreTrainedModel):
+class VlpClipTextModel(TextEmbeddingsMixin, VlpClipPreTrainedModel):
     """The text tower without projection; ``pooler_output`` is the end-of-text token after the final norm."""
 
     config: VlpClipTextConfig
     main_input_name = "input_ids"
     input_modalities = ("text",)
+    input_embeddings_path = "transformer.token_embedding"
 
     def __init__(self, config: VlpClipTextConfig) -> None:
         super().__init__(config)
         self.transformer = CausalTextTransformer(
-            _block_options(config),
+            block_options(config, attention_dropout=config.attention_dropout),
             num_layers=config.num_hidden_layers,
             vocab_size=config.vocab_size,
             context_length=config.max_position_embeddings,
@@ -216,12 +186,6 @@ class VlpClipTextModel(VlpClipPreTrainedModel):
             config=config,
         )
         self.post_init()
-
-    def get_input_embeddings(self) -> nn.Embedding:
-        return self.transformer.token_embedding
-
-    def set_input_embeddings(self, value: nn.Embedding) -> None:
-        self.transformer.token_embedding = value
 
     def forward(
         self,

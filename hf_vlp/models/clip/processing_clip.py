@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from transformers import BatchFeature
-from transformers.processing_utils import ProcessorMixin
 from transformers.utils import TensorType, logging
 
+from ...utils.text_processing import checked_texts
+from ..processing_utils import VlpProcessorBase, overlong_rows, pad_rows, padded_length
 from .tokenization_clip import DEFAULT_CONTEXT_LENGTH, clean_text
 
 logger = logging.get_logger(__name__)
@@ -15,7 +16,7 @@ logger = logging.get_logger(__name__)
 DEFAULT_PROMPT_TEMPLATE = "a photo of a {}."
 
 
-class VlpClipProcessor(ProcessorMixin):
+class VlpClipProcessor(VlpProcessorBase):
     """Pairs a `VlpClipImageProcessor` with a CLIP tokenizer and tokenises like the original CLIP.
 
     Text becomes `[SOT] + tokens + [EOT]`, padded with `pad_token_id` (0, as the original) to `context_length`
@@ -68,34 +69,17 @@ class VlpClipProcessor(ProcessorMixin):
         the image processor. ``max_length`` (the tokenizer-style name generic collators pass) caps the context
         length; it never extends it past the model's ``context_length``.
         """
-        if text is None and images is None:
-            raise ValueError("Pass `text`, `images` or both to VlpClipProcessor.")
-        if images_kwargs and images is None:
-            raise TypeError(f"Unexpected keyword arguments without images: {sorted(images_kwargs)}.")
-        data: dict[str, Any] = {}
-        if text is not None:
-            data.update(
-                self._encode_text(
-                    text,
-                    padding=padding,
-                    truncation=truncation,
-                    context_length=_resolve_context_length(self.context_length, context_length, max_length),
-                )
-            )
-        if images is not None:
-            data.update(self.image_processor(images, return_tensors=return_tensors, **images_kwargs))
-        return BatchFeature(data=data, tensor_type=return_tensors)
+        context_length = _resolve_context_length(self.context_length, context_length, max_length)
+        return self._text_and_images(
+            text, images, return_tensors, images_kwargs, padding=padding, truncation=truncation,
+            context_length=context_length,
+        )
 
     def _encode_text(
         self, text: str | list[str], padding: bool | str, truncation: bool, context_length: int
     ) -> dict[str, list[list[int]]]:
-        texts = [text] if isinstance(text, str) else text
-        if not isinstance(texts, (list, tuple)) or not all(isinstance(item, str) for item in texts):
-            raise TypeError("`text` must be a string or a list of strings.")
-        if not texts:
-            raise ValueError("`text` is an empty list: pass at least one string.")
-        if padding not in ("max_length", "longest", True):
-            raise ValueError(f"padding must be 'max_length', 'longest' or True; got {padding!r}.")
+        texts = checked_texts(text)
+        pad_to = padded_length(padding, context_length)
         _check_context_length(context_length)
 
         cleaned = [clean_text(item) for item in texts]
@@ -103,24 +87,18 @@ class VlpClipProcessor(ProcessorMixin):
         sot, eot = self.tokenizer.bos_token_id, self.tokenizer.eos_token_id
         sequences = [[sot, *ids, eot] for ids in token_ids]
 
-        too_long = [index for index, sequence in enumerate(sequences) if len(sequence) > context_length]
-        if too_long and not truncation:
-            raise ValueError(
-                f"Text {too_long[0]} has {len(sequences[too_long[0]])} tokens, more than context_length="
-                f"{context_length}; shorten it or pass truncation=True."
-            )
-        if too_long:
-            logger.warning(
-                f"{len(too_long)} of {len(sequences)} texts were longer than context_length={context_length} tokens "
-                "and were truncated (end-of-text token kept in the last position, as clip.tokenize(truncate=True))."
-            )
-            for index in too_long:
-                sequences[index] = sequences[index][: context_length - 1] + [eot]
-
-        target_length = context_length if padding == "max_length" else max(len(seq) for seq in sequences)
-        input_ids = [seq + [self.pad_token_id] * (target_length - len(seq)) for seq in sequences]
-        attention_mask = [[1] * len(seq) + [0] * (target_length - len(seq)) for seq in sequences]
-        return {"input_ids": input_ids, "attention_mask": attention_mask}
+        too_long = overlong_rows(
+            [len(sequence) for sequence in sequences],
+            context_length,
+            limit_name="context_length",
+            truncation=truncation,
+            fix="shorten it or pass truncation=True",
+            logger=logger,
+            kept_note=" (end-of-text token kept in the last position, as clip.tokenize(truncate=True))",
+        )
+        for index in too_long:
+            sequences[index] = sequences[index][: context_length - 1] + [eot]
+        return pad_rows(sequences, self.pad_token_id, pad_to)
 
     def format_labels(self, labels: list[str]) -> list[str]:
         """Turn class names into text prompts with `prompt_template` (e.g. "cat" -> "a photo of a cat.")."""

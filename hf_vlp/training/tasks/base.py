@@ -9,8 +9,9 @@ architecture or task is one subclass registered with :func:`register_task`; the 
         architecture, name, synthetic_task = "blip", "caption", "caption"
         recipe = get_recipe("blip", "caption")
         model_classes = (VlpBlipForConditionalGeneration,)
+        collator_class = BlipCaptionCollator
         def build(self, job): ...
-        def collator(self, model, processor, job, seed, bad_samples, train=True): ...
+        def train_transform(self, image_size): ...
         def evaluate(self, model, processor, job, spec, split, batch_size): ...
 
     register_task(BlipCaptionTask())
@@ -29,25 +30,14 @@ from torch import nn
 from transformers import AutoProcessor, TrainerCallback
 
 from ..callbacks import CollatorEpochCallback
-from ..collators import ImageTextCollator
-from ..data import AnyDataset, BadSampleCounter, load_image_text_dataset, resolve_dataset_spec
+from ..collators import ContrastiveCollator, ImageTextCollator
+from ..data import AnyDataset, BadSampleCounter, ImageTransform, load_image_text_dataset, resolve_dataset_spec
 from ..job import JobArguments
 from ..recipes import Recipe
 
-__all__ = [
-    "TrainingTask",
-    "architectures",
-    "get_task",
-    "register_task",
-    "saved_model_class",
-    "task_for_model_class",
-    "task_names",
-]
-
-
 class TrainingTask(abc.ABC):
-    """One task of one architecture. Subclasses set the class attributes and implement :meth:`build`,
-    :meth:`collator` and :meth:`evaluate`; the other methods have defaults that fit most tasks.
+    """One task of one architecture. Subclasses set the class attributes and implement :meth:`build` and
+    :meth:`evaluate`; the other methods have defaults that fit most tasks.
 
     Attributes:
         architecture / name: what ``hf-vlp train ARCH --task NAME`` selects.
@@ -57,7 +47,9 @@ class TrainingTask(abc.ABC):
         synthetic_task: which ``synthetic-shapes`` rows (``task=``) the task reads.
         image_column / text_column_candidates: the default image column and the text columns tried in order
             (``--image-column``/``--text-column`` win); ``keep_columns`` must exist, ``optional_columns`` are
-            carried along when present.
+            carried along when present. ``synthetic_image_column`` replaces ``image_column`` on synthetic-shapes.
+        collator_class: the collator of the task's batches, built by :meth:`collator`.
+        horizontal_flip: the collator's flip mode while augmenting (see ``ImageTextCollator``).
     """
 
     architecture: str
@@ -66,9 +58,12 @@ class TrainingTask(abc.ABC):
     model_classes: tuple[type, ...] = ()
     synthetic_task: str = "caption"
     image_column: str | None = None
+    synthetic_image_column: str | None = None
     text_column_candidates: tuple[str, ...] | None = None
     keep_columns: tuple[str, ...] = ()
     optional_columns: tuple[str, ...] = ()
+    collator_class: type[ImageTextCollator] = ContrastiveCollator
+    horizontal_flip: str = "none"
 
     # ------------------------------------------------------------------------------------------------ model
 
@@ -98,7 +93,9 @@ class TrainingTask(abc.ABC):
         ``max_samples`` only that many are generated)."""
         options: dict[str, Any] = {}
         resolved = resolve_dataset_spec(spec)
+        image_column = self.image_column
         if resolved.kind == "synthetic":
+            image_column = self.synthetic_image_column or image_column
             asked = resolved.options.get("task", self.synthetic_task)
             if asked != self.synthetic_task:
                 raise ValueError(
@@ -111,7 +108,7 @@ class TrainingTask(abc.ABC):
         return load_image_text_dataset(
             spec,
             split=split,
-            image_column=job.image_column or self.image_column,
+            image_column=job.image_column or image_column,
             text_column=job.text_column,
             skip_bad_samples=job.skip_bad_samples,
             bad_samples=bad_samples,
@@ -121,7 +118,6 @@ class TrainingTask(abc.ABC):
             **options,
         )
 
-    @abc.abstractmethod
     def collator(
         self,
         model: nn.Module,
@@ -131,7 +127,40 @@ class TrainingTask(abc.ABC):
         bad_samples: BadSampleCounter | None = None,
         train: bool = True,
     ) -> ImageTextCollator:
-        """The collator of training batches (``train``: with augmentation) or of evaluation batches."""
+        """The collator of training batches (``train``: with augmentation) or of evaluation batches:
+        ``collator_class`` with the task's :meth:`collator_options` and the shared :meth:`collator_settings`."""
+        return self.collator_class(
+            processor,
+            **self.collator_options(model, processor, seed),
+            **self.collator_settings(model, job, seed, bad_samples, train),
+        )
+
+    def collator_options(self, model: nn.Module, processor: Any, seed: int) -> dict[str, Any]:
+        """Keyword arguments of ``collator_class`` proper to this task (label columns, MLM settings, ...)."""
+        return {}
+
+    def collator_settings(
+        self, model: nn.Module, job: JobArguments, seed: int, bad_samples: BadSampleCounter | None, train: bool
+    ) -> dict[str, Any]:
+        """What every collator takes: the augmentation in effect, bad-sample handling and the augmentation seed."""
+        augment = self.augmentation(job, train)
+        paper = augment == "paper"
+        return {
+            "image_transform": self.train_transform(model.config.vision_config.image_size) if paper else None,
+            "skip_bad_samples": job.skip_bad_samples,
+            "bad_samples": bad_samples,
+            "augmentation_seed": seed,
+            "horizontal_flip": self.horizontal_flip if augment != "none" else "none",
+        }
+
+    def augmentation(self, job: JobArguments, train: bool) -> str:
+        """The augmentation in effect: ``paper`` (:meth:`train_transform`, then the flip) or ``none``
+        (evaluation, ``--no-augment``)."""
+        return "paper" if train and not job.no_augment else "none"
+
+    def train_transform(self, image_size: int) -> ImageTransform | None:
+        """The paper's training transform at ``image_size`` px (none by default)."""
+        return None
 
     def callbacks(self, model: nn.Module, collator: ImageTextCollator) -> list[TrainerCallback]:
         """Trainer callbacks; by default only the collator's epoch (per-epoch augmentation draws)."""

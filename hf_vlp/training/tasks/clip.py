@@ -13,10 +13,11 @@ from ...models.clip import VlpClipConfig, VlpClipImageProcessor, VlpClipModel, V
 from ...models.clip.tokenization_clip import load_clip_tokenizer
 from ...synthetic import SYNTHETIC_CLASS_NAMES, ZERO_SHOT_TEMPLATES
 from ..callbacks import CollatorEpochCallback, LogitScaleClampCallback
-from ..collators import ContrastiveCollator, ImageTextCollator
-from ..data import BadSampleCounter, clip_train_transform, resolve_dataset_spec
+from ..collators import ImageTextCollator
+from ..data import ImageTransform, resolve_dataset_spec
 from ..job import JobArguments
 from ..recipes import PACKAGED_BPE, get_recipe
+from ..transforms import clip_train_transform
 from .base import TrainingTask, register_task
 
 
@@ -51,24 +52,9 @@ class ClipContrastiveTask(TrainingTask):
         )
         return model, processor
 
-    def collator(
-        self,
-        model: nn.Module,
-        processor: Any,
-        job: JobArguments,
-        seed: int,
-        bad_samples: BadSampleCounter | None = None,
-        train: bool = True,
-    ) -> ImageTextCollator:
-        augment = train and not job.no_augment
-        size = model.config.vision_config.image_size
-        return ContrastiveCollator(
-            processor,
-            image_transform=clip_train_transform(size) if augment else None,
-            skip_bad_samples=job.skip_bad_samples,
-            bad_samples=bad_samples,
-            augmentation_seed=seed,
-        )
+    def train_transform(self, image_size: int) -> ImageTransform:
+        """CLIP/open_clip's RandomResizedCrop, ``scale=(0.9, 1.0)``."""
+        return clip_train_transform(image_size)
 
     def callbacks(self, model: nn.Module, collator: ImageTextCollator) -> list[TrainerCallback]:
         return [LogitScaleClampCallback(max_value=model.config.logit_scale_max), CollatorEpochCallback(collator)]

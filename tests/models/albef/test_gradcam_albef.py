@@ -6,35 +6,26 @@ import pytest
 import torch
 from PIL import Image
 
-from hf_vlp.models.albef import VlpAlbefConfig, VlpAlbefModel
+from hf_vlp.models.albef import VlpAlbefModel
 from hf_vlp.models.albef.gradcam import itm_gradcam, render_gradcam
+from tests.helpers.tiny_models import tiny_albef_config, tiny_batch
 
 GRID = 4  # 32 px images, 8 px patches
 
 
 def tiny_model(num_layers: int = 5, fusion_layer: int = 1, seed: int = 0) -> VlpAlbefModel:
     torch.manual_seed(seed)
-    vision = dict(
-        hidden_size=24, intermediate_size=48, num_hidden_layers=2, num_attention_heads=2, image_size=32, patch_size=8
+    config = tiny_albef_config(
+        vision=dict(image_size=32), text=dict(num_hidden_layers=num_layers, fusion_layer=fusion_layer), embed_dim=8
     )
-    text = dict(
-        vocab_size=40, hidden_size=16, intermediate_size=32, num_hidden_layers=num_layers, num_attention_heads=2,
-        max_position_embeddings=12, fusion_layer=fusion_layer,
-    )
-    model = VlpAlbefModel(VlpAlbefConfig(embed_dim=8, vision_config=vision, text_config=text)).eval()
+    model = VlpAlbefModel(config).eval()
     model.set_attn_implementation("eager")
     return model
 
 
 def tiny_inputs(batch: int = 3, seed: int = 0) -> dict[str, torch.Tensor]:
-    generator = torch.Generator().manual_seed(seed)
-    input_ids = torch.randint(5, 40, (batch, 7), generator=generator)
-    input_ids[:, 0] = 2
-    attention_mask = torch.ones_like(input_ids)
-    attention_mask[1:, 4:] = 0
-    input_ids[attention_mask == 0] = 0
-    pixel_values = torch.randn(batch, 3, 32, 32, generator=generator)
-    return {"pixel_values": pixel_values, "input_ids": input_ids, "attention_mask": attention_mask}
+    """32 px images; every caption but the first padded from column 4."""
+    return tiny_batch(batch, seed, image_shape=(3, 32, 32), padded_rows=slice(1, None), padded_from=4)
 
 
 def manual_gradcam(model: VlpAlbefModel, inputs: dict[str, torch.Tensor], fusion_index: int) -> torch.Tensor:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 
 import pytest
@@ -13,51 +12,29 @@ from conversion.convert_albef import convert_albef_checkpoint
 from hf_vlp.models.albef import VlpAlbefConfig, VlpAlbefForMaskedLM, VlpAlbefModel
 from hf_vlp.modules.text import PostNormBlock
 from hf_vlp.modules.transformer import PreNormBlock
+from tests.helpers.fixtures import converted_state, fixture_tensors, model_from_state
+from tests.helpers.tiny_models import tiny_albef_config, tiny_batch
 
-FIXTURE = Path(__file__).resolve().parents[2] / "fixtures" / "originals" / "albef_pretrain"
+FIXTURE = "albef_pretrain"
 FEATURE_ATOL, LOGIT_ATOL = 1e-5, 1e-4
 
 
-@functools.cache
-def converted_state() -> tuple[VlpAlbefConfig, dict[str, torch.Tensor]]:
-    result = convert_albef_checkpoint(FIXTURE / "checkpoint.pth", original_config=FIXTURE / "original_config.json", head="masked_lm")
-    return result.model.config, {key: value.clone() for key, value in result.model.state_dict().items()}
+def converted() -> tuple[dict, dict[str, torch.Tensor]]:
+    """The masked-LM head converted without a tokenizer: special-token ids as the original config leaves them."""
+    return converted_state(convert_albef_checkpoint, FIXTURE, with_tokenizer=False, head="masked_lm")
 
 
 def fixture_model(implementation: str = "sdpa") -> VlpAlbefForMaskedLM:
-    config, state = converted_state()
-    model = VlpAlbefForMaskedLM(VlpAlbefConfig.from_dict(config.to_dict())).eval()
-    model.load_state_dict(state, strict=True)
-    model.set_attn_implementation(implementation)
-    return model
-
-
-@functools.cache
-def fixture_tensors() -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    return load_file(FIXTURE / "inputs.safetensors"), load_file(FIXTURE / "outputs.safetensors")
+    return model_from_state(VlpAlbefForMaskedLM, converted(), implementation)
 
 
 def tiny_config(**overrides) -> VlpAlbefConfig:
-    vision = dict(hidden_size=24, intermediate_size=48, num_hidden_layers=2, num_attention_heads=2, image_size=16, patch_size=8)
-    text = dict(
-        vocab_size=40, hidden_size=16, intermediate_size=32, num_hidden_layers=3, num_attention_heads=2,
-        max_position_embeddings=12, fusion_layer=1,
-    )
-    return VlpAlbefConfig(embed_dim=8, vision_config=vision, text_config=text, **overrides)
+    return tiny_albef_config(**{"embed_dim": 8, **overrides})
 
 
 def tiny_inputs(batch: int = 3, seed: int = 0) -> dict[str, torch.Tensor]:
-    generator = torch.Generator().manual_seed(seed)
-    input_ids = torch.randint(5, 40, (batch, 7), generator=generator)
-    input_ids[:, 0] = 2
-    attention_mask = torch.ones_like(input_ids)
-    attention_mask[1:, 4:] = 0
-    input_ids[attention_mask == 0] = 0
-    return {
-        "input_ids": input_ids,
-        "attention_mask": attention_mask,
-        "pixel_values": torch.randn(batch, 3, 16, 16, generator=generator),
-    }
+    """Every row but the first padded from column 4."""
+    return tiny_batch(batch, seed, padded_rows=slice(1, None), padded_from=4)
 
 
 # --------------------------------------------------------------------------------------------------- parity
@@ -66,8 +43,10 @@ def tiny_inputs(batch: int = 3, seed: int = 0) -> dict[str, torch.Tensor]:
 @pytest.mark.parametrize("implementation", ["sdpa", "eager"])
 def test_parity_with_every_recorded_forward_output(implementation: str) -> None:
     model = fixture_model(implementation)
-    albef = model.albef
-    inputs, expected = fixture_tensors()
+    albef = VlpAlbefModel(model.config).eval()  # the same towers: every key but the MLM head's
+    albef.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("mlm_head.")}, strict=True)
+    albef.set_attn_implementation(implementation)
+    inputs, expected = fixture_tensors(FIXTURE)
     pixel_values, input_ids, mask = inputs["pixel_values"], inputs["input_ids"], inputs["attention_mask"]
     with torch.no_grad():
         image_embeds = albef.encode_image(pixel_values).last_hidden_state
@@ -105,8 +84,8 @@ def test_parity_with_every_recorded_forward_output(implementation: str) -> None:
 
 def test_itm_loss_from_the_recorded_hard_negatives() -> None:
     """The original's ``loss_itm`` needs only online towers once its multinomial draws are replayed."""
-    albef = fixture_model().albef
-    inputs, expected = fixture_tensors()
+    albef = fixture_model()
+    inputs, expected = fixture_tensors(FIXTURE)
     mask = inputs["attention_mask"]
     neg_image = expected["itm_neg_image_idx_for_text"]  # for text b, its negative image
     neg_text = expected["itm_neg_text_idx_for_image"]  # for image b, its negative text
@@ -125,7 +104,7 @@ def test_itm_loss_from_the_recorded_hard_negatives() -> None:
 
 
 def test_fixture_config_is_read_from_the_original() -> None:
-    config, _ = converted_state()
+    config = VlpAlbefConfig.from_dict(converted()[0])
     vision, text = config.vision_config, config.text_config
     assert (vision.hidden_size, vision.num_hidden_layers, vision.num_attention_heads, vision.patch_size) == (48, 2, 4, 8)
     assert (vision.image_size, vision.layer_norm_eps, vision.intermediate_size) == (32, 1e-6, 192)
@@ -219,9 +198,9 @@ def test_save_load_round_trip_ties_and_base_model_loading(tmp_path: Path) -> Non
     model.save_pretrained(tmp_path)
     saved = load_file(tmp_path / "model.safetensors")
     assert "mlm_head.decoder.weight" not in saved  # tied: stored once, as the word embeddings
-    inputs, expected = fixture_tensors()
+    inputs, expected = fixture_tensors(FIXTURE)
     loaded = VlpAlbefForMaskedLM.from_pretrained(tmp_path, dtype=torch.float32).eval()
-    assert loaded.mlm_head.decoder.weight is loaded.albef.text_model.get_input_embeddings().weight
+    assert loaded.mlm_head.decoder.weight is loaded.text_model.get_input_embeddings().weight
     base = VlpAlbefModel.from_pretrained(tmp_path, dtype=torch.float32).eval()
     with torch.no_grad():
         logits = loaded(inputs["mlm_input_ids"], inputs["pixel_values"], inputs["attention_mask"]).logits
@@ -244,15 +223,16 @@ def test_missing_temp_is_initialised_from_the_config(tmp_path: Path) -> None:
 
 def test_input_and_config_errors_say_what_to_do() -> None:
     model = VlpAlbefForMaskedLM(tiny_config()).eval()
+    base = VlpAlbefModel(tiny_config()).eval()
     inputs = tiny_inputs()
     with pytest.raises(ValueError, match="both input_ids and pixel_values"):
-        model.albef(input_ids=inputs["input_ids"])
+        base(input_ids=inputs["input_ids"])
     with pytest.raises(ValueError, match="2 images and 3 texts"):
-        model.albef(inputs["input_ids"], inputs["pixel_values"][:2], output_itm=True)
+        base(inputs["input_ids"], inputs["pixel_values"][:2], output_itm=True)
     with pytest.raises(ValueError, match="exactly one of pixel_values or image_hidden_states"):
         model(inputs["input_ids"])
     with pytest.raises(ValueError, match="interpolate_pos_encoding"):
-        model.albef.get_image_features(torch.randn(1, 3, 24, 24))
+        base.get_image_features(torch.randn(1, 3, 24, 24))
     with pytest.raises(Exception, match="temp"):
         tiny_config(temp=0.9)
     with pytest.raises(Exception, match="fusion_layer"):

@@ -25,27 +25,22 @@ from hf_vlp.models.albef.modeling_albef_reasoning import (
     paired_num_layers,
     sample_text_assignment,
 )
-from hf_vlp.objectives.momentum import momentum_update
 from hf_vlp.modules.attention import padding_mask
 from hf_vlp.modules.vision import interpolate_grid_embeddings
+from tests.helpers.momentum_checks import train_with_adam
+from tests.helpers.tiny_models import NO_DROPOUT, TINY_VIT
 
-IMAGE, PATCH, TEXT_LAYERS, FUSION = 16, 8, 4, 2
+IMAGE, TEXT_LAYERS, FUSION = TINY_VIT["image_size"], 4, 2
 
 
 def tiny_config(**overrides) -> VlpAlbefConfig:
-    settings = dict(
-        vision_config=dict(
-            hidden_size=24, intermediate_size=48, num_hidden_layers=2, num_attention_heads=2, image_size=IMAGE,
-            patch_size=PATCH,
-        ),
-        text_config=dict(
-            vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=TEXT_LAYERS, num_attention_heads=4,
-            max_position_embeddings=16, fusion_layer=FUSION, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
-        ),
-        embed_dim=16,
-        queue_size=8,
+    """The tiny ViT (``IMAGE`` px images, 8 px patches) and a width-32, 4-head text of ``TEXT_LAYERS`` layers fusing
+    from ``FUSION``; a ``vision_config``/``text_config`` override replaces that tower's settings whole."""
+    text = dict(
+        vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=TEXT_LAYERS, num_attention_heads=4,
+        max_position_embeddings=16, fusion_layer=FUSION, **NO_DROPOUT,
     )
-    settings.update(overrides)
+    settings = {"vision_config": dict(TINY_VIT), "text_config": text, "embed_dim": 16, "queue_size": 8, **overrides}
     return VlpAlbefConfig(**settings)
 
 
@@ -161,7 +156,7 @@ def pretrained_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_from_albef_pretrained_copies_fusion_layer_f_plus_i_into_both_layers_of_pair_i(pretrained_dir: Path) -> None:
     pretrained = VlpAlbefForPretraining.from_pretrained(pretrained_dir, dtype=torch.float32)
-    source_layers = pretrained.albef.text_model.transformer.encoder.layers
+    source_layers = pretrained.text_model.transformer.encoder.layers
     for source in (pretrained_dir, pretrained):
         model = VlpAlbefForVisualReasoning.from_albef_pretrained(source)
         layers = paired_layers(model)
@@ -172,7 +167,7 @@ def test_from_albef_pretrained_copies_fusion_layer_f_plus_i_into_both_layers_of_
         assert layers[2].cross_attn.kv.weight is layers[3].cross_attn.kv.weight
         assert torch.equal(
             model.vision_model.transformer.patch_embed.weight,
-            pretrained.albef.vision_model.transformer.patch_embed.weight,
+            pretrained.vision_model.transformer.patch_embed.weight,
         )
         for online, momentum in model.momentum_pairs():
             for p, p_m in zip(online.parameters(), momentum.parameters()):
@@ -187,7 +182,7 @@ def test_nlvr_with_the_same_image_twice_applies_each_pretrained_fusion_layer_twi
     pairs = torch.stack([batch["pixel_values"]] * 2, dim=1)
     with torch.no_grad():
         fused = model(batch["input_ids"], pairs, batch["attention_mask"], output_hidden_states=True).last_hidden_state
-        albef = pretrained.albef
+        albef = pretrained
         image = albef.encode_image(batch["pixel_values"]).last_hidden_state
         hidden = albef.encode_text(batch["input_ids"], batch["attention_mask"]).last_hidden_state
         mask = padding_mask(batch["attention_mask"], hidden.dtype)
@@ -198,7 +193,7 @@ def test_nlvr_with_the_same_image_twice_applies_each_pretrained_fusion_layer_twi
 
 def test_from_albef_pretrained_resizes_positions_and_builds_ta_and_ve(pretrained_dir: Path) -> None:
     pretrained = VlpAlbefForPretraining.from_pretrained(pretrained_dir, dtype=torch.float32)
-    positions = pretrained.albef.vision_model.transformer.position_embedding
+    positions = pretrained.vision_model.transformer.position_embedding
     model = VlpAlbefForVisualReasoning.from_albef_pretrained(pretrained, image_size=2 * IMAGE)
     expected = interpolate_grid_embeddings(positions, 1, 2, (4, 4))
     assert model.config.vision_config.image_size == 2 * IMAGE
@@ -207,13 +202,13 @@ def test_from_albef_pretrained_resizes_positions_and_builds_ta_and_ve(pretrained
     assert model(**tiny_batch() | {"pixel_values": torch.randn(4, 2, 3, 32, 32)}).logits.shape == (4, 2)
 
     ta = VlpAlbefForTextAssignment.from_albef_pretrained(pretrained)
-    assert torch.equal(ta.vision_proj.weight, pretrained.albef.vision_proj.weight)
-    pretrained_layers = pretrained.albef.text_model.transformer.encoder.layers
+    assert torch.equal(ta.vision_proj.weight, pretrained.vision_proj.weight)
+    pretrained_layers = pretrained.text_model.transformer.encoder.layers
     assert torch.equal(paired_layers(ta)[5].mlp.fc1.weight, pretrained_layers[3].mlp.fc1.weight)
     assert ta.config.id2label == {0: "first_image", 1: "second_image", 2: "neither"}
 
     ve = VlpAlbefForVisualEntailment.from_albef_pretrained(pretrained_dir)
-    towers = ((ve.text_model, pretrained.albef.text_model), (ve.vision_model, pretrained.albef.vision_model))
+    towers = ((ve.text_model, pretrained.text_model), (ve.vision_model, pretrained.vision_model))
     for online, source in towers:
         for (name, p), p_source in zip(online.named_parameters(), source.parameters()):
             assert torch.equal(p, p_source), name
@@ -392,18 +387,7 @@ def test_text_assignment_forward_sampled_indexed_and_paired() -> None:
 def overfit(model, step, steps: int = 30, lr: float = 1e-2) -> tuple[float, float]:
     """Train ``steps`` Adam steps (EMA after each, as MomentumCallback); return (first loss, last loss)."""
     torch.manual_seed(0)
-    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
-    model.train()
-    losses = []
-    for _ in range(steps):
-        loss = step(model)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        if hasattr(model, "momentum_pairs"):
-            momentum_update(model.momentum_pairs(), 0.9)
-        losses.append(loss.item())
-    model.eval()
+    losses = train_with_adam(model, lambda _: step(model), steps, lr, ema_momentum=0.9)
     return losses[0], losses[-1]
 
 

@@ -7,8 +7,6 @@ Tiny configs, fixed seeds; the momentum towers follow the online ones by EMA aft
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import numpy as np
 import PIL.Image
 import pytest
@@ -24,7 +22,8 @@ from hf_vlp.models.albef import (
 )
 from hf_vlp.models.albef.image_processing_albef import VlpAlbefImageProcessor
 from hf_vlp.models.albef.processing_albef import VlpAlbefProcessor
-from hf_vlp.objectives.momentum import momentum_update
+from tests.helpers.momentum_checks import train_with_adam
+from tests.helpers.tiny_models import NO_DROPOUT, tiny_albef_config
 
 NUM_EXAMPLES, IMAGE_SIZE = 8, 16
 PAD_ID, CLS_ID, SEP_ID, MASK_ID = 0, 2, 3, 4
@@ -35,14 +34,7 @@ WORDS = (
 VOCAB = {token: index for index, token in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS])}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tensors this small gain nothing from intra-op threads, and on a busy machine the thread handoffs cost more
-    than the arithmetic (measured: 2 s instead of 40 s for the pretraining test on a loaded 2-core machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_config(
@@ -51,19 +43,17 @@ def tiny_config(
     """Width-16 text, 1-layer ViT on 16 px / 8 px patches. BERT's 0.02 init leaves the [CLS] states of such a
     small model nearly equal across examples; the contrastive heads start from a wider one."""
     vision = dict(
-        hidden_size=vision_width, intermediate_size=2 * vision_width, num_hidden_layers=1, num_attention_heads=2,
-        image_size=IMAGE_SIZE, patch_size=8, initializer_range=initializer_range,
+        hidden_size=vision_width, intermediate_size=2 * vision_width, num_hidden_layers=1,
+        initializer_range=initializer_range,
     )
     text = dict(
-        vocab_size=len(VOCAB), hidden_size=16, intermediate_size=32, num_hidden_layers=text_layers,
-        num_attention_heads=2, max_position_embeddings=16, fusion_layer=1, hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0, cls_token_id=CLS_ID, sep_token_id=SEP_ID, mask_token_id=MASK_ID,
-        initializer_range=initializer_range,
+        vocab_size=len(VOCAB), num_hidden_layers=text_layers, max_position_embeddings=16, cls_token_id=CLS_ID,
+        sep_token_id=SEP_ID, mask_token_id=MASK_ID, initializer_range=initializer_range, **NO_DROPOUT,
     )
     settings = {
         "embed_dim": 8, "queue_size": NUM_EXAMPLES, "momentum": 0.9, "initializer_range": initializer_range, **overrides
     }
-    return VlpAlbefConfig(vision_config=vision, text_config=text, **settings)
+    return tiny_albef_config(vision=vision, text=text, **settings)
 
 
 def images(seed: int = 0) -> torch.Tensor:
@@ -81,24 +71,6 @@ def captions(seed: int = 0, length: int = 6) -> tuple[torch.Tensor, torch.Tensor
     return input_ids.masked_fill(attention_mask == 0, PAD_ID), attention_mask
 
 
-def train(model: torch.nn.Module, step_loss: Callable[[int], torch.Tensor], steps: int, lr: float) -> list[float]:
-    """``steps`` Adam steps on ``step_loss(step)``, each followed by the momentum EMA when the model has one; leaves
-    the model in eval mode and returns the training losses."""
-    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
-    model.train()
-    losses = []
-    for step in range(steps):
-        loss = step_loss(step)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        if hasattr(model, "momentum_pairs"):
-            momentum_update(model.momentum_pairs(), model.momentum)
-        losses.append(loss.item())
-    model.eval()
-    return losses
-
-
 def shifted(offset: int) -> torch.Tensor:
     """Pair ``b`` with example ``b + offset`` (mod 8): a fixed choice of negatives."""
     return (torch.arange(NUM_EXAMPLES) + offset) % NUM_EXAMPLES
@@ -107,7 +79,7 @@ def shifted(offset: int) -> torch.Tensor:
 @torch.no_grad()
 def itm_predictions(model: VlpAlbefForPretraining, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """ITM's match (1) / no match (0) call for every (image i, text j) of the batch: ``[8, 8]``."""
-    albef, mask = model.albef, batch["attention_mask"]
+    albef, mask = model, batch["attention_mask"]
     image_states = albef.encode_image(batch["pixel_values"]).last_hidden_state
     text_states = albef.encode_text(batch["input_ids"], mask).last_hidden_state
     images_of_pairs = torch.arange(NUM_EXAMPLES).repeat_interleave(NUM_EXAMPLES)
@@ -143,7 +115,9 @@ def test_pretraining_loss_falls_and_itm_tells_matches_from_mismatches() -> None:
     model.eval()
     before, hits_before = fixed_step_loss(), itm_hits(itm_predictions(model, batch))
     generator = torch.Generator().manual_seed(0)
-    train(model, lambda step: model(**batch, return_loss=True, generator=generator, update_queues=True).loss, 100, 3e-3)
+    train_with_adam(
+        model, lambda step: model(**batch, return_loss=True, generator=generator, update_queues=True).loss, 100, 3e-3
+    )
     after = fixed_step_loss()
     assert after < 0.4 * before, (before, after)
     # ITM over all 64 (image, text) combinations, most of which it never scored in training
@@ -162,7 +136,7 @@ def test_masked_lm_fills_in_the_word_only_the_image_tells() -> None:
     input_ids = sentence.repeat(NUM_EXAMPLES, 1)
     labels = torch.full_like(input_ids, -100)
     labels[:, 3] = words
-    losses = train(model, lambda step: model(input_ids, pixel_values, labels=labels).loss, 40, 1e-2)
+    losses = train_with_adam(model, lambda step: model(input_ids, pixel_values, labels=labels).loss, 40, 1e-2)
     assert losses[-1] < 0.05 * losses[0], losses
     with torch.no_grad():
         predicted = model(input_ids, pixel_values).logits[:, 3].argmax(dim=-1)
@@ -179,7 +153,7 @@ def test_retrieval_ranks_each_images_caption_first() -> None:
     with torch.no_grad():
         model.eval()
         before = model.rank(pixel_values, input_ids, attention_mask, k=3)
-    losses = train(
+    losses = train_with_adam(
         model,
         lambda step: model(
             input_ids, pixel_values, attention_mask, image_ids=image_ids, generator=generator, update_queues=True
@@ -221,7 +195,7 @@ def test_question_answering_ranks_and_generates_the_trained_answers(processor: V
     model = VlpAlbefForQuestionAnswering(tiny_config(vision_width=16, text_layers=2, initializer_range=0.02))
     inputs = processor(images=pil_images(seed=4), text=QUESTIONS, text_kind="question", return_tensors="pt")
     answers = processor.encode_answers(ANSWERS, return_tensors="pt")
-    losses = train(
+    losses = train_with_adam(
         model,
         lambda step: model(
             **inputs, answer_input_ids=answers["input_ids"], answer_attention_mask=answers["attention_mask"],

@@ -3,14 +3,11 @@ fixture), image-id positives and the id queue, Trainer overfitting, save/load ro
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 
 import pytest
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file
-from transformers import AutoModel, Trainer, TrainingArguments
+from transformers import AutoModel
 
 from conversion.convert_albef import convert_albef_checkpoint
 from hf_vlp.models.albef import (
@@ -21,69 +18,38 @@ from hf_vlp.models.albef import (
     VlpAlbefRetrievalFeatures,
     recall_at_k_from_scores,
 )
-from hf_vlp.training.callbacks import MomentumCallback
+from tests.helpers import momentum_checks as checks
+from tests.helpers.fixtures import converted_state, fixture_tensors, model_from_state
+from tests.helpers.tiny_models import NO_DROPOUT, tiny_albef_config, tiny_captions
 
-FIXTURE = Path(__file__).resolve().parents[2] / "fixtures" / "originals" / "albef_retrieval"
+FIXTURE = "albef_retrieval"
 FEATURE_ATOL, LOGIT_ATOL = 1e-5, 1e-4
 ALPHA, K_TEST = 0.4, 2  # the fixture's alpha and k_test
 
 
-@functools.cache
-def converted_state() -> tuple[VlpAlbefConfig, dict[str, torch.Tensor]]:
-    result = convert_albef_checkpoint(
-        FIXTURE / "checkpoint.pth", original_config=FIXTURE / "original_config.json", tokenizer=FIXTURE / "vocab.txt"
-    )
-    assert isinstance(result.model, VlpAlbefForImageTextRetrieval)
-    return result.model.config, {key: value.clone() for key, value in result.model.state_dict().items()}
+def converted() -> tuple[dict, dict[str, torch.Tensor]]:
+    return converted_state(convert_albef_checkpoint, FIXTURE, VlpAlbefForImageTextRetrieval)
 
 
 def fixture_model() -> VlpAlbefForImageTextRetrieval:
-    config, state = converted_state()
-    model = VlpAlbefForImageTextRetrieval(VlpAlbefConfig.from_dict(config.to_dict())).eval()
-    model.load_state_dict(state, strict=True)
-    return model
-
-
-@functools.cache
-def fixture_tensors() -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    return load_file(FIXTURE / "inputs.safetensors"), load_file(FIXTURE / "outputs.safetensors")
+    return model_from_state(VlpAlbefForImageTextRetrieval, converted())
 
 
 def recorded_step_inputs() -> dict[str, torch.Tensor]:
     """The fixture's batch with its image ids plus the original forward's hard-negative draws."""
-    inputs, expected = fixture_tensors()
-    return {
-        "input_ids": inputs["input_ids"],
-        "pixel_values": inputs["pixel_values"],
-        "attention_mask": inputs["attention_mask"],
-        "image_ids": inputs["idx"],
-        "itm_negative_image_indices": expected["itm_neg_image_idx_for_text"],
-        "itm_negative_text_indices": expected["itm_neg_text_idx_for_image"],
-    }
-
-
-def ema_step(model: VlpAlbefForImageTextRetrieval) -> None:
-    """The callback's EMA update after an optimizer step (the original's at forward start)."""
-    MomentumCallback().on_optimizer_step(None, None, None, model=model)
+    inputs, _ = fixture_tensors(FIXTURE)
+    return {**checks.recorded_itm_step_inputs(FIXTURE), "image_ids": inputs["idx"]}
 
 
 def tiny_config(**overrides) -> VlpAlbefConfig:
-    vision = dict(hidden_size=24, intermediate_size=48, num_hidden_layers=2, num_attention_heads=2, image_size=16, patch_size=8)
-    text = dict(
-        vocab_size=40, hidden_size=16, intermediate_size=32, num_hidden_layers=3, num_attention_heads=2,
-        max_position_embeddings=12, fusion_layer=1, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
-    )
-    return VlpAlbefConfig(vision_config=vision, text_config=text, **{"embed_dim": 8, "queue_size": 16, **overrides})
+    """Dropout-free; 8-dim features, queues of 16."""
+    return tiny_albef_config(text=NO_DROPOUT, **{"embed_dim": 8, "queue_size": 16, **overrides})
 
 
 def tiny_batch(batch: int = 8, seed: int = 0) -> dict[str, torch.Tensor]:
     """``batch`` captions of ``batch // 2`` images: captions 2i and 2i+1 describe image i (same pixels, same id)."""
     generator = torch.Generator().manual_seed(seed)
-    input_ids = torch.randint(5, 40, (batch, 7), generator=generator)
-    input_ids[:, 0] = 2
-    attention_mask = torch.ones_like(input_ids)
-    attention_mask[1::2, 5:] = 0
-    input_ids[attention_mask == 0] = 0
+    input_ids, attention_mask = tiny_captions(generator, batch)
     images = torch.randn(batch // 2, 3, 16, 16, generator=generator)
     image_ids = torch.arange(batch) // 2 + 10 * seed
     return {
@@ -97,8 +63,8 @@ def tiny_batch(batch: int = 8, seed: int = 0) -> dict[str, torch.Tensor]:
 
 def test_parity_towers_features_similarities_and_positive_itm() -> None:
     model = fixture_model()
-    inputs, expected = fixture_tensors()
-    albef = model.albef
+    inputs, expected = fixture_tensors(FIXTURE)
+    albef = model
     with torch.no_grad():
         image_states = albef.encode_image(inputs["pixel_values"]).last_hidden_state
         text_states = albef.encode_text(inputs["input_ids"], inputs["attention_mask"]).last_hidden_state
@@ -123,8 +89,8 @@ def test_parity_towers_features_similarities_and_positive_itm() -> None:
 def test_parity_one_fine_tuning_step_losses_and_queues() -> None:
     """EMA update, then the forward with the recorded draws: losses and all three queues as recorded."""
     model = fixture_model()
-    _, expected = fixture_tensors()
-    ema_step(model)
+    _, expected = fixture_tensors(FIXTURE)
+    checks.ema_step(model)
     with torch.no_grad():
         out = model(**recorded_step_inputs(), alpha=ALPHA, update_queues=True)
     torch.testing.assert_close(out.loss_itc, expected["loss_ita"], atol=LOGIT_ATOL, rtol=0)
@@ -141,7 +107,7 @@ def test_parity_one_fine_tuning_step_losses_and_queues() -> None:
 def test_queue_entries_with_the_same_image_id_are_positives() -> None:
     """The checkpoint's idx_queue holds ids 7 and 3 (slots 0 and 2): without them the ITC loss changes."""
     model = fixture_model()
-    ema_step(model)
+    checks.ema_step(model)
     with torch.no_grad():
         with_queue_ids = model(**recorded_step_inputs(), alpha=0.0).loss_itc
         model.idx_queue.queue.fill_(-100)
@@ -150,21 +116,16 @@ def test_queue_entries_with_the_same_image_id_are_positives() -> None:
 
 
 def test_seeded_forward_replays_the_originals_hard_negatives() -> None:
-    model = fixture_model()
-    inputs, expected = fixture_tensors()
-    ema_step(model)
-    with safe_open(str(FIXTURE / "outputs.safetensors"), framework="pt") as handle:
-        torch.manual_seed(int(handle.metadata()["loss_seed"]))
-    with torch.no_grad():
-        out = model(inputs["input_ids"], inputs["pixel_values"], inputs["attention_mask"], image_ids=inputs["idx"], alpha=ALPHA)
-    assert torch.equal(out.itm_negative_image_indices, expected["itm_neg_image_idx_for_text"])
-    assert torch.equal(out.itm_negative_text_indices, expected["itm_neg_text_idx_for_image"])
+    inputs, expected = fixture_tensors(FIXTURE)
+    out = checks.assert_seeded_forward_replays_the_recorded_negatives(
+        fixture_model(), FIXTURE, image_ids=inputs["idx"], alpha=ALPHA
+    )
     torch.testing.assert_close(out.loss_itm, expected["loss_itm"], atol=LOGIT_ATOL, rtol=0)
 
 
 def test_parity_gallery_scores_itc_top_k_then_itm() -> None:
     model = fixture_model()
-    inputs, expected = fixture_tensors()
+    inputs, expected = fixture_tensors(FIXTURE)
     scores = model.rank(inputs["gallery_pixel_values"], inputs["gallery_input_ids"], inputs["gallery_attention_mask"], k=K_TEST)
     torch.testing.assert_close(scores.similarities, expected["gallery_sims_matrix"], atol=FEATURE_ATOL, rtol=0)
     torch.testing.assert_close(scores.image_to_text, expected["gallery_score_matrix_i2t"], atol=LOGIT_ATOL, rtol=0)
@@ -190,7 +151,7 @@ def per_query_scores(
     similarities = images.embeds @ texts.embeds.T
     image_to_text = torch.full_like(similarities, -100.0)
     text_to_image = torch.full_like(similarities.T, -100.0)
-    albef = model.albef
+    albef = model
     for row in range(similarities.shape[0]):
         top = similarities[row].topk(min(k, similarities.shape[1])).indices
         image = images.hidden_states[row].expand(len(top), -1, -1)
@@ -252,8 +213,8 @@ def test_same_image_captions_are_never_hard_negatives_and_queues_fill_with_ids()
     assert model.idx_queue.queue[0].tolist() == (torch.arange(8) // 2).tolist() + (torch.arange(8) // 2 + 10).tolist()
     assert int(model.idx_queue.ptr) == 0
     out.loss.backward()
-    assert all(p.grad is None for n, p in model.named_parameters() if n.startswith("momentum_"))
-    assert model.albef.temp.grad is not None and model.albef.itm_head.weight.grad.abs().sum() > 0
+    checks.assert_no_momentum_gradient(model)
+    assert model.temp.grad is not None and model.itm_head.weight.grad.abs().sum() > 0
 
 
 def test_errors_say_what_to_do() -> None:
@@ -278,34 +239,14 @@ def test_errors_say_what_to_do() -> None:
 # --------------------------------------------------------------------------------------------------- training
 
 
-class FixedCaptions(torch.utils.data.Dataset):
-    def __init__(self) -> None:
-        self.batch = tiny_batch(8, seed=3)
-
-    def __len__(self) -> int:
-        return 8
-
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        return {key: value[index] for key, value in self.batch.items()}
-
-
 def test_trainer_overfits_eight_captions_with_the_momentum_callback(tmp_path: Path) -> None:
     torch.manual_seed(0)
     config = tiny_config(queue_size=8, momentum=0.9, itm_negative_eps=1e-4)
-    for settings in (config, config.vision_config, config.text_config):
-        settings.initializer_range = 0.2
+    checks.widen_initialisation(config)
     model = VlpAlbefForImageTextRetrieval(config)
     momentum_before = model.momentum_vision_proj.weight.detach().clone()
-    args = TrainingArguments(
-        output_dir=str(tmp_path), max_steps=40, per_device_train_batch_size=8, learning_rate=5e-3, warmup_steps=0,
-        logging_steps=1, report_to=[], save_strategy="no", dataloader_drop_last=True, use_cpu=True,
-        lr_scheduler_type="constant", seed=0, disable_tqdm=True,
-    )
-    trainer = Trainer(model=model, args=args, train_dataset=FixedCaptions(), callbacks=[MomentumCallback(alpha_warmup_steps=10)])
-    trainer.train()
-    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
-    assert len(losses) == 40
-    assert sum(losses[-5:]) / 5 < 0.6 * sum(losses[:5]) / 5, losses
+    losses = checks.train_with_momentum_callback(model, tmp_path, checks.FixedRows(tiny_batch(8, seed=3)), 40)
+    checks.assert_loss_fell(losses, 40, 0.6)
     assert not torch.equal(model.momentum_vision_proj.weight, momentum_before)
     model.eval()
     batch = tiny_batch(8, seed=3)
@@ -321,24 +262,14 @@ def test_trainer_overfits_eight_captions_with_the_momentum_callback(tmp_path: Pa
 
 def test_save_load_round_trip_keeps_queues_and_frozen_momentum(tmp_path: Path) -> None:
     model = fixture_model()
-    ema_step(model)
-    with torch.no_grad():
-        model(**recorded_step_inputs(), update_queues=True)
-    model.save_pretrained(tmp_path)
-    saved = load_file(tmp_path / "model.safetensors")
-    assert {"idx_queue.queue", "idx_queue.ptr", "image_queue.queue", "text_queue.ptr", "momentum_text_proj.weight"} <= set(saved)
-    loaded = VlpAlbefForImageTextRetrieval.from_pretrained(tmp_path, dtype=torch.float32).eval()
-    reference = model.state_dict()
-    for key, value in loaded.state_dict().items():
-        assert torch.equal(value, reference[key]), key
+    saved = checks.save_after_a_queue_update(model, tmp_path, recorded_step_inputs())
+    queues_and_momentum = {"idx_queue.queue", "idx_queue.ptr", "image_queue.queue", "text_queue.ptr"}
+    assert queues_and_momentum | {"momentum_text_proj.weight"} <= set(saved)
+    loaded = checks.reload_same_state(VlpAlbefForImageTextRetrieval, tmp_path, model)
     assert loaded.idx_queue.queue.dtype == torch.long and int(loaded.idx_queue.ptr) == 4
-    assert all(not p.requires_grad for n, p in loaded.named_parameters() if n.startswith("momentum_"))
-    with torch.no_grad():
-        expected = model(**recorded_step_inputs()).loss
-        actual = loaded(**recorded_step_inputs()).loss
-    torch.testing.assert_close(actual, expected, atol=0, rtol=0)
+    checks.assert_same_loss(loaded, model, recorded_step_inputs())
     base = AutoModel.from_pretrained(tmp_path, dtype=torch.float32)
-    assert isinstance(base, VlpAlbefModel) and torch.equal(base.itm_head.weight, model.albef.itm_head.weight)
+    assert isinstance(base, VlpAlbefModel) and torch.equal(base.itm_head.weight, model.itm_head.weight)
 
 
 def test_fine_tuning_starts_from_a_pretraining_directory(tmp_path: Path) -> None:
@@ -355,8 +286,8 @@ def test_fine_tuning_starts_from_a_pretraining_directory(tmp_path: Path) -> None
 def test_loading_a_pretraining_directory_aligns_the_fresh_id_queue_with_the_feature_queues(tmp_path: Path) -> None:
     """The original keeps one pointer for features and ids: a retrieval head started from pre-training (whose
     queues are mid-way) must write ids into the same columns as the features, with every old slot unlabelled."""
-    config, _ = converted_state()
-    pretraining = VlpAlbefForPretraining(VlpAlbefConfig.from_dict(config.to_dict()))
+    config, _ = converted()
+    pretraining = VlpAlbefForPretraining(VlpAlbefConfig.from_dict(config))
     with torch.no_grad():
         for queue in (pretraining.image_queue, pretraining.text_queue):
             queue.ptr.fill_(2)

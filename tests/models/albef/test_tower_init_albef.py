@@ -31,10 +31,10 @@ def test_pretraining_model_from_vit_and_bert_directories(tmp_path):
     model, reports = VlpAlbefForPretraining.from_pretrained_towers(config, vision=tmp_path / "vit", text=tmp_path / "bert")
     assert "position_embedding" in reports["vision"].interpolated  # 2x2 grid -> 4x4 for 32 px images
     assert any("cross_attn" in key for key in reports["text"].not_initialised)
-    text_tower = model.albef.text_model.transformer
+    text_tower = model.text_model.transformer
     torch.testing.assert_close(text_tower.embeddings.word_embeddings.weight, bert.bert.embeddings.word_embeddings.weight)
     assert model.mlm_head.decoder.weight is text_tower.embeddings.word_embeddings.weight  # still tied
-    vision_tower = model.albef.vision_model.transformer
+    vision_tower = model.vision_model.transformer
     torch.testing.assert_close(vision_tower.class_embedding.flatten(), vit.embeddings.cls_token.flatten())
     for online, momentum in model.momentum_pairs():  # momentum towers start as copies of the loaded towers
         for p, p_m in zip(online.parameters(), momentum.parameters()):

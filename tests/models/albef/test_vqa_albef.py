@@ -3,65 +3,41 @@ answer ranking and distilled training loss (albef_vqa fixture), loss options, ov
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
 from transformers import BertTokenizer
 
 from conversion.convert_albef import convert_albef_checkpoint
 from hf_vlp.models.albef import VlpAlbefConfig, VlpAlbefForPretraining, VlpAlbefForQuestionAnswering
-from hf_vlp.models.albef.modeling_albef import summed_answer_losses
+from hf_vlp.objectives.lm import summed_answer_losses
 from hf_vlp.training.callbacks import MomentumCallback
+from tests.helpers.fixtures import converted_state, fixture_dir, fixture_inputs, fixture_tensors, model_from_state
+from tests.helpers.momentum_checks import ema_step
+from tests.helpers.tiny_models import NO_DROPOUT, tiny_albef_config
 
-FIXTURE = Path(__file__).resolve().parents[2] / "fixtures" / "originals" / "albef_vqa"
+FIXTURE = "albef_vqa"
 FEATURE_ATOL, LOGIT_ATOL = 1e-5, 1e-4
 ALPHA, K_TEST = 0.4, 3  # the fixture's alpha and k_test
 
 
-@functools.cache
-def converted_state() -> tuple[VlpAlbefConfig, dict[str, torch.Tensor]]:
-    result = convert_albef_checkpoint(
-        FIXTURE / "checkpoint.pth", original_config=FIXTURE / "original_config.json", tokenizer=FIXTURE / "vocab.txt"
-    )
-    assert isinstance(result.model, VlpAlbefForQuestionAnswering)
-    return result.model.config, {key: value.clone() for key, value in result.model.state_dict().items()}
-
-
 def fixture_model() -> VlpAlbefForQuestionAnswering:
-    config, state = converted_state()
-    model = VlpAlbefForQuestionAnswering(VlpAlbefConfig.from_dict(config.to_dict())).eval()
-    model.load_state_dict(state, strict=True)
-    return model
-
-
-@functools.cache
-def fixture_tensors() -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    return load_file(FIXTURE / "inputs.safetensors"), load_file(FIXTURE / "outputs.safetensors")
+    converted = converted_state(convert_albef_checkpoint, FIXTURE, VlpAlbefForQuestionAnswering)
+    return model_from_state(VlpAlbefForQuestionAnswering, converted)
 
 
 def training_inputs() -> dict[str, torch.Tensor]:
-    inputs, _ = fixture_tensors()
-    return {
-        "input_ids": inputs["train_question_input_ids"],
-        "attention_mask": inputs["train_question_attention_mask"],
-        "pixel_values": inputs["pixel_values"],
-        "answer_input_ids": inputs["train_answer_input_ids"],
-        "answer_attention_mask": inputs["train_answer_attention_mask"],
-        "answer_weights": inputs["train_answer_weights"],
-        "answers_per_question": inputs["train_answers_per_question"],
-    }
-
-
-def ema_step(model: VlpAlbefForQuestionAnswering) -> None:
-    """The callback's EMA update after an optimizer step (the original's at forward start)."""
-    MomentumCallback().on_optimizer_step(None, None, None, model=model)
+    return fixture_inputs(
+        FIXTURE, input_ids="train_question_input_ids", attention_mask="train_question_attention_mask",
+        pixel_values="pixel_values", answer_input_ids="train_answer_input_ids",
+        answer_attention_mask="train_answer_attention_mask", answer_weights="train_answer_weights",
+        answers_per_question="train_answers_per_question",
+    )
 
 
 def rank_fixture(model: VlpAlbefForQuestionAnswering, k: int):
-    inputs, _ = fixture_tensors()
+    inputs, _ = fixture_tensors(FIXTURE)
     return model.rank_answers(
         inputs["pixel_values"], inputs["question_input_ids"], inputs["answer_input_ids"],
         inputs["question_attention_mask"], inputs["answer_attention_mask"], k=k,
@@ -73,7 +49,7 @@ def rank_fixture(model: VlpAlbefForQuestionAnswering, k: int):
 
 def test_parity_question_states_decoder_logits_and_sequence_losses() -> None:
     model = fixture_model()
-    inputs, expected = fixture_tensors()
+    inputs, expected = fixture_tensors(FIXTURE)
     questions, answers = inputs["question_input_ids"].shape[0], inputs["answer_input_ids"].shape[0]
     with torch.no_grad():
         image_states = model.vision_model(inputs["pixel_values"]).last_hidden_state
@@ -99,7 +75,7 @@ def test_parity_question_states_decoder_logits_and_sequence_losses() -> None:
     ("k", "ids", "probs"), [(K_TEST, "rank_topk_ids", "rank_topk_probs"), (6, "rank_all_ids", "rank_all_probs")]
 )
 def test_parity_answer_ranking(k: int, ids: str, probs: str) -> None:
-    _, expected = fixture_tensors()
+    _, expected = fixture_tensors(FIXTURE)
     ranking = rank_fixture(fixture_model(), k)
     first_token_probs = expected["answer_first_token_probs"]
     torch.testing.assert_close(ranking.first_token_probs, first_token_probs, atol=FEATURE_ATOL, rtol=0)
@@ -110,7 +86,7 @@ def test_parity_answer_ranking(k: int, ids: str, probs: str) -> None:
 
 def test_parity_distilled_training_loss_after_the_ema_step() -> None:
     model = fixture_model()
-    _, expected = fixture_tensors()
+    _, expected = fixture_tensors(FIXTURE)
     with torch.no_grad():
         without_ema = model(**training_inputs(), return_loss=True, alpha=ALPHA).loss
     ema_step(model)
@@ -178,15 +154,11 @@ def test_answer_head_is_tied_to_the_decoder_embeddings() -> None:
 # --------------------------------------------------------------------------------------------------- overfit
 
 
+NARROW_VIT = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1)
+
+
 def tiny_config() -> VlpAlbefConfig:
-    vision = dict(
-        hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, image_size=16, patch_size=8
-    )
-    text = dict(
-        vocab_size=24, hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
-        max_position_embeddings=12, fusion_layer=1, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
-    )
-    return VlpAlbefConfig(vision_config=vision, text_config=text, momentum=0.9)
+    return tiny_albef_config(vision=NARROW_VIT, text=dict(vocab_size=24, num_hidden_layers=2, **NO_DROPOUT), momentum=0.9)
 
 
 def test_overfits_eight_questions_and_ranks_the_trained_answers() -> None:
@@ -245,16 +217,13 @@ CLS_ID, SEP_ID, PAD_ID = 2, 3, 0  # the fixture tokenizer's
 
 
 def fixture_questions() -> dict[str, torch.Tensor]:
-    inputs, _ = fixture_tensors()
-    return {
-        "pixel_values": inputs["pixel_values"],
-        "input_ids": inputs["question_input_ids"],
-        "attention_mask": inputs["question_attention_mask"],
-    }
+    return fixture_inputs(
+        FIXTURE, pixel_values="pixel_values", input_ids="question_input_ids", attention_mask="question_attention_mask"
+    )
 
 
 def fixture_tokenizer() -> BertTokenizer:
-    return BertTokenizer(vocab=str(FIXTURE / "vocab.txt"))
+    return BertTokenizer(vocab=str(fixture_dir(FIXTURE) / "vocab.txt"))
 
 
 def test_generation_config_defaults_follow_the_text_config() -> None:
@@ -338,14 +307,8 @@ def test_generation_config_round_trip_and_loading_without_it(tmp_path: Path) -> 
 
 
 def pretraining_config(fusion_layers: int = 6) -> VlpAlbefConfig:
-    vision = dict(
-        hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, image_size=16, patch_size=8
-    )
-    text = dict(
-        vocab_size=24, hidden_size=16, intermediate_size=32, num_hidden_layers=1 + fusion_layers,
-        num_attention_heads=2, max_position_embeddings=12, fusion_layer=1, cls_token_id=2, mask_token_id=4,
-    )
-    return VlpAlbefConfig(vision_config=vision, text_config=text, embed_dim=8, queue_size=8)
+    text = dict(vocab_size=24, num_hidden_layers=1 + fusion_layers, cls_token_id=2, mask_token_id=4)
+    return tiny_albef_config(vision=NARROW_VIT, text=text, embed_dim=8, queue_size=8)
 
 
 def perturbed_pretraining_model() -> VlpAlbefForPretraining:
@@ -374,7 +337,7 @@ def test_from_pretraining_copies_weights_where_vqa_py_puts_them(tmp_path: Path, 
     else:
         model = VlpAlbefForQuestionAnswering.from_pretraining(pretrained)
     assert not model.training
-    source = pretrained.albef
+    source = pretrained
     assert_same_state(model.vision_model, source.vision_model)
     assert_same_state(model.text_model, source.text_model)  # text and fusion layers: the question encoder
     decoder, source_text = model.answer_decoder.transformer, source.text_model.transformer
@@ -397,7 +360,7 @@ def test_from_pretraining_with_few_fusion_layers_copies_them_and_says_so(caplog)
     with caplog.at_level("WARNING"):
         model = VlpAlbefForQuestionAnswering.from_pretraining(source)
     assert "only 2 fusion layers" in caplog.text
-    source_text = source.albef.text_model.transformer
+    source_text = source.text_model.transformer
     fusion = source.config.text_config.fusion_layer
     for index, layer in enumerate(model.answer_decoder.transformer.encoder.layers[:2]):
         assert_same_state(layer, source_text.encoder.layers[fusion + index])

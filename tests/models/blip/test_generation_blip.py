@@ -11,16 +11,16 @@ from pathlib import Path
 import PIL.Image
 import pytest
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file
 from transformers import GenerationConfig, pipeline
 
 from conversion.convert_blip import convert_blip_checkpoint
 from hf_vlp.models.blip import CAPTION_DECODING, VlpBlipConfig, VlpBlipForConditionalGeneration
-from hf_vlp.models.blip.modeling_blip import pad_after_end
+from hf_vlp.generation.beam_scoring import pad_after_end
 from hf_vlp.modules.attention import Attention, AttentionMemory, padding_mask
+from tests.helpers.fixtures import fixture_dir, fixture_metadata, fixture_tensors
+from tests.helpers.tiny_models import WIDE_BLIP_TEXT, tiny_blip_config
 
-FIXTURE = Path(__file__).resolve().parents[2] / "fixtures" / "originals" / "blip_caption"
+FIXTURE = fixture_dir("blip_caption")
 DEC, SEP, PAD = 64, 3, 0
 RECORDED = {  # outputs.safetensors name -> the generate() settings that produced it (README)
     "generated_ids_beam3": CAPTION_DECODING["coco"],
@@ -29,13 +29,7 @@ RECORDED = {  # outputs.safetensors name -> the generate() settings that produce
 }
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These tiny models run fastest on one thread; on a busy 2-core machine two OpenMP threads wait on each other."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @functools.cache
@@ -49,11 +43,8 @@ def captioner() -> VlpBlipForConditionalGeneration:
     return converted().model.eval()
 
 
-@functools.cache
 def fixture() -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, str]]:
-    with safe_open(str(FIXTURE / "outputs.safetensors"), "pt") as handle:
-        metadata = handle.metadata()
-    return load_file(FIXTURE / "inputs.safetensors"), load_file(FIXTURE / "outputs.safetensors"), metadata
+    return *fixture_tensors(FIXTURE.name), fixture_metadata(FIXTURE.name)
 
 
 def raw_images() -> list[PIL.Image.Image]:
@@ -61,12 +52,7 @@ def raw_images() -> list[PIL.Image.Image]:
 
 
 def tiny_config() -> VlpBlipConfig:
-    vision = dict(hidden_size=24, intermediate_size=48, num_hidden_layers=1, num_attention_heads=2, image_size=16,
-                  patch_size=8)
-    text = dict(vocab_size=40, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                max_position_embeddings=24, pad_token_id=0, cls_token_id=2, sep_token_id=3, mask_token_id=4,
-                bos_token_id=38, enc_token_id=39, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-    return VlpBlipConfig(embed_dim=8, vision_config=vision, text_config=text)
+    return tiny_blip_config(vision=dict(num_hidden_layers=1), text=WIDE_BLIP_TEXT)
 
 
 # --------------------------------------------------------------------------------------------------- parity

@@ -3,13 +3,11 @@ MED's shared weights, the decoder's cache, cross-head loading, an overfitting ru
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file
 from transformers import (
     AutoConfig,
     AutoModel,
@@ -21,44 +19,31 @@ from transformers import (
     ViTModel,
 )
 
+from conversion.blip_heads import map_blip_state_dict
 from conversion.common import filter_prefix
-from conversion.convert_blip import convert_blip_checkpoint, map_blip_state_dict
+from conversion.convert_blip import convert_blip_checkpoint
 from hf_vlp.models.blip import (
     VlpBlipConfig,
     VlpBlipForConditionalGeneration,
     VlpBlipModel,
     VlpBlipTextModel,
     VlpBlipVisionModel,
-    shifted_lm_loss,
 )
+from hf_vlp.objectives.lm import shifted_lm_loss
 from hf_vlp.modules.heads import MaskedLMHead
+from tests.helpers.fixtures import converted_state as converted_fixture, fixture_dir, fixture_tensors, model_from_state
+from tests.helpers.tiny_models import tiny_blip_batch, tiny_blip_config
 
-FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "originals"
 FEATURE_ATOL, LOGIT_ATOL = 1e-5, 1e-4
 CONVERTED_CLASSES = {"model": VlpBlipModel, "caption": VlpBlipForConditionalGeneration}
 
 
-@functools.cache
 def converted_state(case: str, head: str) -> tuple[dict, dict[str, torch.Tensor]]:
-    folder = FIXTURES / case
-    result = convert_blip_checkpoint(
-        folder / "checkpoint.pth", original_config=folder / "original_config.json", tokenizer=folder / "vocab.txt",
-        head=head,
-    )
-    return result.model.config.to_dict(), {key: value.clone() for key, value in result.model.state_dict().items()}
+    return converted_fixture(convert_blip_checkpoint, case, head=head)
 
 
 def fixture_model(case: str, head: str, implementation: str = "sdpa"):
-    config, state = converted_state(case, head)
-    model = CONVERTED_CLASSES[head](VlpBlipConfig.from_dict(config)).eval()
-    model.load_state_dict(state, strict=True)
-    model.set_attn_implementation(implementation)
-    return model
-
-
-@functools.cache
-def fixture_tensors(case: str) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    return load_file(FIXTURES / case / "inputs.safetensors"), load_file(FIXTURES / case / "outputs.safetensors")
+    return model_from_state(CONVERTED_CLASSES[head], converted_state(case, head), implementation)
 
 
 def assert_close(actual: torch.Tensor, expected: torch.Tensor, atol: float, name: str) -> None:
@@ -66,28 +51,14 @@ def assert_close(actual: torch.Tensor, expected: torch.Tensor, atol: float, name
 
 
 def tiny_config(dropout: float = 0.1, **overrides) -> VlpBlipConfig:
-    vision = dict(hidden_size=24, intermediate_size=48, num_hidden_layers=1, num_attention_heads=2, image_size=16,
-                  patch_size=8)
-    text = dict(vocab_size=40, hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
-                max_position_embeddings=16, pad_token_id=0, cls_token_id=2, sep_token_id=3, mask_token_id=4,
-                bos_token_id=38, enc_token_id=39, hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
-    return VlpBlipConfig(embed_dim=8, vision_config=vision, text_config=text, **overrides)
+    """One ViT layer, positions up to 16, text dropout ``dropout``."""
+    text = dict(max_position_embeddings=16, hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
+    return tiny_blip_config(vision=dict(num_hidden_layers=1), text=text, **overrides)
 
 
 def tiny_batch(batch: int = 3, length: int = 7, seed: int = 0) -> dict[str, torch.Tensor]:
-    generator = torch.Generator().manual_seed(seed)
-    input_ids = torch.randint(5, 38, (batch, length), generator=generator)
-    input_ids[:, 0] = 2
-    attention_mask = torch.ones_like(input_ids)
-    attention_mask[1:, 5:] = 0
-    input_ids[:, -1] = 3
-    input_ids[1:, 4] = 3
-    input_ids[attention_mask == 0] = 0
-    return {
-        "input_ids": input_ids,
-        "attention_mask": attention_mask,
-        "pixel_values": torch.randn(batch, 3, 16, 16, generator=generator),
-    }
+    """Every caption but the first padded from column 5."""
+    return tiny_blip_batch(batch, seed, length=length, padded_rows=slice(1, None))
 
 
 # --------------------------------------------------------------------------------------------------- parity
@@ -185,7 +156,7 @@ def test_captioner_reproduces_logits_and_the_prompt_masked_loss() -> None:
 def test_vqa_checkpoint_parts_reproduce_question_states_and_answer_scores() -> None:
     """The building blocks a VQA head needs: question encoder ([ENC] ids, image tokens) and an answer decoder (decoder
     role, cross-attending the padded question states) with label-smoothed summed answer losses."""
-    folder = FIXTURES / "blip_vqa"
+    folder = fixture_dir("blip_vqa")
     state = torch.load(folder / "checkpoint.pth", weights_only=True)["model"]
     mapped = map_blip_state_dict(state, "vqa", "vqa").tensors
     config = VlpBlipConfig(

@@ -4,7 +4,6 @@ overfitting, save/load; and the ViT's stochastic depth (drop path 0.1 in the ori
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 
 import pytest
@@ -20,49 +19,25 @@ from hf_vlp.models.blip import (
     VlpBlipVisionModel,
 )
 from hf_vlp.models.blip.modeling_blip_reasoning import PairedCrossAttention, VlpBlipForVisualReasoning
-from hf_vlp.modules.vision import DropPath, drop_path_rates
+from hf_vlp.modules.transformer import DropPath, drop_path_rates
+from tests.helpers.fixtures import converted_state, fixture_tensors, model_from_state
+from tests.helpers.tiny_models import tiny_blip_batch, tiny_blip_config
 
-FIXTURE = Path(__file__).resolve().parents[2] / "fixtures" / "originals" / "blip_pretrain"
+FIXTURE = "blip_pretrain"
 FEATURE_ATOL = 1e-5
 
 
-@functools.cache
-def converted_encoders() -> tuple[dict, dict[str, torch.Tensor]]:
-    result = convert_blip_checkpoint(
-        FIXTURE / "checkpoint.pth", original_config=FIXTURE / "original_config.json", tokenizer=FIXTURE / "vocab.txt",
-        head="model",
-    )
-    return result.model.config.to_dict(), {key: value.clone() for key, value in result.model.state_dict().items()}
-
-
 def fixture_encoders() -> VlpBlipModel:
-    config, state = converted_encoders()
-    model = VlpBlipModel(VlpBlipConfig.from_dict(config)).eval()
-    model.load_state_dict(state, strict=True)
-    return model
+    return model_from_state(VlpBlipModel, converted_state(convert_blip_checkpoint, FIXTURE, head="model"))
 
 
 def tiny_config(text_layers: int = 7, **vision_overrides) -> VlpBlipConfig:
-    vision = dict(hidden_size=24, intermediate_size=48, num_hidden_layers=2, num_attention_heads=2, image_size=16,
-                  patch_size=8, **vision_overrides)
-    text = dict(vocab_size=40, hidden_size=16, intermediate_size=32, num_hidden_layers=text_layers,
-                num_attention_heads=2, max_position_embeddings=12, pad_token_id=0, cls_token_id=2, sep_token_id=3,
-                mask_token_id=4, bos_token_id=38, enc_token_id=39, hidden_dropout_prob=0.0,
-                attention_probs_dropout_prob=0.0)
-    return VlpBlipConfig(embed_dim=8, vision_config=vision, text_config=text)
+    return tiny_blip_config(vision=vision_overrides, text=dict(num_hidden_layers=text_layers))
 
 
 def tiny_batch(batch: int = 8, seed: int = 0) -> dict[str, torch.Tensor]:
-    generator = torch.Generator().manual_seed(seed)
-    input_ids = torch.randint(5, 38, (batch, 7), generator=generator)
-    input_ids[:, 0] = 2
-    attention_mask = torch.ones_like(input_ids)
-    attention_mask[1::2, 5:] = 0
-    input_ids[:, -1] = 3
-    input_ids[1::2, 4] = 3
-    input_ids[attention_mask == 0] = 0
-    return {"input_ids": input_ids, "attention_mask": attention_mask,
-            "pixel_values": torch.randn(batch, 2, 3, 16, 16, generator=generator)}
+    """Each caption with a pair of images."""
+    return tiny_blip_batch(batch, seed, image_shape=(2, 3, 16, 16))
 
 
 # --------------------------------------------------------------------------------------------------- architecture
@@ -104,8 +79,8 @@ def test_from_pretrained_blip_reproduces_the_originals_encoder_when_both_images_
     the states equal the fixture's recorded image-grounded encoder states ([ENC] first, mode 'multimodal')."""
     source = fixture_encoders()
     model = VlpBlipForVisualReasoning.from_blip_pretrained(source)
-    inputs = load_file(FIXTURE / "inputs.safetensors")
-    expected = load_file(FIXTURE / "outputs.safetensors")["multimodal_hidden"]
+    inputs, outputs = fixture_tensors(FIXTURE)
+    expected = outputs["multimodal_hidden"]
     pairs = torch.stack([inputs["pixel_values"], inputs["pixel_values"]], dim=1)
     with torch.no_grad():
         out = model(inputs["input_ids"], pairs, inputs["attention_mask"], output_hidden_states=True)
@@ -243,8 +218,8 @@ def test_vision_tower_drop_path_changes_training_passes_only() -> None:
     assert plain.state_dict().keys() == dropping.state_dict().keys()  # no parameters added
     dropping.load_state_dict(plain.state_dict())
     blocks = dropping.transformer.encoder.layers
-    assert isinstance(blocks[0].dropout, torch.nn.Identity) and blocks[2].dropout.rate == pytest.approx(0.5)
-    assert blocks[1].mlp.dropout.rate == pytest.approx(0.25)
+    assert isinstance(blocks[0].drop_path, torch.nn.Identity) and blocks[2].drop_path.rate == pytest.approx(0.5)
+    assert blocks[1].drop_path.rate == pytest.approx(0.25)
     pixel_values = torch.randn(6, 3, 16, 16)
     with torch.no_grad():
         torch.testing.assert_close(dropping.eval()(pixel_values).last_hidden_state,

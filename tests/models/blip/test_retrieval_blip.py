@@ -4,13 +4,10 @@ save/load."""
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
-from transformers import Trainer, TrainingArguments
 
 from conversion.convert_blip import convert_blip_checkpoint
 from hf_vlp.objectives.losses import sample_hard_negatives
@@ -20,67 +17,32 @@ from hf_vlp.models.blip.modeling_blip_pretraining import (
     VlpBlipRetrievalFeatures,
     rerank_top_k,
 )
-from hf_vlp.training.callbacks import MomentumCallback
+from tests.helpers import momentum_checks as checks
+from tests.helpers.fixtures import converted_state, fixture_tensors, model_from_state
+from tests.helpers.tiny_models import tiny_blip_batch as tiny_batch, tiny_blip_config
 
-FIXTURE = Path(__file__).resolve().parents[2] / "fixtures" / "originals" / "blip_pretrain"
+FIXTURE = "blip_pretrain"
 FEATURE_ATOL, LOGIT_ATOL = 1e-5, 1e-4
 ALPHA = 0.4
 
 
-@functools.cache
-def converted(head: str) -> tuple[dict, dict[str, torch.Tensor]]:
-    result = convert_blip_checkpoint(
-        FIXTURE / "checkpoint.pth", original_config=FIXTURE / "original_config.json", tokenizer=FIXTURE / "vocab.txt",
-        head=head,
-    )
-    return result.model.config.to_dict(), {key: value.clone() for key, value in result.model.state_dict().items()}
-
-
 def fixture_model() -> VlpBlipForImageTextRetrieval:
-    config, state = converted("retrieval")
-    model = VlpBlipForImageTextRetrieval(VlpBlipConfig.from_dict(config)).eval()
-    model.load_state_dict(state, strict=True)
-    return model
+    converted = converted_state(convert_blip_checkpoint, FIXTURE, head="retrieval")
+    return model_from_state(VlpBlipForImageTextRetrieval, converted)
 
 
 def fixture_encoders() -> VlpBlipModel:
-    config, state = converted("model")
-    model = VlpBlipModel(VlpBlipConfig.from_dict(config)).eval()
-    model.load_state_dict(state, strict=True)
-    return model
-
-
-@functools.cache
-def fixture_tensors() -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    return load_file(FIXTURE / "inputs.safetensors"), load_file(FIXTURE / "outputs.safetensors")
+    return model_from_state(VlpBlipModel, converted_state(convert_blip_checkpoint, FIXTURE, head="model"))
 
 
 def fixture_batch() -> dict[str, torch.Tensor]:
-    inputs, _ = fixture_tensors()
+    inputs, _ = fixture_tensors(FIXTURE)
     return {name: inputs[name] for name in ("input_ids", "pixel_values", "attention_mask")}
 
 
 def tiny_config(**overrides) -> VlpBlipConfig:
-    vision = dict(hidden_size=24, intermediate_size=48, num_hidden_layers=2, num_attention_heads=2, image_size=16,
-                  patch_size=8)
-    text = dict(vocab_size=40, hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
-                max_position_embeddings=12, pad_token_id=0, cls_token_id=2, sep_token_id=3, mask_token_id=4,
-                bos_token_id=38, enc_token_id=39, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-    settings = {"embed_dim": 8, "queue_size": 16, **overrides}
-    return VlpBlipConfig(vision_config=vision, text_config=text, **settings)
-
-
-def tiny_batch(batch: int = 8, seed: int = 0) -> dict[str, torch.Tensor]:
-    generator = torch.Generator().manual_seed(seed)
-    input_ids = torch.randint(5, 38, (batch, 7), generator=generator)
-    input_ids[:, 0] = 2
-    attention_mask = torch.ones_like(input_ids)
-    attention_mask[1::2, 5:] = 0
-    input_ids[:, -1] = 3
-    input_ids[1::2, 4] = 3
-    input_ids[attention_mask == 0] = 0
-    return {"input_ids": input_ids, "attention_mask": attention_mask,
-            "pixel_values": torch.randn(batch, 3, 16, 16, generator=generator)}
+    """8-dim features, queues of 16."""
+    return tiny_blip_config(**{"queue_size": 16, **overrides})
 
 
 # --------------------------------------------------------------------------------------------------- parity
@@ -88,7 +50,7 @@ def tiny_batch(batch: int = 8, seed: int = 0) -> dict[str, torch.Tensor]:
 
 def test_parity_features_similarities_and_positive_itm() -> None:
     model = fixture_model()
-    _, expected = fixture_tensors()
+    _, expected = fixture_tensors(FIXTURE)
     with torch.no_grad():
         out = model(**fixture_batch())
     actual = {
@@ -106,8 +68,8 @@ def test_parity_losses_with_distinct_ids_equal_the_pretraining_itc_and_itm() -> 
     """With every image id distinct and an empty id queue the positives are the diagonal: retrieval's ITC and ITM are
     then the pre-training computations, recorded in the fixture (after the EMA step, with its negatives)."""
     model = fixture_model()
-    _, expected = fixture_tensors()
-    MomentumCallback().on_optimizer_step(None, None, None, model=model)
+    _, expected = fixture_tensors(FIXTURE)
+    checks.ema_step(model)
     with torch.no_grad():
         out = model(
             **fixture_batch(), image_ids=torch.tensor([10, 11, 12, 13]), alpha=ALPHA, update_queues=True,
@@ -217,31 +179,17 @@ class CaptionedImages(torch.utils.data.Dataset):
         return self.items[index]
 
 
-def collate(examples: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    return {key: torch.stack([example[key] for example in examples]) for key in examples[0]}
-
-
 def test_trainer_overfits_eight_captions_with_the_momentum_callback(tmp_path: Path) -> None:
     torch.manual_seed(0)
     config = tiny_config(queue_size=8, momentum=0.9)
-    for settings in (config, config.vision_config, config.text_config):
-        settings.initializer_range = 0.2
+    checks.widen_initialisation(config)
     model = VlpBlipForImageTextRetrieval(config)
     model.itm_negative_eps = 1e-4  # the fast-falling temp makes the in-batch softmax underflow at this size
-    args = TrainingArguments(
-        output_dir=str(tmp_path), max_steps=60, per_device_train_batch_size=8, learning_rate=5e-3, warmup_steps=0,
-        logging_steps=1, report_to=[], save_strategy="no", dataloader_drop_last=True, use_cpu=True,
-        lr_scheduler_type="constant", seed=0, disable_tqdm=True,
-    )
-    trainer = Trainer(model=model, args=args, train_dataset=CaptionedImages(), data_collator=collate,
-                      callbacks=[MomentumCallback(alpha_warmup_steps=10)])
-    trainer.train()
-    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
-    assert len(losses) == 60
-    assert sum(losses[-5:]) / 5 < 0.5 * sum(losses[:5]) / 5, losses
+    losses = checks.train_with_momentum_callback(model, tmp_path, CaptionedImages(), 60, checks.stack_examples)
+    checks.assert_loss_fell(losses, 60, 0.5)
     assert sorted(model.idx_queue.queue[0].tolist()) == [0, 0, 1, 1, 2, 2, 3, 3]
     # the fine-tuned model retrieves each image's captions first
-    data = collate([CaptionedImages()[i] for i in range(8)])
+    data = checks.stack_examples([CaptionedImages()[i] for i in range(8)])
     scores = model.eval().rank(data["pixel_values"][::2], data["input_ids"], data["attention_mask"], k=4)
     assert (scores.image_to_text.argmax(dim=1) // 2 == torch.arange(4)).all()
     assert (scores.text_to_image.argmax(dim=1) == torch.arange(8) // 2).all()
@@ -302,15 +250,10 @@ def test_rerank_top_k_is_shared_by_models_that_score_the_itm_logit_alone() -> No
 
 def test_save_load_round_trip_keeps_queues_and_frozen_momentum(tmp_path: Path) -> None:
     model = fixture_model()
-    with torch.no_grad():
-        model(**fixture_batch(), image_ids=torch.tensor([1, 2, 3, 4]), update_queues=True)
-    model.save_pretrained(tmp_path)
-    saved = load_file(tmp_path / "model.safetensors")
+    inputs = {**fixture_batch(), "image_ids": torch.tensor([1, 2, 3, 4])}
+    saved = checks.save_after_a_queue_update(model, tmp_path, inputs, ema=False)
     assert {"idx_queue.queue", "idx_queue.ptr", "image_queue.ptr"} <= set(saved)
-    loaded = VlpBlipForImageTextRetrieval.from_pretrained(tmp_path, dtype=torch.float32).eval()
-    for key, value in loaded.state_dict().items():
-        assert torch.equal(value, model.state_dict()[key]), key
+    loaded = checks.reload_same_state(VlpBlipForImageTextRetrieval, tmp_path, model)
     assert loaded.idx_queue.queue[0, :4].tolist() == [1, 2, 3, 4] and int(loaded.idx_queue.ptr) == 4
-    assert all(not p.requires_grad for n, p in loaded.named_parameters() if n.startswith("momentum_"))
     base = VlpBlipModel.from_pretrained(tmp_path, dtype=torch.float32)
     assert torch.equal(base.vision_proj.weight, model.vision_proj.weight)

@@ -13,8 +13,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file
 from transformers import AutoModelForVisualQuestionAnswering
 
 from conversion.common import run_cli
@@ -24,22 +22,18 @@ from hf_vlp.models.blip import (
     VlpBlipForPretraining,
     VlpBlipForQuestionAnswering,
     VlpBlipModel,
-    shifted_lm_loss,
 )
 from hf_vlp.models.blip.modeling_blip import with_first_token
+from hf_vlp.objectives.lm import shifted_lm_loss
+from tests.helpers.fixtures import fixture_dir, fixture_inputs, fixture_metadata, fixture_tensors
+from tests.helpers.tiny_models import WIDE_BLIP_TEXT, tiny_blip_config
 
-FIXTURE = Path(__file__).resolve().parents[2] / "fixtures" / "originals" / "blip_vqa"
+FIXTURE = fixture_dir("blip_vqa")
 DEC, SEP, PAD = 64, 3, 0
 FEATURE_ATOL, LOGIT_ATOL = 1e-5, 1e-4
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These tiny models run fastest on one thread; on a busy 2-core machine two OpenMP threads wait on each other."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @functools.cache
@@ -51,22 +45,18 @@ def vqa_model() -> VlpBlipForQuestionAnswering:
     return converted().model.eval()
 
 
-@functools.cache
 def fixture() -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, str]]:
-    with safe_open(str(FIXTURE / "outputs.safetensors"), "pt") as handle:
-        metadata = handle.metadata()
-    return load_file(FIXTURE / "inputs.safetensors"), load_file(FIXTURE / "outputs.safetensors"), metadata
+    return *fixture_tensors(FIXTURE.name), fixture_metadata(FIXTURE.name)
 
 
 def fixture_inputs_metadata() -> dict[str, str]:
-    with safe_open(str(FIXTURE / "inputs.safetensors"), "pt") as handle:
-        return handle.metadata()
+    return fixture_metadata(FIXTURE.name, "inputs")
 
 
 def questions() -> dict[str, torch.Tensor]:
-    inputs = fixture()[0]
-    return {"pixel_values": inputs["pixel_values"], "input_ids": inputs["question_input_ids"],
-            "attention_mask": inputs["question_attention_mask"]}
+    return fixture_inputs(
+        FIXTURE.name, pixel_values="pixel_values", input_ids="question_input_ids", attention_mask="question_attention_mask"
+    )
 
 
 def close(actual: torch.Tensor, expected: torch.Tensor, atol: float, name: str) -> None:
@@ -74,12 +64,8 @@ def close(actual: torch.Tensor, expected: torch.Tensor, atol: float, name: str) 
 
 
 def tiny_config(vision_width: int = 32) -> VlpBlipConfig:
-    vision = dict(hidden_size=vision_width, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-                  image_size=16, patch_size=8)
-    text = dict(vocab_size=40, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                max_position_embeddings=24, pad_token_id=0, cls_token_id=2, sep_token_id=3, mask_token_id=4,
-                bos_token_id=38, enc_token_id=39, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-    return VlpBlipConfig(embed_dim=8, queue_size=16, vision_config=vision, text_config=text)
+    vision = dict(hidden_size=vision_width, intermediate_size=64, num_hidden_layers=1)
+    return tiny_blip_config(vision=vision, text=WIDE_BLIP_TEXT, queue_size=16)
 
 
 # --------------------------------------------------------------------------------------------------- parity

@@ -14,34 +14,7 @@ from hf_vlp import (
     VlpClipVisionModel,
     VlpClipVisionModelWithProjection,
 )
-
-VOCAB, EOT = 64, 63
-
-
-def tiny_config(architecture: str = "vit", **overrides) -> VlpClipConfig:
-    if architecture == "vit":
-        vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=32, patch_size=8)
-    else:
-        vision = dict(architecture="resnet", resnet_layers=[1, 1, 1, 1], resnet_width=8, resnet_heads=2, image_size=64)
-    text = dict(
-        vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-        max_position_embeddings=16, eos_token_id=EOT, bos_token_id=EOT - 1,
-    )
-    return VlpClipConfig(projection_dim=24, vision_config=vision, text_config=text, **overrides)
-
-
-def tiny_inputs(config: VlpClipConfig, batch: int = 4, seed: int = 0):
-    generator = torch.Generator().manual_seed(seed)
-    size = config.vision_config.image_size
-    pixel_values = torch.randn(batch, 3, size, size, generator=generator)
-    length = config.text_config.max_position_embeddings
-    input_ids = torch.randint(1, EOT - 1, (batch, length), generator=generator)
-    lengths = torch.randint(3, length, (batch,), generator=generator)
-    for row, n in enumerate(lengths.tolist()):
-        input_ids[row, 0] = EOT - 1
-        input_ids[row, n - 1] = EOT
-        input_ids[row, n:] = 0
-    return {"pixel_values": pixel_values, "input_ids": input_ids}
+from tests.helpers.tiny_models import CLIP_EOT as EOT, tiny_clip_config as tiny_config, tiny_clip_inputs as tiny_inputs
 
 
 @pytest.fixture(params=["vit", "resnet"])

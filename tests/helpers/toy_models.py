@@ -1,8 +1,5 @@
-"""Shared toy models and the two-process worker for the losses/momentum/callback tests.
-
-Imported as a plain module (the tests put this folder on ``sys.path``), so that
-``torch.multiprocessing.spawn`` can pickle ``distributed_worker`` by name.
-"""
+"""Toy dual encoders with momentum copies and queues, and their two-process worker, for the distributed, momentum
+and callback tests; ``torch.multiprocessing.spawn`` pickles ``distributed_worker`` by its module name."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""ALBEF's training augmentation on PIL images: RandAugment(2, 7) operations, seeding, the crop scales."""
+"""Training transforms on PIL images: CLIP's crop, ALBEF's RandAugment(2, 7) operations, seeding, the crop scales."""
 
 import numpy as np
 import pytest
@@ -6,13 +6,15 @@ import torch
 from PIL import Image
 
 from hf_vlp.synthetic import build_synthetic_split
-from hf_vlp.training.augment import (
+from hf_vlp.training.transforms import (
     ALBEF_RAND_AUGMENT_OPS,
     FILL,
     PRETRAIN_CROP_SCALE,
     RandAugmentPil,
+    RandomResizedCropPil,
     _apply,
     albef_train_transform,
+    clip_train_transform,
 )
 
 
@@ -64,3 +66,19 @@ def test_train_transform_crops_to_the_model_size(image):
     assert _array(transform(image, generator=torch.Generator().manual_seed(3))).tolist() == _array(out).tolist()
     plain = albef_train_transform(32, rand_augment=False)
     assert len(plain.transforms) == 1
+
+
+def test_clip_train_transform_crops_most_of_the_image_and_follows_torch_seed():
+    image = Image.new("RGB", (80, 60), (10, 20, 30))
+    transform = clip_train_transform(32)
+    assert transform.scale == (0.9, 1.0)
+    torch.manual_seed(0)
+    boxes = [transform.crop_box(80, 60) for _ in range(50)]
+    for left, top, right, bottom in boxes:
+        assert 0 <= left < right <= 80 and 0 <= top < bottom <= 60
+        assert (right - left) * (bottom - top) >= 0.9 * 80 * 60 - 80  # rounding of the sampled sides
+    torch.manual_seed(0)
+    assert [transform.crop_box(80, 60) for _ in range(50)] == boxes
+    assert transform(image).size == (32, 32)
+    with pytest.raises(ValueError, match="scale"):
+        RandomResizedCropPil(32, scale=(0.0, 1.0))

@@ -13,8 +13,6 @@ import pytest
 import torch
 from PIL import Image
 
-from hf_vlp.workflows import capfilt as capfilt_module
-from hf_vlp.workflows.capfilt import capfilt, itm_match_probabilities, load_filter, main
 from hf_vlp.models.blip import (
     VlpBlipConfig,
     VlpBlipForConditionalGeneration,
@@ -25,6 +23,8 @@ from hf_vlp.models.blip import (
 )
 from hf_vlp.training.data import load_image_text_dataset, take_rows
 from hf_vlp.training.tokenizers import synthetic_wordpiece_tokenizer
+from hf_vlp.workflows import capfilt as capfilt_module
+from hf_vlp.workflows.capfilt import capfilt, itm_match_probabilities, load_filter, main
 
 IMAGE_SIZE = 16
 SHAPES_SPEC = f"synthetic-shapes:n=24,size={IMAGE_SIZE}"

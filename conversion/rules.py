@@ -1,0 +1,145 @@
+"""Key-rule families shared by the converters: the original releases reuse the same building blocks.
+
+- timm ViT (``models/vit.py`` of ALBEF and BLIP): :func:`timm_vit_rules`;
+- BERT as ALBEF's ``xbert.py`` and BLIP's ``med.py`` store it: the MLM/LM prediction head
+  (:func:`bert_prediction_head_rules`); its embeddings and layers are :mod:`hf_vlp.utils.key_rules`' families, which
+  the text-tower initialiser shares;
+- transformers' BLIP ViT names, which map one to one onto the timm ones: :func:`to_transformers_vit_name` and back;
+- CLIP's residual attention blocks, under OpenAI / open_clip or transformers names: :func:`clip_block_rules`.
+
+Every separate q/k/v (or k/v) projection becomes one fused tensor through
+:func:`hf_vlp.utils.checkpoints.fused_projection`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+import torch
+
+from hf_vlp.utils.checkpoints import PARAMETER as P
+from hf_vlp.utils.checkpoints import Drop, MappingRule, Rename, fused_projection
+
+
+def flatten(tensor: torch.Tensor) -> torch.Tensor:
+    """``[1, 1, D]`` class token to ``[D]``."""
+    return tensor.reshape(-1)
+
+
+def squeeze_batch(tensor: torch.Tensor) -> torch.Tensor:
+    """``[1, N, D]`` position embedding to ``[N, D]``."""
+    return tensor[0]
+
+
+def as_scalar(tensor: torch.Tensor) -> torch.Tensor:
+    """``[1]`` queue pointer to a 0-d tensor."""
+    return tensor.reshape(())
+
+
+# --------------------------------------------------------------------------------------------------- timm ViT
+
+
+def timm_vit_rules(source: str, target: str) -> list[MappingRule]:
+    """A timm ``VisionTransformer`` under the regex prefix ``source`` (e.g. ``r"visual_encoder_m\\."``) ->
+    ``{target}transformer.*`` of our ``VisionTransformer`` (the fused ``qkv`` is kept as it is)."""
+    vit = target + "transformer."
+    block, layer = source + r"blocks\.(?P<i>\d+)\.", vit + r"encoder.layers.\g<i>."
+    return [
+        Rename(source + r"cls_token", vit + "class_embedding", flatten),
+        Rename(source + r"pos_embed", vit + "position_embedding", squeeze_batch),
+        Rename(source + r"patch_embed\.proj\." + P, vit + r"patch_embed.\g<p>"),
+        Rename(source + r"norm\." + P, vit + r"norm_post.\g<p>"),
+        Rename(block + r"(?P<m>norm1|norm2|attn\.qkv|mlp\.fc1|mlp\.fc2)\." + P, layer + r"\g<m>.\g<p>"),
+        Rename(block + r"attn\.proj\." + P, layer + r"attn.out_proj.\g<p>"),
+    ]
+
+
+# transformers' BLIP vision names <-> the original timm names, as ``{i}`` (layer) / ``{n}`` (norm) templates
+_TRANSFORMERS_VIT_NAMES = (
+    ("visual_encoder.cls_token", "vision_model.embeddings.class_embedding"),
+    ("visual_encoder.pos_embed", "vision_model.embeddings.position_embedding"),
+    ("visual_encoder.patch_embed.proj.", "vision_model.embeddings.patch_embedding."),
+    ("visual_encoder.norm.", "vision_model.post_layernorm."),
+    ("visual_encoder.blocks.{i}.norm{n}.", "vision_model.encoder.layers.{i}.layer_norm{n}."),
+    ("visual_encoder.blocks.{i}.attn.proj.", "vision_model.encoder.layers.{i}.self_attn.projection."),
+    ("visual_encoder.blocks.{i}.attn.qkv.", "vision_model.encoder.layers.{i}.self_attn.qkv."),
+    ("visual_encoder.blocks.{i}.mlp.", "vision_model.encoder.layers.{i}.mlp."),
+)
+
+
+def _prefix_renames(to_transformers: bool) -> list[tuple[re.Pattern[str], str]]:
+    renames = []
+    for original, transformers_name in _TRANSFORMERS_VIT_NAMES:
+        source, target = (original, transformers_name) if to_transformers else (transformers_name, original)
+        pattern = re.escape(source).replace(r"\{i\}", r"(?P<i>\d+)").replace(r"\{n\}", r"(?P<n>\d)")
+        renames.append((re.compile(pattern), target.replace("{i}", r"\g<i>").replace("{n}", r"\g<n>")))
+    return renames
+
+
+_TO_TRANSFORMERS, _TO_ORIGINAL = _prefix_renames(True), _prefix_renames(False)
+
+
+def _rename_prefix(key: str, renames: Sequence[tuple[re.Pattern[str], str]]) -> str:
+    for pattern, replacement in renames:
+        match = pattern.match(key)
+        if match:
+            return match.expand(replacement) + key[match.end() :]
+    return key
+
+
+def to_transformers_vit_name(key: str) -> str:
+    """An original BLIP/ALBEF ViT key under transformers' BLIP name (other keys unchanged)."""
+    return _rename_prefix(key, _TO_TRANSFORMERS)
+
+
+def from_transformers_vit_name(key: str) -> str:
+    """A transformers BLIP vision key under the original timm name (other keys unchanged)."""
+    return _rename_prefix(key, _TO_ORIGINAL)
+
+
+# --------------------------------------------------------------------------------------------------- CLIP blocks
+
+
+def clip_block_rules(source: str, target: str, fused_attention: bool) -> list[MappingRule]:
+    """A stack of CLIP's pre-norm residual attention blocks ``{source}{i}.`` -> ``{target}{i}.``: OpenAI's (and
+    open_clip's) names with a fused ``in_proj`` (``fused_attention``), or transformers' ``CLIPEncoderLayer`` names with
+    separate ``q/k/v_proj``."""
+    src, dst = re.escape(source) + r"(?P<i>\d+)\.", target + r"\g<i>."
+    param = r"\.(?P<p>weight|bias)"
+    if fused_attention:
+        attention: list[MappingRule] = [
+            Rename(src + r"attn\.in_proj_(?P<p>weight|bias)", dst + r"attn.qkv.\g<p>"),
+            Rename(src + r"attn\.out_proj" + param, dst + r"attn.out_proj.\g<p>"),
+        ]
+        norm1, norm2, fc1, fc2 = r"ln_1", r"ln_2", r"mlp\.c_fc", r"mlp\.c_proj"
+    else:
+        attention = [
+            fused_projection(src + r"self_attn\.", ("q_proj", "k_proj", "v_proj"), dst + "attn.qkv"),
+            Rename(src + r"self_attn\.out_proj" + param, dst + r"attn.out_proj.\g<p>"),
+        ]
+        norm1, norm2, fc1, fc2 = r"layer_norm1", r"layer_norm2", r"mlp\.fc1", r"mlp\.fc2"
+    return attention + [
+        Rename(src + norm1 + param, dst + r"norm1.\g<p>"),
+        Rename(src + norm2 + param, dst + r"norm2.\g<p>"),
+        Rename(src + fc1 + param, dst + r"mlp.fc1.\g<p>"),
+        Rename(src + fc2 + param, dst + r"mlp.fc2.\g<p>"),
+    ]
+
+
+# --------------------------------------------------------------------------------------------------- BERT (xbert, med)
+
+
+def bert_prediction_head_rules(source: str, target: str | None, drop_reason: str = "") -> list[MappingRule]:
+    """BERT's MLM/LM prediction head ``{source}cls.predictions.*`` -> ``{target}dense/norm/decoder.*``, or all of it
+    dropped with ``drop_reason`` when ``target`` is None. ``predictions.bias`` is the tensor ``decoder.bias`` holds
+    (the converters check the tie) and ``decoder.weight`` is tied to the word embeddings."""
+    head = source + r"cls\.predictions\."
+    if target is None:
+        return [Drop(head + r".+", drop_reason)]
+    return [
+        Drop(head + "bias", "same tensor as cls.predictions.decoder.bias (tied; checked equal)"),
+        Rename(head + r"transform\.dense\." + P, target + r"dense.\g<p>"),
+        Rename(head + r"transform\.LayerNorm\." + P, target + r"norm.\g<p>"),
+        Rename(head + r"decoder\." + P, target + r"decoder.\g<p>"),
+    ]

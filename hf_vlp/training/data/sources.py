@@ -1,0 +1,359 @@
+"""Reading a resolved dataset spec into rows of ``image`` and ``text``: one loader per source kind, the choice and
+renaming of the image/text columns, and :func:`load_image_text_dataset`, which puts spec, source and decoding
+together; see :mod:`hf_vlp.training.data`."""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import json
+import logging
+import os
+import tarfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import datasets
+import numpy as np
+from datasets.exceptions import DatasetNotFoundError
+
+from hf_vlp import synthetic
+
+from .decoding import (
+    WEBDATASET_ID_COLUMNS,
+    BadSampleCounter,
+    DecodeImageText,
+    ImageTransform,
+)
+from .spec import CAPTION_TABLE_NAMES, METADATA_NAMES, SYNTHETIC_OPTIONS, DatasetSpec, resolve_dataset_spec
+
+logger = logging.getLogger(__name__)
+
+AnyDataset = datasets.Dataset | datasets.IterableDataset
+
+IMAGE_COLUMN_CANDIDATES = (
+    "image", "img", "jpg", "jpeg", "png", "webp", "file_name", "filename", "image_path", "path", "file"
+)  # fmt: skip
+TEXT_COLUMN_CANDIDATES = (
+    "text", "caption", "captions", "sentence", "sentences", "txt", "description", "alt_text", "title"
+)  # fmt: skip
+_SYNTHETIC_DEFAULT_SIZES = {"train": 2000, "validation": 500, "test": 500}
+
+
+def _load_synthetic(spec: DatasetSpec, split: str, kw: dict[str, Any]) -> datasets.Dataset:
+    options = {**spec.options, **kw}
+    unknown = sorted(set(options) - set(SYNTHETIC_OPTIONS.values()))
+    if unknown:
+        valid = sorted(SYNTHETIC_OPTIONS.values())
+        raise TypeError(f"Unknown option(s) {unknown} for {synthetic.SYNTHETIC_DATASET_NAME}; valid: {valid}.")
+    options.setdefault("num_samples", _SYNTHETIC_DEFAULT_SIZES.get(split, 500))
+    return synthetic.build_synthetic_split(split=split, **options)
+
+
+def _pick_split(loaded: datasets.DatasetDict | datasets.IterableDatasetDict, split: str, where: str) -> AnyDataset:
+    if split not in loaded:
+        raise ValueError(f"Dataset {where!r} has no split {split!r}; available splits: {sorted(loaded)}.")
+    return loaded[split]
+
+
+def _metadata_is_empty(folder: Path) -> bool:
+    """True when every metadata.jsonl/metadata.csv of the folder lists no sample (datasets fails obscurely then)."""
+    children = [folder, *(child for child in folder.iterdir() if child.is_dir())]
+    present = [child / name for child in children for name in METADATA_NAMES[:2] if (child / name).is_file()]
+    if not present:
+        return False
+    for path in present:
+        header_lines = 1 if path.suffix == ".csv" else 0
+        with path.open(encoding="utf-8") as handle:
+            filled = (line for line in handle if line.strip())
+            for count, _ in enumerate(filled, start=1):
+                if count > header_lines:
+                    return False
+    return True
+
+
+def _load_imagefolder(spec: DatasetSpec, split: str, streaming: bool, kw: dict[str, Any]) -> AnyDataset:
+    folder = Path(spec.location)
+    if _metadata_is_empty(folder):
+        raise ValueError(f"Dataset {spec.location!r} is empty: its metadata files list no samples.")
+    try:
+        loaded = datasets.load_dataset("imagefolder", data_dir=str(folder), streaming=streaming, **kw)
+    except (ValueError, IndexError, KeyError) as error:
+        raise ValueError(f"Could not read the imagefolder dataset {spec.location!r}: {error}") from error
+    return _pick_split(loaded, split, spec.location)
+
+
+def _read_caption_table(path: Path) -> dict[str, list[Any]]:
+    if path.suffix == ".jsonl":
+        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    else:
+        with path.open(newline="", encoding="utf-8") as handle:
+            reader = csv.DictReader(handle, delimiter="\t" if path.suffix == ".tsv" else ",")
+            rows = list(reader)
+            if not rows and reader.fieldnames:
+                return {name: [] for name in reader.fieldnames}
+    columns: dict[str, list[Any]] = {}
+    for row in rows:
+        for name in row:
+            columns.setdefault(name, [])
+    for row in rows:
+        for name, values in columns.items():
+            values.append(row.get(name))
+    return columns
+
+
+def _caption_table_path(spec: DatasetSpec, split: str) -> Path:
+    if spec.files:
+        return Path(spec.files[0])
+    folder = Path(spec.location)
+    candidates = [folder / split / name for name in CAPTION_TABLE_NAMES]
+    candidates += [folder / f"captions_{split}{Path(name).suffix}" for name in CAPTION_TABLE_NAMES]
+    if split == "train":
+        candidates += [folder / name for name in CAPTION_TABLE_NAMES]
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    looked_for = ", ".join(str(candidate) for candidate in candidates)
+    raise FileNotFoundError(f"No captions table for split {split!r} in {spec.location!r}; looked for: {looked_for}.")
+
+
+def _load_caption_table(spec: DatasetSpec, split: str, image_column: str | None, streaming: bool) -> AnyDataset:
+    path = _caption_table_path(spec, split)
+    columns = _read_caption_table(path)
+    if not columns or not next(iter(columns.values())):
+        raise ValueError(f"Dataset {str(path)!r} is empty: the captions table has no rows.")
+    image_column = _choose_column(list(columns), image_column, IMAGE_COLUMN_CANDIDATES, "image", str(path))
+    columns[image_column] = [str(path.parent / str(value)) if value else None for value in columns[image_column]]
+    dataset = datasets.Dataset.from_dict(columns).cast_column(image_column, datasets.Image(decode=False))
+    return dataset.to_iterable_dataset() if streaming else dataset
+
+
+def _load_saved(spec: DatasetSpec, split: str, streaming: bool) -> AnyDataset:
+    loaded = datasets.load_from_disk(spec.location)
+    if isinstance(loaded, datasets.DatasetDict):
+        loaded = _pick_split(loaded, split, spec.location)
+    return loaded.to_iterable_dataset() if streaming else loaded
+
+
+def _load_webdataset(spec: DatasetSpec, split: str, streaming: bool, kw: dict[str, Any]) -> AnyDataset:
+    shards = [path for path in spec.files if _tar_has_members(path)]
+    if not shards:
+        raise ValueError(f"Dataset {spec.location!r} is empty: its {len(spec.files)} tar shard(s) hold no samples.")
+    if len(shards) < len(spec.files):
+        logger.warning("Ignoring %d empty tar shard(s) of %s.", len(spec.files) - len(shards), spec.location)
+    try:
+        return datasets.load_dataset("webdataset", data_files={split: shards}, split=split, streaming=streaming, **kw)
+    except ValueError as error:
+        raise ValueError(f"Could not read the webdataset shards {spec.location!r}: {error}") from error
+
+
+def _tar_has_members(path: str) -> bool:
+    if not os.path.exists(path):
+        return True  # remote or virtual paths are left to datasets
+    try:
+        with tarfile.open(path) as archive:
+            return archive.next() is not None
+    except tarfile.TarError as error:
+        raise ValueError(f"Webdataset shard {path!r} is not a readable tar archive ({error}).") from error
+
+
+def _load_hub(spec: DatasetSpec, split: str, streaming: bool, kw: dict[str, Any]) -> AnyDataset:
+    try:
+        return datasets.load_dataset(spec.location, split=split, streaming=streaming, **kw)
+    except ConnectionError as error:
+        raise ConnectionError(
+            f"Cannot load dataset {spec.location!r}: there is no local folder or file of that name, and the "
+            f"Hugging Face Hub is not reachable to fetch it as a hub dataset ({error}). "
+            "Either make it reachable, use a copy already in the local cache with HF_DATASETS_OFFLINE=1 "
+            f"(HF_HUB_OFFLINE=1), or pass a local folder / webdataset shards / '{synthetic.SYNTHETIC_DATASET_NAME}'."
+        ) from error
+    except DatasetNotFoundError as error:
+        raise FileNotFoundError(
+            f"Dataset {spec.location!r} is neither a local folder nor a dataset on the Hugging Face Hub ({error})."
+        ) from error
+
+
+# ------------------------------------------------------------------------------------------------ columns
+
+
+def _choose_column(
+    columns: Sequence[str], requested: str | None, candidates: Sequence[str], role: str, where: str
+) -> str:
+    if requested is not None:
+        if requested not in columns:
+            raise ValueError(
+                f"Column {requested!r} (the {role} column) is not in dataset {where!r}; "
+                f"available columns: {list(columns)}."
+            )
+        return requested
+    for candidate in candidates:
+        if candidate in columns:
+            return candidate
+    raise ValueError(
+        f"Cannot tell which column of dataset {where!r} holds the {role}; available columns: {list(columns)}. "
+        f"Name it with {role}_column=... (CLI: --{role}-column)."
+    )
+
+
+def _column_names(dataset: AnyDataset) -> list[str]:
+    if dataset.column_names is not None:
+        return list(dataset.column_names)
+    first = next(iter(dataset.take(1)), None)
+    return list(first) if first is not None else []
+
+
+def _image_columns_by_feature(dataset: AnyDataset) -> list[str]:
+    features = dataset.features or {}
+    return [name for name, feature in features.items() if isinstance(feature, datasets.Image)]
+
+
+def _select_image_text_columns(
+    dataset: AnyDataset,
+    where: str,
+    image_column: str | None,
+    text_column: str | None,
+    keep_columns: Sequence[str],
+    optional_columns: Sequence[str] = (),
+    text_candidates: Sequence[str] = TEXT_COLUMN_CANDIDATES,
+) -> AnyDataset:
+    columns = _column_names(dataset)
+    if not columns:
+        raise ValueError(f"Dataset {where!r} is empty: it has no columns.")
+    image_candidates = [*_image_columns_by_feature(dataset), *IMAGE_COLUMN_CANDIDATES]
+    image_column = _choose_column(columns, image_column, image_candidates, "image", where)
+    text_column = _choose_column(columns, text_column, text_candidates, "text", where)
+    for name in keep_columns:
+        _choose_column(columns, name, (), "extra", where)
+    keep_columns = [*keep_columns, *(name for name in optional_columns if name in columns)]
+    # Undecoded storage first: decoding happens in our transform, where a failure can name the sample.
+    image_feature = (dataset.features or {}).get(image_column)
+    is_path_column = isinstance(image_feature, datasets.Value) and image_feature.dtype in ("string", "large_string")
+    if isinstance(image_feature, datasets.Image) or is_path_column:
+        dataset = dataset.cast_column(image_column, datasets.Image(decode=False))
+    label = ["label"] if "label" in columns else []
+    selected = list(dict.fromkeys([image_column, text_column, *label, *keep_columns]))
+    # webdataset shard and sample key, used to name bad samples
+    selected += [name for name in WEBDATASET_ID_COLUMNS if name in columns and name not in selected]
+    dataset = dataset.select_columns(selected)
+    renames = {old: new for old, new in ((image_column, "image"), (text_column, "text")) if old != new}
+    clashes = sorted(set(renames.values()) & (set(selected) - set(renames)))
+    if clashes:
+        raise ValueError(
+            f"Dataset {where!r}: cannot rename the chosen columns because {clashes} already exist; pick other columns."
+        )
+    if renames:
+        dataset = dataset.rename_columns(renames)
+    return dataset
+
+
+
+class _DecodeIndexedRow:
+    """``IterableDataset.map`` adapter (picklable, unlike a lambda) that numbers rows as it decodes them."""
+
+    def __init__(self, decoder: DecodeImageText):
+        self.decoder = decoder
+
+    def __call__(self, row: dict[str, Any], index: int) -> dict[str, Any]:
+        return self.decoder.decode_row({**row, "sample_index": index})
+
+
+def _is_good_row(row: dict[str, Any]) -> bool:
+    return row["bad_sample"] is None
+
+
+def load_image_text_dataset(
+    spec: str,
+    split: str = "train",
+    image_column: str | None = None,
+    text_column: str | None = None,
+    streaming: bool | None = None,
+    *,
+    image_transform: ImageTransform | None = None,
+    skip_bad_samples: bool = False,
+    bad_samples: BadSampleCounter | None = None,
+    keep_columns: Sequence[str] = (),
+    optional_columns: Sequence[str] = (),
+    text_column_candidates: Sequence[str] | None = None,
+    **kw: Any,
+) -> AnyDataset:
+    """Load ``split`` of the dataset named by ``spec`` as rows of ``image`` (RGB PIL), ``text`` (+ ``label``).
+
+    Args:
+        spec: ``synthetic-shapes[:n=..,size=..,seed=..,task=..]``, a local folder or captions table, webdataset
+            shards (path, glob, brace pattern or folder of ``.tar``), or a hub dataset id.
+        split: the split to load ("train", "validation", ...).
+        image_column / text_column: source columns holding the image and the caption; guessed when omitted
+            (image features first, then common names). A caption column holding lists uses the first caption.
+        streaming: stream instead of materialising; ``None`` streams webdataset shards only.
+        image_transform: PIL -> PIL augmentation applied after decoding (e.g. :func:`clip_train_transform`).
+        skip_bad_samples: skip rows whose image cannot be decoded (or whose caption is empty) instead of raising;
+            skipped rows are recorded in ``bad_samples``. Map-style rows keep ``image=None`` and the reason in
+            ``bad_sample``; the collators drop them. Streamed datasets drop them directly (their ``sample_index``
+            counts the rows of the stream this process reads; ``source`` names the shard and sample key).
+        bad_samples: the counter to record skips in (read it for the final report).
+        keep_columns: further source columns to carry along (e.g. ``answer_label``); a missing one is an error.
+        optional_columns: further source columns carried along when the dataset has them (e.g. ``image_id``).
+        text_column_candidates: the names tried, in order, when ``text_column`` is not given (default
+            :data:`TEXT_COLUMN_CANDIDATES`; a VQA task tries ``question`` first, SNLI-VE ``hypothesis``).
+        **kw: passed to the loader (``datasets.load_dataset`` keyword arguments such as ``cache_dir``, or the
+            synthetic builder's ``num_samples``/``image_size``/``seed``/``task``).
+
+    Returns:
+        a ``datasets.Dataset`` (with a decoding transform set) or a ``datasets.IterableDataset`` when streaming.
+    """
+    resolved = resolve_dataset_spec(spec)
+    if streaming is None:
+        streaming = resolved.kind == "webdataset"
+    if resolved.kind == "synthetic":
+        raw: AnyDataset = _load_synthetic(resolved, split, kw)
+        if streaming:
+            raw = raw.to_iterable_dataset()
+    elif resolved.kind == "imagefolder":
+        raw = _load_imagefolder(resolved, split, streaming, kw)
+    elif resolved.kind == "captions_table":
+        raw = _load_caption_table(resolved, split, image_column, streaming)
+    elif resolved.kind == "saved":
+        raw = _load_saved(resolved, split, streaming)
+    elif resolved.kind == "webdataset":
+        raw = _load_webdataset(resolved, split, streaming, kw)
+    else:
+        raw = _load_hub(resolved, split, streaming, kw)
+
+    dataset = _select_image_text_columns(
+        raw, spec, image_column, text_column, keep_columns, optional_columns,
+        TEXT_COLUMN_CANDIDATES if text_column_candidates is None else text_column_candidates,
+    )
+    decoder = DecodeImageText(image_transform, skip_bad_samples, bad_samples)
+    if isinstance(dataset, datasets.IterableDataset):
+        id_columns = [name for name in WEBDATASET_ID_COLUMNS if name in _column_names(dataset)]
+        dataset = dataset.map(_DecodeIndexedRow(decoder), with_indices=True, remove_columns=id_columns)
+        if skip_bad_samples:
+            dataset = dataset.filter(_is_good_row)
+        return dataset
+    if len(dataset) == 0:
+        raise ValueError(f"Dataset {spec!r} split {split!r} is empty (0 rows).")
+    dataset = dataset.add_column("sample_index", np.arange(len(dataset)))
+    return dataset.with_transform(decoder)
+
+
+def take_rows(dataset: AnyDataset, limit: int | None = None) -> Iterator[dict[str, Any]]:
+    """The first ``limit`` rows (all when ``None``) as decoded row dicts: a map-style dataset is read in slices of
+    256 rows (its decoding transform runs per slice), a streamed one row by row."""
+    if isinstance(dataset, datasets.IterableDataset):
+        yield from itertools.islice(dataset, limit)
+        return
+    size = len(dataset) if limit is None else min(limit, len(dataset))
+    for start in range(0, size, 256):
+        batch = dataset[start : min(start + 256, size)]
+        names = list(batch)
+        for position in range(len(batch[names[0]]) if names else 0):
+            yield {name: batch[name][position] for name in names}
+
+__all__ = [
+    "IMAGE_COLUMN_CANDIDATES",
+    "TEXT_COLUMN_CANDIDATES",
+    "AnyDataset",
+    "load_image_text_dataset",
+    "take_rows",
+]

@@ -1,0 +1,12 @@
+"""Scaffolding shared by the test suite, written once for every architecture:
+
+- ``fixtures``: the recorded originals (tensors, metadata, cached conversions, models built from them);
+- ``tiny_models``: tiny configs and batches per architecture (a test names only the values it changes);
+- ``momentum_checks``: the checks and the shared test class of momentum-contrastive heads;
+- ``distributed_pretraining``: momentum pre-training on two gloo ranks against a single-process reference;
+- ``toy_models``: toy dual encoders and their two-process worker (losses, momentum, callbacks);
+- ``benchmarks``: running a benchmark script in ``--smoke`` mode.
+
+Imported as ``tests.helpers.<module>`` (``tests`` is a namespace package; the repository-root ``conftest.py`` puts
+the root on ``sys.path``, and ``torch.multiprocessing.spawn`` hands that path to its workers).
+"""
