@@ -12,7 +12,8 @@ from typing import Any
 import torch
 
 from ..integrations.compat import BeamSearchHooksMixin
-from .utils import resolved_generation_value
+from ..modules.attention import AttentionMemory
+from .utils import finish_generation_kwargs, resolved_generation_value
 
 BEAM_SCORING = ("original", "transformers")
 
@@ -39,10 +40,34 @@ class OriginalBeamScoringMixin(BeamSearchHooksMixin):
     The hooks rescale the scores transformers' beam search finalises and the length its stopping heuristic assumes;
     ``beam_scoring="transformers"`` leaves transformers' scoring untouched (e.g. to compare with transformers' BLIP).
     Remaining difference: transformers 4.15's stopping heuristic compared the best candidate including finished ones.
-    Put it before ``GenerationMixin`` and call :meth:`_generate_with_beam_scoring` from ``generate``.
+    Put it before ``GenerationMixin`` and call :meth:`generate_over_states` (or :meth:`_generate_with_beam_scoring`)
+    from ``generate``.
     """
 
     _beam_scoring_end_ids: torch.Tensor | None = None
+
+    def generate_over_states(
+        self,
+        beam_scoring: str,
+        generate_kwargs: dict[str, Any],
+        generation_config: Any,
+        decoder_config: Any,
+        start_ids: torch.Tensor,
+        states_name: str,
+        states: torch.Tensor,
+    ) -> Any:
+        """Decode from ``start_ids`` over encoded ``states`` (model kwarg ``states_name``): wrapped in an
+        :class:`~hf_vlp.modules.attention.AttentionMemory` shared by the beams unless ``use_cache=False`` (then
+        ``generate`` repeats them per beam), with the decoder's cache (``decoder_config``), under ``beam_scoring``."""
+        settings = (generate_kwargs, generation_config, self.generation_config)
+        use_cache = resolved_generation_value("use_cache", *settings, default=True)
+        memory = AttentionMemory(states) if use_cache else states
+        generate_kwargs = finish_generation_kwargs(
+            generate_kwargs, generation_config, self.generation_config, decoder_config
+        )
+        return self._generate_with_beam_scoring(
+            beam_scoring, {**generate_kwargs, "input_ids": start_ids, states_name: memory}
+        )
 
     def _generate_with_beam_scoring(self, beam_scoring: str, generate_kwargs: dict[str, Any]) -> Any:
         """``GenerationMixin.generate(**generate_kwargs)`` under ``beam_scoring``; rows that ended are padded with the

@@ -33,6 +33,8 @@ from transformers.image_utils import (
 )
 from transformers.utils import TensorType
 
+from ..integrations.compat import ImageStructureHookMixin
+
 _CHANNEL_COUNTS = (1, 3, 4)
 
 
@@ -128,7 +130,7 @@ def _to_uint8(array: np.ndarray) -> np.ndarray:
     raise ValueError(f"Unsupported image dtype {array.dtype}: pass uint8, integer or float pixels.")
 
 
-class VlpImageProcessorBase(PilBackend):
+class VlpImageProcessorBase(ImageStructureHookMixin, PilBackend):
     """Validation, resize, crop, RGB conversion, rescale and normalisation as the originals' torchvision transforms.
 
     Accepts PIL images, numpy arrays and torch tensors ((H, W), (H, W, C) or (C, H, W) with 1, 3 or 4 channels;
@@ -145,9 +147,7 @@ class VlpImageProcessorBase(PilBackend):
     do_convert_rgb = True
     convert_rgb_before_resize = False
 
-    # Overrides a private hook of transformers' BaseImageProcessor (how a call's `images` argument is flattened into
-    # single images). It is kept in this one place; transformers may rename it between releases.
-    def _prepare_images_structure(self, images: Any, expected_ndims: int = 3) -> list[Any]:
+    def flatten_images(self, images: Any, expected_ndims: int = 3) -> list[Any]:
         """Flatten the input into a list of single images, with clear errors for anything that is not one."""
         flat = []
         self._collect_images(images, flat, depth=0)

@@ -7,9 +7,9 @@ the same way for both architectures:
 - the frozen momentum copies ``momentum_vision_model``, ``momentum_vision_proj``, ``momentum_text_model``,
   ``momentum_text_proj`` and the feature queues ``image_queue``/``text_queue`` (+ ``idx_queue`` for retrieval);
 - the EMA pairs (``momentum_pairs``), the ITC step against the queues (``_contrastive_step``), the ITM triplets;
-- the retrieval training forward (``_retrieval_forward``) and the retrieval interface every evaluation, CapFilt and
-  training task calls: :meth:`encode_images`, :meth:`encode_texts`, :meth:`score_matrices`, :meth:`rank`, plus
-  :meth:`get_itm_logits`.
+- the retrieval interface every evaluation, CapFilt and training task calls: :meth:`encode_images`,
+  :meth:`encode_texts`, :meth:`score_matrices`, :meth:`rank`, plus :meth:`get_itm_logits`; retrieval heads add the
+  training ``forward`` of :class:`ImageTextRetrievalHeadMixin`.
 
 A model supplies what differs: its momentum text tower (:meth:`build_momentum_text_model`), what its ITM reads for a
 text (``itm_text_field``: ALBEF fuses the unimodal text states, BLIP re-encodes the ids with ``[ENC]`` first), the ITM
@@ -50,15 +50,30 @@ from ..objectives.momentum import FeatureQueue, ModulePair, MomentumModelMixin
 
 @dataclass
 class ItcItmResult:
-    """Pre-training's contrastive part: the step, ``loss_itc`` (``None`` unless asked), the ITM logits and labels over
-    the triplets and the negatives used."""
+    """Pre-training's contrastive part: the step, ``loss_itc``/``loss_itm`` (``None`` unless asked), the ITM logits
+    and labels over the triplets, the negatives used, and the resolved ``attention_mask`` and ``alpha``."""
 
     step: "ContrastiveStep"
     loss_itc: torch.Tensor | None
+    loss_itm: torch.Tensor | None
     itm_logits: torch.Tensor
     itm_labels: torch.Tensor
     negative_image_indices: torch.Tensor
     negative_text_indices: torch.Tensor
+    attention_mask: torch.Tensor
+    alpha: float
+
+    def output_fields(self) -> dict[str, Any]:
+        """The ITC/ITM fields of a pre-training output (losses, logits, features, ITM triplets)."""
+        return {
+            "loss_itc": self.loss_itc,
+            "loss_itm": self.loss_itm,
+            **contrastive_output_fields(self.step.itc),
+            "itm_logits": self.itm_logits,
+            "itm_labels": self.itm_labels,
+            "itm_negative_image_indices": self.negative_image_indices,
+            "itm_negative_text_indices": self.negative_text_indices,
+        }
 
 
 @dataclass
@@ -162,6 +177,9 @@ class MomentumContrastiveMixin(MomentumModelMixin):
         )
         return ContrastiveStep(image_states, text_states, momentum_image_states, itc)
 
+    def check_token_type_ids(self, token_type_ids: torch.Tensor | None) -> None:
+        """Reject ``token_type_ids`` the text tower cannot take (default: any are taken)."""
+
     def _itm_texts(self, input_ids: torch.Tensor, step: ContrastiveStep) -> torch.Tensor:
         return step.text_states if self.itm_text_field == "hidden_states" else input_ids
 
@@ -183,19 +201,24 @@ class MomentumContrastiveMixin(MomentumModelMixin):
         self,
         input_ids: torch.Tensor,
         pixel_values: torch.Tensor,
-        attention_mask: torch.Tensor,
+        attention_mask: torch.Tensor | None,
         token_type_ids: torch.Tensor | None,
         negative_image_indices: torch.Tensor | None,
         negative_text_indices: torch.Tensor | None,
-        alpha: float,
-        update_queues: bool,
+        alpha: float | None,
+        update_queues: bool | None,
         return_loss: bool | None,
         generator: torch.Generator | None,
         interpolate_pos_encoding: bool,
     ) -> ItcItmResult:
         """Pre-training's ITC (distilled, diagonal targets) and ITM on hard negatives drawn from the in-batch logits
         (diagonal excluded, ``itm_negative_eps`` added) unless given; enqueues the momentum features when
-        ``update_queues``."""
+        ``update_queues`` (default ``self.training``). ``alpha`` defaults to ``self.distill_alpha``, the
+        ``attention_mask`` to all ones."""
+        alpha = self.distill_alpha if alpha is None else float(alpha)
+        update_queues = self.training if update_queues is None else update_queues
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
         step = self._contrastive_step(input_ids, pixel_values, attention_mask, token_type_ids, interpolate_pos_encoding)
         itc = step.itc
         loss_itc = distilled_itc(itc, diagonal_targets(itc), alpha, self.temp) if return_loss else None
@@ -209,7 +232,11 @@ class MomentumContrastiveMixin(MomentumModelMixin):
             self._itm_texts(input_ids, step), attention_mask, step.image_states, negative_image_indices,
             negative_text_indices,
         )
-        return ItcItmResult(step, loss_itc, itm_logits, itm_labels, negative_image_indices, negative_text_indices)
+        loss_itm = nn.functional.cross_entropy(itm_logits, itm_labels) if return_loss else None
+        return ItcItmResult(
+            step, loss_itc, loss_itm, itm_logits, itm_labels, negative_image_indices, negative_text_indices,
+            attention_mask, alpha,
+        )
 
     # ------------------------------------------------------------------------------------------------ retrieval
 
@@ -223,64 +250,6 @@ class MomentumContrastiveMixin(MomentumModelMixin):
         """Retrieval's ITM hard negatives: drawn from the step's in-batch logits, never sharing the image id."""
         return sample_itm_negatives(step, same_id_mask(image_ids), generator, eps=self.itm_negative_eps)
 
-    def _retrieval_forward(
-        self,
-        input_ids: torch.Tensor,
-        pixel_values: torch.Tensor,
-        attention_mask: torch.Tensor | None,
-        token_type_ids: torch.Tensor | None,
-        image_ids: torch.Tensor | None,
-        itm_negative_image_indices: torch.Tensor | None,
-        itm_negative_text_indices: torch.Tensor | None,
-        alpha: float | None,
-        update_queues: bool | None,
-        generator: torch.Generator | None,
-        interpolate_pos_encoding: bool,
-        return_dict: bool | None,
-    ) -> ImageTextRetrievalOutput | tuple:
-        """Retrieval fine-tuning: ITC distilled against the queues with image-id positives and ITM on hard
-        negatives when ``image_ids`` are given, else the contrastive logits and the positives' ITM logits."""
-        check_matching_pairs(input_ids, pixel_values, "retrieval training")
-        check_negative_indices(itm_negative_image_indices, itm_negative_text_indices)
-        image_ids = check_image_ids(image_ids, input_ids.shape[0], input_ids.device)
-        update_queues = retrieval_queue_update(update_queues, self.training, image_ids)
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
-        alpha = self.distill_alpha if alpha is None else float(alpha)
-        if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
-        step = self._contrastive_step(input_ids, pixel_values, attention_mask, token_type_ids, interpolate_pos_encoding)
-        itc = step.itc
-        loss = loss_itc = loss_itm = itm_labels = None
-        if image_ids is not None:
-            loss_itc = distilled_itc(itc, self._itc_hard_targets(itc, image_ids), alpha, self.temp)
-        if update_queues:
-            enqueue_momentum_features(itc, self.image_queue, self.text_queue, image_ids, self.idx_queue)
-        texts = self._itm_texts(input_ids, step)
-        if image_ids is None:  # only the positives
-            itm_logits = self.pair_itm_logits(texts, attention_mask, step.image_states)
-            itm_negative_image_indices = itm_negative_text_indices = None
-        else:
-            if itm_negative_image_indices is None:
-                itm_negative_image_indices, itm_negative_text_indices = self._retrieval_negatives(
-                    itc, image_ids, generator
-                )
-            itm_logits, itm_labels = self._itm_on_triplets(
-                texts, attention_mask, step.image_states, itm_negative_image_indices, itm_negative_text_indices
-            )
-            loss_itm = nn.functional.cross_entropy(itm_logits, itm_labels)
-            loss = loss_itc + loss_itm
-        output = self.retrieval_output_class(
-            loss=loss,
-            loss_itc=loss_itc,
-            loss_itm=loss_itm,
-            **contrastive_output_fields(itc),
-            itm_logits=itm_logits,
-            itm_labels=itm_labels,
-            itm_negative_image_indices=itm_negative_image_indices,
-            itm_negative_text_indices=itm_negative_text_indices,
-        )
-        return output if return_dict else output.to_tuple()
-
     def get_itm_logits(
         self,
         input_ids: torch.Tensor,
@@ -291,10 +260,7 @@ class MomentumContrastiveMixin(MomentumModelMixin):
     ) -> torch.Tensor:
         """Image-text matching logits ``[B, 2]`` (column 1 = match) of pairs (image b, text b), from ``pixel_values``
         or precomputed ``image_hidden_states`` (the ViT tokens)."""
-        if (pixel_values is None) == (image_hidden_states is None):
-            raise ValueError("pass exactly one of pixel_values or image_hidden_states (the ViT tokens)")
-        if image_hidden_states is None:
-            image_hidden_states = self.encode_image(pixel_values, interpolate_pos_encoding).last_hidden_state
+        image_hidden_states = self.image_tokens(pixel_values, image_hidden_states, interpolate_pos_encoding)
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         texts = input_ids
@@ -366,4 +332,83 @@ class MomentumContrastiveMixin(MomentumModelMixin):
         )
 
 
-__all__ = ["ContrastiveStep", "ItcItmResult", "MomentumContrastiveMixin"]
+class ImageTextRetrievalHeadMixin:
+    """The retrieval fine-tuning ``forward`` of a :class:`MomentumContrastiveMixin` head (ALBEF, BLIP): ITC distilled
+    against the queues with image-id positives (``_itc_hard_targets``) and ITM on hard negatives
+    (``_retrieval_negatives``) when ``image_ids`` are given, else the contrastive logits and the positives' ITM logits.
+    Put it first among the head's bases."""
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        pixel_values: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        image_ids: torch.Tensor | None = None,
+        itm_negative_image_indices: torch.Tensor | None = None,
+        itm_negative_text_indices: torch.Tensor | None = None,
+        alpha: float | None = None,
+        update_queues: bool | None = None,
+        generator: torch.Generator | None = None,
+        interpolate_pos_encoding: bool = False,
+        return_dict: bool | None = None,
+    ) -> ImageTextRetrievalOutput | tuple:
+        """One fine-tuning step's forward on ``B`` matching (image, caption) pairs.
+
+        Args:
+            token_type_ids: the text's token types (BLIP, which has none, accepts them all zero).
+            image_ids: ``[B]`` integer id of each pair's image (captions of one image share it; ids must be >= 0
+                because the empty queue slots hold -100). Given, the losses are computed and the hard negatives
+                drawn; without them only the contrastive logits and the positives' ITM logits are returned.
+            itm_negative_image_indices: ``[B]`` in-batch index of each text's negative image, and
+                ``itm_negative_text_indices`` of each image's negative text (both or neither); otherwise drawn by
+                ``_retrieval_negatives`` (softmaxed in-batch similarities, same-id entries zeroed).
+            alpha: distillation weight; default ``self.distill_alpha`` (ramped by ``MomentumCallback``).
+            update_queues: enqueue the batch's momentum features and ids (needs ``image_ids``); default
+                ``self.training and image_ids is not None``.
+            generator: random generator for the hard negatives.
+        """
+        self.check_token_type_ids(token_type_ids)
+        check_matching_pairs(input_ids, pixel_values, "retrieval training")
+        check_negative_indices(itm_negative_image_indices, itm_negative_text_indices)
+        image_ids = check_image_ids(image_ids, input_ids.shape[0], input_ids.device)
+        update_queues = retrieval_queue_update(update_queues, self.training, image_ids)
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        alpha = self.distill_alpha if alpha is None else float(alpha)
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        step = self._contrastive_step(input_ids, pixel_values, attention_mask, token_type_ids, interpolate_pos_encoding)
+        itc = step.itc
+        loss = loss_itc = loss_itm = itm_labels = None
+        if image_ids is not None:
+            loss_itc = distilled_itc(itc, self._itc_hard_targets(itc, image_ids), alpha, self.temp)
+        if update_queues:
+            enqueue_momentum_features(itc, self.image_queue, self.text_queue, image_ids, self.idx_queue)
+        texts = self._itm_texts(input_ids, step)
+        if image_ids is None:  # only the positives
+            itm_logits = self.pair_itm_logits(texts, attention_mask, step.image_states)
+            itm_negative_image_indices = itm_negative_text_indices = None
+        else:
+            if itm_negative_image_indices is None:
+                itm_negative_image_indices, itm_negative_text_indices = self._retrieval_negatives(
+                    itc, image_ids, generator
+                )
+            itm_logits, itm_labels = self._itm_on_triplets(
+                texts, attention_mask, step.image_states, itm_negative_image_indices, itm_negative_text_indices
+            )
+            loss_itm = nn.functional.cross_entropy(itm_logits, itm_labels)
+            loss = loss_itc + loss_itm
+        output = self.retrieval_output_class(
+            loss=loss,
+            loss_itc=loss_itc,
+            loss_itm=loss_itm,
+            **contrastive_output_fields(itc),
+            itm_logits=itm_logits,
+            itm_labels=itm_labels,
+            itm_negative_image_indices=itm_negative_image_indices,
+            itm_negative_text_indices=itm_negative_text_indices,
+        )
+        return output if return_dict else output.to_tuple()
+
+
+__all__ = ["ContrastiveStep", "ImageTextRetrievalHeadMixin", "ItcItmResult", "MomentumContrastiveMixin"]

@@ -4,6 +4,7 @@
   ``VlpBlipVisionModel``) - a ``transformer`` built from the tower config and a forward returning its
   ``BaseModelOutputWithPooling``.
 - :class:`TextEmbeddingsMixin`: ``get/set_input_embeddings`` of a text-tower model through ``input_embeddings_path``.
+- :class:`TextTowerMixin`: a text-tower model - a ``transformer`` and a forward passing its arguments on.
 - :class:`DualTowerHeadMixin`: a head holding ``vision_model`` and ``text_model`` (input embeddings are the text
   tower's, ``encode_image`` runs the image tower) and, for ITC/ITM heads, ``vision_proj``/``text_proj``/``itm_head``/
   ``temp`` (:meth:`DualTowerHeadMixin.build_contrastive_heads`).
@@ -22,6 +23,7 @@ from transformers.modeling_outputs import BaseModelOutput, BaseModelOutputWithPo
 from transformers import initialization as init
 
 from ..modules.heads import ItmHead, MaskedLMHead
+from ..modules.towers import build_vision_tower
 from ..modules.vision import VisionTransformer
 from ..objectives.momentum import FeatureQueue
 from ..utils.tower_init import LoadReport, TowerSource, load_text_tower_from_transformers, load_vision_tower_from_transformers
@@ -132,7 +134,8 @@ class VisionTowerMixin:
         self.transformer = self.build_transformer(config)
 
     def build_transformer(self, config: Any) -> nn.Module:
-        raise NotImplementedError
+        """The ViT (:func:`~hf_vlp.modules.towers.build_vision_tower` with its defaults, as ALBEF and BLIP)."""
+        return build_vision_tower(config)
 
     def tower_output(
         self,
@@ -184,6 +187,39 @@ class TextEmbeddingsMixin:
         setattr(module, last, value)
 
 
+class TextTowerMixin(TextEmbeddingsMixin):
+    """A text tower ``PreTrainedModel``: ``transformer`` = :meth:`build_transformer` ``(config, **tower_options)``;
+    ``forward`` takes the transformer's own arguments (see its ``forward``) plus ``return_dict``, so one wrapper
+    serves every text transformer. :meth:`tower_kwargs` adapts the keyword arguments (a tower's defaults, inputs it
+    checks and drops). Put it before the architecture's ``PreTrainedModel`` base."""
+
+    main_input_name = "input_ids"
+    input_modalities = ("text",)
+    # flags the wrappers accept as ``None`` (the transformers convention) and the transformers take as ``bool``
+    boolean_flags = ("output_hidden_states", "output_attentions", "use_cache")
+
+    def __init__(self, config: Any, **tower_options: Any) -> None:
+        super().__init__(config)
+        self.transformer = self.build_transformer(config, **tower_options)
+        self.post_init()
+
+    def build_transformer(self, config: Any, **tower_options: Any) -> nn.Module:
+        raise NotImplementedError
+
+    def tower_kwargs(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """The keyword arguments given to the transformer (default: as passed)."""
+        return kwargs
+
+    def forward(self, *args: Any, return_dict: bool | None = None, **kwargs: Any) -> ModelOutput | tuple:
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        kwargs = self.tower_kwargs(kwargs)
+        for flag in self.boolean_flags:
+            if flag in kwargs:
+                kwargs[flag] = bool(kwargs[flag])
+        output = self.transformer(*args, **kwargs)
+        return output if return_dict else output.to_tuple()
+
+
 class DualTowerHeadMixin:
     """A head with ``vision_model`` and ``text_model`` (flat names shared by every ALBEF/BLIP head)."""
 
@@ -217,6 +253,93 @@ class DualTowerHeadMixin:
             return_dict=True,
         )
 
+    def encode_text(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        output_hidden_states: bool = False,
+        output_attentions: bool = False,
+    ) -> ModelOutput:
+        """The unimodal text encoder (``mode='text'``: ALBEF's layers ``[0, fusion_layer)``, BLIP's MED without
+        cross-attention), the originals' ``text_embeds``; ids as given, ``[CLS]`` first."""
+        return self.text_model(
+            input_ids,
+            attention_mask,
+            token_type_ids=token_type_ids,
+            mode="text",
+            output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions,
+            return_dict=True,
+        )
+
+    def image_tokens(
+        self,
+        pixel_values: torch.Tensor | None,
+        image_hidden_states: torch.Tensor | None,
+        interpolate_pos_encoding: bool = False,
+        caller: str = "pass",
+    ) -> torch.Tensor:
+        """The ViT tokens of a call taking exactly one of ``pixel_values`` (encoded here) or precomputed
+        ``image_hidden_states``; ``caller`` starts the error message (e.g. ``"generate needs"``)."""
+        if (pixel_values is None) == (image_hidden_states is None):
+            raise ValueError(f"{caller} exactly one of pixel_values or image_hidden_states (the ViT tokens)")
+        if image_hidden_states is None:
+            image_hidden_states = self.encode_image(pixel_values, interpolate_pos_encoding).last_hidden_state
+        return image_hidden_states
+
+
+def contrastive_call_flags(
+    model: nn.Module,
+    input_ids: torch.Tensor | None,
+    pixel_values: torch.Tensor | None,
+    return_dict: bool | None,
+    output_hidden_states: bool | None,
+    output_attentions: bool | None,
+) -> tuple[bool, bool, bool]:
+    """``(return_dict, output_hidden_states, output_attentions)`` of a dual-encoder ``forward`` (CLIP, ALBEF, BLIP),
+    unset ones from ``model.config``; raises unless both ``input_ids`` and ``pixel_values`` are given."""
+    if input_ids is None or pixel_values is None:
+        raise ValueError(
+            f"{type(model).__name__}.forward needs both input_ids and pixel_values (use get_*_features for one)"
+        )
+    config = model.config
+    return (
+        return_dict if return_dict is not None else config.return_dict,
+        bool(output_hidden_states or config.output_hidden_states),
+        bool(output_attentions or config.output_attentions),
+    )
+
+
+@dataclass
+class ImageTextClassifierOutput(ModelOutput):
+    """Outputs of a head classifying image-text examples (ALBEF's and BLIP's NLVR2, ALBEF's SNLI-VE): ``logits``,
+    ``loss`` only with ``labels``; with ``output_hidden_states`` the fused text states ``last_hidden_state``
+    ``[B, L, D]`` and the ViT tokens ``image_hidden_states``."""
+
+    loss: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+    last_hidden_state: torch.Tensor | None = None
+    image_hidden_states: torch.Tensor | None = None
+
+    @classmethod
+    def from_states(
+        cls,
+        loss: torch.Tensor | None,
+        logits: torch.Tensor,
+        text_states: torch.Tensor,
+        image_states: torch.Tensor,
+        output_hidden_states: bool | None,
+    ) -> "ImageTextClassifierOutput":
+        """The output, holding the states only when ``output_hidden_states``."""
+        keep = bool(output_hidden_states)
+        return cls(
+            loss=loss,
+            logits=logits,
+            last_hidden_state=text_states if keep else None,
+            image_hidden_states=image_states if keep else None,
+        )
+
 
 @dataclass
 class DualEncoderOutput(ModelOutput):
@@ -237,8 +360,7 @@ class DualEncoderOutput(ModelOutput):
 
 class ContrastiveEncodersMixin(DualTowerHeadMixin):
     """The encoder model of an ITC + ITM architecture (``VlpAlbefModel``, ``VlpBlipModel``): projected features and
-    the contrastive ``forward``. The model provides ``encode_text(input_ids, attention_mask, token_type_ids,
-    output_hidden_states, output_attentions)`` (unimodal states, ``[CLS]`` first) and ``multimodal_states(input_ids,
+    the contrastive ``forward`` over ``encode_image``/``encode_text``. The model provides ``multimodal_states(input_ids,
     text_states, image_states, attention_mask, output_hidden_states, output_attentions)`` (its image-grounded text
     encoder over pairs (image b, text b), whose first state the ``itm_head`` reads)."""
 
@@ -259,27 +381,24 @@ class ContrastiveEncodersMixin(DualTowerHeadMixin):
         L2-normalised they are the originals' ``text_feat``."""
         return self.text_proj(self.encode_text(input_ids, attention_mask, token_type_ids).last_hidden_state[:, 0])
 
-    def contrastive_forward(
+    def forward(
         self,
-        input_ids: torch.Tensor | None,
-        pixel_values: torch.Tensor | None,
-        attention_mask: torch.Tensor | None,
-        token_type_ids: torch.Tensor | None,
-        output_itm: bool,
-        interpolate_pos_encoding: bool,
-        output_hidden_states: bool | None,
-        output_attentions: bool | None,
-        return_dict: bool | None,
+        input_ids: torch.Tensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        output_itm: bool = False,
+        interpolate_pos_encoding: bool = False,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        return_dict: bool | None = None,
     ) -> DualEncoderOutput | tuple:
         """Similarity logits of every image against every text (normalised features / ``temp``); with
-        ``output_itm=True`` also the image-grounded states and ITM logits of pair b = (image b, text b)."""
-        if input_ids is None or pixel_values is None:
-            raise ValueError(
-                f"{type(self).__name__}.forward needs both input_ids and pixel_values (use get_*_features for one)"
-            )
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
-        output_hidden_states = bool(output_hidden_states or self.config.output_hidden_states)
-        output_attentions = bool(output_attentions or self.config.output_attentions)
+        ``output_itm=True`` also the image-grounded states and ITM logits of pair b = (image b, text b) (same batch
+        size needed). ``token_type_ids`` go to the text tower (BLIP accepts them all zero)."""
+        return_dict, output_hidden_states, output_attentions = contrastive_call_flags(
+            self, input_ids, pixel_values, return_dict, output_hidden_states, output_attentions
+        )
         vision_outputs = self.encode_image(pixel_values, interpolate_pos_encoding, output_hidden_states, output_attentions)
         text_outputs = self.encode_text(input_ids, attention_mask, token_type_ids, output_hidden_states, output_attentions)
         image_embeds = nn.functional.normalize(self.vision_proj(vision_outputs.last_hidden_state[:, 0]), dim=-1)

@@ -18,7 +18,6 @@ from .modeling_albef_pretraining import (
     VlpAlbefForPretrainingOutput,
     VlpAlbefRetrievalFeatures,
     VlpAlbefRetrievalScores,
-    recall_at_k_from_scores,
 )
 from .modeling_albef_reasoning import (
     NLVR2_LABELS,

@@ -20,8 +20,7 @@ from transformers.modeling_outputs import BaseModelOutputWithCrossAttentions, Ma
 
 from ...integrations.compat import initialize_modules_now
 from ...modules.text import BertStyleTextTransformer
-from ...modules.towers import build_vision_tower, text_block_options
-from ...modules.vision import VisionTransformer
+from ...modules.towers import text_block_options
 from ...objectives.mlm import masked_lm_loss
 from ..towers import (
     VitBertPreTrainedModel,
@@ -29,7 +28,7 @@ from ..towers import (
     DualEncoderOutput,
     DualTowerHeadMixin,
     MaskedLMOutputEmbeddingsMixin,
-    TextEmbeddingsMixin,
+    TextTowerMixin,
     VisionTowerMixin,
     bert_prediction_head,
 )
@@ -42,11 +41,12 @@ class VlpAlbefOutput(DualEncoderOutput):
     ``output_itm=True``, the fused states and ITM logits of the given (matching) pairs."""
 
 
-def build_text_tower(config: VlpAlbefTextConfig) -> BertStyleTextTransformer:
-    """xbert's ``BertModel`` (no pooler): layers ``>= fusion_layer`` cross-attend to ``encoder_width`` tokens."""
+def build_text_tower(config: VlpAlbefTextConfig, num_layers: int | None = None) -> BertStyleTextTransformer:
+    """xbert's ``BertModel`` (no pooler): layers ``>= fusion_layer`` cross-attend to ``encoder_width`` tokens;
+    ``num_layers`` defaults to ``config.num_hidden_layers``."""
     return BertStyleTextTransformer(
         text_block_options(config),
-        num_layers=config.num_hidden_layers,
+        num_layers=config.num_hidden_layers if num_layers is None else num_layers,
         fusion_layer=config.fusion_layer,
         vocab_size=config.vocab_size,
         max_position_embeddings=config.max_position_embeddings,
@@ -73,49 +73,16 @@ class VlpAlbefVisionModel(VisionTowerMixin, VlpAlbefPreTrainedModel):
 
     config: VlpAlbefVisionConfig
 
-    def build_transformer(self, config: VlpAlbefVisionConfig) -> VisionTransformer:
-        return build_vision_tower(config)
 
-
-class VlpAlbefTextModel(TextEmbeddingsMixin, VlpAlbefPreTrainedModel):
-    """The BERT text/fusion encoder; ``mode`` = ``"text"`` (unimodal layers), ``"fusion"`` (cross-attending layers on
-    ``inputs_embeds``, the text mode's output) or ``"full"`` (all layers, xbert's ``multi_modal``)."""
+class VlpAlbefTextModel(TextTowerMixin, VlpAlbefPreTrainedModel):
+    """The BERT text/fusion encoder; ``forward`` takes :class:`~hf_vlp.modules.text.BertStyleTextTransformer`'s
+    arguments: ``mode`` = ``"text"`` (unimodal layers), ``"fusion"`` (cross-attending layers on ``inputs_embeds``, the
+    text mode's output) or ``"full"`` (all layers, xbert's ``multi_modal``; the default)."""
 
     config: VlpAlbefTextConfig
-    main_input_name = "input_ids"
-    input_modalities = ("text",)
 
-    def __init__(self, config: VlpAlbefTextConfig) -> None:
-        super().__init__(config)
-        self.transformer = build_text_tower(config)
-        self.post_init()
-
-    def forward(
-        self,
-        input_ids: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        token_type_ids: torch.Tensor | None = None,
-        inputs_embeds: torch.Tensor | None = None,
-        encoder_hidden_states: torch.Tensor | None = None,
-        encoder_attention_mask: torch.Tensor | None = None,
-        mode: str = "full",
-        output_hidden_states: bool | None = None,
-        output_attentions: bool | None = None,
-        return_dict: bool | None = None,
-    ) -> BaseModelOutputWithCrossAttentions | tuple:
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
-        output = self.transformer(
-            input_ids,
-            attention_mask,
-            token_type_ids,
-            inputs_embeds=inputs_embeds,
-            encoder_hidden_states=encoder_hidden_states,
-            encoder_attention_mask=encoder_attention_mask,
-            mode=mode,
-            output_hidden_states=bool(output_hidden_states),
-            output_attentions=bool(output_attentions),
-        )
-        return output if return_dict else output.to_tuple()
+    def build_transformer(self, config: VlpAlbefTextConfig) -> BertStyleTextTransformer:
+        return build_text_tower(config)
 
 
 class AlbefTowersMixin(DualTowerHeadMixin):
@@ -129,25 +96,6 @@ class AlbefTowersMixin(DualTowerHeadMixin):
         # initialise the heads before the caller builds more modules, as when the towers were a nested sub-model
         # with its own post_init: a seeded model keeps the initial weights it had then
         initialize_modules_now(self, self.vision_proj, self.text_proj, self.itm_head)
-
-    def encode_text(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
-        token_type_ids: torch.Tensor | None = None,
-        output_hidden_states: bool = False,
-        output_attentions: bool = False,
-    ) -> BaseModelOutputWithCrossAttentions:
-        """The unimodal text layers ``[0, fusion_layer)`` (ALBEF's ``text_embeds``, ``mode='text'``)."""
-        return self.text_model(
-            input_ids,
-            attention_mask,
-            token_type_ids,
-            mode="text",
-            output_hidden_states=output_hidden_states,
-            output_attentions=output_attentions,
-            return_dict=True,
-        )
 
     def fuse(
         self,
@@ -215,25 +163,6 @@ class VlpAlbefModel(ContrastiveEncodersMixin, AlbefTowersMixin, VlpAlbefPreTrain
             output_attentions=output_attentions,
         )
 
-    def forward(
-        self,
-        input_ids: torch.Tensor | None = None,
-        pixel_values: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        token_type_ids: torch.Tensor | None = None,
-        output_itm: bool = False,
-        interpolate_pos_encoding: bool = False,
-        output_hidden_states: bool | None = None,
-        output_attentions: bool | None = None,
-        return_dict: bool | None = None,
-    ) -> VlpAlbefOutput | tuple:
-        """Similarity logits of every image against every text (``sim / temp``); with ``output_itm=True`` also the
-        fused states and ITM logits of pair ``b`` = (image ``b``, text ``b``) (same batch size needed)."""
-        return self.contrastive_forward(
-            input_ids, pixel_values, attention_mask, token_type_ids, output_itm, interpolate_pos_encoding,
-            output_hidden_states, output_attentions, return_dict,
-        )
-
 
 class VlpAlbefForMaskedLM(MaskedLMOutputEmbeddingsMixin, AlbefTowersMixin, VlpAlbefPreTrainedModel):
     """Image-conditioned masked language modelling: the full text encoder (text + fusion layers over the image
@@ -267,11 +196,8 @@ class VlpAlbefForMaskedLM(MaskedLMOutputEmbeddingsMixin, AlbefTowersMixin, VlpAl
     ) -> MaskedLMOutput | tuple:
         """MLM logits ``[B, L, vocab]`` for (masked) ``input_ids`` grounded on ``pixel_values`` (or on precomputed
         ``image_hidden_states``, the ViT tokens); the loss only when ``labels`` are given."""
-        if (pixel_values is None) == (image_hidden_states is None):
-            raise ValueError("pass exactly one of pixel_values or image_hidden_states (the ViT tokens)")
         return_dict = return_dict if return_dict is not None else self.config.return_dict
-        if image_hidden_states is None:
-            image_hidden_states = self.encode_image(pixel_values, interpolate_pos_encoding).last_hidden_state
+        image_hidden_states = self.image_tokens(pixel_values, image_hidden_states, interpolate_pos_encoding)
         text_outputs = self.text_model(
             input_ids,
             attention_mask,

@@ -15,11 +15,10 @@ from ...objectives.contrastive import (
     RetrievalScores,
     check_matching_pairs,
     check_negative_indices,
-    contrastive_output_fields,
 )
 from ...objectives.mlm import distilled_mlm_loss, mask_tokens
 from ...objectives.momentum import ModulePair
-from ..momentum_contrastive import MomentumContrastiveMixin
+from ..momentum_contrastive import ImageTextRetrievalHeadMixin, MomentumContrastiveMixin
 from ..towers import MaskedLMOutputEmbeddingsMixin, bert_prediction_head
 from .configuration_albef import VlpAlbefConfig, VlpAlbefTextConfig
 from .modeling_albef import AlbefTowersMixin, VlpAlbefPreTrainedModel, VlpAlbefTextModel
@@ -159,15 +158,11 @@ class VlpAlbefForPretraining(MaskedLMOutputEmbeddingsMixin, VlpAlbefMomentumMode
             raise ValueError("pass both mlm_input_ids and mlm_labels (a given masking), or neither")
         check_negative_indices(itm_negative_image_indices, itm_negative_text_indices)
         return_dict = return_dict if return_dict is not None else self.config.return_dict
-        alpha = self.distill_alpha if alpha is None else float(alpha)
-        update_queues = self.training if update_queues is None else update_queues
-        if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
         itc_itm = self._pretraining_itc_itm(
             input_ids, pixel_values, attention_mask, token_type_ids, itm_negative_image_indices,
             itm_negative_text_indices, alpha, update_queues, return_loss, generator, interpolate_pos_encoding,
         )
-        step, itm_logits, itm_labels = itc_itm.step, itc_itm.itm_logits, itc_itm.itm_labels
+        step, attention_mask = itc_itm.step, itc_itm.attention_mask
 
         # MLM, distilled from the momentum text encoder on the momentum image tokens
         if mlm_input_ids is None:
@@ -179,9 +174,8 @@ class VlpAlbefForPretraining(MaskedLMOutputEmbeddingsMixin, VlpAlbefMomentumMode
             ).last_hidden_state
         )
 
-        loss = loss_itm = loss_mlm = None
+        loss = loss_mlm = None
         if return_loss:
-            loss_itm = nn.functional.cross_entropy(itm_logits, itm_labels)
             with torch.no_grad():
                 teacher_logits = self.momentum_mlm_head(
                     self.momentum_text_model(
@@ -189,18 +183,12 @@ class VlpAlbefForPretraining(MaskedLMOutputEmbeddingsMixin, VlpAlbefMomentumMode
                         mode="full", return_dict=True,
                     ).last_hidden_state
                 )
-            loss_mlm = distilled_mlm_loss(mlm_logits, mlm_labels.to(mlm_logits.device), teacher_logits, alpha)
-            loss = itc_itm.loss_itc + loss_itm + loss_mlm
+            loss_mlm = distilled_mlm_loss(mlm_logits, mlm_labels.to(mlm_logits.device), teacher_logits, itc_itm.alpha)
+            loss = itc_itm.loss_itc + itc_itm.loss_itm + loss_mlm
         output = VlpAlbefForPretrainingOutput(
             loss=loss,
-            loss_itc=itc_itm.loss_itc,
-            loss_itm=loss_itm,
             loss_mlm=loss_mlm,
-            **contrastive_output_fields(step.itc),
-            itm_logits=itm_logits,
-            itm_labels=itm_labels,
-            itm_negative_image_indices=itc_itm.negative_image_indices,
-            itm_negative_text_indices=itc_itm.negative_text_indices,
+            **itc_itm.output_fields(),
             mlm_logits=mlm_logits,
             mlm_input_ids=mlm_input_ids,
             mlm_labels=mlm_labels,
@@ -218,7 +206,7 @@ VlpAlbefRetrievalFeatures = RetrievalFeatures
 VlpAlbefRetrievalScores = RetrievalScores
 
 
-class VlpAlbefForImageTextRetrieval(VlpAlbefMomentumModel):
+class VlpAlbefForImageTextRetrieval(ImageTextRetrievalHeadMixin, VlpAlbefMomentumModel):
     """ALBEF image-text retrieval (``models/model_retrieval.py`` + ``Retrieval.py``).
 
     Training (``forward`` with ``image_ids``): ITC with momentum distillation against the feature queues where every
@@ -247,71 +235,6 @@ class VlpAlbefForImageTextRetrieval(VlpAlbefMomentumModel):
         self.post_init()
         self.init_momentum()
 
-    def forward(
-        self,
-        input_ids: torch.Tensor,
-        pixel_values: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
-        token_type_ids: torch.Tensor | None = None,
-        image_ids: torch.Tensor | None = None,
-        itm_negative_image_indices: torch.Tensor | None = None,
-        itm_negative_text_indices: torch.Tensor | None = None,
-        alpha: float | None = None,
-        update_queues: bool | None = None,
-        generator: torch.Generator | None = None,
-        interpolate_pos_encoding: bool = False,
-        return_dict: bool | None = None,
-    ) -> VlpAlbefForImageTextRetrievalOutput | tuple:
-        """One fine-tuning step's forward on ``B`` matching (image, caption) pairs.
-
-        Args:
-            image_ids: ``[B]`` integer id of each pair's image (captions of one image share it; ids must be >= 0
-                because the empty queue slots hold -100). Given, the losses are computed and the hard negatives
-                drawn; without them only the contrastive logits and the positives' ITM logits are returned.
-            itm_negative_image_indices: ``[B]`` in-batch index of each text's negative image, and
-                ``itm_negative_text_indices`` of each image's negative text (both or neither); otherwise drawn from
-                the softmaxed in-batch similarities with same-id entries zeroed.
-            alpha: distillation weight; default ``self.distill_alpha`` (ramped by ``MomentumCallback``).
-            update_queues: enqueue the batch's momentum features and ids (needs ``image_ids``); default
-                ``self.training and image_ids is not None``.
-            generator: random generator for the hard negatives.
-        """
-        return self._retrieval_forward(
-            input_ids, pixel_values, attention_mask, token_type_ids, image_ids, itm_negative_image_indices,
-            itm_negative_text_indices, alpha, update_queues, generator, interpolate_pos_encoding, return_dict,
-        )
-
-
-def recall_at_k_from_scores(
-    image_to_text: torch.Tensor,
-    text_to_image: torch.Tensor,
-    image_to_texts: list[list[int]],
-    text_to_image_index: list[int],
-    ks: tuple[int, ...] = (1, 5, 10),
-) -> dict[str, float]:
-    """Recall@K in percent from score matrices, as ALBEF's ``itm_eval``: an image query's rank is that of its
-    best-ranked ground-truth caption; keys ``txt_r{k}``/``img_r{k}`` plus ``txt_r_mean``, ``img_r_mean``, ``r_mean``.
-
-    Ties are broken by a stable descending sort (the original uses numpy's reversed ``argsort``)."""
-    if image_to_text.shape != text_to_image.T.shape:
-        raise ValueError(
-            f"image_to_text {tuple(image_to_text.shape)} must be the transpose shape of text_to_image "
-            f"{tuple(text_to_image.shape)}"
-        )
-    if len(image_to_texts) != image_to_text.shape[0] or len(text_to_image_index) != text_to_image.shape[0]:
-        raise ValueError("pass one caption list per image (image_to_texts) and one image index per text")
-    positions_i2t = image_to_text.argsort(dim=1, descending=True, stable=True).argsort(dim=1)
-    positions_t2i = text_to_image.argsort(dim=1, descending=True, stable=True).argsort(dim=1)
-    image_ranks = torch.stack([positions_i2t[row, captions].min() for row, captions in enumerate(image_to_texts)])
-    text_ranks = positions_t2i[torch.arange(len(text_to_image_index)), torch.tensor(text_to_image_index)]
-    result: dict[str, float] = {}
-    for name, ranks in (("txt", image_ranks), ("img", text_ranks)):
-        for k in ks:
-            result[f"{name}_r{k}"] = 100.0 * float((ranks < k).float().mean())
-        result[f"{name}_r_mean"] = sum(result[f"{name}_r{k}"] for k in ks) / len(ks)
-    result["r_mean"] = (result["txt_r_mean"] + result["img_r_mean"]) / 2
-    return result
-
 
 __all__ = [
     "VlpAlbefForImageTextRetrieval",
@@ -321,5 +244,4 @@ __all__ = [
     "VlpAlbefMomentumModel",
     "VlpAlbefRetrievalFeatures",
     "VlpAlbefRetrievalScores",
-    "recall_at_k_from_scores",
 ]

@@ -34,16 +34,15 @@ from ...objectives.losses import soft_target_cross_entropy
 from ...objectives.momentum import ModulePair, MomentumModelMixin
 from ...modules.attention import padding_mask
 from ...modules.heads import MlpClassifierHead
-from ...modules.text import BertStyleTextTransformer
 from ...modules.vision import interpolate_grid_embeddings
-from ..towers import DualTowerHeadMixin, TextEmbeddingsMixin
+from ..towers import DualTowerHeadMixin, ImageTextClassifierOutput, TextEmbeddingsMixin
 from .configuration_albef import VlpAlbefConfig, VlpAlbefTextConfig
 from .modeling_albef import (
     VlpAlbefModel,
     VlpAlbefPreTrainedModel,
     VlpAlbefTextModel,
     VlpAlbefVisionModel,
-    text_block_options,
+    build_text_tower,
 )
 
 SNLI_VE_LABELS = ("contradiction", "neutral", "entailment")  # dataset/ve_dataset.py
@@ -91,17 +90,7 @@ class VlpAlbefPairedTextModel(StructuralTiedWeightsMixin, TextEmbeddingsMixin, V
                 f"the paired (NLVR2) encoder needs at least one fusion layer to turn into a pair of image layers: "
                 f"fusion_layer {config.fusion_layer} must be below num_hidden_layers {config.num_hidden_layers}"
             )
-        self.transformer = BertStyleTextTransformer(
-            text_block_options(config),
-            num_layers=paired_num_layers(config),
-            fusion_layer=config.fusion_layer,
-            vocab_size=config.vocab_size,
-            max_position_embeddings=config.max_position_embeddings,
-            type_vocab_size=config.type_vocab_size,
-            pad_token_id=config.pad_token_id,
-            kv_size=config.encoder_width,
-            config=config,
-        )
+        self.transformer = build_text_tower(config, num_layers=paired_num_layers(config))
         self._tied_weights_keys = self._shared_cross_attention_keys()
         self.post_init()
 
@@ -243,15 +232,10 @@ def _vision_state(albef: VlpAlbefPreTrainedModel, image_size: int | None) -> dic
 
 
 @dataclass
-class VlpAlbefClassifierOutput(ModelOutput):
+class VlpAlbefClassifierOutput(ImageTextClassifierOutput):
     """NLVR2 / SNLI-VE outputs. ``loss`` only with ``labels``. With ``output_hidden_states``: ``last_hidden_state``
     the fused text states ``[B, L, D]`` and ``image_hidden_states`` the ViT tokens (``[B, 2, N, D_v]`` for NLVR2,
     ``[B, N, D_v]`` for SNLI-VE)."""
-
-    loss: torch.Tensor | None = None
-    logits: torch.Tensor | None = None
-    last_hidden_state: torch.Tensor | None = None
-    image_hidden_states: torch.Tensor | None = None
 
 
 @dataclass
@@ -353,12 +337,7 @@ class VlpAlbefDistilledClassifier(DualTowerHeadMixin, MomentumModelMixin, VlpAlb
                         interpolate_pos_encoding=interpolate_pos_encoding,
                     )[0]
             loss = distilled_classification_loss(logits, labels.to(logits.device), teacher_logits, alpha)
-        output = VlpAlbefClassifierOutput(
-            loss=loss,
-            logits=logits,
-            last_hidden_state=text_states if output_hidden_states else None,
-            image_hidden_states=image_states if output_hidden_states else None,
-        )
+        output = VlpAlbefClassifierOutput.from_states(loss, logits, text_states, image_states, output_hidden_states)
         return output if return_dict else output.to_tuple()
 
 

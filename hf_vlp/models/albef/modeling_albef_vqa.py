@@ -12,14 +12,11 @@ from typing import Any
 import torch
 from torch import nn
 from transformers import Cache, GenerationConfig, GenerationMixin
-from transformers.modeling_outputs import ModelOutput
 
+from ...generation.answers import AnswerGenerationMixin, AnswerRanking, QuestionAnsweringOutput
 from ...generation.utils import (
-    decode_generated,
-    fill_special_tokens,
     finish_generation_kwargs,
     resolved_generation_value,
-    special_token_ids_from_tokenizer,
     start_generation,
     uncached_tokens,
 )
@@ -35,7 +32,7 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass
-class VlpAlbefForQuestionAnsweringOutput(ModelOutput):
+class VlpAlbefForQuestionAnsweringOutput(QuestionAnsweringOutput):
     """ALBEF VQA training outputs. ``loss`` (set only with ``return_loss=True``) is
     ``sum(answer_weights * answer_losses) / num_questions``; ``answer_losses`` ``[N]`` is each answer's summed
     (distilled) token loss. ``logits`` ``[N, La, vocab]`` are the answer decoder's next-token logits over
@@ -43,21 +40,11 @@ class VlpAlbefForQuestionAnsweringOutput(ModelOutput):
     question states the decoder attends to. ``cache`` is the answer decoder's key/value cache when one was passed
     (generation)."""
 
-    loss: torch.Tensor | None = None
-    answer_losses: torch.Tensor | None = None
-    logits: torch.Tensor | None = None
-    question_states: torch.Tensor | None = None
-    cache: Cache | None = None
-
 
 @dataclass
-class VlpAlbefAnswerRanking:
+class VlpAlbefAnswerRanking(AnswerRanking):
     """``rank_answers`` result: ``answer_indices`` ``[Q, k]`` candidate indices best first, ``scores`` ``[Q, k]``
     their softmax-normalised scores, ``first_token_probs`` ``[Q, A]`` every candidate's first-token probability."""
-
-    answer_indices: torch.Tensor
-    scores: torch.Tensor
-    first_token_probs: torch.Tensor
 
 
 def answer_decoder_config(text: VlpAlbefTextConfig, num_layers: int) -> VlpAlbefTextConfig:
@@ -72,6 +59,7 @@ def answer_decoder_config(text: VlpAlbefTextConfig, num_layers: int) -> VlpAlbef
 
 
 class VlpAlbefForQuestionAnswering(
+    AnswerGenerationMixin,
     MaskedLMOutputEmbeddingsMixin, DualTowerHeadMixin, MomentumModelMixin, VlpAlbefPreTrainedModel, GenerationMixin
 ):
     """ALBEF VQA (``models/model_vqa.py`` + ``VQA.py``): a question encoder (text layers, then fusion layers over the
@@ -426,30 +414,6 @@ class VlpAlbefForQuestionAnswering(
         return super().generate(
             input_ids=start_ids, question_states=question_states, question_attention_mask=attention_mask, **kwargs
         )
-
-    @torch.no_grad()
-    def generate_answers(
-        self,
-        processor: Any,
-        pixel_values: torch.Tensor,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
-        **generate_kwargs: Any,
-    ) -> list[str]:
-        """:meth:`generate` and decode: one answer string per question (per returned sequence), special tokens
-        removed. ``processor`` is a ``VlpAlbefProcessor`` or its tokenizer; the special tokens the generation
-        config lacks (``[CLS]``, ``[SEP]``, ``[PAD]``) are read from it."""
-        generation_config = fill_special_tokens(
-            generate_kwargs,
-            generate_kwargs.pop("generation_config", None),
-            self.generation_config,
-            special_token_ids_from_tokenizer(processor),
-        )
-        output = self.generate(
-            pixel_values, input_ids, attention_mask, generation_config=generation_config, **generate_kwargs
-        )
-        sequences = output if isinstance(output, torch.Tensor) else output.sequences
-        return decode_generated(processor, sequences)
 
     # ------------------------------------------------------------------------------------------------ inference
 

@@ -31,10 +31,9 @@ from transformers.cache_utils import Cache
 from transformers.modeling_outputs import BaseModelOutputWithPastAndCrossAttentions, ModelOutput
 
 from ...generation.beam_scoring import BEAM_SCORING, OriginalBeamScoringMixin
-from ...generation.utils import finish_generation_kwargs, resolved_generation_value, start_generation, uncached_tokens
+from ...generation.utils import start_generation, uncached_tokens
 from ...modules.attention import AttentionMemory, grouped_rows
-from ...modules.towers import build_vision_tower, text_block_options
-from ...modules.vision import VisionTransformer
+from ...modules.towers import text_block_options
 from ...objectives.lm import IGNORE_INDEX, shifted_lm_loss
 from ..towers import (
     VitBertPreTrainedModel,
@@ -42,7 +41,7 @@ from ..towers import (
     DualEncoderOutput,
     DualTowerHeadMixin,
     MaskedLMOutputEmbeddingsMixin,
-    TextEmbeddingsMixin,
+    TextTowerMixin,
     VisionTowerMixin,
     bert_prediction_head,
 )
@@ -110,23 +109,21 @@ class VlpBlipVisionModel(VisionTowerMixin, VlpBlipPreTrainedModel):
 
     config: VlpBlipVisionConfig
 
-    def build_transformer(self, config: VlpBlipVisionConfig) -> VisionTransformer:
-        return build_vision_tower(config)
 
-
-class VlpBlipTextModel(TextEmbeddingsMixin, VlpBlipPreTrainedModel):
+class VlpBlipTextModel(TextTowerMixin, VlpBlipPreTrainedModel):
     """The MED text transformer (:class:`~hf_vlp.modules.text.MedTextTransformer`) with the self-attentions of
-    ``roles`` (default: the encoder's). ``mode`` = ``"text"`` (unimodal), ``"multimodal"`` (cross-attends to
-    ``encoder_hidden_states``) or ``"decoder"`` (causal, optional ``cache``). Ids are used as given."""
+    ``roles`` (default: the encoder's); ``forward`` takes its arguments, ``mode`` defaulting to ``"text"``:
+    ``"text"`` (unimodal), ``"multimodal"`` (cross-attends to ``encoder_hidden_states``) or ``"decoder"`` (causal,
+    optional ``cache``). Ids are used as given; all-zero ``token_type_ids`` are accepted and dropped."""
 
     config: VlpBlipTextConfig
-    main_input_name = "input_ids"
-    input_modalities = ("text",)
 
     def __init__(self, config: VlpBlipTextConfig, roles: tuple[str, ...] | list[str] = ("encoder",)) -> None:
-        super().__init__(config)
+        super().__init__(config, roles=roles)
+
+    def build_transformer(self, config: VlpBlipTextConfig, roles: tuple[str, ...] | list[str]) -> MedTextTransformer:
         self.text_roles = tuple(roles)
-        self.transformer = MedTextTransformer(
+        return MedTextTransformer(
             text_block_options(config),
             num_layers=config.num_hidden_layers,
             vocab_size=config.vocab_size,
@@ -136,36 +133,10 @@ class VlpBlipTextModel(TextEmbeddingsMixin, VlpBlipPreTrainedModel):
             roles=self.text_roles,
             config=config,
         )
-        self.post_init()
 
-    def forward(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
-        encoder_hidden_states: torch.Tensor | None = None,
-        encoder_attention_mask: torch.Tensor | None = None,
-        mode: str = "text",
-        cache: Cache | None = None,
-        use_cache: bool | None = None,
-        token_type_ids: torch.Tensor | None = None,
-        output_hidden_states: bool | None = None,
-        output_attentions: bool | None = None,
-        return_dict: bool | None = None,
-    ) -> BaseModelOutputWithPastAndCrossAttentions | tuple:
-        check_no_token_types(token_type_ids)
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
-        output = self.transformer(
-            input_ids,
-            attention_mask,
-            encoder_hidden_states=encoder_hidden_states,
-            encoder_attention_mask=encoder_attention_mask,
-            mode=mode,
-            cache=cache,
-            use_cache=bool(use_cache),
-            output_hidden_states=bool(output_hidden_states),
-            output_attentions=bool(output_attentions),
-        )
-        return output if return_dict else output.to_tuple()
+    def tower_kwargs(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        check_no_token_types(kwargs.pop("token_type_ids", None))
+        return {"mode": "text", **kwargs}
 
 
 class BlipTowersMixin(DualTowerHeadMixin):
@@ -201,25 +172,6 @@ class VlpBlipModel(ContrastiveEncodersMixin, BlipTowersMixin, VlpBlipPreTrainedM
         self.build_towers(config)
         self.build_contrastive_heads(config)
         self.post_init()
-
-    def encode_text(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
-        token_type_ids: torch.Tensor | None = None,
-        output_hidden_states: bool = False,
-        output_attentions: bool = False,
-    ) -> BaseModelOutputWithPastAndCrossAttentions:
-        """The unimodal text encoder (``mode='text'``; the original's ``text_embeds``); ids as given, ``[CLS]`` first."""
-        return self.text_model(
-            input_ids,
-            attention_mask,
-            mode="text",
-            token_type_ids=token_type_ids,
-            output_hidden_states=output_hidden_states,
-            output_attentions=output_attentions,
-            return_dict=True,
-        )
 
     def encode_multimodal(
         self,
@@ -282,34 +234,11 @@ class VlpBlipModel(ContrastiveEncodersMixin, BlipTowersMixin, VlpBlipPreTrainedM
     ) -> torch.Tensor:
         """Image-text matching logits ``[B, 2]`` (column 1 = match) of pairs (image b, text b), from ``pixel_values``
         or precomputed ``image_hidden_states``; ``[ENC]`` first unless ``replace_first_token=False``."""
-        if (pixel_values is None) == (image_hidden_states is None):
-            raise ValueError("pass exactly one of pixel_values or image_hidden_states (the ViT tokens)")
-        if image_hidden_states is None:
-            image_hidden_states = self.encode_image(pixel_values, interpolate_pos_encoding).last_hidden_state
+        image_hidden_states = self.image_tokens(pixel_values, image_hidden_states, interpolate_pos_encoding)
         states = self.encode_multimodal(
             input_ids, image_hidden_states, attention_mask, replace_first_token=replace_first_token
         ).last_hidden_state
         return self.itm_head(states[:, 0])
-
-    def forward(
-        self,
-        input_ids: torch.Tensor | None = None,
-        pixel_values: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        token_type_ids: torch.Tensor | None = None,
-        output_itm: bool = False,
-        interpolate_pos_encoding: bool = False,
-        output_hidden_states: bool | None = None,
-        output_attentions: bool | None = None,
-        return_dict: bool | None = None,
-    ) -> VlpBlipOutput | tuple:
-        """Similarity logits of every image against every text (normalised features / ``temp``); with
-        ``output_itm=True`` also the image-grounded encoder states and ITM logits of pair b = (image b, text b) (same
-        batch size needed; ``[ENC]`` put first). ``token_type_ids`` (all zero from BERT tokenizers) are accepted."""
-        return self.contrastive_forward(
-            input_ids, pixel_values, attention_mask, token_type_ids, output_itm, interpolate_pos_encoding,
-            output_hidden_states, output_attentions, return_dict,
-        )
 
 
 # BLIP's caption decoding settings (``models/blip.py:BLIP_Decoder.generate``); lengths count ``[DEC]`` and the prompt's
@@ -455,12 +384,9 @@ class VlpBlipForConditionalGeneration(
         """
         if input_ids is None:
             raise ValueError("pass input_ids (the processor's [CLS] caption [SEP] ids); labels alone are not enough")
-        if (pixel_values is None) == (image_hidden_states is None):
-            raise ValueError("pass exactly one of pixel_values or image_hidden_states (the ViT tokens)")
         check_no_token_types(token_type_ids)
         return_dict = return_dict if return_dict is not None else self.config.return_dict
-        if image_hidden_states is None:
-            image_hidden_states = self.encode_image(pixel_values, interpolate_pos_encoding).last_hidden_state
+        image_hidden_states = self.image_tokens(pixel_values, image_hidden_states, interpolate_pos_encoding)
         decoded = self.decode(
             input_ids,
             image_hidden_states,
@@ -584,12 +510,9 @@ class VlpBlipForConditionalGeneration(
         if image_hidden_states is None:
             image_hidden_states = self.encode_image(pixel_values, interpolate_pos_encoding).last_hidden_state
         start_ids = self.prompt_input_ids(input_ids, attention_mask, image_hidden_states.shape[0])
-        settings = (kwargs, generation_config, self.generation_config)
-        use_cache = resolved_generation_value("use_cache", *settings, default=True)
-        memory = AttentionMemory(image_hidden_states) if use_cache else image_hidden_states
-        kwargs = finish_generation_kwargs(kwargs, generation_config, self.generation_config, self.config.text_config)
-        return self._generate_with_beam_scoring(
-            beam_scoring, {**kwargs, "input_ids": start_ids, "image_hidden_states": memory}
+        return self.generate_over_states(
+            beam_scoring, kwargs, generation_config, self.config.text_config, start_ids, "image_hidden_states",
+            image_hidden_states,
         )
 
     @torch.no_grad()

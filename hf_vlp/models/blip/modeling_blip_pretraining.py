@@ -27,7 +27,6 @@ from ...objectives.contrastive import (
     RetrievalScores,
     check_matching_pairs,
     check_negative_indices,
-    contrastive_output_fields,
     diagonal_targets,
     rerank_top_k,
     same_id_mask,
@@ -35,7 +34,7 @@ from ...objectives.contrastive import (
 from ...objectives.lm import IGNORE_INDEX, shifted_lm_loss
 from ...objectives.losses import id_match_targets, sample_hard_negatives
 from ...objectives.momentum import ModulePair
-from ..momentum_contrastive import MomentumContrastiveMixin
+from ..momentum_contrastive import ImageTextRetrievalHeadMixin, MomentumContrastiveMixin
 from ..towers import MaskedLMOutputEmbeddingsMixin
 from .configuration_blip import VlpBlipConfig, VlpBlipTextConfig
 from .modeling_blip import (
@@ -83,6 +82,9 @@ class VlpBlipMomentumModel(MomentumContrastiveMixin, BlipTowersMixin, VlpBlipPre
 
     def build_momentum_text_model(self, config: VlpBlipTextConfig) -> VlpBlipTextModel:
         return VlpBlipTextModel(config, roles=("encoder",))
+
+    def check_token_type_ids(self, token_type_ids: torch.Tensor | None) -> None:
+        check_no_token_types(token_type_ids)
 
     def momentum_text_pair(self) -> ModulePair:
         """The encoder role's modules of the online and momentum MEDs (:func:`encoder_role_modules`)."""
@@ -198,46 +200,32 @@ class VlpBlipForPretraining(MaskedLMOutputEmbeddingsMixin, VlpBlipMomentumModel)
         """
         check_matching_pairs(input_ids, pixel_values, "pre-training")
         check_negative_indices(itm_negative_image_indices, itm_negative_text_indices)
-        check_no_token_types(token_type_ids)
+        self.check_token_type_ids(token_type_ids)
         if lm_labels is not None and lm_labels.shape != input_ids.shape:
             raise ValueError(
                 f"lm_labels must align with input_ids (shape {tuple(input_ids.shape)}), got {tuple(lm_labels.shape)}; "
                 "the model shifts them itself"
             )
         return_dict = return_dict if return_dict is not None else self.config.return_dict
-        alpha = self.distill_alpha if alpha is None else float(alpha)
-        update_queues = self.training if update_queues is None else update_queues
-        if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
         itc_itm = self._pretraining_itc_itm(
             input_ids, pixel_values, attention_mask, None, itm_negative_image_indices, itm_negative_text_indices,
             alpha, update_queues, return_loss, generator, interpolate_pos_encoding,
         )
-        image_states, itm_logits, itm_labels = itc_itm.step.image_states, itc_itm.itm_logits, itc_itm.itm_labels
 
         decoder_ids = with_first_token(input_ids, self._special_id("bos_token_id"))
         decoded = self.text_model(
-            decoder_ids, attention_mask, encoder_hidden_states=image_states, mode="decoder", return_dict=True
+            decoder_ids, itc_itm.attention_mask, encoder_hidden_states=itc_itm.step.image_states, mode="decoder",
+            return_dict=True,
         ).last_hidden_state
         lm_logits = self.lm_head(decoded)
 
-        loss = loss_itm = loss_lm = None
+        loss = loss_lm = None
         if return_loss:
-            loss_itm = nn.functional.cross_entropy(itm_logits, itm_labels)
             labels = self.lm_labels(decoder_ids) if lm_labels is None else lm_labels
             loss_lm = shifted_lm_loss(lm_logits, labels, self.config.label_smoothing)
-            loss = itc_itm.loss_itc + loss_itm + loss_lm
+            loss = itc_itm.loss_itc + itc_itm.loss_itm + loss_lm
         output = VlpBlipForPretrainingOutput(
-            loss=loss,
-            loss_itc=itc_itm.loss_itc,
-            loss_itm=loss_itm,
-            loss_lm=loss_lm,
-            **contrastive_output_fields(itc_itm.step.itc),
-            itm_logits=itm_logits,
-            itm_labels=itm_labels,
-            itm_negative_image_indices=itc_itm.negative_image_indices,
-            itm_negative_text_indices=itc_itm.negative_text_indices,
-            lm_logits=lm_logits,
+            loss=loss, loss_lm=loss_lm, **itc_itm.output_fields(), lm_logits=lm_logits
         )
         return output if return_dict else output.to_tuple()
 
@@ -254,7 +242,7 @@ class VlpBlipForImageTextRetrievalOutput(ImageTextRetrievalOutput):
 VlpBlipRetrievalFeatures = RetrievalFeatures
 
 
-class VlpBlipForImageTextRetrieval(VlpBlipMomentumModel):
+class VlpBlipForImageTextRetrieval(ImageTextRetrievalHeadMixin, VlpBlipMomentumModel):
     """BLIP image-text retrieval (``models/blip_retrieval.py`` + ``train_retrieval.py``).
 
     Training (``forward`` with ``image_ids``): ITC with momentum distillation against the feature queues, every column
@@ -311,41 +299,6 @@ class VlpBlipForImageTextRetrieval(VlpBlipMomentumModel):
         online = step.image_embeds @ step.text_embeds.T / self.temp
         return sample_hard_negatives(
             online.detach(), online.T.detach(), same_id_mask(image_ids), generator, eps=float(self.itm_negative_eps)
-        )
-
-    def forward(
-        self,
-        input_ids: torch.Tensor,
-        pixel_values: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
-        image_ids: torch.Tensor | None = None,
-        itm_negative_image_indices: torch.Tensor | None = None,
-        itm_negative_text_indices: torch.Tensor | None = None,
-        alpha: float | None = None,
-        update_queues: bool | None = None,
-        generator: torch.Generator | None = None,
-        token_type_ids: torch.Tensor | None = None,
-        interpolate_pos_encoding: bool = False,
-        return_dict: bool | None = None,
-    ) -> VlpBlipForImageTextRetrievalOutput | tuple:
-        """One fine-tuning step's forward on ``B`` matching (image, caption) pairs (``[CLS] caption [SEP]`` ids).
-
-        Args:
-            image_ids: ``[B]`` integer id of each pair's image (captions of one image share it; ids must be >= 0
-                because the empty queue slots hold -100). Given, the losses are computed and the hard negatives
-                drawn; without them only the contrastive logits and the positives' ITM logits are returned.
-            itm_negative_image_indices: ``[B]`` in-batch index of each text's negative image, and
-                ``itm_negative_text_indices`` of each image's negative text (both or neither); otherwise drawn from
-                the softmaxed online in-batch similarities with same-id entries zeroed.
-            alpha: distillation weight; default ``self.distill_alpha`` (ramped by ``MomentumCallback``).
-            update_queues: enqueue the batch's momentum features and ids (needs ``image_ids``); default
-                ``self.training and image_ids is not None``.
-            generator: random generator for the hard negatives.
-        """
-        check_no_token_types(token_type_ids)
-        return self._retrieval_forward(
-            input_ids, pixel_values, attention_mask, token_type_ids, image_ids, itm_negative_image_indices,
-            itm_negative_text_indices, alpha, update_queues, generator, interpolate_pos_encoding, return_dict,
         )
 
 

@@ -20,7 +20,6 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers.modeling_outputs import ModelOutput
 
 from ...utils.classification import NLVR2_LABELS, check_class_labels, flatten_image_pairs, set_task_labels
 from ...modules.attention import Attention
@@ -28,6 +27,7 @@ from ...modules.heads import MlpClassifierHead
 from ...modules.transformer import BlockOptions
 from ...modules.vision import interpolate_grid_embeddings
 from ...modules.towers import text_block_options
+from ..towers import ImageTextClassifierOutput
 from .configuration_blip import VlpBlipConfig
 from .modeling_blip import (
     BlipTowersMixin,
@@ -122,15 +122,10 @@ def paired_text_state_dict(text_state: dict[str, torch.Tensor]) -> dict[str, tor
 
 
 @dataclass
-class VlpBlipForVisualReasoningOutput(ModelOutput):
+class VlpBlipForVisualReasoningOutput(ImageTextClassifierOutput):
     """NLVR2 outputs: ``logits`` ``[B, 2]`` (0 = False, 1 = True), ``loss`` only with ``labels``. With
     ``output_hidden_states``: ``last_hidden_state`` the encoder states ``[B, L, D]`` and ``image_hidden_states`` the ViT
     tokens ``[B, 2, N, D_v]``."""
-
-    loss: torch.Tensor | None = None
-    logits: torch.Tensor | None = None
-    last_hidden_state: torch.Tensor | None = None
-    image_hidden_states: torch.Tensor | None = None
 
 
 class VlpBlipForVisualReasoning(BlipTowersMixin, VlpBlipPreTrainedModel):
@@ -196,12 +191,7 @@ class VlpBlipForVisualReasoning(BlipTowersMixin, VlpBlipPreTrainedModel):
         ).last_hidden_state
         logits = self.cls_head(text_states[:, 0])
         loss = nn.functional.cross_entropy(logits, labels.to(logits.device)) if labels is not None else None
-        output = VlpBlipForVisualReasoningOutput(
-            loss=loss,
-            logits=logits,
-            last_hidden_state=text_states if output_hidden_states else None,
-            image_hidden_states=image_states if output_hidden_states else None,
-        )
+        output = VlpBlipForVisualReasoningOutput.from_states(loss, logits, text_states, image_states, output_hidden_states)
         return output if return_dict else output.to_tuple()
 
     @classmethod

@@ -32,15 +32,10 @@ import torch
 from torch import nn
 from transformers import GenerationConfig, GenerationMixin
 from transformers.cache_utils import Cache
-from transformers.modeling_outputs import ModelOutput
 from transformers.utils import logging
 
+from ...generation.answers import AnswerGenerationMixin, AnswerRanking, QuestionAnsweringOutput
 from ...generation.utils import (
-    decode_generated,
-    fill_special_tokens,
-    finish_generation_kwargs,
-    resolved_generation_value,
-    special_token_ids_from_tokenizer,
     start_generation,
     uncached_tokens,
 )
@@ -109,31 +104,22 @@ def load_pretraining_directory(directory: str | os.PathLike, **from_pretrained_k
 
 
 @dataclass
-class VlpBlipForQuestionAnsweringOutput(ModelOutput):
+class VlpBlipForQuestionAnsweringOutput(QuestionAnsweringOutput):
     """``loss`` (with ``return_loss=True`` or ``labels``) = ``sum(answer_weights * answer_losses) / num_questions``;
     ``answer_losses`` ``[N]`` each answer's summed label-smoothed token CE; ``logits`` ``[N, La, vocab]`` the answer
     decoder's next-token logits (position t predicts token t + 1); ``question_states`` ``[Q, Lq, D]`` the
     image-grounded question encodings; ``cache`` the answer decoder's self-attention cache during generation."""
 
-    loss: torch.Tensor | None = None
-    answer_losses: torch.Tensor | None = None
-    logits: torch.Tensor | None = None
-    question_states: torch.Tensor | None = None
-    cache: Cache | None = None
-
 
 @dataclass
-class VlpBlipAnswerRanking:
+class VlpBlipAnswerRanking(AnswerRanking):
     """:meth:`VlpBlipForQuestionAnswering.rank_answers` result: ``answer_indices`` ``[Q, k]`` candidate indices best
     first, ``scores`` ``[Q, k]`` their scores (minus the summed label-smoothed CE, the original's ranking score; not
     normalised), ``first_token_probs`` ``[Q, A]`` every candidate's first-token probability after ``[DEC]``."""
 
-    answer_indices: torch.Tensor
-    scores: torch.Tensor
-    first_token_probs: torch.Tensor
-
 
 class VlpBlipForQuestionAnswering(
+    AnswerGenerationMixin,
     OriginalBeamScoringMixin, MaskedLMOutputEmbeddingsMixin, BlipTowersMixin, VlpBlipPreTrainedModel, GenerationMixin
 ):
     """BLIP VQA: ``vision_model`` + image-grounded question encoder ``text_model`` (``[ENC]`` first) + ``answer_decoder``
@@ -149,6 +135,7 @@ class VlpBlipForQuestionAnswering(
     main_input_name = "pixel_values"
     text_roles = ("encoder",)
     output_head_name = "answer_head"
+    answer_bos_token = "bos_token"  # [DEC]
     model_card_pipeline_tag = "visual-question-answering"
     _tied_weights_keys = {"answer_head.decoder.weight": "answer_decoder.transformer.embeddings.word_embeddings.weight"}
 
@@ -429,41 +416,14 @@ class VlpBlipForQuestionAnswering(
             raise ValueError("generate needs the images (pixel_values) and the tokenised questions (input_ids)")
         generation_config = start_generation(self, kwargs, generation_config, "answer from [DEC]")
         check_no_token_types(kwargs.pop("token_type_ids", None))
-        settings = (kwargs, generation_config, self.generation_config)
         question_states = self.encode_question(pixel_values, input_ids, attention_mask, interpolate_pos_encoding)
         start_ids = torch.full(
             (input_ids.shape[0], 1), self._special_id("bos_token_id"), dtype=torch.long, device=question_states.device
         )
-        use_cache = resolved_generation_value("use_cache", *settings, default=True)
-        memory = AttentionMemory(question_states) if use_cache else question_states
-        kwargs = finish_generation_kwargs(kwargs, generation_config, self.generation_config, self.answer_decoder.config)
-        return self._generate_with_beam_scoring(
-            beam_scoring, {**kwargs, "input_ids": start_ids, "question_states": memory}
+        return self.generate_over_states(
+            beam_scoring, kwargs, generation_config, self.answer_decoder.config, start_ids, "question_states",
+            question_states,
         )
-
-    @torch.no_grad()
-    def generate_answers(
-        self,
-        processor: Any,
-        pixel_values: torch.Tensor,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
-        **generate_kwargs: Any,
-    ) -> list[str]:
-        """:meth:`generate` and decode: one answer string per question (per returned sequence), special tokens
-        removed, as the original's ``tokenizer.decode(output, skip_special_tokens=True)``. ``processor`` is a
-        ``VlpBlipProcessor`` or its tokenizer."""
-        generation_config = fill_special_tokens(
-            generate_kwargs,
-            generate_kwargs.pop("generation_config", None),
-            self.generation_config,
-            special_token_ids_from_tokenizer(processor, bos_token="bos_token"),
-        )
-        output = self.generate(
-            pixel_values, input_ids, attention_mask, generation_config=generation_config, **generate_kwargs
-        )
-        sequences = output if isinstance(output, torch.Tensor) else output.sequences
-        return decode_generated(processor, sequences)
 
     # ------------------------------------------------------------------------------------------------ inference
 

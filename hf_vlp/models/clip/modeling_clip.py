@@ -20,7 +20,7 @@ from ...modules.pooling import AttentionPool2d
 from ...modules.text import CausalTextTransformer
 from ...modules.towers import block_options, build_vision_tower
 from ...modules.vision import Bottleneck, ModifiedResNet, VisionTransformer
-from ..towers import TextEmbeddingsMixin, VisionTowerMixin
+from ..towers import TextTowerMixin, VisionTowerMixin, contrastive_call_flags
 from .configuration_clip import VlpClipConfig, VlpClipTextConfig, VlpClipVisionConfig
 
 
@@ -48,9 +48,10 @@ class VlpClipTowerOutput(ModelOutput):
     attentions: tuple[torch.Tensor, ...] | None = None
 
 
-def build_visual_projection(config: VlpClipVisionConfig) -> nn.Module:
-    """ViT: a bias-free projection of the class token; ResNet: none (attention pooling already projects)."""
-    if config.architecture == "resnet":
+def build_tower_projection(config: VlpClipTextConfig | VlpClipVisionConfig) -> nn.Module:
+    """A tower's projection: bias-free linear on the pooled token (text, ViT); none for a ResNet image tower (its
+    attention pooling already projects)."""
+    if getattr(config, "architecture", None) == "resnet":
         return nn.Identity()
     return nn.Linear(config.hidden_size, config.projection_dim, bias=False)
 
@@ -167,17 +168,20 @@ class VlpClipVisionModel(VisionTowerMixin, VlpClipPreTrainedModel):
         return BaseModelOutputWithPooling(last_hidden_state=feature_map, pooler_output=self.attnpool(feature_map))
 
 
-class VlpClipTextModel(TextEmbeddingsMixin, VlpClipPreTrainedModel):
-    """The text tower without projection; ``pooler_output`` is the end-of-text token after the final norm."""
+# what CausalTextTransformer.forward takes by keyword; the text model ignores any other keyword argument
+CLIP_TEXT_ARGUMENTS = ("input_ids", "attention_mask", "output_hidden_states", "output_attentions")
+
+
+class VlpClipTextModel(TextTowerMixin, VlpClipPreTrainedModel):
+    """The text tower without projection; ``pooler_output`` is the end-of-text token after the final norm.
+    ``forward(input_ids, attention_mask=None, output_hidden_states=None, output_attentions=None, return_dict=None)``;
+    other keyword arguments (e.g. a tokenizer's ``token_type_ids``) are ignored."""
 
     config: VlpClipTextConfig
-    main_input_name = "input_ids"
-    input_modalities = ("text",)
     input_embeddings_path = "transformer.token_embedding"
 
-    def __init__(self, config: VlpClipTextConfig) -> None:
-        super().__init__(config)
-        self.transformer = CausalTextTransformer(
+    def build_transformer(self, config: VlpClipTextConfig) -> CausalTextTransformer:
+        return CausalTextTransformer(
             block_options(config, attention_dropout=config.attention_dropout),
             num_layers=config.num_hidden_layers,
             vocab_size=config.vocab_size,
@@ -185,25 +189,9 @@ class VlpClipTextModel(TextEmbeddingsMixin, VlpClipPreTrainedModel):
             eos_token_id=config.eos_token_id,
             config=config,
         )
-        self.post_init()
 
-    def forward(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
-        output_hidden_states: bool | None = None,
-        output_attentions: bool | None = None,
-        return_dict: bool | None = None,
-        **_: Any,
-    ) -> BaseModelOutputWithPooling | tuple:
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
-        output = self.transformer(
-            input_ids,
-            attention_mask,
-            output_hidden_states=bool(output_hidden_states),
-            output_attentions=bool(output_attentions),
-        )
-        return output if return_dict else output.to_tuple()
+    def tower_kwargs(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        return {name: value for name, value in kwargs.items() if name in CLIP_TEXT_ARGUMENTS}
 
 
 class VlpClipModel(VlpClipPreTrainedModel):
@@ -213,8 +201,8 @@ class VlpClipModel(VlpClipPreTrainedModel):
         super().__init__(config)
         self.vision_model = VlpClipVisionModel(config.vision_config)
         self.text_model = VlpClipTextModel(config.text_config)
-        self.visual_projection = build_visual_projection(config.vision_config)
-        self.text_projection = nn.Linear(config.text_config.hidden_size, config.projection_dim, bias=False)
+        self.visual_projection = build_tower_projection(config.vision_config)
+        self.text_projection = build_tower_projection(config.text_config)
         self.logit_scale = nn.Parameter(torch.tensor(config.logit_scale_init_value))
         self.post_init()
 
@@ -247,11 +235,9 @@ class VlpClipModel(VlpClipPreTrainedModel):
         without labels. Across processes the loss gathers features (with gradient) from every rank: see
         :func:`hf_vlp.objectives.losses.contrastive_loss`.
         """
-        if input_ids is None or pixel_values is None:
-            raise ValueError("VlpClipModel.forward needs both input_ids and pixel_values (use get_*_features for one)")
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
-        output_hidden_states = bool(output_hidden_states or self.config.output_hidden_states)
-        output_attentions = bool(output_attentions or self.config.output_attentions)
+        return_dict, output_hidden_states, output_attentions = contrastive_call_flags(
+            self, input_ids, pixel_values, return_dict, output_hidden_states, output_attentions
+        )
         vision_outputs = self.vision_model(
             pixel_values,
             interpolate_pos_encoding=interpolate_pos_encoding,
@@ -283,72 +269,53 @@ class VlpClipModel(VlpClipPreTrainedModel):
         return output if return_dict else output.to_tuple()
 
 
-class VlpClipTextModelWithProjection(VlpClipPreTrainedModel):
-    """The text tower alone (e.g. to embed label sets or caption galleries offline)."""
+class ProjectedTowerMixin:
+    """One tower with its projection: ``forward`` takes the tower model's arguments and returns its outputs plus the
+    projected, un-normalised ``embeds`` (:class:`VlpClipTowerOutput`). ``tower_name``/``projection_name`` are the
+    attributes (and weight-name prefixes) of the two."""
+
+    tower_name: str
+    projection_name: str
+    tower_class: type[VlpClipPreTrainedModel]
+
+    def __init__(self, config: VlpClipTextConfig | VlpClipVisionConfig) -> None:
+        super().__init__(config)
+        setattr(self, self.tower_name, self.tower_class(config))
+        setattr(self, self.projection_name, build_tower_projection(config))
+        self.post_init()
+
+    def forward(self, *args: Any, return_dict: bool | None = None, **kwargs: Any) -> VlpClipTowerOutput | tuple:
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        outputs = getattr(self, self.tower_name)(*args, return_dict=True, **kwargs)
+        embeds = getattr(self, self.projection_name)(outputs.pooler_output)
+        output = VlpClipTowerOutput(embeds=embeds, **outputs)
+        return output if return_dict else output.to_tuple()
+
+
+class VlpClipTextModelWithProjection(ProjectedTowerMixin, VlpClipPreTrainedModel):
+    """The text tower alone (e.g. to embed label sets or caption galleries offline); ``forward`` takes
+    :class:`VlpClipTextModel`'s arguments."""
 
     config: VlpClipTextConfig
     main_input_name = "input_ids"
     input_modalities = ("text",)
+    tower_name = "text_model"
+    projection_name = "text_projection"
 
-    def __init__(self, config: VlpClipTextConfig) -> None:
-        super().__init__(config)
-        self.text_model = VlpClipTextModel(config)
-        self.text_projection = nn.Linear(config.hidden_size, config.projection_dim, bias=False)
-        self.post_init()
-
-    def forward(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
-        output_hidden_states: bool | None = None,
-        output_attentions: bool | None = None,
-        return_dict: bool | None = None,
-        **_: Any,
-    ) -> VlpClipTowerOutput | tuple:
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
-        outputs = self.text_model(
-            input_ids,
-            attention_mask,
-            output_hidden_states=output_hidden_states,
-            output_attentions=output_attentions,
-            return_dict=True,
-        )
-        output = VlpClipTowerOutput(embeds=self.text_projection(outputs.pooler_output), **outputs)
-        return output if return_dict else output.to_tuple()
+    tower_class = VlpClipTextModel
 
 
-class VlpClipVisionModelWithProjection(VlpClipPreTrainedModel):
-    """The image tower alone (e.g. to embed large image galleries offline)."""
+class VlpClipVisionModelWithProjection(ProjectedTowerMixin, VlpClipPreTrainedModel):
+    """The image tower alone (e.g. to embed large image galleries offline); ``forward`` takes
+    :class:`VlpClipVisionModel`'s arguments."""
 
     config: VlpClipVisionConfig
     main_input_name = "pixel_values"
     input_modalities = ("image",)
+    tower_name = "vision_model"
+    projection_name = "visual_projection"
 
-    def __init__(self, config: VlpClipVisionConfig) -> None:
-        super().__init__(config)
-        self.vision_model = VlpClipVisionModel(config)
-        self.visual_projection = build_visual_projection(config)
-        self.post_init()
-
-    def forward(
-        self,
-        pixel_values: torch.Tensor,
-        interpolate_pos_encoding: bool = False,
-        output_hidden_states: bool | None = None,
-        output_attentions: bool | None = None,
-        return_dict: bool | None = None,
-        **_: Any,
-    ) -> VlpClipTowerOutput | tuple:
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
-        outputs = self.vision_model(
-            pixel_values,
-            interpolate_pos_encoding=interpolate_pos_encoding,
-            output_hidden_states=output_hidden_states,
-            output_attentions=output_attentions,
-            return_dict=True,
-        )
-        output = VlpClipTowerOutput(embeds=self.visual_projection(outputs.pooler_output), **outputs)
-        return output if return_dict else output.to_tuple()
+    tower_class = VlpClipVisionModel
 
 
 @dataclass
@@ -372,7 +339,7 @@ class VlpClipForImageClassification(VlpClipPreTrainedModel):
         super().__init__(config)
         self.num_labels = config.num_labels
         self.vision_model = VlpClipVisionModel(config.vision_config)
-        self.visual_projection = build_visual_projection(config.vision_config)
+        self.visual_projection = build_tower_projection(config.vision_config)
         self.classifier = nn.Linear(config.projection_dim, config.num_labels)
         if getattr(config, "freeze_vision_tower", False):
             for module in (self.vision_model, self.visual_projection):

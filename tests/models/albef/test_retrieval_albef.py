@@ -16,8 +16,8 @@ from hf_vlp.models.albef import (
     VlpAlbefForPretraining,
     VlpAlbefModel,
     VlpAlbefRetrievalFeatures,
-    recall_at_k_from_scores,
 )
+from hf_vlp.evaluation.retrieval import recall_at_k_from_scores
 from tests.helpers import momentum_checks as checks
 from tests.helpers.fixtures import converted_state, fixture_tensors, model_from_state
 from tests.helpers.tiny_models import NO_DROPOUT, tiny_albef_config, tiny_captions

@@ -16,7 +16,7 @@ from hf_vlp import VlpClipConfig, VlpClipImageProcessor, VlpClipModel, VlpClipPr
 from hf_vlp.models.clip.tokenization_clip import clip_tokenizer_from_bpe
 from hf_vlp.integrations.pipelines import VlpZeroShotImageClassificationPipeline, saved_prompt_template
 
-FIXTURE = Path(__file__).parent / "fixtures" / "originals" / "clip_vit"
+FIXTURE = Path(__file__).parents[1] / "fixtures" / "originals" / "clip_vit"
 LABELS = ["cat", "dog", "red bicycle"]
 
 
