@@ -7,6 +7,7 @@ Each model's processor keeps its own ``__init__`` signature (transformers saves 
 
 from __future__ import annotations
 
+import abc
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -71,12 +72,12 @@ def pad_rows(rows: list[list[int]], pad_id: int, length: int | None = None) -> d
     }
 
 
-class VlpProcessorBase(ProcessorMixin):
+class VlpProcessorBase(ProcessorMixin, abc.ABC):
     """A processor pairing an image processor with a tokenizer; ``__call__`` takes text, images or both."""
 
+    @abc.abstractmethod
     def _encode_text(self, text: Any, **text_options: Any) -> dict[str, list[list[int]]]:
         """``input_ids`` and ``attention_mask`` rows of ``text`` (each model's tokenisation)."""
-        raise NotImplementedError(f"{type(self).__name__} does not tokenise text")
 
     def _text_and_images(
         self,
@@ -198,10 +199,10 @@ class BertTextProcessorBase(VlpProcessorBase):
         rows = self._framed_rows(self._token_ids(texts), max_length, truncation)
         return pad_rows(rows, self._special_id("pad_token"), pad_to)
 
+    @abc.abstractmethod
     def _framed_rows(self, tokens: list[list[int]], max_length: int, truncation: bool) -> list[list[int]]:
         """Each row of token ids with the model's special tokens, at most ``max_length`` long (see
         :meth:`_overlong_rows` for the warning or error)."""
-        raise NotImplementedError(f"{type(self).__name__} does not frame text rows")
 
     def _token_ids(self, texts: list[str]) -> list[list[int]]:
         encoded = self.tokenizer(

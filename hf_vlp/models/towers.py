@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import abc
 from dataclasses import dataclass
 from typing import Any
 
@@ -187,7 +188,7 @@ class TextEmbeddingsMixin:
         setattr(module, last, value)
 
 
-class TextTowerMixin(TextEmbeddingsMixin):
+class TextTowerMixin(TextEmbeddingsMixin, abc.ABC):
     """A text tower ``PreTrainedModel``: ``transformer`` = :meth:`build_transformer` ``(config, **tower_options)``;
     ``forward`` takes the transformer's own arguments (see its ``forward``) plus ``return_dict``, so one wrapper
     serves every text transformer. :meth:`tower_kwargs` adapts the keyword arguments (a tower's defaults, inputs it
@@ -203,8 +204,9 @@ class TextTowerMixin(TextEmbeddingsMixin):
         self.transformer = self.build_transformer(config, **tower_options)
         self.post_init()
 
+    @abc.abstractmethod
     def build_transformer(self, config: Any, **tower_options: Any) -> nn.Module:
-        raise NotImplementedError
+        """The architecture's text transformer (BERT-style, MED or causal), built from its tower config."""
 
     def tower_kwargs(self, kwargs: dict[str, Any]) -> dict[str, Any]:
         """The keyword arguments given to the transformer (default: as passed)."""

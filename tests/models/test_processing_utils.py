@@ -104,3 +104,28 @@ def test_overlong_rows_raise_or_warn_on_the_callers_logger(caplog: pytest.LogCap
 def test_pad_rows() -> None:
     assert pad_rows([[5, 6], [7]], 0) == {"input_ids": [[5, 6], [7, 0]], "attention_mask": [[1, 1], [1, 0]]}
     assert pad_rows([[5]], 9, length=3) == {"input_ids": [[5, 9, 9]], "attention_mask": [[1, 0, 0]]}
+
+
+def test_a_processor_or_text_tower_that_skips_a_required_hook_cannot_be_built():
+    """The shared bases declare their per-model hooks abstract: leaving one out fails at construction, naming it."""
+    from hf_vlp.models.albef.configuration_albef import VlpAlbefTextConfig
+    from hf_vlp.models.albef.modeling_albef import VlpAlbefTextModel
+    from hf_vlp.models.processing_utils import BertTextProcessorBase
+    from hf_vlp.models.towers import TextTowerMixin
+    from hf_vlp.training.tasks.fusion import QuestionAnsweringTask
+
+    class NoFraming(BertTextProcessorBase):
+        attributes = []
+
+    class NoTransformer(VlpAlbefTextModel):
+        build_transformer = TextTowerMixin.build_transformer  # the abstract declaration, not ALBEF's
+
+    class NoScoring(QuestionAnsweringTask):
+        pass
+
+    with pytest.raises(TypeError, match="_framed_rows"):
+        NoFraming()
+    with pytest.raises(TypeError, match="build_transformer"):
+        NoTransformer(VlpAlbefTextConfig())
+    with pytest.raises(TypeError, match="scored_answers"):
+        NoScoring()

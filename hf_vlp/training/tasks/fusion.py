@@ -7,6 +7,7 @@ ranking) and image-text classification (NLVR2, SNLI-VE). An architecture's task 
 
 from __future__ import annotations
 
+import abc
 import logging
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -154,7 +155,7 @@ class RetrievalTask(RetrievalEvaluation):
 # --------------------------------------------------------------------------------------------------------- VQA
 
 
-class QuestionAnsweringTask:
+class QuestionAnsweringTask(abc.ABC):
     """VQA: questions in ``text``, weighted answers; evaluated by ranking the processor's ``answer_list``
     (``rank_answers``); on synthetic-shapes the synthetic answers are the candidates."""
 
@@ -175,9 +176,9 @@ class QuestionAnsweringTask:
             processor.answer_list = list(VQA_ANSWERS)
         return processor
 
+    @abc.abstractmethod
     def scored_answers(self, value: Any, index: int) -> str | list[str]:
         """The ground truth a prediction is scored against (see :func:`~hf_vlp.evaluation.vqa.answer_score`)."""
-        raise NotImplementedError
 
     def evaluate(
         self, model: nn.Module, processor: Any, job: JobArguments, spec: str, split: str, batch_size: int
