@@ -345,8 +345,8 @@ def converted_outputs(
 ) -> dict[str, torch.Tensor]:
     output = model(input_ids=input_ids, pixel_values=pixel_values, return_loss=False)
     return {
-        "image_features": model.get_image_features(pixel_values),
-        "text_features": model.get_text_features(input_ids),
+        "image_features": model.get_image_features(pixel_values).pooler_output,
+        "text_features": model.get_text_features(input_ids).pooler_output,
         "logits_per_image": output.logits_per_image,
         "logits_per_text": output.logits_per_text,
     }

@@ -18,13 +18,17 @@ from .utils import decode_generated, fill_special_tokens, special_token_ids_from
 class QuestionAnsweringOutput(ModelOutput):
     """A VQA forward's outputs: ``loss`` = ``sum(answer_weights * answer_losses) / num_questions``,
     ``answer_losses`` ``[N]``, the answer decoder's next-token ``logits`` ``[N, La, vocab]``, the ``question_states``
-    ``[Q, Lq, D]`` it attended to and its ``cache`` during generation."""
+    ``[Q, Lq, D]`` it attended to, its ``cache`` during generation, and the image tower's and question encoder's
+    outputs (``vision_model_output``/``text_model_output``, with ``hidden_states``/``attentions`` when asked for;
+    ``None`` when precomputed question states were passed)."""
 
     loss: torch.Tensor | None = None
     answer_losses: torch.Tensor | None = None
     logits: torch.Tensor | None = None
     question_states: torch.Tensor | None = None
     cache: Cache | None = None
+    vision_model_output: ModelOutput | None = None
+    text_model_output: ModelOutput | None = None
 
 
 @dataclass

@@ -2,32 +2,150 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict, TypeVar
 
+import torch
 from huggingface_hub import HfApi, ModelCard
+from torch import nn
 from transformers import PreTrainedModel
+from transformers import initialization as init
 
 from ..integrations.model_card import render_model_card
+from .vocabulary import resize_vocabulary_copies
 
 MODEL_CARD_NAME = "README.md"
+
+OUTPUT_FLAGS = ("output_attentions", "output_hidden_states")
+
+
+class OutputKwargs(TypedDict, total=False):
+    """The output switches every model ``forward`` takes as keyword arguments (transformers 5's convention):
+    ``output_attentions``/``output_hidden_states`` (unset: ``config.output_*``) and ``return_dict`` (unset:
+    ``config.return_dict``; ``False`` returns ``output.to_tuple()``)."""
+
+    output_attentions: bool | None
+    output_hidden_states: bool | None
+    return_dict: bool | None
+
+
+Forward = TypeVar("Forward", bound=Callable[..., Any])
+
+
+def model_forward(forward: Forward) -> Forward:
+    """Decorate a model's ``forward`` that ends in ``**kwargs: Unpack[OutputKwargs]``: the body finds
+    ``kwargs["output_attentions"]``/``kwargs["output_hidden_states"]`` resolved to booleans (an unset flag takes the
+    config's value), ``return_dict=False`` (given or from the config) turns the returned ``ModelOutput`` into its
+    tuple (transformers' ``can_return_tuple``), and a keyword the forward does not take raises a ``TypeError`` naming
+    it instead of vanishing into ``**kwargs``."""
+    accepted = set(inspect.signature(forward).parameters) | set(OUTPUT_FLAGS)
+
+    @functools.wraps(forward)
+    def wrapper(self: PreTrainedModel, *args: Any, **kwargs: Any) -> Any:
+        unknown = sorted(set(kwargs) - accepted - {"return_dict"})
+        if unknown:
+            raise TypeError(f"{type(self).__name__}.forward got unexpected keyword argument(s) {unknown}")
+        return_dict = kwargs.pop("return_dict", None)
+        for flag in OUTPUT_FLAGS:
+            value = kwargs.get(flag)
+            kwargs[flag] = bool(getattr(self.config, flag, False) if value is None else value)
+        output = forward(self, *args, **kwargs)
+        if return_dict is None:
+            return_dict = self.config.return_dict
+        return output if return_dict or isinstance(output, tuple) else output.to_tuple()
+
+    wrapper.applies_output_contract = True  # type: ignore[attr-defined]
+    return wrapper  # type: ignore[return-value]
+
+
+def first_named_input(forward: Callable[..., Any]) -> str | None:
+    """The name of ``forward``'s first input after ``self`` (``None`` when it takes ``*args``): a model's
+    ``main_input_name``, which the ``Trainer`` uses to count input tokens and to pick the inputs it hands to metrics."""
+    parameters = list(inspect.signature(forward).parameters.values())[1:]
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    if parameters and parameters[0].kind in positional:
+        return parameters[0].name
+    return None
+
+
+def takes_output_kwargs(forward: Callable[..., Any]) -> bool:
+    """Whether ``forward`` ends in ``**kwargs: Unpack[OutputKwargs]`` (its annotation may be a string)."""
+    for parameter in inspect.signature(forward).parameters.values():
+        if parameter.kind is inspect.Parameter.VAR_KEYWORD:
+            return "OutputKwargs" in str(parameter.annotation)
+    return False
 
 
 class VlpPreTrainedModel(PreTrainedModel):
     """Adds to ``save_pretrained`` a ``README.md`` rendered from ``model_cards/<model_card_template>.md`` (kept if
-    one is already there, e.g. written with measured metrics), and makes ``push_to_hub`` upload that card instead
-    of transformers' generic one."""
+    one is already there, e.g. written with measured metrics), makes ``push_to_hub`` upload that card instead
+    of transformers' generic one, applies :func:`model_forward` to every ``forward`` that takes
+    ``**kwargs: Unpack[OutputKwargs]`` and sets ``main_input_name`` to the first input of ``forward``."""
 
     model_card_template: str | None = None
     model_card_pipeline_tag: str | None = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Give the ``forward`` of every model class whose signature declares ``**kwargs: Unpack[OutputKwargs]`` the
+        output contract of :func:`model_forward` (the declaration is the opt-in; the wrapping is done once here)."""
+        super().__init_subclass__(**kwargs)
+        forward = getattr(cls, "forward", None)
+        if forward is None:
+            return
+        if not getattr(forward, "applies_output_contract", False) and takes_output_kwargs(forward):
+            cls.forward = model_forward(forward)
+        first_input = first_named_input(forward)
+        if first_input is not None:
+            cls.main_input_name = first_input
     # the task named in the card's evaluation results when there is no pipeline for it (e.g. NLVR2)
     model_card_task: str | None = None
+
+    # sub-models with their own embeddings over the text vocabulary (e.g. VQA answer decoders), resized with it
+    vocabulary_submodels: tuple[str, ...] = ()
+
+    def resize_token_embeddings(
+        self, new_num_tokens: int | None = None, pad_to_multiple_of: int | None = None, mean_resizing: bool = True
+    ) -> nn.Embedding:
+        """transformers' resize, then every other copy of the vocabulary follows: ``vocabulary_submodels``, the
+        prediction heads' biases and the momentum towers and heads (:mod:`hf_vlp.models.vocabulary`)."""
+        embeddings = super().resize_token_embeddings(new_num_tokens, pad_to_multiple_of, mean_resizing)
+        resize_vocabulary_copies(self, embeddings.num_embeddings, mean_resizing)
+        return embeddings
 
     def model_card_fields(self) -> dict[str, Any]:
         """Architecture-specific template fields (sizes, towers); overridden per architecture."""
         return {}
+
+    def _init_weights(self, module: nn.Module) -> None:
+        """transformers' initialisation, safe for linear/convolution children without the usual tensors (quantized
+        or weight-less layers): a weight that was deleted, is ``None`` or is not floating point (quantized) is left as
+        it is, a bias likewise; such a layer's remaining float tensors get transformers' normal(0, std) / zeros."""
+        weighted = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d)
+        if isinstance(module, weighted):
+            weight, bias = getattr(module, "weight", None), getattr(module, "bias", None)
+            usable_weight = isinstance(weight, torch.Tensor) and weight.is_floating_point()
+            usable_bias = bias is None or (isinstance(bias, torch.Tensor) and bias.is_floating_point())
+            if not (usable_weight and usable_bias and hasattr(module, "bias")):
+                if usable_weight:
+                    config = self.config
+                    if hasattr(config, "initializer_range"):  # transformers' choice of std
+                        std = config.initializer_range or 0.02
+                    elif hasattr(config, "init_std"):
+                        std = config.init_std
+                    elif hasattr(config, "initializer_factor"):
+                        std = config.initializer_factor
+                    else:
+                        std = getattr(config.get_text_config(), "initializer_range", 0.02)
+                    init.normal_(weight, mean=0.0, std=std)
+                if isinstance(bias, torch.Tensor) and bias.is_floating_point():
+                    init.zeros_(bias)
+                return
+        super()._init_weights(module)
 
     def save_pretrained(self, save_directory: str | os.PathLike, *args: Any, **kwargs: Any) -> None:
         super().save_pretrained(save_directory, *args, **kwargs)

@@ -19,10 +19,11 @@ logits of (text, image) pairs (:meth:`pair_itm_logits`) and whether retrieval re
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Unpack
 
 import torch
 from torch import nn
+from transformers.modeling_outputs import ModelOutput
 
 from ..objectives.contrastive import (
     ImageTextRetrievalOutput,
@@ -46,6 +47,7 @@ from ..objectives.contrastive import (
 )
 from ..objectives.losses import id_match_targets
 from ..objectives.momentum import FeatureQueue, ModulePair, MomentumModelMixin
+from .modeling_utils import OutputKwargs
 
 
 @dataclass
@@ -73,18 +75,30 @@ class ItcItmResult:
             "itm_labels": self.itm_labels,
             "itm_negative_image_indices": self.negative_image_indices,
             "itm_negative_text_indices": self.negative_text_indices,
+            **self.step.tower_output_fields(),
         }
 
 
 @dataclass
 class ContrastiveStep:
-    """The batch's online tower states (ITM, MLM/LM inputs), the momentum image tokens (distillation teachers) and
-    its momentum-contrastive step (ITC logits, features for the queues)."""
+    """The batch's online tower outputs (their states feed the ITM and the MLM/LM), the momentum image tokens
+    (distillation teachers) and its momentum-contrastive step (ITC logits, features for the queues)."""
 
-    image_states: torch.Tensor
-    text_states: torch.Tensor
+    vision_outputs: ModelOutput
+    text_outputs: ModelOutput
     momentum_image_states: torch.Tensor
     itc: MomentumContrastiveStep
+
+    @property
+    def image_states(self) -> torch.Tensor:
+        return self.vision_outputs.last_hidden_state
+
+    @property
+    def text_states(self) -> torch.Tensor:
+        return self.text_outputs.last_hidden_state
+
+    def tower_output_fields(self) -> dict[str, ModelOutput]:
+        return {"vision_model_output": self.vision_outputs, "text_model_output": self.text_outputs}
 
 
 class MomentumContrastiveMixin(MomentumModelMixin):
@@ -98,7 +112,6 @@ class MomentumContrastiveMixin(MomentumModelMixin):
     ITM logits (column 1 = match) of pairs (text row n, image row n), ``texts`` being what ``itm_text_field`` names.
     """
 
-    main_input_name = "pixel_values"
     accepts_loss_kwargs = False
     # what pair_itm_logits reads for a text: its unimodal "hidden_states" or its "input_ids"
     itm_text_field: str = "hidden_states"
@@ -147,14 +160,14 @@ class MomentumContrastiveMixin(MomentumModelMixin):
         attention_mask: torch.Tensor,
         token_type_ids: torch.Tensor | None = None,
         interpolate_pos_encoding: bool = False,
+        **flags: bool,
     ) -> ContrastiveStep:
         """Clamp ``temp``; encode both modalities with the online and momentum towers (unimodal text, ``[CLS]``
         first); score the online features against [momentum batch ; queue] as the originals' ITC does."""
         clamp_temperature_(self.temp, self.config.temp_min, self.config.temp_max)
-        image_states = self.encode_image(pixel_values, interpolate_pos_encoding).last_hidden_state
-        text_states = self.text_model(
-            input_ids, attention_mask, token_type_ids=token_type_ids, mode="text", return_dict=True
-        ).last_hidden_state
+        vision_outputs = self.encode_image(pixel_values, interpolate_pos_encoding, **flags)
+        text_outputs = self.encode_text(input_ids, attention_mask, token_type_ids, **flags)
+        image_states, text_states = vision_outputs.last_hidden_state, text_outputs.last_hidden_state
         with torch.no_grad():
             momentum_image_states = self.momentum_vision_model(
                 pixel_values, interpolate_pos_encoding=interpolate_pos_encoding, return_dict=True
@@ -175,7 +188,7 @@ class MomentumContrastiveMixin(MomentumModelMixin):
             text_queue=self.text_queue,
             temp=self.temp,
         )
-        return ContrastiveStep(image_states, text_states, momentum_image_states, itc)
+        return ContrastiveStep(vision_outputs, text_outputs, momentum_image_states, itc)
 
     def check_token_type_ids(self, token_type_ids: torch.Tensor | None) -> None:
         """Reject ``token_type_ids`` the text tower cannot take (default: any are taken)."""
@@ -210,6 +223,7 @@ class MomentumContrastiveMixin(MomentumModelMixin):
         return_loss: bool | None,
         generator: torch.Generator | None,
         interpolate_pos_encoding: bool,
+        output_flags: dict[str, bool],
     ) -> ItcItmResult:
         """Pre-training's ITC (distilled, diagonal targets) and ITM on hard negatives drawn from the in-batch logits
         (diagonal excluded, ``itm_negative_eps`` added) unless given; enqueues the momentum features when
@@ -219,7 +233,9 @@ class MomentumContrastiveMixin(MomentumModelMixin):
         update_queues = self.training if update_queues is None else update_queues
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        step = self._contrastive_step(input_ids, pixel_values, attention_mask, token_type_ids, interpolate_pos_encoding)
+        step = self._contrastive_step(
+            input_ids, pixel_values, attention_mask, token_type_ids, interpolate_pos_encoding, **output_flags
+        )
         itc = step.itc
         loss_itc = distilled_itc(itc, diagonal_targets(itc), alpha, self.temp) if return_loss else None
         if update_queues:
@@ -351,7 +367,7 @@ class ImageTextRetrievalHeadMixin:
         update_queues: bool | None = None,
         generator: torch.Generator | None = None,
         interpolate_pos_encoding: bool = False,
-        return_dict: bool | None = None,
+        **kwargs: Unpack[OutputKwargs],
     ) -> ImageTextRetrievalOutput | tuple:
         """One fine-tuning step's forward on ``B`` matching (image, caption) pairs.
 
@@ -367,17 +383,20 @@ class ImageTextRetrievalHeadMixin:
             update_queues: enqueue the batch's momentum features and ids (needs ``image_ids``); default
                 ``self.training and image_ids is not None``.
             generator: random generator for the hard negatives.
+            output_hidden_states, output_attentions: the online towers' (``vision_model_output``,
+                ``text_model_output``).
         """
         self.check_token_type_ids(token_type_ids)
         check_matching_pairs(input_ids, pixel_values, "retrieval training")
         check_negative_indices(itm_negative_image_indices, itm_negative_text_indices)
         image_ids = check_image_ids(image_ids, input_ids.shape[0], input_ids.device)
         update_queues = retrieval_queue_update(update_queues, self.training, image_ids)
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
         alpha = self.distill_alpha if alpha is None else float(alpha)
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        step = self._contrastive_step(input_ids, pixel_values, attention_mask, token_type_ids, interpolate_pos_encoding)
+        step = self._contrastive_step(
+            input_ids, pixel_values, attention_mask, token_type_ids, interpolate_pos_encoding, **kwargs
+        )
         itc = step.itc
         loss = loss_itc = loss_itm = itm_labels = None
         if image_ids is not None:
@@ -398,7 +417,7 @@ class ImageTextRetrievalHeadMixin:
             )
             loss_itm = nn.functional.cross_entropy(itm_logits, itm_labels)
             loss = loss_itc + loss_itm
-        output = self.retrieval_output_class(
+        return self.retrieval_output_class(
             loss=loss,
             loss_itc=loss_itc,
             loss_itm=loss_itm,
@@ -407,8 +426,8 @@ class ImageTextRetrievalHeadMixin:
             itm_labels=itm_labels,
             itm_negative_image_indices=itm_negative_image_indices,
             itm_negative_text_indices=itm_negative_text_indices,
+            **step.tower_output_fields(),
         )
-        return output if return_dict else output.to_tuple()
 
 
 __all__ = ["ContrastiveStep", "ImageTextRetrievalHeadMixin", "ItcItmResult", "MomentumContrastiveMixin"]

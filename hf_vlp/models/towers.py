@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Unpack
 
 import torch
 from torch import nn
@@ -28,7 +28,7 @@ from ..modules.towers import build_vision_tower
 from ..modules.vision import VisionTransformer
 from ..objectives.momentum import FeatureQueue
 from ..utils.tower_init import LoadReport, TowerSource, load_text_tower_from_transformers, load_vision_tower_from_transformers
-from .modeling_utils import VlpPreTrainedModel
+from .modeling_utils import OUTPUT_FLAGS, OutputKwargs, VlpPreTrainedModel, model_forward
 
 
 class VitBertPreTrainedModel(VlpPreTrainedModel):
@@ -138,34 +138,19 @@ class VisionTowerMixin:
         """The ViT (:func:`~hf_vlp.modules.towers.build_vision_tower` with its defaults, as ALBEF and BLIP)."""
         return build_vision_tower(config)
 
+    def get_input_embeddings(self) -> nn.Module:
+        """The module embedding the pixels (transformers' convention for vision models): the patch convolution."""
+        return self.transformer.patch_embed
+
     def tower_output(
-        self,
-        pixel_values: torch.Tensor,
-        interpolate_pos_encoding: bool,
-        output_hidden_states: bool,
-        output_attentions: bool,
+        self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool, **flags: bool
     ) -> BaseModelOutputWithPooling:
-        return self.transformer(
-            pixel_values,
-            interpolate_pos_encoding=interpolate_pos_encoding,
-            output_hidden_states=output_hidden_states,
-            output_attentions=output_attentions,
-        )
+        return self.transformer(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding, **flags)
 
     def forward(
-        self,
-        pixel_values: torch.Tensor,
-        interpolate_pos_encoding: bool = False,
-        output_hidden_states: bool | None = None,
-        output_attentions: bool | None = None,
-        return_dict: bool | None = None,
-        **_: Any,
+        self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool = False, **kwargs: Unpack[OutputKwargs]
     ) -> BaseModelOutputWithPooling | tuple:
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
-        output = self.tower_output(
-            pixel_values, interpolate_pos_encoding, bool(output_hidden_states), bool(output_attentions)
-        )
-        return output if return_dict else output.to_tuple()
+        return self.tower_output(pixel_values, interpolate_pos_encoding, **kwargs)
 
 
 class TextEmbeddingsMixin:
@@ -196,8 +181,6 @@ class TextTowerMixin(TextEmbeddingsMixin, abc.ABC):
 
     main_input_name = "input_ids"
     input_modalities = ("text",)
-    # flags the wrappers accept as ``None`` (the transformers convention) and the transformers take as ``bool``
-    boolean_flags = ("output_hidden_states", "output_attentions", "use_cache")
 
     def __init__(self, config: Any, **tower_options: Any) -> None:
         super().__init__(config)
@@ -212,13 +195,16 @@ class TextTowerMixin(TextEmbeddingsMixin, abc.ABC):
         """The keyword arguments given to the transformer (default: as passed)."""
         return kwargs
 
-    def forward(self, *args: Any, return_dict: bool | None = None, **kwargs: Any) -> ModelOutput | tuple:
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
+    def forward(
+        self, input_ids: torch.Tensor | None = None, *args: Any, return_dict: bool | None = None, **kwargs: Any
+    ) -> ModelOutput | tuple:
         kwargs = self.tower_kwargs(kwargs)
-        for flag in self.boolean_flags:
-            if flag in kwargs:
-                kwargs[flag] = bool(kwargs[flag])
-        output = self.transformer(*args, **kwargs)
+        for flag in OUTPUT_FLAGS:
+            kwargs[flag] = bool(getattr(self.config, flag) if kwargs.get(flag) is None else kwargs[flag])
+        if "use_cache" in kwargs:
+            kwargs["use_cache"] = bool(kwargs["use_cache"])
+        output = self.transformer(input_ids, *args, **kwargs)
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
         return output if return_dict else output.to_tuple()
 
 
@@ -240,19 +226,12 @@ class DualTowerHeadMixin:
         self.temp = nn.Parameter(torch.tensor(config.temp))
 
     def encode_image(
-        self,
-        pixel_values: torch.Tensor,
-        interpolate_pos_encoding: bool = False,
-        output_hidden_states: bool = False,
-        output_attentions: bool = False,
+        self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool = False, **flags: bool
     ) -> BaseModelOutputWithPooling:
-        """ViT tokens after the final norm (the originals' ``image_embeds``, ``[CLS]`` first)."""
+        """ViT tokens after the final norm (the originals' ``image_embeds``, ``[CLS]`` first); ``flags``:
+        ``output_hidden_states``/``output_attentions``."""
         return self.vision_model(
-            pixel_values,
-            interpolate_pos_encoding=interpolate_pos_encoding,
-            output_hidden_states=output_hidden_states,
-            output_attentions=output_attentions,
-            return_dict=True,
+            pixel_values, interpolate_pos_encoding=interpolate_pos_encoding, return_dict=True, **flags
         )
 
     def encode_text(
@@ -260,19 +239,12 @@ class DualTowerHeadMixin:
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
-        output_hidden_states: bool = False,
-        output_attentions: bool = False,
+        **flags: bool,
     ) -> ModelOutput:
         """The unimodal text encoder (``mode='text'``: ALBEF's layers ``[0, fusion_layer)``, BLIP's MED without
         cross-attention), the originals' ``text_embeds``; ids as given, ``[CLS]`` first."""
         return self.text_model(
-            input_ids,
-            attention_mask,
-            token_type_ids=token_type_ids,
-            mode="text",
-            output_hidden_states=output_hidden_states,
-            output_attentions=output_attentions,
-            return_dict=True,
+            input_ids, attention_mask, token_type_ids=token_type_ids, mode="text", return_dict=True, **flags
         )
 
     def image_tokens(
@@ -291,38 +263,50 @@ class DualTowerHeadMixin:
         return image_hidden_states
 
 
-def contrastive_call_flags(
-    model: nn.Module,
-    input_ids: torch.Tensor | None,
-    pixel_values: torch.Tensor | None,
-    return_dict: bool | None,
-    output_hidden_states: bool | None,
-    output_attentions: bool | None,
-) -> tuple[bool, bool, bool]:
-    """``(return_dict, output_hidden_states, output_attentions)`` of a dual-encoder ``forward`` (CLIP, ALBEF, BLIP),
-    unset ones from ``model.config``; raises unless both ``input_ids`` and ``pixel_values`` are given."""
+def with_pooled_features(outputs: ModelOutput, features: torch.Tensor) -> BaseModelOutputWithPooling:
+    """A tower's output as ``get_*_features`` return it (transformers 5): its states, and ``pooler_output`` =
+    ``features``, the projected embedding."""
+    return BaseModelOutputWithPooling(
+        last_hidden_state=outputs.last_hidden_state,
+        pooler_output=features,
+        hidden_states=outputs.get("hidden_states"),
+        attentions=outputs.get("attentions"),
+    )
+
+
+def check_both_modalities(model: nn.Module, input_ids: torch.Tensor | None, pixel_values: torch.Tensor | None) -> None:
+    """A dual-encoder ``forward`` (CLIP, ALBEF, BLIP) needs both ``input_ids`` and ``pixel_values``."""
     if input_ids is None or pixel_values is None:
         raise ValueError(
             f"{type(model).__name__}.forward needs both input_ids and pixel_values (use get_*_features for one)"
         )
-    config = model.config
-    return (
-        return_dict if return_dict is not None else config.return_dict,
-        bool(output_hidden_states or config.output_hidden_states),
-        bool(output_attentions or config.output_attentions),
-    )
+
+
+@dataclass(frozen=True)
+class ImageTextInputs:
+    """One batch of (image, text) examples as a head hands it to its tower hooks (VQA question encoders, the NLVR2 /
+    SNLI-VE tower passes): text row b goes with image (or image pair) b."""
+
+    input_ids: torch.Tensor
+    pixel_values: torch.Tensor
+    attention_mask: torch.Tensor | None = None
+    token_type_ids: torch.Tensor | None = None
+    interpolate_pos_encoding: bool = False
 
 
 @dataclass
 class ImageTextClassifierOutput(ModelOutput):
     """Outputs of a head classifying image-text examples (ALBEF's and BLIP's NLVR2, ALBEF's SNLI-VE): ``logits``,
     ``loss`` only with ``labels``; with ``output_hidden_states`` the fused text states ``last_hidden_state``
-    ``[B, L, D]`` and the ViT tokens ``image_hidden_states``."""
+    ``[B, L, D]`` and the ViT tokens ``image_hidden_states``; ``vision_model_output``/``text_model_output`` are the
+    towers' outputs (per-layer ``hidden_states``/``attentions`` when asked for) where the head returns them."""
 
     loss: torch.Tensor | None = None
     logits: torch.Tensor | None = None
     last_hidden_state: torch.Tensor | None = None
     image_hidden_states: torch.Tensor | None = None
+    vision_model_output: ModelOutput | None = None
+    text_model_output: ModelOutput | None = None
 
     @classmethod
     def from_states(
@@ -332,6 +316,8 @@ class ImageTextClassifierOutput(ModelOutput):
         text_states: torch.Tensor,
         image_states: torch.Tensor,
         output_hidden_states: bool | None,
+        vision_outputs: ModelOutput | None = None,
+        text_outputs: ModelOutput | None = None,
     ) -> "ImageTextClassifierOutput":
         """The output, holding the states only when ``output_hidden_states``."""
         keep = bool(output_hidden_states)
@@ -340,6 +326,8 @@ class ImageTextClassifierOutput(ModelOutput):
             logits=logits,
             last_hidden_state=text_states if keep else None,
             image_hidden_states=image_states if keep else None,
+            vision_model_output=vision_outputs,
+            text_model_output=text_outputs,
         )
 
 
@@ -363,25 +351,55 @@ class DualEncoderOutput(ModelOutput):
 class ContrastiveEncodersMixin(DualTowerHeadMixin):
     """The encoder model of an ITC + ITM architecture (``VlpAlbefModel``, ``VlpBlipModel``): projected features and
     the contrastive ``forward`` over ``encode_image``/``encode_text``. The model provides ``multimodal_states(input_ids,
-    text_states, image_states, attention_mask, output_hidden_states, output_attentions)`` (its image-grounded text
-    encoder over pairs (image b, text b), whose first state the ``itm_head`` reads)."""
+    text_states, image_states, attention_mask, **flags)`` (its image-grounded text encoder over pairs (image b,
+    text b), whose first state the ``itm_head`` reads)."""
 
     contrastive_output_class: type[DualEncoderOutput] = DualEncoderOutput
+    # whether multimodal_states reads the unimodal text states (ALBEF's fusion layers) or re-reads the ids (BLIP)
+    multimodal_reads_text_states = True
 
-    def get_image_features(self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool = False) -> torch.Tensor:
-        """Projected image features ``[B, embed_dim]`` (``vision_proj`` of the ``[CLS]`` token), not normalised - the
-        project-wide convention (CLIP, ALBEF, BLIP); L2-normalised they are the originals' ``image_feat``."""
-        return self.vision_proj(self.encode_image(pixel_values, interpolate_pos_encoding).last_hidden_state[:, 0])
+    @model_forward
+    def get_image_features(
+        self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool = False, **kwargs: Unpack[OutputKwargs]
+    ) -> BaseModelOutputWithPooling | tuple:
+        """The image tower's output with ``pooler_output`` = the projected image features ``[B, embed_dim]``
+        (``vision_proj`` of the ``[CLS]`` token), not normalised - transformers 5's convention; L2-normalised they
+        are the originals' ``image_feat``."""
+        outputs = self.encode_image(pixel_values, interpolate_pos_encoding, **kwargs)
+        return with_pooled_features(outputs, self.vision_proj(outputs.last_hidden_state[:, 0]))
 
+    @model_forward
+    def get_multimodal_features(
+        self,
+        input_ids: torch.Tensor,
+        pixel_values: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        interpolate_pos_encoding: bool = False,
+        **kwargs: Unpack[OutputKwargs],
+    ) -> BaseModelOutputWithPooling | tuple:
+        """The image-grounded text encoder's output over pairs (image b, text b) with ``pooler_output`` = its first
+        state ``[B, D]``, the multimodal feature the ``itm_head`` reads (the originals have no pooler or projection
+        there, so neither is applied)."""
+        image_states = self.encode_image(pixel_values, interpolate_pos_encoding).last_hidden_state
+        text_states = None
+        if self.multimodal_reads_text_states:
+            text_states = self.encode_text(input_ids, attention_mask, token_type_ids).last_hidden_state
+        outputs = self.multimodal_states(input_ids, text_states, image_states, attention_mask, **kwargs)
+        return with_pooled_features(outputs, outputs.last_hidden_state[:, 0])
+
+    @model_forward
     def get_text_features(
         self,
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """Projected text features ``[B, embed_dim]`` (``text_proj`` of the unimodal ``[CLS]``), not normalised;
-        L2-normalised they are the originals' ``text_feat``."""
-        return self.text_proj(self.encode_text(input_ids, attention_mask, token_type_ids).last_hidden_state[:, 0])
+        **kwargs: Unpack[OutputKwargs],
+    ) -> BaseModelOutputWithPooling | tuple:
+        """The unimodal text encoder's output with ``pooler_output`` = the projected text features ``[B, embed_dim]``
+        (``text_proj`` of the ``[CLS]`` state), not normalised; L2-normalised they are the originals' ``text_feat``."""
+        outputs = self.encode_text(input_ids, attention_mask, token_type_ids, **kwargs)
+        return with_pooled_features(outputs, self.text_proj(outputs.last_hidden_state[:, 0]))
 
     def forward(
         self,
@@ -391,33 +409,24 @@ class ContrastiveEncodersMixin(DualTowerHeadMixin):
         token_type_ids: torch.Tensor | None = None,
         output_itm: bool = False,
         interpolate_pos_encoding: bool = False,
-        output_hidden_states: bool | None = None,
-        output_attentions: bool | None = None,
-        return_dict: bool | None = None,
+        **kwargs: Unpack[OutputKwargs],
     ) -> DualEncoderOutput | tuple:
         """Similarity logits of every image against every text (normalised features / ``temp``); with
         ``output_itm=True`` also the image-grounded states and ITM logits of pair b = (image b, text b) (same batch
         size needed). ``token_type_ids`` go to the text tower (BLIP accepts them all zero)."""
-        return_dict, output_hidden_states, output_attentions = contrastive_call_flags(
-            self, input_ids, pixel_values, return_dict, output_hidden_states, output_attentions
-        )
-        vision_outputs = self.encode_image(pixel_values, interpolate_pos_encoding, output_hidden_states, output_attentions)
-        text_outputs = self.encode_text(input_ids, attention_mask, token_type_ids, output_hidden_states, output_attentions)
+        check_both_modalities(self, input_ids, pixel_values)
+        vision_outputs = self.encode_image(pixel_values, interpolate_pos_encoding, **kwargs)
+        text_outputs = self.encode_text(input_ids, attention_mask, token_type_ids, **kwargs)
         image_embeds = nn.functional.normalize(self.vision_proj(vision_outputs.last_hidden_state[:, 0]), dim=-1)
         text_embeds = nn.functional.normalize(self.text_proj(text_outputs.last_hidden_state[:, 0]), dim=-1)
         logits_per_image = image_embeds @ text_embeds.t() / self.temp
         multimodal_outputs, itm_logits = None, None
         if output_itm:
             multimodal_outputs = self.multimodal_states(
-                input_ids,
-                text_outputs.last_hidden_state,
-                vision_outputs.last_hidden_state,
-                attention_mask,
-                output_hidden_states,
-                output_attentions,
+                input_ids, text_outputs.last_hidden_state, vision_outputs.last_hidden_state, attention_mask, **kwargs
             )
             itm_logits = self.itm_head(multimodal_outputs.last_hidden_state[:, 0])
-        output = self.contrastive_output_class(
+        return self.contrastive_output_class(
             logits_per_image=logits_per_image,
             logits_per_text=logits_per_image.t(),
             image_embeds=image_embeds,
@@ -427,7 +436,6 @@ class ContrastiveEncodersMixin(DualTowerHeadMixin):
             text_model_output=text_outputs,
             multimodal_output=multimodal_outputs,
         )
-        return output if return_dict else output.to_tuple()
 
 
 class MaskedLMOutputEmbeddingsMixin:
@@ -447,6 +455,7 @@ __all__ = [
     "ContrastiveEncodersMixin",
     "DualEncoderOutput",
     "DualTowerHeadMixin",
+    "ImageTextInputs",
     "MaskedLMOutputEmbeddingsMixin",
     "TextEmbeddingsMixin",
     "VisionTowerMixin",

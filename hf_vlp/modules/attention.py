@@ -37,8 +37,10 @@ def causal_mask(query_length: int, key_length: int, dtype: torch.dtype, device: 
     return mask[None, None]
 
 
-def padding_mask(attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """Turn a ``[B, Lk]`` 1/0 keep-mask into an additive ``[B, 1, 1, Lk]`` mask of ``dtype``."""
+def padding_mask(attention_mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+    """Turn a ``[B, Lk]`` 1/0 keep-mask into an additive ``[B, 1, 1, Lk]`` mask of ``dtype`` (``None``: no mask)."""
+    if attention_mask is None:
+        return None
     keep = attention_mask[:, None, None, :].to(torch.bool)
     return torch.zeros(keep.shape, dtype=dtype, device=attention_mask.device).masked_fill_(~keep, torch.finfo(dtype).min)
 
@@ -246,15 +248,18 @@ class Attention(nn.Module):
         if position_bias is not None:
             mask = position_bias if mask is None else mask + position_bias
         batch, q_len, k_len = query.shape[0], query.shape[-2], key.shape[-2]
+        impl = self.attn_implementation
+        # returning probabilities needs the eager kernel, which takes causality only as an explicit mask: asking for
+        # attentions must never change the output
+        use_eager = impl == "eager" or output_attentions
         if is_causal and q_len == 1:  # the last position (cache-aware causality) sees every key
             is_causal = False
-        if is_causal and (mask is not None or q_len != k_len or self.attn_implementation == "eager"):
+        if is_causal and (mask is not None or q_len != k_len or use_eager):
             causal = causal_mask(q_len, k_len, query.dtype, query.device)
             mask = causal if mask is None else mask + causal
             is_causal = False
         if mask is not None:
             mask = mask.to(query.dtype)
-        impl = self.attn_implementation
         groups = 1
         if key.shape[0] != batch:
             groups = grouped_rows(batch, key.shape[0])
@@ -267,7 +272,7 @@ class Attention(nn.Module):
                     mask = mask.repeat(1, 1, groups, 1)
         dropout = self.dropout if self.training else 0.0
         weights = None
-        if impl == "eager" or output_attentions:
+        if use_eager:
             out, weights = eager_attention(query, key, value, mask, self.scale, dropout)
         elif impl == "sdpa":
             out = F.scaled_dot_product_attention(

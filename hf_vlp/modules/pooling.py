@@ -70,6 +70,6 @@ class AttentionalPooler(nn.Module):
         if context.ndim != 3:
             raise ValueError(f"context must be [batch, length, width], got shape {tuple(context.shape)}")
         queries = self.norm_query(self.query).to(context.dtype).expand(context.shape[0], -1, -1)
-        mask = padding_mask(attention_mask, context.dtype) if attention_mask is not None else None
+        mask = padding_mask(attention_mask, context.dtype)
         pooled, _ = self.attn(queries, self.norm_context(context), attention_mask=mask)
         return pooled

@@ -29,12 +29,15 @@ def end_of_text_positions(input_ids: torch.Tensor, eos_token_id: int) -> torch.T
     """Index of the first ``eos_token_id`` in every row; a row without one is an error.
 
     Picking the token by id (not by ``argmax``) keeps pooling correct whatever the pad id and vocabulary order.
+    The check of a CPU tensor reads the data on the host, so it runs in eager mode only: under ``torch.compile``,
+    ``torch.export`` or ``torch.jit.trace`` it would be data-dependent control flow (unexportable, or baked into the
+    trace); a row without the token then pools position 0. The model's processor always appends the token.
     """
     is_eos = input_ids == eos_token_id
     found = is_eos.any(dim=-1)
     if input_ids.device.type != "cpu":  # no host sync on accelerators: the check runs asynchronously there
         torch._assert_async(found.all(), f"input_ids contain a row without the end-of-text token {eos_token_id}")
-    elif not bool(found.all()):
+    elif not (torch.compiler.is_compiling() or torch.jit.is_tracing()) and not bool(found.all()):
         rows = torch.nonzero(~found).flatten().tolist()
         raise ValueError(
             f"input_ids rows {rows} contain no end-of-text token (id {eos_token_id}). Tokenize the text with the "
@@ -486,17 +489,10 @@ class BertStyleTextTransformer(nn.Module):
                 raise ValueError(f"mode {mode!r} needs input_ids")
             hidden_states = self.embeddings(input_ids, token_type_ids)
         dtype = hidden_states.dtype
-        self_mask = padding_mask(attention_mask, dtype) if attention_mask is not None else None
-        cross_mask = padding_mask(encoder_attention_mask, dtype) if encoder_attention_mask is not None else None
-        encoded = self.encoder(
-            hidden_states,
-            self_mask,
-            encoder_hidden_states,
-            cross_mask,
-            mode=mode,
-            output_hidden_states=output_hidden_states,
-            output_attentions=output_attentions,
-        )
+        self_mask = padding_mask(attention_mask, dtype)
+        cross_mask = padding_mask(encoder_attention_mask, dtype)
+        flags = {"output_hidden_states": output_hidden_states, "output_attentions": output_attentions}
+        encoded = self.encoder(hidden_states, self_mask, encoder_hidden_states, cross_mask, mode=mode, **flags)
         return BaseModelOutputWithCrossAttentions(
             last_hidden_state=encoded.last_hidden_state,
             hidden_states=encoded.hidden_states,

@@ -291,14 +291,14 @@ def contrastive_output_fields(step: MomentumContrastiveStep) -> dict[str, torch.
 
 
 @dataclass
-class ImageTextRetrievalOutput(ModelOutput):
-    """Retrieval fine-tuning outputs (ALBEF, BLIP). The losses are set only when ``image_ids`` are given; ``loss`` is
-    ``loss_itc + loss_itm``.
+class MomentumContrastiveOutput(ModelOutput):
+    """The ITC/ITM outputs of a momentum-contrastive head (ALBEF's and BLIP's pre-training and retrieval heads).
 
     ``logits_per_image`` ``[B, B + Q]``: online image features against the batch's momentum text features followed by
     the text queue, divided by ``temp`` (``logits_per_text`` the reverse). ``itm_logits`` score the B positive pairs,
-    followed, when ``image_ids`` are given, by ``(text b, negative image)`` and ``(negative text, image b)``
-    (``[3B, 2]``).
+    followed, when negatives were drawn, by ``(text b, negative image)`` and ``(negative text, image b)`` (``[3B, 2]``)
+    with ``itm_labels`` 1/0/0. ``vision_model_output``/``text_model_output`` are the online towers' outputs (unimodal
+    text), holding ``hidden_states``/``attentions`` when asked for.
     """
 
     loss: torch.Tensor | None = None
@@ -314,6 +314,14 @@ class ImageTextRetrievalOutput(ModelOutput):
     itm_labels: torch.Tensor | None = None
     itm_negative_image_indices: torch.Tensor | None = None
     itm_negative_text_indices: torch.Tensor | None = None
+    vision_model_output: ModelOutput | None = None
+    text_model_output: ModelOutput | None = None
+
+
+@dataclass
+class ImageTextRetrievalOutput(MomentumContrastiveOutput):
+    """Retrieval fine-tuning outputs (ALBEF, BLIP): the losses are set only when ``image_ids`` are given, ``loss`` is
+    ``loss_itc + loss_itm``; without ``image_ids`` ``itm_logits`` score the B positives only."""
 
 
 # --------------------------------------------------------------------------------------------------- retrieval ranking
@@ -406,6 +414,7 @@ def rerank_top_k(
 
 __all__ = [
     "ImageTextRetrievalOutput",
+    "MomentumContrastiveOutput",
     "ItmTriplets",
     "MomentumContrastiveStep",
     "RetrievalFeatures",

@@ -40,10 +40,12 @@ def summed_answer_losses(
     labels: torch.Tensor,
     teacher_logits: torch.Tensor | None = None,
     alpha: float = 0.0,
+    label_smoothing: float = 0.0,
 ) -> torch.Tensor:
     """Per-answer summed next-token cross-entropy over ``labels != -100`` (xbert's ``BertLMHeadModel`` with
-    ``reduction='none'``), with ``teacher_logits`` mixed in as ``(1 - alpha) * CE + alpha * soft-CE``."""
-    hard = shifted_lm_loss(logits, labels, per_sequence=True)
+    ``reduction='none'``; BLIP's label-smoothed with ``label_smoothing``), with ``teacher_logits`` mixed in as
+    ``(1 - alpha) * CE + alpha * soft-CE``."""
+    hard = shifted_lm_loss(logits, labels, label_smoothing, per_sequence=True)
     if teacher_logits is None:
         return hard
     labelled = labels[:, 1:].to(logits.device) != IGNORE_INDEX

@@ -1,14 +1,55 @@
-"""Pieces shared by the ALBEF and BLIP classification heads (NLVR2, SNLI-VE, text assignment): class names, the
-check of integer class labels, naming a config's classes, and NLVR2's image-pair layout."""
+"""Pieces shared by the classification heads (CLIP's image classifier, ALBEF/BLIP NLVR2, SNLI-VE, text assignment):
+the loss of a config's ``problem_type``, class names, the check of integer class labels, naming a config's classes,
+and NLVR2's image-pair layout."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
 import torch
+from torch.nn import functional as F
 from transformers import PretrainedConfig
 
 NLVR2_LABELS = ("False", "True")  # ALBEF/BLIP nlvr_dataset.py: label 'True' -> 1, else 0
+
+PROBLEM_TYPES = ("regression", "single_label_classification", "multi_label_classification")
+
+
+def infer_problem_type(num_labels: int, labels: torch.Tensor) -> str:
+    """transformers' rule for a config without ``problem_type``: one label -> ``"regression"``; integer
+    (``torch.long``/``torch.int``) labels -> ``"single_label_classification"``; otherwise
+    ``"multi_label_classification"``."""
+    if num_labels == 1:
+        return "regression"
+    if num_labels > 1 and labels.dtype in (torch.long, torch.int):
+        return "single_label_classification"
+    return "multi_label_classification"
+
+
+def classification_loss(logits: torch.Tensor, labels: torch.Tensor, config: PretrainedConfig) -> torch.Tensor:
+    """The loss of a sequence/image classification head, as transformers' heads compute it.
+
+    ``config.problem_type`` picks it: ``"regression"`` -> MSE (with one label, of the squeezed ``[B]`` logits),
+    ``"single_label_classification"`` -> cross-entropy over ``config.num_labels`` classes (``-100`` labels ignored),
+    ``"multi_label_classification"`` -> BCE-with-logits against ``[B, num_labels]`` targets. An unset
+    ``problem_type`` is inferred by :func:`infer_problem_type` and recorded on ``config`` (as transformers does, so
+    later calls and a saved checkpoint keep it). Regression and multi-label targets are cast to the logits' dtype.
+    """
+    num_labels = config.num_labels
+    if config.problem_type is None:
+        config.problem_type = infer_problem_type(num_labels, labels)
+    labels = labels.to(logits.device)
+    problem_type = config.problem_type
+    if problem_type == "regression":
+        labels = labels.to(logits.dtype)
+        if num_labels == 1:
+            return F.mse_loss(logits.squeeze(), labels.squeeze())
+        return F.mse_loss(logits, labels)
+    if problem_type == "single_label_classification":
+        return F.cross_entropy(logits.view(-1, num_labels), labels.view(-1), ignore_index=-100)
+    if problem_type == "multi_label_classification":
+        return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
+    raise ValueError(f"config.problem_type must be one of {PROBLEM_TYPES} or None, got {problem_type!r}")
 
 
 def check_class_labels(labels: torch.Tensor, batch: int, names: Sequence[str]) -> torch.Tensor:
@@ -53,4 +94,12 @@ def flatten_image_pairs(pixel_values: torch.Tensor) -> torch.Tensor:
     return pixel_values.flatten(0, 1)
 
 
-__all__ = ["NLVR2_LABELS", "check_class_labels", "flatten_image_pairs", "set_task_labels"]
+__all__ = [
+    "NLVR2_LABELS",
+    "PROBLEM_TYPES",
+    "check_class_labels",
+    "classification_loss",
+    "flatten_image_pairs",
+    "infer_problem_type",
+    "set_task_labels",
+]

@@ -133,8 +133,8 @@ def test_retrieval_model_gives_transformers_itm_logits_and_cosines(tmp_path: Pat
         torch.testing.assert_close(
             ours.get_itm_logits(input_ids, pixel_values, replace_first_token=False), itm, atol=ATOL, rtol=0
         )
-        image = torch.nn.functional.normalize(ours.get_image_features(pixel_values), dim=-1)
-        text = torch.nn.functional.normalize(ours.get_text_features(input_ids), dim=-1)
+        image = torch.nn.functional.normalize(ours.get_image_features(pixel_values).pooler_output, dim=-1)
+        text = torch.nn.functional.normalize(ours.get_text_features(input_ids).pooler_output, dim=-1)
         torch.testing.assert_close(image @ text.t(), cosine, atol=ATOL, rtol=0)
 
 

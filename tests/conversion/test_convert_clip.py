@@ -64,8 +64,8 @@ def model_outputs(model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> di
     output = model(input_ids=input_ids, pixel_values=pixel_values, return_loss=True)
     vision = output.vision_model_output
     outputs = {
-        "image_features": model.get_image_features(pixel_values),
-        "text_features": model.get_text_features(input_ids),
+        "image_features": model.get_image_features(pixel_values).pooler_output,
+        "text_features": model.get_text_features(input_ids).pooler_output,
         "image_embeds": output.image_embeds,
         "text_embeds": output.text_embeds,
         "logits_per_image": output.logits_per_image,
@@ -123,7 +123,7 @@ def test_plain_state_dict_without_config_uses_build_model_heads_and_warns(caplog
     assert "Text heads: 1 = width // 64" in caplog.text and "--original-config" in caplog.text
     inputs, reference = fixture_tensors("clip_resnet")
     with torch.no_grad():
-        text_features = result.model.get_text_features(inputs["input_ids"])
+        text_features = result.model.get_text_features(inputs["input_ids"]).pooler_output
     # 1 head where the original used 2: the text tower is wrong, which is why --original-config exists
     assert (text_features - reference["text_features"]).abs().max() > 1e-2
 

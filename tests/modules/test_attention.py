@@ -138,3 +138,24 @@ def test_constructor_errors_name_the_problem():
         Attention(32, 4, kv_size=16)
     with pytest.raises(ValueError, match="encoder_hidden_states"):
         Attention(32, 4, cross_attention=True)(torch.randn(1, 2, 32))
+
+
+@pytest.mark.parametrize("impl", ["eager", "sdpa"])
+@pytest.mark.parametrize("extra", ["nothing", "padding mask", "position bias"])
+def test_asking_for_attentions_never_changes_a_causal_output(impl, extra):
+    eager, sdpa = _pair()
+    module = {"eager": eager, "sdpa": sdpa}[impl]
+    x = torch.randn(2, 6, 32, generator=torch.Generator().manual_seed(3))
+    kwargs, mask = {}, causal_mask(6, 6, x.dtype, x.device)
+    if extra == "padding mask":
+        kwargs["attention_mask"] = padding_mask(torch.tensor([[1] * 6, [1] * 4 + [0] * 2]), x.dtype)
+        mask = mask + kwargs["attention_mask"]
+    elif extra == "position bias":
+        kwargs["position_bias"] = torch.randn(1, 4, 6, 6, generator=torch.Generator().manual_seed(4))
+        mask = mask + kwargs["position_bias"]
+    plain, _ = module(x, is_causal=True, **kwargs)
+    probed, weights = module(x, is_causal=True, output_attentions=True, **kwargs)
+    torch.testing.assert_close(probed, plain, atol=1e-6, rtol=1e-5)  # the kernels differ by float32 rounding only
+    torch.testing.assert_close(plain, _reference(eager, x, mask=mask), atol=1e-5, rtol=1e-5)
+    assert weights.shape == (2, 4, 6, 6) and (weights.triu(1) == 0).all()  # no query sees a later key
+    torch.testing.assert_close(weights.sum(-1), torch.ones(2, 4, 6))

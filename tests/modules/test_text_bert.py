@@ -336,3 +336,18 @@ def test_med_errors_name_the_problem() -> None:
         block(torch.randn(1, 3, WIDTH))
     with pytest.raises(ValueError, match="no causal"):
         PostNormBlock(options())(torch.randn(1, 3, WIDTH), use_causal_self_attention=True)
+
+
+@pytest.mark.parametrize("implementation", ["eager", "sdpa"])
+def test_med_decoder_without_mask_stays_causal_when_asked_for_attentions(implementation: str) -> None:
+    tower = med_tower(implementation=implementation)
+    input_ids, _, memory = batch()
+    plain = tower(input_ids, encoder_hidden_states=memory, mode="decoder")
+    probed = tower(input_ids, encoder_hidden_states=memory, mode="decoder", output_attentions=True)
+    torch.testing.assert_close(probed.last_hidden_state, plain.last_hidden_state, atol=1e-6, rtol=1e-5)
+    assert len(probed.attentions) == len(tower.encoder.layers)
+    assert all((weights.triu(1) == 0).all() for weights in probed.attentions)
+    changed = input_ids.clone()
+    changed[:, 5:] = 7  # a causal decoder's first positions cannot see the later tokens
+    prefix = tower(changed, encoder_hidden_states=memory, mode="decoder", output_attentions=True).last_hidden_state
+    torch.testing.assert_close(prefix[:, :5], plain.last_hidden_state[:, :5], atol=1e-6, rtol=1e-5)

@@ -3,6 +3,7 @@
 import pytest
 import torch
 from torch.nn import functional as F
+from transformers import PretrainedConfig
 
 from hf_vlp.modules.text import CausalTextTransformer, cls_row_mask
 from hf_vlp.modules.transformer import BlockOptions
@@ -84,3 +85,23 @@ def test_shifted_cls_mask_matches_open_clip() -> None:
     aligned = cls_row_mask(mask, "aligned", torch.float32)[:, 0]
     assert torch.equal(aligned[0, -1] == 0, torch.tensor([1, 1, 1, 1, 0, 0, 0, 1]).bool())
     assert (aligned[:, :-1] == 0).all()  # only the class token's row is masked
+
+
+def _implementation(name: str) -> PretrainedConfig:
+    config = PretrainedConfig()
+    config._attn_implementation = name
+    return config
+
+
+@pytest.mark.parametrize("implementation", ["eager", "sdpa"])
+@pytest.mark.parametrize("embed_cls", [False, True])
+def test_asking_for_attentions_changes_no_output(implementation: str, embed_cls: bool) -> None:
+    ids, _ = _ids()
+    tower = _tower(config=_implementation(implementation), embed_cls=embed_cls, pad_token_id=PAD)
+    plain = tower(ids)
+    probed = tower(ids, output_attentions=True)
+    assert plain.attentions is None and len(probed.attentions) == 2
+    torch.testing.assert_close(probed.last_hidden_state, plain.last_hidden_state, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(probed.pooler_output, plain.pooler_output, atol=1e-6, rtol=1e-5)
+    for weights in probed.attentions:  # causal: zero above the diagonal
+        assert (weights.triu(1) == 0).all() and weights.shape[-1] == ids.shape[1] + embed_cls

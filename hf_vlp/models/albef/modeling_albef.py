@@ -13,7 +13,7 @@ queues, ITC/ITM/MLM) are in ``modeling_albef_pretraining.py``, VQA in ``modeling
 """
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Unpack
 
 import torch
 from transformers.modeling_outputs import BaseModelOutputWithCrossAttentions, MaskedLMOutput
@@ -22,6 +22,7 @@ from ...integrations.compat import initialize_modules_now
 from ...modules.text import BertStyleTextTransformer
 from ...modules.towers import text_block_options
 from ...objectives.mlm import masked_lm_loss
+from ..modeling_utils import OutputKwargs
 from ..towers import (
     VitBertPreTrainedModel,
     ContrastiveEncodersMixin,
@@ -103,8 +104,7 @@ class AlbefTowersMixin(DualTowerHeadMixin):
         image_hidden_states: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         image_attention_mask: torch.Tensor | None = None,
-        output_hidden_states: bool = False,
-        output_attentions: bool = False,
+        **flags: bool,
     ) -> BaseModelOutputWithCrossAttentions:
         """The fusion layers ``[fusion_layer, L)`` on ``encode_text`` states, cross-attending to ``encode_image``
         tokens (``mode='fusion'``); ``attention_mask`` is the text's 1/0 padding mask."""
@@ -114,9 +114,8 @@ class AlbefTowersMixin(DualTowerHeadMixin):
             encoder_hidden_states=image_hidden_states,
             encoder_attention_mask=image_attention_mask,
             mode="fusion",
-            output_hidden_states=output_hidden_states,
-            output_attentions=output_attentions,
             return_dict=True,
+            **flags,
         )
 
     def pair_itm_logits(
@@ -146,8 +145,7 @@ class VlpAlbefModel(ContrastiveEncodersMixin, AlbefTowersMixin, VlpAlbefPreTrain
         text_states: torch.Tensor,
         image_states: torch.Tensor,
         attention_mask: torch.Tensor | None,
-        output_hidden_states: bool,
-        output_attentions: bool,
+        **flags: bool,
     ) -> BaseModelOutputWithCrossAttentions:
         """The fusion layers over the unimodal text states of pairs (image b, text b)."""
         if text_states.shape[0] != image_states.shape[0]:
@@ -155,13 +153,7 @@ class VlpAlbefModel(ContrastiveEncodersMixin, AlbefTowersMixin, VlpAlbefPreTrain
                 f"output_itm scores pairs (image b, text b): got {image_states.shape[0]} images and "
                 f"{text_states.shape[0]} texts"
             )
-        return self.fuse(
-            text_states,
-            image_states,
-            attention_mask,
-            output_hidden_states=output_hidden_states,
-            output_attentions=output_attentions,
-        )
+        return self.fuse(text_states, image_states, attention_mask, **flags)
 
 
 class VlpAlbefForMaskedLM(MaskedLMOutputEmbeddingsMixin, AlbefTowersMixin, VlpAlbefPreTrainedModel):
@@ -172,7 +164,6 @@ class VlpAlbefForMaskedLM(MaskedLMOutputEmbeddingsMixin, AlbefTowersMixin, VlpAl
     the loss is plain cross-entropy over ``labels != -100`` (momentum distillation belongs to the pretraining head).
     """
 
-    main_input_name = "input_ids"
     _tied_weights_keys = {"mlm_head.decoder.weight": "text_model.transformer.embeddings.word_embeddings.weight"}
     # a converted pretraining checkpoint (VlpAlbefForPretraining) also holds momentum towers and queues
     _keys_to_ignore_on_load_unexpected = [r"^momentum_", r"^(image|text|idx)_queue\."]
@@ -192,24 +183,21 @@ class VlpAlbefForMaskedLM(MaskedLMOutputEmbeddingsMixin, AlbefTowersMixin, VlpAl
         image_hidden_states: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         interpolate_pos_encoding: bool = False,
-        return_dict: bool | None = None,
+        **kwargs: Unpack[OutputKwargs],
     ) -> MaskedLMOutput | tuple:
         """MLM logits ``[B, L, vocab]`` for (masked) ``input_ids`` grounded on ``pixel_values`` (or on precomputed
-        ``image_hidden_states``, the ViT tokens); the loss only when ``labels`` are given."""
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        ``image_hidden_states``, the ViT tokens); the loss only when ``labels`` are given. ``hidden_states`` /
+        ``attentions`` are the text encoder's (every layer, text and fusion)."""
         image_hidden_states = self.image_tokens(pixel_values, image_hidden_states, interpolate_pos_encoding)
         text_outputs = self.text_model(
-            input_ids,
-            attention_mask,
-            token_type_ids,
-            encoder_hidden_states=image_hidden_states,
-            mode="full",
-            return_dict=True,
+            input_ids, attention_mask, token_type_ids, encoder_hidden_states=image_hidden_states, mode="full",
+            return_dict=True, **kwargs,
         )
         logits = self.mlm_head(text_outputs.last_hidden_state)
         loss = masked_lm_loss(logits, labels) if labels is not None else None
-        output = MaskedLMOutput(loss=loss, logits=logits, hidden_states=None, attentions=None)
-        return output if return_dict else output.to_tuple()
+        return MaskedLMOutput(
+            loss=loss, logits=logits, hidden_states=text_outputs.hidden_states, attentions=text_outputs.attentions
+        )
 
 
 __all__ = [

@@ -4,13 +4,14 @@ shared with BLIP (:class:`~hf_vlp.models.momentum_contrastive.MomentumContrastiv
 distilled from the momentum text encoder; retrieval ranks galleries by ITC top-k then ITM re-ranking."""
 
 from dataclasses import dataclass
+from typing import Unpack
 
 import torch
 from torch import nn
-from transformers.modeling_outputs import ModelOutput
 
 from ...objectives.contrastive import (
     ImageTextRetrievalOutput,
+    MomentumContrastiveOutput,
     RetrievalFeatures,
     RetrievalScores,
     check_matching_pairs,
@@ -18,6 +19,7 @@ from ...objectives.contrastive import (
 )
 from ...objectives.mlm import distilled_mlm_loss, mask_tokens
 from ...objectives.momentum import ModulePair
+from ..modeling_utils import OutputKwargs
 from ..momentum_contrastive import ImageTextRetrievalHeadMixin, MomentumContrastiveMixin
 from ..towers import MaskedLMOutputEmbeddingsMixin, bert_prediction_head
 from .configuration_albef import VlpAlbefConfig, VlpAlbefTextConfig
@@ -25,33 +27,17 @@ from .modeling_albef import AlbefTowersMixin, VlpAlbefPreTrainedModel, VlpAlbefT
 
 
 @dataclass
-class VlpAlbefForPretrainingOutput(ModelOutput):
-    """ALBEF pretraining outputs. The losses are set only with ``return_loss=True``; ``loss`` is their sum.
-
-    ``logits_per_image`` ``[B, B + Q]``: online image features against the momentum text features of the batch
-    followed by the text queue, divided by ``temp`` (``logits_per_text`` the reverse). ``itm_logits`` ``[3B, 2]``
-    score ``[positives ; (text b, negative image) ; (negative text, image b)]``; ``mlm_logits`` are over
-    ``mlm_input_ids`` (the masked text) and ``mlm_labels`` are -100 where a token was not masked.
+class VlpAlbefForPretrainingOutput(MomentumContrastiveOutput):
+    """ALBEF pretraining outputs: the ITC/ITM fields of :class:`~hf_vlp.objectives.contrastive.MomentumContrastiveOutput`
+    (``itm_logits`` ``[3B, 2]`` over positives and both hard negatives) and the MLM's. The losses are set only with
+    ``return_loss=True``; ``loss`` is their sum. ``mlm_logits`` are over ``mlm_input_ids`` (the masked text) and
+    ``mlm_labels`` are -100 where a token was not masked.
     """
 
-    loss: torch.Tensor | None = None
-    loss_itc: torch.Tensor | None = None
-    loss_itm: torch.Tensor | None = None
     loss_mlm: torch.Tensor | None = None
-    logits_per_image: torch.Tensor | None = None
-    logits_per_text: torch.Tensor | None = None
-    image_embeds: torch.Tensor | None = None
-    text_embeds: torch.Tensor | None = None
-    momentum_image_embeds: torch.Tensor | None = None
-    momentum_text_embeds: torch.Tensor | None = None
-    itm_logits: torch.Tensor | None = None
-    itm_labels: torch.Tensor | None = None
-    itm_negative_image_indices: torch.Tensor | None = None
-    itm_negative_text_indices: torch.Tensor | None = None
     mlm_logits: torch.Tensor | None = None
     mlm_input_ids: torch.Tensor | None = None
     mlm_labels: torch.Tensor | None = None
-
 
 
 class VlpAlbefMomentumModel(MomentumContrastiveMixin, AlbefTowersMixin, VlpAlbefPreTrainedModel):
@@ -139,7 +125,7 @@ class VlpAlbefForPretraining(MaskedLMOutputEmbeddingsMixin, VlpAlbefMomentumMode
         update_queues: bool | None = None,
         generator: torch.Generator | None = None,
         interpolate_pos_encoding: bool = False,
-        return_dict: bool | None = None,
+        **kwargs: Unpack[OutputKwargs],
     ) -> VlpAlbefForPretrainingOutput | tuple:
         """One pretraining step's forward on ``B`` matching (image, text) pairs.
 
@@ -152,15 +138,16 @@ class VlpAlbefForPretraining(MaskedLMOutputEmbeddingsMixin, VlpAlbefMomentumMode
             alpha: distillation weight; default ``self.distill_alpha`` (ramped by ``MomentumCallback``).
             update_queues: enqueue the batch's momentum features; default ``self.training``.
             generator: random generator for the hard negatives and the masking.
+            output_hidden_states, output_attentions: the online towers' (``vision_model_output``,
+                ``text_model_output``).
         """
         check_matching_pairs(input_ids, pixel_values, "pretraining")
         if (mlm_input_ids is None) != (mlm_labels is None):
             raise ValueError("pass both mlm_input_ids and mlm_labels (a given masking), or neither")
         check_negative_indices(itm_negative_image_indices, itm_negative_text_indices)
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
         itc_itm = self._pretraining_itc_itm(
             input_ids, pixel_values, attention_mask, token_type_ids, itm_negative_image_indices,
-            itm_negative_text_indices, alpha, update_queues, return_loss, generator, interpolate_pos_encoding,
+            itm_negative_text_indices, alpha, update_queues, return_loss, generator, interpolate_pos_encoding, kwargs,
         )
         step, attention_mask = itc_itm.step, itc_itm.attention_mask
 
@@ -185,7 +172,7 @@ class VlpAlbefForPretraining(MaskedLMOutputEmbeddingsMixin, VlpAlbefMomentumMode
                 )
             loss_mlm = distilled_mlm_loss(mlm_logits, mlm_labels.to(mlm_logits.device), teacher_logits, itc_itm.alpha)
             loss = itc_itm.loss_itc + itc_itm.loss_itm + loss_mlm
-        output = VlpAlbefForPretrainingOutput(
+        return VlpAlbefForPretrainingOutput(
             loss=loss,
             loss_mlm=loss_mlm,
             **itc_itm.output_fields(),
@@ -193,7 +180,6 @@ class VlpAlbefForPretraining(MaskedLMOutputEmbeddingsMixin, VlpAlbefMomentumMode
             mlm_input_ids=mlm_input_ids,
             mlm_labels=mlm_labels,
         )
-        return output if return_dict else output.to_tuple()
 
 
 @dataclass

@@ -19,23 +19,26 @@ frozen EMA copy of the whole model (``hf_vlp.MomentumCallback`` runs the EMA ste
 
 from __future__ import annotations
 
+import abc
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Unpack
 
 import torch
 from torch import nn
-from transformers.modeling_outputs import BaseModelOutputWithCrossAttentions, ModelOutput
+from transformers.modeling_outputs import BaseModelOutputWithCrossAttentions, BaseModelOutputWithPooling, ModelOutput
 
 from ...integrations.compat import StructuralTiedWeightsMixin
 from ...utils.classification import NLVR2_LABELS, check_class_labels, flatten_image_pairs, set_task_labels
 from ...objectives.losses import soft_target_cross_entropy
 from ...objectives.momentum import ModulePair, MomentumModelMixin
 from ...modules.attention import padding_mask
+from ...modules.transformer import LayerOutputs
 from ...modules.heads import MlpClassifierHead
 from ...modules.vision import interpolate_grid_embeddings
-from ..towers import DualTowerHeadMixin, ImageTextClassifierOutput, TextEmbeddingsMixin
+from ..modeling_utils import OutputKwargs
+from ..towers import DualTowerHeadMixin, ImageTextClassifierOutput, ImageTextInputs, TextEmbeddingsMixin
 from .configuration_albef import VlpAlbefConfig, VlpAlbefTextConfig
 from .modeling_albef import (
     VlpAlbefModel,
@@ -79,8 +82,7 @@ class VlpAlbefPairedTextModel(StructuralTiedWeightsMixin, TextEmbeddingsMixin, V
     first layer of a pair stores ``kv`` in a saved checkpoint and loading re-ties it.
     """
 
-    config: VlpAlbefTextConfig
-    main_input_name = "input_ids"
+    config_class = VlpAlbefTextConfig  # the annotation alone is a string here (postponed annotations)
     input_modalities = ("text",)
 
     def __init__(self, config: VlpAlbefTextConfig) -> None:
@@ -112,9 +114,7 @@ class VlpAlbefPairedTextModel(StructuralTiedWeightsMixin, TextEmbeddingsMixin, V
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
         encoder_attention_mask: Sequence[torch.Tensor | None] | None = None,
-        output_hidden_states: bool | None = None,
-        output_attentions: bool | None = None,
-        return_dict: bool | None = None,
+        **kwargs: Unpack[OutputKwargs],
     ) -> BaseModelOutputWithCrossAttentions | tuple:
         """Encode ``input_ids`` ``[B, L]`` grounded on two images: ``encoder_hidden_states`` = (first image tokens,
         second image tokens), each ``[B, N, D_vision]``; ``encoder_attention_mask`` their optional 1/0 masks."""
@@ -125,15 +125,15 @@ class VlpAlbefPairedTextModel(StructuralTiedWeightsMixin, TextEmbeddingsMixin, V
         memory_masks = list(encoder_attention_mask) if encoder_attention_mask is not None else [None, None]
         if len(memory_masks) != 2:
             raise ValueError("encoder_attention_mask must hold one mask (or None) per image")
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
         transformer = self.transformer
         hidden_states = transformer.embeddings(input_ids, token_type_ids)
         dtype = hidden_states.dtype
-        self_mask = padding_mask(attention_mask, dtype) if attention_mask is not None else None
-        cross_masks = [padding_mask(mask, dtype) if mask is not None else None for mask in memory_masks]
+        self_mask = padding_mask(attention_mask, dtype)
+        cross_masks = [padding_mask(mask, dtype) for mask in memory_masks]
         fusion = transformer.encoder.fusion_layer
-        all_states = [hidden_states] if output_hidden_states else None
-        self_attentions, cross_attentions = ([], []) if output_attentions else (None, None)
+        collected = LayerOutputs(
+            hidden_states, kwargs["output_hidden_states"], kwargs["output_attentions"], attention_kinds=2
+        )
         for index, layer in enumerate(transformer.encoder.layers):
             image = (index - fusion) % 2 if index >= fusion else None
             hidden_states, self_weights, cross_weights = layer(
@@ -141,20 +141,15 @@ class VlpAlbefPairedTextModel(StructuralTiedWeightsMixin, TextEmbeddingsMixin, V
                 self_mask,
                 encoder_hidden_states[image] if image is not None else None,
                 cross_masks[image] if image is not None else None,
-                output_attentions=bool(output_attentions),
+                output_attentions=kwargs["output_attentions"],
             )
-            if all_states is not None:
-                all_states.append(hidden_states)
-            if self_attentions is not None:
-                self_attentions.append(self_weights)
-                cross_attentions.append(cross_weights)
-        output = BaseModelOutputWithCrossAttentions(
+            collected.add(hidden_states, self_weights, cross_weights)
+        return BaseModelOutputWithCrossAttentions(
             last_hidden_state=hidden_states,
-            hidden_states=tuple(all_states) if all_states is not None else None,
-            attentions=tuple(self_attentions) if self_attentions is not None else None,
-            cross_attentions=tuple(cross_attentions) if cross_attentions is not None else None,
+            hidden_states=collected.hidden_states(),
+            attentions=collected.attention_weights(0),
+            cross_attentions=collected.attention_weights(1),
         )
-        return output if return_dict else output.to_tuple()
 
 
 def paired_text_state_dict(text_state: dict[str, torch.Tensor], fusion_layer: int, num_paired_layers: int) -> dict:
@@ -242,29 +237,32 @@ class VlpAlbefClassifierOutput(ImageTextClassifierOutput):
 class VlpAlbefTextAssignmentOutput(ModelOutput):
     """Text-assignment outputs: ``logits`` ``[B, 3]``, the ``labels`` used (sampled or given; 0 = the text describes
     the first image, 1 = the second, 2 = neither), ``image_pair_indices`` ``[B, 2]`` the in-batch (first, second)
-    image of each text (``None`` for given image pairs), ``loss`` whenever labels are known."""
+    image of each text (``None`` for given image pairs), ``loss`` whenever labels are known; with
+    ``output_hidden_states`` the fused text states ``last_hidden_state``; the image tower's and the paired text
+    encoder's outputs (per-layer states/attentions when asked for)."""
 
     loss: torch.Tensor | None = None
     logits: torch.Tensor | None = None
     labels: torch.Tensor | None = None
     image_pair_indices: torch.Tensor | None = None
     last_hidden_state: torch.Tensor | None = None
+    vision_model_output: ModelOutput | None = None
+    text_model_output: ModelOutput | None = None
 
 
 # --------------------------------------------------------------------------------------------------- shared base
 
 
-class VlpAlbefDistilledClassifier(DualTowerHeadMixin, MomentumModelMixin, VlpAlbefPreTrainedModel):
+class VlpAlbefDistilledClassifier(DualTowerHeadMixin, MomentumModelMixin, VlpAlbefPreTrainedModel, abc.ABC):
     """Base of NLVR2 and SNLI-VE: online towers ``vision_model``/``text_model`` (``text_model_class``)/``cls_head``,
     their frozen ``momentum_*`` copies, and the distilled classification ``forward``. Subclasses set
-    ``text_model_class`` and define ``classify``.
+    ``text_model_class`` and define ``run_towers`` (the pass :meth:`classify` runs on online or momentum towers).
 
     ``from_pretrained`` accepts the subclass's ``compatible_architectures`` only (a pre-trained ALBEF goes through
     ``from_albef_pretrained``); when the checkpoint has no momentum towers (text-assignment weights) they start as
     copies of the loaded online towers (``copy_momentum_when_missing``, see
     :class:`~hf_vlp.objectives.momentum.MomentumModelMixin`)."""
 
-    main_input_name = "pixel_values"
     accepts_loss_kwargs = False
     task_labels: tuple[str, ...] = ()
     compatible_architectures: tuple[str, ...] = ()
@@ -306,6 +304,32 @@ class VlpAlbefDistilledClassifier(DualTowerHeadMixin, MomentumModelMixin, VlpAlb
             )
         return loaded
 
+    @abc.abstractmethod
+    def run_towers(
+        self, vision_model: nn.Module, text_model: nn.Module, inputs: ImageTextInputs, **flags: bool
+    ) -> tuple[BaseModelOutputWithPooling, BaseModelOutputWithCrossAttentions]:
+        """``(image tower output, fused text output)`` of the given (online or momentum) towers."""
+
+    def classify(
+        self,
+        input_ids: torch.Tensor,
+        pixel_values: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        momentum: bool = False,
+        interpolate_pos_encoding: bool = False,
+        **flags: bool,
+    ) -> tuple[torch.Tensor, BaseModelOutputWithPooling, BaseModelOutputWithCrossAttentions]:
+        """``(logits, image tower output, fused text output)`` of the online (or ``momentum``) model; the head reads
+        the fused ``[CLS]``. ``flags``: ``output_hidden_states``/``output_attentions`` of the towers."""
+        prefix = "momentum_" if momentum else ""
+        inputs = ImageTextInputs(input_ids, pixel_values, attention_mask, token_type_ids, interpolate_pos_encoding)
+        vision_outputs, text_outputs = self.run_towers(
+            getattr(self, prefix + "vision_model"), getattr(self, prefix + "text_model"), inputs, **flags
+        )
+        logits = getattr(self, prefix + "cls_head")(text_outputs.last_hidden_state[:, 0])
+        return logits, vision_outputs, text_outputs
+
     def forward(
         self,
         input_ids: torch.Tensor,
@@ -315,16 +339,15 @@ class VlpAlbefDistilledClassifier(DualTowerHeadMixin, MomentumModelMixin, VlpAlb
         labels: torch.Tensor | None = None,
         alpha: float | None = None,
         interpolate_pos_encoding: bool = False,
-        output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
+        **kwargs: Unpack[OutputKwargs],
     ) -> VlpAlbefClassifierOutput | tuple:
         """Class logits; with ``labels`` the loss ``(1 - alpha) * CE + alpha * soft-CE`` against the momentum
         model's logits (``alpha`` defaults to ``self.distill_alpha``; 0 skips the momentum pass)."""
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
         if labels is not None:
             labels = check_class_labels(labels.to(input_ids.device), input_ids.shape[0], self.task_labels)
-        logits, text_states, image_states = self.classify(
-            input_ids, pixel_values, attention_mask, token_type_ids, interpolate_pos_encoding=interpolate_pos_encoding
+        logits, vision_outputs, text_outputs = self.classify(
+            input_ids, pixel_values, attention_mask, token_type_ids, interpolate_pos_encoding=interpolate_pos_encoding,
+            **kwargs,
         )
         loss = None
         if labels is not None:
@@ -337,8 +360,10 @@ class VlpAlbefDistilledClassifier(DualTowerHeadMixin, MomentumModelMixin, VlpAlb
                         interpolate_pos_encoding=interpolate_pos_encoding,
                     )[0]
             loss = distilled_classification_loss(logits, labels.to(logits.device), teacher_logits, alpha)
-        output = VlpAlbefClassifierOutput.from_states(loss, logits, text_states, image_states, output_hidden_states)
-        return output if return_dict else output.to_tuple()
+        return VlpAlbefClassifierOutput.from_states(
+            loss, logits, text_outputs.last_hidden_state, vision_outputs.last_hidden_state,
+            kwargs["output_hidden_states"], vision_outputs, text_outputs,
+        )
 
 
 def _check_batch(input_ids: torch.Tensor, pixel_values: torch.Tensor, what: str) -> None:
@@ -369,36 +394,25 @@ class VlpAlbefForVisualReasoning(VlpAlbefDistilledClassifier):
     _keys_to_ignore_on_load_unexpected = [r"^vision_proj\.", r"^ta_head\."]
     text_model_class = VlpAlbefPairedTextModel
 
-    def encode_image_pairs(
-        self, pixel_values: torch.Tensor, momentum: bool = False, interpolate_pos_encoding: bool = False
-    ) -> torch.Tensor:
-        """ViT tokens of both images of every example, ``[B, 2, N, D_v]`` (one pass over the ``2B`` images)."""
-        batch = pixel_values.shape[0]
-        vision = self.momentum_vision_model if momentum else self.vision_model
-        states = vision(
-            flatten_image_pairs(pixel_values), interpolate_pos_encoding=interpolate_pos_encoding, return_dict=True
-        ).last_hidden_state
-        return states.view(batch, 2, *states.shape[1:])
-
-    def classify(
-        self,
-        input_ids: torch.Tensor,
-        pixel_values: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
-        token_type_ids: torch.Tensor | None = None,
-        momentum: bool = False,
-        interpolate_pos_encoding: bool = False,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``(logits [B, 2], fused text states, image tokens [B, 2, N, D_v])`` of the online (or momentum) model."""
+    def run_towers(
+        self, vision_model: nn.Module, text_model: nn.Module, inputs: ImageTextInputs, **flags: bool
+    ) -> tuple[BaseModelOutputWithPooling, BaseModelOutputWithCrossAttentions]:
+        """Both images of every example through the ViT in one pass over the ``2B`` images (``last_hidden_state``
+        reshaped to ``[B, 2, N, D_v]``), then the paired text encoder over (first, second) image tokens."""
+        pixel_values = inputs.pixel_values
         flatten_image_pairs(pixel_values)
-        _check_batch(input_ids, pixel_values, "image pair")
-        image_states = self.encode_image_pairs(pixel_values, momentum, interpolate_pos_encoding)
-        text_model = self.momentum_text_model if momentum else self.text_model
-        head = self.momentum_cls_head if momentum else self.cls_head
-        text_states = text_model(
-            input_ids, (image_states[:, 0], image_states[:, 1]), attention_mask, token_type_ids, return_dict=True
-        ).last_hidden_state
-        return head(text_states[:, 0]), text_states, image_states
+        _check_batch(inputs.input_ids, pixel_values, "image pair")
+        vision_outputs = vision_model(
+            flatten_image_pairs(pixel_values), interpolate_pos_encoding=inputs.interpolate_pos_encoding, return_dict=True,
+            **flags,
+        )
+        states = vision_outputs.last_hidden_state
+        vision_outputs.last_hidden_state = states = states.view(pixel_values.shape[0], 2, *states.shape[1:])
+        text_outputs = text_model(
+            inputs.input_ids, (states[:, 0], states[:, 1]), inputs.attention_mask, inputs.token_type_ids, return_dict=True,
+            **flags,
+        )
+        return vision_outputs, text_outputs
 
     @classmethod
     def from_albef_pretrained(
@@ -476,7 +490,6 @@ class VlpAlbefForTextAssignment(DualTowerHeadMixin, VlpAlbefPreTrainedModel):
     ``from_pretrained`` (``vision_proj``/``ta_head`` ignored, ``cls_head`` new).
     """
 
-    main_input_name = "pixel_values"
     accepts_loss_kwargs = False
     task_labels = TEXT_ASSIGNMENT_LABELS
     model_card_pipeline_tag = None
@@ -506,8 +519,7 @@ class VlpAlbefForTextAssignment(DualTowerHeadMixin, VlpAlbefPreTrainedModel):
         labels: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
         interpolate_pos_encoding: bool = False,
-        output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
+        **kwargs: Unpack[OutputKwargs],
     ) -> VlpAlbefTextAssignmentOutput | tuple:
         """Text-assignment logits ``[B, 3]`` and CE loss.
 
@@ -516,16 +528,17 @@ class VlpAlbefForTextAssignment(DualTowerHeadMixin, VlpAlbefPreTrainedModel):
         given as ``image_pair_indices`` ``[B, 2]`` in-batch indices with their ``labels``. ``pixel_values``
         ``[B, 2, C, H, W]``: the image pairs themselves (``labels`` optional, for the loss).
         """
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
         batch = input_ids.shape[0]
         if pixel_values.ndim == 5:
             flatten_image_pairs(pixel_values)
             _check_batch(input_ids, pixel_values, "image pair")
             if image_pair_indices is not None:
                 raise ValueError("image_pair_indices index a batch of single images ([B, C, H, W] pixel_values)")
-            states = self.vision_model(
-                pixel_values.flatten(0, 1), interpolate_pos_encoding=interpolate_pos_encoding, return_dict=True
-            ).last_hidden_state.view(batch, 2, -1, self.config.vision_config.hidden_size)
+            vision_outputs = self.vision_model(
+                pixel_values.flatten(0, 1), interpolate_pos_encoding=interpolate_pos_encoding, return_dict=True,
+                **kwargs,
+            )
+            states = vision_outputs.last_hidden_state.view(batch, 2, -1, self.config.vision_config.hidden_size)
             first, second = states[:, 0], states[:, 1]
         else:
             _check_batch(input_ids, pixel_values, "image")
@@ -534,9 +547,10 @@ class VlpAlbefForTextAssignment(DualTowerHeadMixin, VlpAlbefPreTrainedModel):
                     "with one image per text, pass image_pair_indices together with their labels, or neither (the "
                     "pairs and labels are then sampled)"
                 )
-            states = self.vision_model(
-                pixel_values, interpolate_pos_encoding=interpolate_pos_encoding, return_dict=True
-            ).last_hidden_state
+            vision_outputs = self.vision_model(
+                pixel_values, interpolate_pos_encoding=interpolate_pos_encoding, return_dict=True, **kwargs
+            )
+            states = vision_outputs.last_hidden_state
             if image_pair_indices is None:
                 with torch.no_grad():
                     image_pair_indices, labels = sample_text_assignment(self.image_features(states), generator)
@@ -552,19 +566,21 @@ class VlpAlbefForTextAssignment(DualTowerHeadMixin, VlpAlbefPreTrainedModel):
             first, second = states[image_pair_indices[:, 0]], states[image_pair_indices[:, 1]]
         if labels is not None:
             labels = check_class_labels(labels.to(input_ids.device), batch, self.task_labels)
-        text_states = self.text_model(
-            input_ids, (first, second), attention_mask, token_type_ids, return_dict=True
-        ).last_hidden_state
+        text_outputs = self.text_model(
+            input_ids, (first, second), attention_mask, token_type_ids, return_dict=True, **kwargs
+        )
+        text_states = text_outputs.last_hidden_state
         logits = self.ta_head(text_states[:, 0])
         loss = nn.functional.cross_entropy(logits, labels.to(logits.device)) if labels is not None else None
-        output = VlpAlbefTextAssignmentOutput(
+        return VlpAlbefTextAssignmentOutput(
             loss=loss,
             logits=logits,
             labels=labels,
             image_pair_indices=image_pair_indices,
-            last_hidden_state=text_states if output_hidden_states else None,
+            last_hidden_state=text_states if kwargs["output_hidden_states"] else None,
+            vision_model_output=vision_outputs,
+            text_model_output=text_outputs,
         )
-        return output if return_dict else output.to_tuple()
 
     @classmethod
     def from_albef_pretrained(
@@ -602,33 +618,24 @@ class VlpAlbefForVisualEntailment(VlpAlbefDistilledClassifier):
     compatible_architectures = ("VlpAlbefForVisualEntailment",)
     text_model_class = VlpAlbefTextModel
 
-    def classify(
-        self,
-        input_ids: torch.Tensor,
-        pixel_values: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
-        token_type_ids: torch.Tensor | None = None,
-        momentum: bool = False,
-        interpolate_pos_encoding: bool = False,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``(logits [B, 3], fused text states, image tokens [B, N, D_v])`` of the online (or momentum) model."""
-        if pixel_values.ndim != 4:
+    def run_towers(
+        self, vision_model: nn.Module, text_model: nn.Module, inputs: ImageTextInputs, **flags: bool
+    ) -> tuple[BaseModelOutputWithPooling, BaseModelOutputWithCrossAttentions]:
+        """The premise image through the ViT, then every text-encoder layer over its tokens."""
+        if inputs.pixel_values.ndim != 4:
             raise ValueError(
                 f"pixel_values must be [batch, channels, height, width] (one premise image per hypothesis), got "
-                f"shape {tuple(pixel_values.shape)}"
+                f"shape {tuple(inputs.pixel_values.shape)}"
             )
-        _check_batch(input_ids, pixel_values, "image")
-        vision = self.momentum_vision_model if momentum else self.vision_model
-        text_model = self.momentum_text_model if momentum else self.text_model
-        head = self.momentum_cls_head if momentum else self.cls_head
-        image_states = vision(
-            pixel_values, interpolate_pos_encoding=interpolate_pos_encoding, return_dict=True
-        ).last_hidden_state
-        text_states = text_model(
-            input_ids, attention_mask, token_type_ids, encoder_hidden_states=image_states, mode="full",
-            return_dict=True,
-        ).last_hidden_state
-        return head(text_states[:, 0]), text_states, image_states
+        _check_batch(inputs.input_ids, inputs.pixel_values, "image")
+        vision_outputs = vision_model(
+            inputs.pixel_values, interpolate_pos_encoding=inputs.interpolate_pos_encoding, return_dict=True, **flags
+        )
+        text_outputs = text_model(
+            inputs.input_ids, inputs.attention_mask, inputs.token_type_ids,
+            encoder_hidden_states=vision_outputs.last_hidden_state, mode="full", return_dict=True, **flags,
+        )
+        return vision_outputs, text_outputs
 
     @classmethod
     def from_albef_pretrained(

@@ -12,8 +12,9 @@ from typing import Any
 import torch
 from torch import nn
 from transformers import Cache, GenerationConfig, GenerationMixin
+from transformers.modeling_outputs import BaseModelOutputWithCrossAttentions, BaseModelOutputWithPooling
 
-from ...generation.answers import AnswerGenerationMixin, AnswerRanking, QuestionAnsweringOutput
+from ...generation.answers import AnswerRanking, QuestionAnsweringOutput
 from ...generation.utils import (
     finish_generation_kwargs,
     resolved_generation_value,
@@ -23,8 +24,9 @@ from ...generation.utils import (
 from ...modules.attention import padding_mask
 from ...objectives.lm import summed_answer_losses
 from ...objectives.momentum import ModulePair, MomentumModelMixin
+from ..question_answering import AnswerInputs, QuestionAnsweringHeadMixin
+from ..towers import DualTowerHeadMixin, ImageTextInputs, MaskedLMOutputEmbeddingsMixin, bert_prediction_head
 from .configuration_albef import VlpAlbefConfig, VlpAlbefTextConfig
-from ..towers import DualTowerHeadMixin, MaskedLMOutputEmbeddingsMixin, bert_prediction_head
 from .modeling_albef import VlpAlbefForMaskedLM, VlpAlbefPreTrainedModel, VlpAlbefTextModel, VlpAlbefVisionModel
 from .modeling_albef_pretraining import VlpAlbefForPretraining
 
@@ -39,6 +41,7 @@ class VlpAlbefForQuestionAnsweringOutput(QuestionAnsweringOutput):
     ``answer_input_ids`` (position ``t`` predicts token ``t + 1``); ``question_states`` ``[Q, Lq, D]`` the fused
     question states the decoder attends to. ``cache`` is the answer decoder's key/value cache when one was passed
     (generation)."""
+
 
 
 @dataclass
@@ -59,7 +62,7 @@ def answer_decoder_config(text: VlpAlbefTextConfig, num_layers: int) -> VlpAlbef
 
 
 class VlpAlbefForQuestionAnswering(
-    AnswerGenerationMixin,
+    QuestionAnsweringHeadMixin,
     MaskedLMOutputEmbeddingsMixin, DualTowerHeadMixin, MomentumModelMixin, VlpAlbefPreTrainedModel, GenerationMixin
 ):
     """ALBEF VQA (``models/model_vqa.py`` + ``VQA.py``): a question encoder (text layers, then fusion layers over the
@@ -81,9 +84,10 @@ class VlpAlbefForQuestionAnswering(
     decoder's word embeddings) and their frozen ``momentum_*`` copies.
     """
 
-    main_input_name = "pixel_values"
     accepts_loss_kwargs = False
+    question_answering_output_class = VlpAlbefForQuestionAnsweringOutput
     output_head_name = "answer_head"
+    vocabulary_submodels = ("answer_decoder",)
     answer_decoder_layers = 6  # hard-coded in the original
     _tied_weights_keys = {
         "answer_head.decoder.weight": "answer_decoder.transformer.embeddings.word_embeddings.weight",
@@ -191,23 +195,20 @@ class VlpAlbefForQuestionAnswering(
 
     # ------------------------------------------------------------------------------------------- building blocks
 
-    def encode_question(
-        self,
-        pixel_values: torch.Tensor,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
-        momentum: bool = False,
-        interpolate_pos_encoding: bool = False,
-    ) -> torch.Tensor:
-        """Fused question states ``[Q, Lq, D]``: all text-encoder layers over the image tokens (``momentum`` uses
-        the EMA towers)."""
+    def run_question_encoder(
+        self, questions: ImageTextInputs, momentum: bool = False, **flags: bool
+    ) -> tuple[BaseModelOutputWithPooling, BaseModelOutputWithCrossAttentions]:
+        """The ViT, then all text-encoder layers over its tokens (``momentum`` uses the EMA towers)."""
         vision = self.momentum_vision_model if momentum else self.vision_model
         text = self.momentum_text_model if momentum else self.text_model
-        image_states = vision(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding, return_dict=True)
-        return text(
-            input_ids, attention_mask, encoder_hidden_states=image_states.last_hidden_state, mode="full",
-            return_dict=True,
-        ).last_hidden_state
+        image_outputs = vision(
+            questions.pixel_values, interpolate_pos_encoding=questions.interpolate_pos_encoding, return_dict=True, **flags
+        )
+        text_outputs = text(
+            questions.input_ids, questions.attention_mask, questions.token_type_ids,
+            encoder_hidden_states=image_outputs.last_hidden_state, mode="full", return_dict=True, **flags,
+        )
+        return image_outputs, text_outputs
 
     def decode_answers(
         self,
@@ -235,8 +236,8 @@ class VlpAlbefForQuestionAnswering(
         past_length = cache.get_seq_length() if cache is not None else 0
         hidden = transformer.embeddings(answer_input_ids, position_offset=past_length)
         dtype = hidden.dtype
-        self_mask = padding_mask(answer_attention_mask, dtype) if answer_attention_mask is not None else None
-        cross_mask = padding_mask(question_attention_mask, dtype) if question_attention_mask is not None else None
+        self_mask = padding_mask(answer_attention_mask, dtype)
+        cross_mask = padding_mask(question_attention_mask, dtype)
         hidden = transformer.encoder(
             hidden, self_mask, question_states, cross_mask, mode="full", is_causal=True, cache=cache
         ).last_hidden_state
@@ -244,113 +245,29 @@ class VlpAlbefForQuestionAnswering(
 
     # ------------------------------------------------------------------------------------------------- training
 
-    def forward(
-        self,
-        input_ids: torch.Tensor | None = None,
-        pixel_values: torch.Tensor | None = None,
-        answer_input_ids: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        answer_attention_mask: torch.Tensor | None = None,
-        answer_weights: torch.Tensor | None = None,
-        answers_per_question: torch.Tensor | None = None,
-        labels: torch.Tensor | None = None,
-        return_loss: bool | None = None,
-        alpha: float | None = None,
-        interpolate_pos_encoding: bool = False,
-        return_dict: bool | None = None,
-        question_states: torch.Tensor | None = None,
-        cache: Cache | None = None,
-    ) -> VlpAlbefForQuestionAnsweringOutput | tuple:
-        """One VQA fine-tuning forward on ``Q`` (image, question) pairs and their ``N`` answers (also the decoding
-        step of :meth:`generate`).
-
-        Args:
-            input_ids, pixel_values: ``[Q, Lq]`` questions and ``[Q, C, H, W]`` their images; ``attention_mask`` is
-                the questions' 1/0 padding mask.
-            answer_input_ids: ``[N, La]`` answers ``[CLS] a.. [SEP] [PAD]..``, grouped by question in order.
-            answers_per_question: ``[Q]`` how many answers each question has (the original's ``k``); default one.
-            answer_weights: ``[N]`` weight of each answer (the original's ``weights``); default ones.
-            labels: ``[N, La]`` token targets, -100 ignored; default ``answer_input_ids`` with pads set to -100.
-            return_loss: compute ``answer_losses`` and ``loss`` (with momentum distillation).
-            alpha: distillation weight; default ``self.distill_alpha`` (ramped by ``MomentumCallback``).
-            question_states: ``[Q, Lq, D]`` precomputed :meth:`encode_question` output used instead of encoding
-                ``input_ids``/``pixel_values`` (which distillation still needs for the momentum towers).
-            cache: the answer decoder's key/value cache (generation): ``answer_input_ids`` are then the tokens
-                after the cached ones.
-        """
-        if answer_input_ids is None:
-            raise ValueError("pass answer_input_ids ([N, La] answers starting with [CLS])")
-        if question_states is None:
-            if input_ids is None or pixel_values is None:
-                raise ValueError("pass the questions' input_ids and pixel_values, or precomputed question_states")
-            if pixel_values.shape[0] != input_ids.shape[0]:
-                raise ValueError(
-                    f"pass one image per question: got {pixel_values.shape[0]} images, {input_ids.shape[0]} questions"
-                )
-            num_questions, question_length = input_ids.shape
-        else:
-            num_questions, question_length = question_states.shape[:2]
-        if cache is not None and return_loss:
-            raise ValueError("the cache is for generation: compute losses on whole answers without a cache")
-        num_answers = answer_input_ids.shape[0]
-        device = answer_input_ids.device
-        if answers_per_question is None:
-            if num_answers != num_questions:
-                raise ValueError(
-                    f"{num_answers} answers for {num_questions} questions: pass answers_per_question ([Q] counts)"
-                )
-            answers_per_question = torch.ones(num_questions, dtype=torch.long)
-        answers_per_question = answers_per_question.reshape(-1).to(device=device, dtype=torch.long)
-        if answers_per_question.shape[0] != num_questions or int(answers_per_question.sum()) != num_answers:
-            raise ValueError(
-                f"answers_per_question must hold one count per question ({num_questions}) summing to the number of "
-                f"answers ({num_answers}), got {answers_per_question.tolist()}"
-            )
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
+    def teacher_answer_logits(
+        self, alpha: float | None, questions: ImageTextInputs | None, answers: AnswerInputs
+    ) -> tuple[torch.Tensor | None, float]:
+        """The momentum towers' answer logits (the distillation teacher) when ``alpha`` (default
+        ``self.distill_alpha``) is positive; the answers' summed token loss is then ``(1 - alpha) * CE +
+        alpha * soft-CE``."""
         alpha = self.distill_alpha if alpha is None else float(alpha)
-        if attention_mask is None:
-            attention_mask = torch.ones(num_questions, question_length, dtype=torch.long, device=device)
-        if answer_attention_mask is None and cache is None:
-            answer_attention_mask = torch.ones_like(answer_input_ids)
-        if question_states is None:
-            question_states = self.encode_question(
-                pixel_values, input_ids, attention_mask, False, interpolate_pos_encoding
+        if alpha <= 0:
+            return None, alpha
+        if questions is None or answers.answers_per_question is None:
+            raise ValueError(
+                "distillation (alpha > 0) runs the momentum towers on input_ids and pixel_values: pass them, or alpha=0"
             )
-        repeated_states = question_states.repeat_interleave(answers_per_question, dim=0)
-        repeated_mask = attention_mask.repeat_interleave(answers_per_question, dim=0)
-        logits = self.decode_answers(
-            answer_input_ids, repeated_states, answer_attention_mask, repeated_mask, cache=cache
-        )
-        loss = answer_losses = None
-        if return_loss:
-            if labels is None:
-                pad_id = self.config.text_config.pad_token_id
-                labels = answer_input_ids.masked_fill(answer_input_ids == pad_id, -100)
-            if answer_weights is None:
-                answer_weights = torch.ones(num_answers)
-            answer_weights = answer_weights.reshape(-1).to(device=logits.device, dtype=logits.dtype)
-            if answer_weights.shape[0] != num_answers:
-                raise ValueError(f"answer_weights must hold one weight per answer ({num_answers})")
-            teacher_logits = None
-            if alpha > 0:
-                if input_ids is None or pixel_values is None:
-                    raise ValueError(
-                        "distillation (alpha > 0) runs the momentum towers on input_ids and pixel_values: pass them, "
-                        "or alpha=0"
-                    )
-                with torch.no_grad():
-                    momentum_states = self.encode_question(
-                        pixel_values, input_ids, attention_mask, True, interpolate_pos_encoding
-                    ).repeat_interleave(answers_per_question, dim=0)
-                    teacher_logits = self.decode_answers(
-                        answer_input_ids, momentum_states, answer_attention_mask, repeated_mask, momentum=True
-                    )
-            answer_losses = summed_answer_losses(logits, labels.to(logits.device), teacher_logits, alpha)
-            loss = (answer_weights * answer_losses).sum() / num_questions
-        output = VlpAlbefForQuestionAnsweringOutput(
-            loss=loss, answer_losses=answer_losses, logits=logits, question_states=question_states, cache=cache
-        )
-        return output if return_dict else output.to_tuple()
+        with torch.no_grad():
+            momentum_states = self.run_question_encoder(questions, momentum=True)[1].last_hidden_state
+            logits = self.decode_answers(
+                answers.input_ids,
+                momentum_states.repeat_interleave(answers.answers_per_question, dim=0),
+                answers.attention_mask,
+                answers.question_mask,
+                momentum=True,
+            )
+        return logits, alpha
 
     # ----------------------------------------------------------------------------------------------- generation
 
@@ -408,7 +325,9 @@ class VlpAlbefForQuestionAnswering(
             )
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        question_states = self.encode_question(pixel_values, input_ids, attention_mask, False, interpolate_pos_encoding)
+        question_states = self.encode_question(
+            pixel_values, input_ids, attention_mask, interpolate_pos_encoding=interpolate_pos_encoding
+        )
         start_ids = torch.full((input_ids.shape[0], 1), int(bos_token_id), dtype=torch.long, device=input_ids.device)
         kwargs = finish_generation_kwargs(kwargs, generation_config, self.generation_config, self.answer_decoder.config)
         return super().generate(
@@ -442,7 +361,9 @@ class VlpAlbefForQuestionAnswering(
             attention_mask = torch.ones_like(input_ids)
         if answer_attention_mask is None:
             answer_attention_mask = torch.ones_like(answer_input_ids)
-        question_states = self.encode_question(pixel_values, input_ids, attention_mask, False, interpolate_pos_encoding)
+        question_states = self.encode_question(
+            pixel_values, input_ids, attention_mask, interpolate_pos_encoding=interpolate_pos_encoding
+        )
         num_questions = question_states.shape[0]
         start_ids = answer_input_ids[:1, :1].expand(num_questions, 1)
         start_logits = self.decode_answers(start_ids, question_states, None, attention_mask)[:, 0]

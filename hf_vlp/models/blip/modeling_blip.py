@@ -23,7 +23,7 @@ one copy per image shared by its beams; beams are scored as the original's trans
 
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Unpack
 
 import torch
 from transformers import GenerationConfig, GenerationMixin
@@ -35,6 +35,7 @@ from ...generation.utils import start_generation, uncached_tokens
 from ...modules.attention import AttentionMemory, grouped_rows
 from ...modules.towers import text_block_options
 from ...objectives.lm import IGNORE_INDEX, shifted_lm_loss
+from ..modeling_utils import OutputKwargs
 from ..towers import (
     VitBertPreTrainedModel,
     ContrastiveEncodersMixin,
@@ -164,6 +165,7 @@ class VlpBlipModel(ContrastiveEncodersMixin, BlipTowersMixin, VlpBlipPreTrainedM
 
     text_roles = ("encoder",)
     contrastive_output_class = VlpBlipOutput
+    multimodal_reads_text_states = False
     # a pre-training checkpoint also holds the decoder's self-attention, the LM head, momentum towers and queues
     _keys_to_ignore_on_load_unexpected = [r"\.causal_attn\.", r"\.norm_causal\.", r"^lm_head\.", r"^momentum_", r"_queue\."]
 
@@ -180,8 +182,7 @@ class VlpBlipModel(ContrastiveEncodersMixin, BlipTowersMixin, VlpBlipPreTrainedM
         attention_mask: torch.Tensor | None = None,
         image_attention_mask: torch.Tensor | None = None,
         replace_first_token: bool = True,
-        output_hidden_states: bool = False,
-        output_attentions: bool = False,
+        **flags: bool,
     ) -> BaseModelOutputWithPastAndCrossAttentions:
         """The image-grounded text encoder (``mode='multimodal'``) over ``image_hidden_states`` (``encode_image``
         tokens), text row b with image row b. Position 0 becomes ``[ENC]`` (``config.text_config.enc_token_id``) as in
@@ -200,28 +201,21 @@ class VlpBlipModel(ContrastiveEncodersMixin, BlipTowersMixin, VlpBlipPreTrainedM
             encoder_hidden_states=image_hidden_states,
             encoder_attention_mask=image_attention_mask,
             mode="multimodal",
-            output_hidden_states=output_hidden_states,
-            output_attentions=output_attentions,
             return_dict=True,
+            **flags,
         )
 
     def multimodal_states(
         self,
         input_ids: torch.Tensor,
-        text_states: torch.Tensor,
+        text_states: torch.Tensor | None,
         image_states: torch.Tensor,
         attention_mask: torch.Tensor | None,
-        output_hidden_states: bool,
-        output_attentions: bool,
+        **flags: bool,
     ) -> BaseModelOutputWithPastAndCrossAttentions:
-        """The image-grounded encoder (``[ENC]`` first) over pairs (image b, text b); the ids are re-read."""
-        return self.encode_multimodal(
-            input_ids,
-            image_states,
-            attention_mask,
-            output_hidden_states=output_hidden_states,
-            output_attentions=output_attentions,
-        )
+        """The image-grounded encoder (``[ENC]`` first) over pairs (image b, text b); the ids are re-read (the
+        unimodal ``text_states`` are not needed)."""
+        return self.encode_multimodal(input_ids, image_states, attention_mask, **flags)
 
     def get_itm_logits(
         self,
@@ -316,8 +310,7 @@ class VlpBlipForConditionalGeneration(
         cache: Cache | None = None,
         use_cache: bool = False,
         replace_first_token: bool = True,
-        output_hidden_states: bool = False,
-        output_attentions: bool = False,
+        **flags: bool,
     ) -> BaseModelOutputWithPastAndCrossAttentions:
         """The MED in ``"decoder"`` mode over ``image_hidden_states`` (row b of the text with row b of the images; an
         ``AttentionMemory`` of ``M`` images serves ``r * M`` texts, ``r`` consecutive texts per image).
@@ -340,9 +333,8 @@ class VlpBlipForConditionalGeneration(
             mode="decoder",
             cache=cache,
             use_cache=use_cache,
-            output_hidden_states=output_hidden_states,
-            output_attentions=output_attentions,
             return_dict=True,
+            **flags,
         )
 
     def caption_labels(self, labels: torch.Tensor, prompt_length: int | None = None) -> torch.Tensor:
@@ -369,9 +361,7 @@ class VlpBlipForConditionalGeneration(
         prompt_length: int | None = None,
         token_type_ids: torch.Tensor | None = None,
         interpolate_pos_encoding: bool = False,
-        output_hidden_states: bool | None = None,
-        output_attentions: bool | None = None,
-        return_dict: bool | None = None,
+        **kwargs: Unpack[OutputKwargs],
     ) -> VlpBlipForConditionalGenerationOutput | tuple:
         """Teacher-forced next-token logits of ``input_ids`` (``[CLS] caption [SEP]`` from the processor; ``[DEC]`` is
         put first here) grounded on ``pixel_values`` or on precomputed ``image_hidden_states`` (the ViT tokens, or an
@@ -385,7 +375,6 @@ class VlpBlipForConditionalGeneration(
         if input_ids is None:
             raise ValueError("pass input_ids (the processor's [CLS] caption [SEP] ids); labels alone are not enough")
         check_no_token_types(token_type_ids)
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
         image_hidden_states = self.image_tokens(pixel_values, image_hidden_states, interpolate_pos_encoding)
         decoded = self.decode(
             input_ids,
@@ -394,8 +383,7 @@ class VlpBlipForConditionalGeneration(
             image_attention_mask,
             cache=cache,
             use_cache=bool(use_cache),
-            output_hidden_states=bool(output_hidden_states or self.config.output_hidden_states),
-            output_attentions=bool(output_attentions or self.config.output_attentions),
+            **kwargs,
         )
         logits = self.lm_head(decoded.last_hidden_state)
         loss = None
@@ -408,7 +396,7 @@ class VlpBlipForConditionalGeneration(
             loss = shifted_lm_loss(logits, self.caption_labels(labels, prompt_length), self.config.label_smoothing)
         if isinstance(image_hidden_states, AttentionMemory):
             image_hidden_states = image_hidden_states.states
-        output = VlpBlipForConditionalGenerationOutput(
+        return VlpBlipForConditionalGenerationOutput(
             loss=loss,
             logits=logits,
             cache=decoded.cache,
@@ -417,7 +405,6 @@ class VlpBlipForConditionalGeneration(
             attentions=decoded.attentions,
             cross_attentions=decoded.cross_attentions,
         )
-        return output if return_dict else output.to_tuple()
 
     # ----------------------------------------------------------------------------------------------- generation
 

@@ -15,13 +15,14 @@ MED - not the decoder's causal self-attention - with the momentum copy (:func:`e
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Unpack
 
 import torch
 from torch import nn
-from transformers.modeling_outputs import ModelOutput
 
 from ...objectives.contrastive import (
     ImageTextRetrievalOutput,
+    MomentumContrastiveOutput,
     MomentumContrastiveStep,
     RetrievalFeatures,
     RetrievalScores,
@@ -34,6 +35,7 @@ from ...objectives.contrastive import (
 from ...objectives.lm import IGNORE_INDEX, shifted_lm_loss
 from ...objectives.losses import id_match_targets, sample_hard_negatives
 from ...objectives.momentum import ModulePair
+from ..modeling_utils import OutputKwargs
 from ..momentum_contrastive import ImageTextRetrievalHeadMixin, MomentumContrastiveMixin
 from ..towers import MaskedLMOutputEmbeddingsMixin
 from .configuration_blip import VlpBlipConfig, VlpBlipTextConfig
@@ -106,29 +108,14 @@ class VlpBlipMomentumModel(MomentumContrastiveMixin, BlipTowersMixin, VlpBlipPre
 
 
 @dataclass
-class VlpBlipForPretrainingOutput(ModelOutput):
-    """BLIP pre-training outputs. The losses are set only with ``return_loss=True``; ``loss`` is their sum.
-
-    ``logits_per_image`` ``[B, B + Q]``: online image features against the momentum text features of the batch
-    followed by the text queue, divided by ``temp`` (``logits_per_text`` the reverse). ``itm_logits`` ``[3B, 2]`` score
-    ``[positives ; (text b, negative image) ; (negative text, image b)]`` with ``itm_labels`` 1/0/0. ``lm_logits``
-    ``[B, L, vocab]`` are the decoder's next-token logits over ``[DEC]`` + the caption (position t predicts t + 1).
+class VlpBlipForPretrainingOutput(MomentumContrastiveOutput):
+    """BLIP pre-training outputs: the ITC/ITM fields of :class:`~hf_vlp.objectives.contrastive.MomentumContrastiveOutput`
+    (``itm_logits`` ``[3B, 2]`` over positives and both hard negatives) and the captioning LM's. The losses are set only
+    with ``return_loss=True``; ``loss`` is their sum. ``lm_logits`` ``[B, L, vocab]`` are the decoder's next-token
+    logits over ``[DEC]`` + the caption (position t predicts t + 1).
     """
 
-    loss: torch.Tensor | None = None
-    loss_itc: torch.Tensor | None = None
-    loss_itm: torch.Tensor | None = None
     loss_lm: torch.Tensor | None = None
-    logits_per_image: torch.Tensor | None = None
-    logits_per_text: torch.Tensor | None = None
-    image_embeds: torch.Tensor | None = None
-    text_embeds: torch.Tensor | None = None
-    momentum_image_embeds: torch.Tensor | None = None
-    momentum_text_embeds: torch.Tensor | None = None
-    itm_logits: torch.Tensor | None = None
-    itm_labels: torch.Tensor | None = None
-    itm_negative_image_indices: torch.Tensor | None = None
-    itm_negative_text_indices: torch.Tensor | None = None
     lm_logits: torch.Tensor | None = None
 
 
@@ -181,7 +168,7 @@ class VlpBlipForPretraining(MaskedLMOutputEmbeddingsMixin, VlpBlipMomentumModel)
         generator: torch.Generator | None = None,
         token_type_ids: torch.Tensor | None = None,
         interpolate_pos_encoding: bool = False,
-        return_dict: bool | None = None,
+        **kwargs: Unpack[OutputKwargs],
     ) -> VlpBlipForPretrainingOutput | tuple:
         """One pre-training step's forward on ``B`` matching (image, caption) pairs; ``input_ids`` are the processor's
         ``[CLS] caption [SEP]`` (the model puts ``[ENC]``/``[DEC]`` first for the ITM and LM passes itself).
@@ -197,6 +184,8 @@ class VlpBlipForPretraining(MaskedLMOutputEmbeddingsMixin, VlpBlipMomentumModel)
             update_queues: enqueue the batch's momentum features; default ``self.training``.
             generator: random generator for the hard negatives.
             token_type_ids: accepted when all zero (BERT tokenizers emit them; BLIP has no token types).
+            output_hidden_states, output_attentions: the online towers' (``vision_model_output``,
+                ``text_model_output``).
         """
         check_matching_pairs(input_ids, pixel_values, "pre-training")
         check_negative_indices(itm_negative_image_indices, itm_negative_text_indices)
@@ -206,10 +195,9 @@ class VlpBlipForPretraining(MaskedLMOutputEmbeddingsMixin, VlpBlipMomentumModel)
                 f"lm_labels must align with input_ids (shape {tuple(input_ids.shape)}), got {tuple(lm_labels.shape)}; "
                 "the model shifts them itself"
             )
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
         itc_itm = self._pretraining_itc_itm(
             input_ids, pixel_values, attention_mask, None, itm_negative_image_indices, itm_negative_text_indices,
-            alpha, update_queues, return_loss, generator, interpolate_pos_encoding,
+            alpha, update_queues, return_loss, generator, interpolate_pos_encoding, kwargs,
         )
 
         decoder_ids = with_first_token(input_ids, self._special_id("bos_token_id"))
@@ -224,10 +212,7 @@ class VlpBlipForPretraining(MaskedLMOutputEmbeddingsMixin, VlpBlipMomentumModel)
             labels = self.lm_labels(decoder_ids) if lm_labels is None else lm_labels
             loss_lm = shifted_lm_loss(lm_logits, labels, self.config.label_smoothing)
             loss = itc_itm.loss_itc + itc_itm.loss_itm + loss_lm
-        output = VlpBlipForPretrainingOutput(
-            loss=loss, loss_lm=loss_lm, **itc_itm.output_fields(), lm_logits=lm_logits
-        )
-        return output if return_dict else output.to_tuple()
+        return VlpBlipForPretrainingOutput(loss=loss, loss_lm=loss_lm, **itc_itm.output_fields(), lm_logits=lm_logits)
 
 
 # --------------------------------------------------------------------------------------------------- retrieval

@@ -16,10 +16,11 @@ from __future__ import annotations
 import copy
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Unpack
 
 import torch
 from torch import nn
+from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from ...utils.classification import NLVR2_LABELS, check_class_labels, flatten_image_pairs, set_task_labels
 from ...modules.attention import Attention
@@ -27,6 +28,7 @@ from ...modules.heads import MlpClassifierHead
 from ...modules.transformer import BlockOptions
 from ...modules.vision import interpolate_grid_embeddings
 from ...modules.towers import text_block_options
+from ..modeling_utils import OutputKwargs
 from ..towers import ImageTextClassifierOutput
 from .configuration_blip import VlpBlipConfig
 from .modeling_blip import (
@@ -153,10 +155,15 @@ class VlpBlipForVisualReasoning(BlipTowersMixin, VlpBlipPreTrainedModel):
         self.cls_head = MlpClassifierHead(config.text_config.hidden_size, len(self.task_labels))
         self.post_init()
 
-    def encode_image_pairs(self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool = False) -> torch.Tensor:
-        """ViT tokens of both images of every example, ``[B, 2, N, D_v]`` (one pass over the ``2B`` images)."""
-        states = self.encode_image(flatten_image_pairs(pixel_values), interpolate_pos_encoding).last_hidden_state
-        return states.view(pixel_values.shape[0], 2, *states.shape[1:])
+    def encode_image_pairs(
+        self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool = False, **flags: bool
+    ) -> BaseModelOutputWithPooling:
+        """The image tower over both images of every example in one pass over the ``2B`` images: its output, whose
+        ``last_hidden_state`` is ``[B, 2, N, D_v]`` (the other fields keep the flat ``2B`` rows)."""
+        outputs = self.encode_image(flatten_image_pairs(pixel_values), interpolate_pos_encoding, **flags)
+        states = outputs.last_hidden_state
+        outputs.last_hidden_state = states.view(pixel_values.shape[0], 2, *states.shape[1:])
+        return outputs
 
     def forward(
         self,
@@ -166,33 +173,36 @@ class VlpBlipForVisualReasoning(BlipTowersMixin, VlpBlipPreTrainedModel):
         labels: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
         interpolate_pos_encoding: bool = False,
-        output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
+        **kwargs: Unpack[OutputKwargs],
     ) -> VlpBlipForVisualReasoningOutput | tuple:
         """Is statement ``b`` true of image pair ``b``? ``logits`` ``[B, 2]``; with ``labels`` ``[B]`` (0/1) the
-        cross-entropy ``loss``, as the original's ``train=True`` forward."""
+        cross-entropy ``loss``, as the original's ``train=True`` forward. ``output_hidden_states`` also returns the
+        fused text states and the image tokens; the towers' outputs hold the per-layer states/attentions asked for."""
         if input_ids.ndim != 2:
             raise ValueError(f"input_ids must be [batch, length], got shape {tuple(input_ids.shape)}")
         check_no_token_types(token_type_ids)
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
-        image_states = self.encode_image_pairs(pixel_values, interpolate_pos_encoding)
+        vision_outputs = self.encode_image_pairs(pixel_values, interpolate_pos_encoding, **kwargs)
+        image_states = vision_outputs.last_hidden_state
         if image_states.shape[0] != input_ids.shape[0]:
             raise ValueError(
                 f"pass one image pair per statement: got {image_states.shape[0]} pairs and {input_ids.shape[0]} texts"
             )
         if labels is not None:
             labels = check_class_labels(labels.to(input_ids.device), input_ids.shape[0], self.task_labels)
-        text_states = self.text_model(
+        text_outputs = self.text_model(
             with_first_token(input_ids, self._special_id("enc_token_id")),
             attention_mask,
             encoder_hidden_states=image_states.flatten(1, 2),  # [B, 2N, D_v]: first image's tokens, then the second's
             mode="multimodal",
             return_dict=True,
-        ).last_hidden_state
+            **kwargs,
+        )
+        text_states = text_outputs.last_hidden_state
         logits = self.cls_head(text_states[:, 0])
         loss = nn.functional.cross_entropy(logits, labels.to(logits.device)) if labels is not None else None
-        output = VlpBlipForVisualReasoningOutput.from_states(loss, logits, text_states, image_states, output_hidden_states)
-        return output if return_dict else output.to_tuple()
+        return VlpBlipForVisualReasoningOutput.from_states(
+            loss, logits, text_states, image_states, kwargs["output_hidden_states"], vision_outputs, text_outputs
+        )
 
     @classmethod
     def from_blip_pretrained(

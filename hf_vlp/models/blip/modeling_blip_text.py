@@ -116,8 +116,8 @@ class MedTextTransformer(nn.Module):
                 f"input_ids add {input_ids.shape[1]}; pass the mask of all positions (cached + new)."
             )
         dtype = hidden_states.dtype
-        self_mask = padding_mask(attention_mask, dtype) if attention_mask is not None else None
-        cross_mask = padding_mask(encoder_attention_mask, dtype) if encoder_attention_mask is not None else None
+        self_mask = padding_mask(attention_mask, dtype)
+        cross_mask = padding_mask(encoder_attention_mask, dtype)
         encoded = self.encoder(
             hidden_states,
             self_mask,

@@ -32,17 +32,19 @@ import torch
 from torch import nn
 from transformers import GenerationConfig, GenerationMixin
 from transformers.cache_utils import Cache
+from transformers.modeling_outputs import BaseModelOutputWithPastAndCrossAttentions, BaseModelOutputWithPooling
 from transformers.utils import logging
 
-from ...generation.answers import AnswerGenerationMixin, AnswerRanking, QuestionAnsweringOutput
+from ...generation.answers import AnswerRanking, QuestionAnsweringOutput
 from ...generation.utils import (
     start_generation,
     uncached_tokens,
 )
 from ...generation.beam_scoring import OriginalBeamScoringMixin
 from ...modules.attention import AttentionMemory
-from ...objectives.lm import IGNORE_INDEX, shifted_lm_loss
-from ..towers import MaskedLMOutputEmbeddingsMixin, bert_prediction_head
+from ...objectives.lm import shifted_lm_loss
+from ..question_answering import QuestionAnsweringHeadMixin
+from ..towers import ImageTextInputs, MaskedLMOutputEmbeddingsMixin, bert_prediction_head
 from .configuration_blip import VlpBlipConfig, VlpBlipTextConfig
 from .modeling_blip import (
     BlipTowersMixin,
@@ -119,7 +121,7 @@ class VlpBlipAnswerRanking(AnswerRanking):
 
 
 class VlpBlipForQuestionAnswering(
-    AnswerGenerationMixin,
+    QuestionAnsweringHeadMixin,
     OriginalBeamScoringMixin, MaskedLMOutputEmbeddingsMixin, BlipTowersMixin, VlpBlipPreTrainedModel, GenerationMixin
 ):
     """BLIP VQA: ``vision_model`` + image-grounded question encoder ``text_model`` (``[ENC]`` first) + ``answer_decoder``
@@ -132,9 +134,10 @@ class VlpBlipForQuestionAnswering(
     :meth:`rank_answers` ranks a candidate list as the original's ``rank_answer``.
     """
 
-    main_input_name = "pixel_values"
     text_roles = ("encoder",)
+    question_answering_output_class = VlpBlipForQuestionAnsweringOutput
     output_head_name = "answer_head"
+    vocabulary_submodels = ("answer_decoder",)
     answer_bos_token = "bos_token"  # [DEC]
     model_card_pipeline_tag = "visual-question-answering"
     _tied_weights_keys = {"answer_head.decoder.weight": "answer_decoder.transformer.embeddings.word_embeddings.weight"}
@@ -215,27 +218,22 @@ class VlpBlipForQuestionAnswering(
 
     # ------------------------------------------------------------------------------------------- building blocks
 
-    def encode_question(
-        self,
-        pixel_values: torch.Tensor,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
-        interpolate_pos_encoding: bool = False,
-    ) -> torch.Tensor:
-        """Question states ``[Q, Lq, D]``: the ViT, then the MED encoder role over the image tokens with ``[ENC]``
-        put at position 0 (``text_encoder(question, encoder_hidden_states=image_embeds)`` in the original)."""
-        if pixel_values.shape[0] != input_ids.shape[0]:
-            raise ValueError(
-                f"pass one image per question: got {pixel_values.shape[0]} images and {input_ids.shape[0]} questions"
-            )
-        images = self.encode_image(pixel_values, interpolate_pos_encoding).last_hidden_state
-        return self.text_model(
-            with_first_token(input_ids, self._special_id("enc_token_id")),
-            attention_mask,
-            encoder_hidden_states=images,
+    def run_question_encoder(
+        self, questions: ImageTextInputs, **flags: bool
+    ) -> tuple[BaseModelOutputWithPooling, BaseModelOutputWithPastAndCrossAttentions]:
+        """The ViT, then the MED encoder role over the image tokens with ``[ENC]`` put at position 0
+        (``text_encoder(question, encoder_hidden_states=image_embeds)`` in the original)."""
+        image_outputs = self.encode_image(questions.pixel_values, questions.interpolate_pos_encoding, **flags)
+        text_outputs = self.text_model(
+            with_first_token(questions.input_ids, self._special_id("enc_token_id")),
+            questions.attention_mask,
+            token_type_ids=questions.token_type_ids,
+            encoder_hidden_states=image_outputs.last_hidden_state,
             mode="multimodal",
             return_dict=True,
-        ).last_hidden_state
+            **flags,
+        )
+        return image_outputs, text_outputs
 
     def decode_answers(
         self,
@@ -268,106 +266,6 @@ class VlpBlipForQuestionAnswering(
             return_dict=True,
         ).last_hidden_state
         return self.answer_head(hidden)
-
-    def answer_labels(self, answer_input_ids: torch.Tensor) -> torch.Tensor:
-        """Token targets of answers: the ids with ``[PAD]`` set to -100 (position 0 never counts: the shift drops it)."""
-        return answer_input_ids.masked_fill(answer_input_ids == self._special_id("pad_token_id"), IGNORE_INDEX)
-
-    # ------------------------------------------------------------------------------------------------- training
-
-    def forward(
-        self,
-        input_ids: torch.Tensor | None = None,
-        pixel_values: torch.Tensor | None = None,
-        answer_input_ids: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        answer_attention_mask: torch.Tensor | None = None,
-        answer_weights: torch.Tensor | None = None,
-        answers_per_question: torch.Tensor | None = None,
-        labels: torch.Tensor | None = None,
-        return_loss: bool | None = None,
-        question_states: torch.Tensor | AttentionMemory | None = None,
-        cache: Cache | None = None,
-        token_type_ids: torch.Tensor | None = None,
-        interpolate_pos_encoding: bool = False,
-        return_dict: bool | None = None,
-    ) -> VlpBlipForQuestionAnsweringOutput | tuple:
-        """One VQA forward on ``Q`` (image, question) pairs and their ``N`` answers (also :meth:`generate`'s step).
-
-        Args:
-            input_ids, pixel_values: ``[Q, Lq]`` questions (``[CLS] q [SEP]``; ``[ENC]`` is put first here) and
-                ``[Q, C, H, W]`` their images; ``attention_mask`` is the questions' 1/0 padding mask, also applied to
-                the question states the answer decoder reads (the original does so in training and ranking).
-            answer_input_ids: ``[N, La]`` answers ``[CLS] a.. [SEP] [PAD]..`` grouped by question in order (``[DEC]``
-                is put first here).
-            answers_per_question: ``[Q]`` answers of each question (the original's ``n``); default one each.
-            answer_weights: ``[N]`` each answer's weight (the original's ``weights``); default ones.
-            labels: ``[N, La]`` targets aligned with the answers, -100 ignored; default the answers with ``[PAD]``
-                ignored. Passing labels (or ``return_loss=True``) computes ``answer_losses`` and ``loss``.
-            question_states: ``[Q, Lq, D]`` precomputed :meth:`encode_question` output (or an ``AttentionMemory``)
-                used instead of ``input_ids``/``pixel_values``.
-            cache: the answer decoder's self-attention cache (generation); ``answer_input_ids`` are then the tokens
-                after the cached ones. ``token_type_ids`` (all zero from BERT tokenizers) are accepted.
-        """
-        if answer_input_ids is None:
-            raise ValueError("pass answer_input_ids ([N, La] answers, [CLS] a.. [SEP] from the processor)")
-        check_no_token_types(token_type_ids)
-        if question_states is None:
-            if input_ids is None or pixel_values is None:
-                raise ValueError("pass the questions' input_ids and pixel_values, or precomputed question_states")
-            question_states = self.encode_question(pixel_values, input_ids, attention_mask, interpolate_pos_encoding)
-        compute_loss = bool(return_loss) or labels is not None
-        if cache is not None and compute_loss:
-            raise ValueError("the cache is for generation: compute losses on whole answers without a cache")
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
-        num_questions, num_answers = question_states.shape[0], answer_input_ids.shape[0]
-        device = answer_input_ids.device
-        if isinstance(question_states, AttentionMemory):
-            memory, question_mask = question_states, attention_mask
-        else:
-            counts = self._answers_per_question(answers_per_question, num_questions, num_answers, device)
-            memory = question_states.repeat_interleave(counts, dim=0)
-            question_mask = attention_mask.repeat_interleave(counts, dim=0) if attention_mask is not None else None
-        logits = self.decode_answers(answer_input_ids, memory, answer_attention_mask, question_mask, cache=cache)
-        loss = answer_losses = None
-        if compute_loss:
-            if labels is None:
-                labels = self.answer_labels(answer_input_ids)
-            elif labels.shape != answer_input_ids.shape:
-                raise ValueError(
-                    f"labels must align with answer_input_ids (shape {tuple(answer_input_ids.shape)}), got "
-                    f"{tuple(labels.shape)}; the model shifts them itself"
-                )
-            weights = torch.ones(num_answers) if answer_weights is None else answer_weights
-            weights = weights.reshape(-1).to(device=logits.device, dtype=logits.dtype)
-            if weights.shape[0] != num_answers:
-                raise ValueError(f"answer_weights must hold one weight per answer ({num_answers}), got {weights.shape[0]}")
-            answer_losses = shifted_lm_loss(logits, labels, self.config.label_smoothing, per_sequence=True)
-            loss = (weights * answer_losses).sum() / num_questions
-        if isinstance(question_states, AttentionMemory):
-            question_states = question_states.states
-        output = VlpBlipForQuestionAnsweringOutput(
-            loss=loss, answer_losses=answer_losses, logits=logits, question_states=question_states, cache=cache
-        )
-        return output if return_dict else output.to_tuple()
-
-    @staticmethod
-    def _answers_per_question(
-        counts: torch.Tensor | None, num_questions: int, num_answers: int, device: torch.device
-    ) -> torch.Tensor:
-        if counts is None:
-            if num_answers != num_questions:
-                raise ValueError(
-                    f"{num_answers} answers for {num_questions} questions: pass answers_per_question ([Q] counts)"
-                )
-            return torch.ones(num_questions, dtype=torch.long, device=device)
-        counts = torch.as_tensor(counts).reshape(-1).to(device=device, dtype=torch.long)
-        if counts.shape[0] != num_questions or int(counts.sum()) != num_answers or bool((counts < 1).any()):
-            raise ValueError(
-                f"answers_per_question must hold one positive count per question ({num_questions}) summing to the "
-                f"number of answers ({num_answers}), got {counts.tolist()}"
-            )
-        return counts
 
     # ----------------------------------------------------------------------------------------------- generation
 
@@ -416,7 +314,9 @@ class VlpBlipForQuestionAnswering(
             raise ValueError("generate needs the images (pixel_values) and the tokenised questions (input_ids)")
         generation_config = start_generation(self, kwargs, generation_config, "answer from [DEC]")
         check_no_token_types(kwargs.pop("token_type_ids", None))
-        question_states = self.encode_question(pixel_values, input_ids, attention_mask, interpolate_pos_encoding)
+        question_states = self.encode_question(
+            pixel_values, input_ids, attention_mask, interpolate_pos_encoding=interpolate_pos_encoding
+        )
         start_ids = torch.full(
             (input_ids.shape[0], 1), self._special_id("bos_token_id"), dtype=torch.long, device=question_states.device
         )
@@ -477,7 +377,9 @@ class VlpBlipForQuestionAnswering(
         k = min(k, num_candidates)
         if answer_attention_mask is None:
             answer_attention_mask = torch.ones_like(answer_input_ids)
-        question_states = self.encode_question(pixel_values, input_ids, attention_mask, interpolate_pos_encoding)
+        question_states = self.encode_question(
+            pixel_values, input_ids, attention_mask, interpolate_pos_encoding=interpolate_pos_encoding
+        )
         num_questions = question_states.shape[0]
         start_ids = answer_input_ids.new_full((num_questions, 1), self._special_id("bos_token_id"))
         start_logits = self.decode_answers(start_ids, question_states, None, attention_mask)[:, 0]

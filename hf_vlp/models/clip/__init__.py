@@ -9,7 +9,8 @@ from .modeling_clip import (
     VlpClipPreTrainedModel,
     VlpClipTextModel,
     VlpClipTextModelWithProjection,
-    VlpClipTowerOutput,
+    VlpClipTextModelOutput,
+    VlpClipVisionModelOutput,
     VlpClipVisionModel,
     VlpClipVisionModelWithProjection,
 )

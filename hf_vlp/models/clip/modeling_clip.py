@@ -6,8 +6,8 @@
 """
 
 
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, fields
+from typing import Any, Unpack
 
 import torch
 from torch import nn
@@ -15,12 +15,13 @@ from transformers import initialization as init
 from transformers.modeling_outputs import BaseModelOutputWithPooling, ImageClassifierOutput, ModelOutput
 
 from ...objectives.losses import contrastive_loss
-from ..modeling_utils import VlpPreTrainedModel
+from ...utils.classification import classification_loss
+from ..modeling_utils import OutputKwargs, VlpPreTrainedModel, model_forward
 from ...modules.pooling import AttentionPool2d
 from ...modules.text import CausalTextTransformer
 from ...modules.towers import block_options, build_vision_tower
 from ...modules.vision import Bottleneck, ModifiedResNet, VisionTransformer
-from ..towers import TextTowerMixin, VisionTowerMixin, contrastive_call_flags
+from ..towers import TextTowerMixin, VisionTowerMixin, check_both_modalities, with_pooled_features
 from .configuration_clip import VlpClipConfig, VlpClipTextConfig, VlpClipVisionConfig
 
 
@@ -38,14 +39,33 @@ class VlpClipOutput(ModelOutput):
 
 
 @dataclass
-class VlpClipTowerOutput(ModelOutput):
-    """One tower with its projection: ``embeds`` are projected, un-normalised features."""
+class VlpClipTextModelOutput(ModelOutput):
+    """The text tower with its projection (transformers' ``CLIPTextModelOutput``): ``text_embeds`` are the projected,
+    un-normalised features, then the tower's states."""
 
-    embeds: torch.Tensor | None = None
+    text_embeds: torch.Tensor | None = None
     last_hidden_state: torch.Tensor | None = None
-    pooler_output: torch.Tensor | None = None
     hidden_states: tuple[torch.Tensor, ...] | None = None
     attentions: tuple[torch.Tensor, ...] | None = None
+
+
+@dataclass
+class VlpClipVisionModelOutput(ModelOutput):
+    """The image tower with its projection (transformers' ``CLIPVisionModelOutput``): ``image_embeds`` are the
+    projected, un-normalised features, then the tower's states."""
+
+    image_embeds: torch.Tensor | None = None
+    last_hidden_state: torch.Tensor | None = None
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+    attentions: tuple[torch.Tensor, ...] | None = None
+
+
+def _normal_(module: nn.Module, std: float) -> None:
+    """``init.normal_`` of ``module.weight`` when it is a floating-point tensor: a weight-less (deleted or ``None``)
+    or quantized (integer) child keeps what it has."""
+    weight = getattr(module, "weight", None)
+    if isinstance(weight, torch.Tensor) and weight.is_floating_point():
+        init.normal_(weight, std=std)
 
 
 def build_tower_projection(config: VlpClipTextConfig | VlpClipVisionConfig) -> nn.Module:
@@ -107,26 +127,28 @@ class VlpClipPreTrainedModel(VlpPreTrainedModel):
             init.normal_(module.position_embedding, std=0.01)
             width, depth = module.token_embedding.weight.shape[1], len(module.encoder.layers)
             for layer in module.encoder.layers:
-                init.normal_(layer.attn.qkv.weight, std=width**-0.5)
-                init.normal_(layer.attn.out_proj.weight, std=width**-0.5 * (2 * depth) ** -0.5)
-                init.normal_(layer.mlp.fc1.weight, std=(2 * width) ** -0.5)
-                init.normal_(layer.mlp.fc2.weight, std=width**-0.5 * (2 * depth) ** -0.5)
+                _normal_(layer.attn.qkv, std=width**-0.5)
+                _normal_(layer.attn.out_proj, std=width**-0.5 * (2 * depth) ** -0.5)
+                _normal_(layer.mlp.fc1, std=(2 * width) ** -0.5)
+                _normal_(layer.mlp.fc2, std=width**-0.5 * (2 * depth) ** -0.5)
         elif isinstance(module, AttentionPool2d):
             std = module.position_embedding.shape[1] ** -0.5
             init.normal_(module.position_embedding, std=std)
             for linear in (module.attn.q, module.attn.kv, module.attn.out_proj):
-                init.normal_(linear.weight, std=std)
+                _normal_(linear, std=std)
         elif isinstance(module, ModifiedResNet):
             for conv in module.modules():
-                if isinstance(conv, nn.Conv2d):
-                    init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
+                weight = getattr(conv, "weight", None)
+                if isinstance(conv, nn.Conv2d) and isinstance(weight, torch.Tensor) and weight.is_floating_point():
+                    init.kaiming_normal_(weight, mode="fan_out", nonlinearity="relu")
         elif isinstance(module, Bottleneck):
-            init.zeros_(module.bn3.weight)
+            if getattr(module.bn3, "weight", None) is not None:
+                init.zeros_(module.bn3.weight)
         elif isinstance(module, (VlpClipModel, VlpClipTextModelWithProjection, VlpClipVisionModelWithProjection)):
             for name in ("text_projection", "visual_projection"):
                 projection = getattr(module, name, None)
                 if isinstance(projection, nn.Linear):
-                    init.normal_(projection.weight, std=projection.in_features**-0.5)
+                    _normal_(projection, std=projection.in_features**-0.5)
             if isinstance(module, VlpClipModel):
                 init.constant_(module.logit_scale, self.config.logit_scale_init_value)
 
@@ -155,15 +177,16 @@ class VlpClipVisionModel(VisionTowerMixin, VlpClipPreTrainedModel):
     def build_transformer(self, config: VlpClipVisionConfig) -> VisionTransformer:
         return build_vision_tower(config, patch_bias=False, norm_pre=True, final_norm="cls")
 
+    def get_input_embeddings(self) -> nn.Module:
+        """The module embedding the pixels: the ViT's patch convolution, or the first convolution of the ResNet
+        stem."""
+        return self.trunk.conv1 if self.config.architecture == "resnet" else super().get_input_embeddings()
+
     def tower_output(
-        self,
-        pixel_values: torch.Tensor,
-        interpolate_pos_encoding: bool,
-        output_hidden_states: bool,
-        output_attentions: bool,
+        self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool, **flags: bool
     ) -> BaseModelOutputWithPooling:
         if self.config.architecture != "resnet":
-            return super().tower_output(pixel_values, interpolate_pos_encoding, output_hidden_states, output_attentions)
+            return super().tower_output(pixel_values, interpolate_pos_encoding, **flags)
         feature_map = self.trunk(pixel_values)
         return BaseModelOutputWithPooling(last_hidden_state=feature_map, pooler_output=self.attnpool(feature_map))
 
@@ -206,16 +229,32 @@ class VlpClipModel(VlpClipPreTrainedModel):
         self.logit_scale = nn.Parameter(torch.tensor(config.logit_scale_init_value))
         self.post_init()
 
-    def get_image_features(self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool = False) -> torch.Tensor:
-        """Projected, un-normalised image features ``[B, projection_dim]``."""
-        pooled = self.vision_model(
-            pixel_values, interpolate_pos_encoding=interpolate_pos_encoding, return_dict=True
-        ).pooler_output
-        return self.visual_projection(pooled)
+    def get_input_embeddings(self) -> nn.Embedding:
+        """The text tower's token embeddings."""
+        return self.text_model.get_input_embeddings()
 
-    def get_text_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Projected, un-normalised text features ``[B, projection_dim]`` (pooled at the end-of-text token)."""
-        return self.text_projection(self.text_model(input_ids, attention_mask, return_dict=True).pooler_output)
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.text_model.set_input_embeddings(value)
+
+    @model_forward
+    def get_image_features(
+        self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool = False, **kwargs: Unpack[OutputKwargs]
+    ) -> BaseModelOutputWithPooling | tuple:
+        """The image tower's output with ``pooler_output`` = the projected, un-normalised image features
+        ``[B, projection_dim]`` (transformers 5's convention)."""
+        outputs = self.vision_model(
+            pixel_values, interpolate_pos_encoding=interpolate_pos_encoding, return_dict=True, **kwargs
+        )
+        return with_pooled_features(outputs, self.visual_projection(outputs.pooler_output))
+
+    @model_forward
+    def get_text_features(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs: Unpack[OutputKwargs]
+    ) -> BaseModelOutputWithPooling | tuple:
+        """The text tower's output with ``pooler_output`` = the projected, un-normalised text features
+        ``[B, projection_dim]`` (the end-of-text token's)."""
+        outputs = self.text_model(input_ids, attention_mask, return_dict=True, **kwargs)
+        return with_pooled_features(outputs, self.text_projection(outputs.pooler_output))
 
     def forward(
         self,
@@ -224,10 +263,7 @@ class VlpClipModel(VlpClipPreTrainedModel):
         attention_mask: torch.Tensor | None = None,
         return_loss: bool | None = None,
         interpolate_pos_encoding: bool = False,
-        output_hidden_states: bool | None = None,
-        output_attentions: bool | None = None,
-        return_dict: bool | None = None,
-        **_: Any,
+        **kwargs: Unpack[OutputKwargs],
     ) -> VlpClipOutput | tuple:
         """Similarity logits of every image against every text; the contrastive loss only when ``return_loss=True``.
 
@@ -235,29 +271,17 @@ class VlpClipModel(VlpClipPreTrainedModel):
         without labels. Across processes the loss gathers features (with gradient) from every rank: see
         :func:`hf_vlp.objectives.losses.contrastive_loss`.
         """
-        return_dict, output_hidden_states, output_attentions = contrastive_call_flags(
-            self, input_ids, pixel_values, return_dict, output_hidden_states, output_attentions
-        )
+        check_both_modalities(self, input_ids, pixel_values)
         vision_outputs = self.vision_model(
-            pixel_values,
-            interpolate_pos_encoding=interpolate_pos_encoding,
-            output_hidden_states=output_hidden_states,
-            output_attentions=output_attentions,
-            return_dict=True,
+            pixel_values, interpolate_pos_encoding=interpolate_pos_encoding, return_dict=True, **kwargs
         )
-        text_outputs = self.text_model(
-            input_ids,
-            attention_mask,
-            output_hidden_states=output_hidden_states,
-            output_attentions=output_attentions,
-            return_dict=True,
-        )
+        text_outputs = self.text_model(input_ids, attention_mask, return_dict=True, **kwargs)
         image_embeds = nn.functional.normalize(self.visual_projection(vision_outputs.pooler_output), dim=-1)
         text_embeds = nn.functional.normalize(self.text_projection(text_outputs.pooler_output), dim=-1)
         scale = self.logit_scale.exp()
         logits_per_image = scale * image_embeds @ text_embeds.t()
         loss = contrastive_loss(image_embeds, text_embeds, scale) if return_loss else None
-        output = VlpClipOutput(
+        return VlpClipOutput(
             loss=loss,
             logits_per_image=logits_per_image,
             logits_per_text=logits_per_image.t(),
@@ -266,17 +290,17 @@ class VlpClipModel(VlpClipPreTrainedModel):
             text_model_output=text_outputs,
             vision_model_output=vision_outputs,
         )
-        return output if return_dict else output.to_tuple()
 
 
 class ProjectedTowerMixin:
-    """One tower with its projection: ``forward`` takes the tower model's arguments and returns its outputs plus the
-    projected, un-normalised ``embeds`` (:class:`VlpClipTowerOutput`). ``tower_name``/``projection_name`` are the
-    attributes (and weight-name prefixes) of the two."""
+    """One tower with its projection: ``forward`` takes the tower model's arguments and returns its states plus the
+    projected, un-normalised features (``output_class``'s first field: ``text_embeds``/``image_embeds``).
+    ``tower_name``/``projection_name`` are the attributes (and weight-name prefixes) of the two."""
 
     tower_name: str
     projection_name: str
     tower_class: type[VlpClipPreTrainedModel]
+    output_class: type[ModelOutput]
 
     def __init__(self, config: VlpClipTextConfig | VlpClipVisionConfig) -> None:
         super().__init__(config)
@@ -284,12 +308,22 @@ class ProjectedTowerMixin:
         setattr(self, self.projection_name, build_tower_projection(config))
         self.post_init()
 
-    def forward(self, *args: Any, return_dict: bool | None = None, **kwargs: Any) -> VlpClipTowerOutput | tuple:
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
-        outputs = getattr(self, self.tower_name)(*args, return_dict=True, **kwargs)
+    def get_input_embeddings(self) -> nn.Module:
+        """The tower's input embeddings (text: token embeddings; image: the patch embedding)."""
+        return getattr(self, self.tower_name).get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        getattr(self, self.tower_name).set_input_embeddings(value)
+
+    def projected(self, outputs: BaseModelOutputWithPooling) -> ModelOutput:
+        """The tower's ``outputs`` with the projected, un-normalised features as ``output_class``'s first field."""
         embeds = getattr(self, self.projection_name)(outputs.pooler_output)
-        output = VlpClipTowerOutput(embeds=embeds, **outputs)
-        return output if return_dict else output.to_tuple()
+        return self.output_class(
+            **{fields(self.output_class)[0].name: embeds},
+            last_hidden_state=outputs.last_hidden_state,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+        )
 
 
 class VlpClipTextModelWithProjection(ProjectedTowerMixin, VlpClipPreTrainedModel):
@@ -297,12 +331,16 @@ class VlpClipTextModelWithProjection(ProjectedTowerMixin, VlpClipPreTrainedModel
     :class:`VlpClipTextModel`'s arguments."""
 
     config: VlpClipTextConfig
-    main_input_name = "input_ids"
     input_modalities = ("text",)
     tower_name = "text_model"
     projection_name = "text_projection"
-
+    output_class = VlpClipTextModelOutput
     tower_class = VlpClipTextModel
+
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs: Unpack[OutputKwargs]
+    ) -> VlpClipTextModelOutput | tuple:
+        return self.projected(self.text_model(input_ids, attention_mask, return_dict=True, **kwargs))
 
 
 class VlpClipVisionModelWithProjection(ProjectedTowerMixin, VlpClipPreTrainedModel):
@@ -310,12 +348,19 @@ class VlpClipVisionModelWithProjection(ProjectedTowerMixin, VlpClipPreTrainedMod
     :class:`VlpClipVisionModel`'s arguments."""
 
     config: VlpClipVisionConfig
-    main_input_name = "pixel_values"
     input_modalities = ("image",)
     tower_name = "vision_model"
     projection_name = "visual_projection"
-
+    output_class = VlpClipVisionModelOutput
     tower_class = VlpClipVisionModel
+
+    def forward(
+        self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool = False, **kwargs: Unpack[OutputKwargs]
+    ) -> VlpClipVisionModelOutput | tuple:
+        outputs = self.vision_model(
+            pixel_values, interpolate_pos_encoding=interpolate_pos_encoding, return_dict=True, **kwargs
+        )
+        return self.projected(outputs)
 
 
 @dataclass
@@ -330,7 +375,6 @@ class VlpClipForImageClassification(VlpClipPreTrainedModel):
     """
 
     config: VlpClipConfig
-    main_input_name = "pixel_values"
     input_modalities = ("image",)
     # loading a full CLIP checkpoint into the classifier drops the text side on purpose
     _keys_to_ignore_on_load_unexpected = [r"^text_model\.", r"^text_projection\.", r"^logit_scale$"]
@@ -346,25 +390,32 @@ class VlpClipForImageClassification(VlpClipPreTrainedModel):
                 module.requires_grad_(False)
         self.post_init()
 
+    def get_input_embeddings(self) -> nn.Module:
+        return self.vision_model.get_input_embeddings()
+
     def forward(
         self,
         pixel_values: torch.Tensor,
         labels: torch.Tensor | None = None,
         interpolate_pos_encoding: bool = False,
-        return_dict: bool | None = None,
-        **_: Any,
+        **kwargs: Unpack[OutputKwargs],
     ) -> VlpClipImageClassifierOutput | tuple:
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
-        pooled = self.vision_model(
-            pixel_values, interpolate_pos_encoding=interpolate_pos_encoding, return_dict=True
-        ).pooler_output
-        image_embeds = self.visual_projection(pooled)
+        """Logits ``[B, num_labels]``; with ``labels`` the loss of ``config.problem_type`` (inferred as transformers
+        does when unset: see :func:`hf_vlp.utils.classification.classification_loss`). ``hidden_states`` and
+        ``attentions`` are the image tower's (unset flags: ``config.output_*``)."""
+        vision_outputs = self.vision_model(
+            pixel_values, interpolate_pos_encoding=interpolate_pos_encoding, return_dict=True, **kwargs
+        )
+        image_embeds = self.visual_projection(vision_outputs.pooler_output)
         logits = self.classifier(image_embeds)
-        loss = None
-        if labels is not None:
-            loss = nn.functional.cross_entropy(logits, labels.to(logits.device), ignore_index=-100)
-        output = VlpClipImageClassifierOutput(loss=loss, logits=logits, image_embeds=image_embeds)
-        return output if return_dict else output.to_tuple()
+        loss = classification_loss(logits, labels, self.config) if labels is not None else None
+        return VlpClipImageClassifierOutput(
+            loss=loss,
+            logits=logits,
+            hidden_states=vision_outputs.hidden_states,
+            attentions=vision_outputs.attentions,
+            image_embeds=image_embeds,
+        )
 
 
 __all__ = [
@@ -374,6 +425,7 @@ __all__ = [
     "VlpClipTextModelWithProjection",
     "VlpClipVisionModelWithProjection",
     "VlpClipForImageClassification",
-    "VlpClipTowerOutput",
+    "VlpClipTextModelOutput",
+    "VlpClipVisionModelOutput",
 ]
 

@@ -54,8 +54,8 @@ def test_parity_with_every_recorded_forward_output(implementation: str) -> None:
         fusion = albef.fuse(text_embeds, image_embeds, mask).last_hidden_state
         full = albef.text_model(input_ids, mask, encoder_hidden_states=image_embeds, mode="full").last_hidden_state
         output = albef(input_ids=input_ids, pixel_values=pixel_values, attention_mask=mask, output_itm=True)
-        image_feat = torch.nn.functional.normalize(albef.get_image_features(pixel_values), dim=-1)
-        text_feat = torch.nn.functional.normalize(albef.get_text_features(input_ids, mask), dim=-1)
+        image_feat = torch.nn.functional.normalize(albef.get_image_features(pixel_values).pooler_output, dim=-1)
+        text_feat = torch.nn.functional.normalize(albef.get_text_features(input_ids, mask).pooler_output, dim=-1)
         mlm_logits = model(inputs["mlm_input_ids"], pixel_values, mask).logits
         mlm_from_states = model(inputs["mlm_input_ids"], attention_mask=mask, image_hidden_states=image_embeds).logits
     actual = {
@@ -137,8 +137,8 @@ def test_forward_contract_and_feature_normalisation() -> None:
     inputs = tiny_inputs()
     with torch.no_grad():
         out = model(**inputs)
-        image_features = model.get_image_features(inputs["pixel_values"])
-        text_features = model.get_text_features(inputs["input_ids"], inputs["attention_mask"])
+        image_features = model.get_image_features(inputs["pixel_values"]).pooler_output
+        text_features = model.get_text_features(inputs["input_ids"], inputs["attention_mask"]).pooler_output
     assert out.itm_logits is None and out.multimodal_output is None  # fusion only when asked
     assert image_features.shape == text_features.shape == (3, 8)
     torch.testing.assert_close(out.image_embeds, torch.nn.functional.normalize(image_features, dim=-1))
@@ -232,7 +232,7 @@ def test_input_and_config_errors_say_what_to_do() -> None:
     with pytest.raises(ValueError, match="exactly one of pixel_values or image_hidden_states"):
         model(inputs["input_ids"])
     with pytest.raises(ValueError, match="interpolate_pos_encoding"):
-        base.get_image_features(torch.randn(1, 3, 24, 24))
+        base.get_image_features(torch.randn(1, 3, 24, 24)).pooler_output
     with pytest.raises(Exception, match="temp"):
         tiny_config(temp=0.9)
     with pytest.raises(Exception, match="fusion_layer"):

@@ -76,8 +76,8 @@ def test_encoders_reproduce_every_recorded_tensor(implementation: str) -> None:
             "image_embeds": image_states,
             "text_embeds": model.encode_text(input_ids, mask).last_hidden_state,
             # get_*_features are projected, un-normalised (project convention); the original's *_feat are normalised
-            "image_feat": torch.nn.functional.normalize(model.get_image_features(pixel_values), dim=-1),
-            "text_feat": torch.nn.functional.normalize(model.get_text_features(input_ids, mask), dim=-1),
+            "image_feat": torch.nn.functional.normalize(model.get_image_features(pixel_values).pooler_output, dim=-1),
+            "text_feat": torch.nn.functional.normalize(model.get_text_features(input_ids, mask).pooler_output, dim=-1),
             "multimodal_hidden": model.encode_multimodal(input_ids, image_states, mask).last_hidden_state,
             "sim_i2t": output.logits_per_image,
             "sim_t2i": output.logits_per_text,
@@ -91,7 +91,7 @@ def test_encoders_reproduce_every_recorded_tensor(implementation: str) -> None:
         atol = LOGIT_ATOL if name.startswith(("sim", "itm")) else FEATURE_ATOL
         assert_close(value, expected[name], atol, name)
     with torch.no_grad():
-        raw_norms = model.get_image_features(pixel_values).norm(dim=-1)
+        raw_norms = model.get_image_features(pixel_values).pooler_output.norm(dim=-1)
     assert not torch.allclose(raw_norms, torch.ones_like(raw_norms))  # projected, not normalised (CLIP/ALBEF contract)
     assert_close(output.image_embeds, expected["image_feat"], FEATURE_ATOL, "output.image_embeds")
     assert_close(output.text_embeds, expected["text_feat"], FEATURE_ATOL, "output.text_embeds")

@@ -204,8 +204,8 @@ def test_gallery_scores_are_the_itm_logit_plus_the_cosine_of_each_querys_top_k()
     batch = fixture_batch()
     scores = model.rank(batch["pixel_values"], batch["input_ids"], batch["attention_mask"], k=2)
     with torch.no_grad():
-        image_features = torch.nn.functional.normalize(encoders.get_image_features(batch["pixel_values"]), dim=-1)
-        text_features = encoders.get_text_features(batch["input_ids"], batch["attention_mask"])
+        image_features = torch.nn.functional.normalize(encoders.get_image_features(batch["pixel_values"]).pooler_output, dim=-1)
+        text_features = encoders.get_text_features(batch["input_ids"], batch["attention_mask"]).pooler_output
         cosine = image_features @ torch.nn.functional.normalize(text_features, dim=-1).T
         image_states = encoders.encode_image(batch["pixel_values"]).last_hidden_state
         ids, mask = batch["input_ids"], batch["attention_mask"]

@@ -14,7 +14,9 @@ from hf_vlp import (
     VlpClipVisionModel,
     VlpClipVisionModelWithProjection,
 )
-from tests.helpers.tiny_models import CLIP_EOT as EOT, tiny_clip_config as tiny_config, tiny_clip_inputs as tiny_inputs
+from hf_vlp.models.clip import modeling_clip
+from hf_vlp.models.clip.modeling_clip import VlpClipTextModel
+from tests.helpers.tiny_models import CLIP_EOT as EOT, CLIP_VOCAB, tiny_clip_config as tiny_config, tiny_clip_inputs as tiny_inputs
 
 
 @pytest.fixture(params=["vit", "resnet"])
@@ -28,8 +30,8 @@ def test_forward_contract(architecture):
     inputs = tiny_inputs(config)
     with torch.no_grad():
         out = model(**inputs)
-        image_features = model.get_image_features(inputs["pixel_values"])
-        text_features = model.get_text_features(inputs["input_ids"])
+        image_features = model.get_image_features(inputs["pixel_values"]).pooler_output
+        text_features = model.get_text_features(inputs["input_ids"]).pooler_output
     assert out.loss is None  # loss only when asked
     assert out.logits_per_image.shape == (4, 4)
     torch.testing.assert_close(out.logits_per_text, out.logits_per_image.t())
@@ -126,8 +128,8 @@ def test_towers_load_alone_from_a_clip_checkpoint(tmp_path):
     vision = VlpClipVisionModelWithProjection.from_pretrained(tmp_path, dtype=torch.float32).eval()
     text = VlpClipTextModelWithProjection.from_pretrained(tmp_path, dtype=torch.float32).eval()
     with torch.no_grad():
-        torch.testing.assert_close(vision(inputs["pixel_values"]).embeds, model.get_image_features(inputs["pixel_values"]))
-        torch.testing.assert_close(text(inputs["input_ids"]).embeds, model.get_text_features(inputs["input_ids"]))
+        torch.testing.assert_close(vision(inputs["pixel_values"]).image_embeds, model.get_image_features(inputs["pixel_values"]).pooler_output)
+        torch.testing.assert_close(text(inputs["input_ids"]).text_embeds, model.get_text_features(inputs["input_ids"]).pooler_output)
     assert type(AutoModel.from_config(config.vision_config)) is VlpClipVisionModel
 
 
@@ -142,9 +144,9 @@ def test_end_of_text_pooling_is_by_id_whatever_the_padding():
         padded_with_eot[row, end + 1 :] = EOT
         padded_with_large_id[row, end + 1 :] = EOT - 1  # argmax pooling would pick a pad here if EOT were not the max
     with torch.no_grad():
-        reference = model.get_text_features(ids)
-        torch.testing.assert_close(model.get_text_features(padded_with_eot), reference)
-        torch.testing.assert_close(model.get_text_features(padded_with_large_id), reference)
+        reference = model.get_text_features(ids).pooler_output
+        torch.testing.assert_close(model.get_text_features(padded_with_eot).pooler_output, reference)
+        torch.testing.assert_close(model.get_text_features(padded_with_large_id).pooler_output, reference)
 
 
 def test_input_errors_say_what_to_do():
@@ -154,11 +156,11 @@ def test_input_errors_say_what_to_do():
     no_eot = inputs["input_ids"].clone()
     no_eot[no_eot == EOT] = 5
     with pytest.raises(ValueError, match="end-of-text"):
-        model.get_text_features(no_eot)
+        model.get_text_features(no_eot).pooler_output
     with pytest.raises(ValueError, match="context length"):
-        model.get_text_features(torch.full((1, 17), EOT))
+        model.get_text_features(torch.full((1, 17), EOT)).pooler_output
     with pytest.raises(ValueError, match="interpolate_pos_encoding"):
-        model.get_image_features(torch.randn(1, 3, 48, 48))
+        model.get_image_features(torch.randn(1, 3, 48, 48)).pooler_output
     with pytest.raises(ValueError, match="both input_ids and pixel_values"):
         model(input_ids=inputs["input_ids"])
 
@@ -166,12 +168,12 @@ def test_input_errors_say_what_to_do():
 def test_position_embedding_interpolation_for_other_image_sizes():
     model = VlpClipModel(tiny_config()).eval()
     with torch.no_grad():
-        features = model.get_image_features(torch.randn(2, 3, 48, 48), interpolate_pos_encoding=True)
-        same = model.get_image_features(torch.randn(2, 3, 32, 32), interpolate_pos_encoding=True)
+        features = model.get_image_features(torch.randn(2, 3, 48, 48), interpolate_pos_encoding=True).pooler_output
+        same = model.get_image_features(torch.randn(2, 3, 32, 32), interpolate_pos_encoding=True).pooler_output
     assert features.shape == same.shape == (2, 24)
     resnet = VlpClipModel(tiny_config("resnet")).eval()
     with torch.no_grad():
-        assert resnet.get_image_features(torch.randn(1, 3, 96, 96)).shape == (1, 24)
+        assert resnet.get_image_features(torch.randn(1, 3, 96, 96)).pooler_output.shape == (1, 24)
 
 
 def test_overfits_eight_pairs():
@@ -236,3 +238,204 @@ def test_presets_match_released_parameter_counts(preset, millions):
 def test_unknown_preset_lists_the_known_ones():
     with pytest.raises(ValueError, match="ViT-B/16"):
         VlpClipConfig.from_preset("ViT-H/14")
+
+
+# --------------------------------------------------------------------------------------------- output_attentions
+
+
+@pytest.mark.parametrize("implementation", ["eager", "sdpa"])
+def test_asking_for_attentions_changes_no_logit(implementation):
+    config = tiny_config(attn_implementation=implementation)
+    torch.manual_seed(0)
+    model = VlpClipModel(config).eval()
+    assert model.config.text_config._attn_implementation == implementation
+    inputs = tiny_inputs(config)
+    with torch.no_grad():
+        plain = model(**inputs)
+        probed = model(**inputs, output_attentions=True)
+        text_plain = model.text_model(inputs["input_ids"])
+        text_probed = model.text_model(inputs["input_ids"], output_attentions=True)
+    torch.testing.assert_close(probed.logits_per_image, plain.logits_per_image, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(text_probed.last_hidden_state, text_plain.last_hidden_state, atol=1e-6, rtol=1e-5)
+    assert text_plain.attentions is None and len(text_probed.attentions) == config.text_config.num_hidden_layers
+    for weights in text_probed.attentions:  # the text tower is causal: nothing above the diagonal
+        assert weights.shape == (4, 2, 16, 16) and (weights.triu(1) == 0).all()
+
+
+# --------------------------------------------------------------------------------------------- input embeddings
+
+
+def test_text_model_with_projection_resizes_its_token_embeddings(tmp_path):
+    config = tiny_config()
+    torch.manual_seed(0)
+    model = VlpClipTextModelWithProjection(config.text_config).eval()
+    embeddings = model.get_input_embeddings()
+    assert embeddings is model.text_model.transformer.token_embedding
+    old_rows = embeddings.weight.detach().clone()
+    resized = model.resize_token_embeddings(CLIP_VOCAB + 3)
+    assert model.get_input_embeddings() is resized and resized.num_embeddings == CLIP_VOCAB + 3
+    assert model.config.vocab_size == CLIP_VOCAB + 3
+    torch.testing.assert_close(resized.weight[:CLIP_VOCAB], old_rows)
+    input_ids = tiny_inputs(config)["input_ids"]
+    input_ids[:, 1] = CLIP_VOCAB + 2  # a new token
+    with torch.no_grad():
+        embeds = model(input_ids).text_embeds
+    assert embeds.shape == (4, 24) and torch.isfinite(embeds).all()
+    model.save_pretrained(tmp_path)
+    loaded = VlpClipTextModelWithProjection.from_pretrained(tmp_path, dtype=torch.float32).eval()
+    assert loaded.get_input_embeddings().num_embeddings == CLIP_VOCAB + 3
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(input_ids).text_embeds, embeds)
+    dual = VlpClipModel(config)
+    assert dual.get_input_embeddings() is dual.text_model.transformer.token_embedding
+
+
+def test_vision_towers_return_the_module_that_embeds_the_pixels(architecture):
+    config = tiny_config(architecture)
+    for model in (VlpClipVisionModel(config.vision_config), VlpClipVisionModelWithProjection(config.vision_config)):
+        embedding = model.get_input_embeddings()
+        assert isinstance(embedding, torch.nn.Conv2d) and embedding.in_channels == 3
+        seen = []
+        handle = embedding.register_forward_hook(lambda module, args, output: seen.append(args[0]))
+        pixel_values = tiny_inputs(config)["pixel_values"]
+        with torch.no_grad():
+            model(pixel_values)
+        handle.remove()
+        assert len(seen) == 1 and torch.equal(seen[0], pixel_values)  # the first layer the pixels go through
+
+
+# --------------------------------------------------------------------------------------------- image classification
+
+
+def _constant_classifier(num_labels: int, bias: list[float], **settings) -> VlpClipForImageClassification:
+    """A classifier whose logits are ``bias`` for every image (zero weights)."""
+    model = VlpClipForImageClassification(tiny_config(num_labels=num_labels, **settings)).eval()
+    with torch.no_grad():
+        model.classifier.weight.zero_()
+        model.classifier.bias.copy_(torch.tensor(bias))
+    return model
+
+
+def test_image_classifier_loss_follows_the_problem_type():
+    pixel_values = tiny_inputs(tiny_config())["pixel_values"]
+    regression = _constant_classifier(1, [0.5])
+    assert regression.config.problem_type is None
+    loss = regression(pixel_values, labels=torch.tensor([1.0, 0.0, 2.0, 0.5])).loss
+    assert math.isclose(loss.item(), (0.25 + 0.25 + 2.25 + 0.0) / 4, rel_tol=1e-6)  # MSE against 0.5
+    assert regression.config.problem_type == "regression"
+
+    single = _constant_classifier(4, [0.0, 0.0, 0.0, 0.0])
+    loss = single(pixel_values, labels=torch.tensor([0, 3, 1, 2])).loss
+    assert math.isclose(loss.item(), math.log(4), rel_tol=1e-6)  # uniform over 4 classes
+    assert single.config.problem_type == "single_label_classification"
+
+    multi = _constant_classifier(3, [2.0, 0.0, 0.0])
+    loss = multi(pixel_values, labels=torch.tensor([[1.0, 0.0, 1.0]] * 4)).loss
+    expected = (math.log1p(math.exp(-2.0)) + math.log(2) + math.log(2)) / 3  # BCE of sigmoid(2) vs 1, sigmoid(0) x2
+    assert math.isclose(loss.item(), expected, rel_tol=1e-6)
+    assert multi.config.problem_type == "multi_label_classification"
+
+    # an explicit problem type wins over the labels' dtype: integer multi-hot labels are multi-label targets
+    explicit = _constant_classifier(3, [2.0, 0.0, 0.0], problem_type="multi_label_classification")
+    loss = explicit(pixel_values, labels=torch.tensor([[1, 0, 1]] * 4)).loss
+    assert math.isclose(loss.item(), expected, rel_tol=1e-6)
+
+
+def test_image_classifier_returns_the_tower_states_and_attentions():
+    config = tiny_config(num_labels=3)
+    model = VlpClipForImageClassification(config).eval()
+    pixel_values = tiny_inputs(config)["pixel_values"]
+    with torch.no_grad():
+        plain = model(pixel_values)
+        out = model(pixel_values, output_hidden_states=True, output_attentions=True)
+        tower = model.vision_model(pixel_values, output_hidden_states=True, output_attentions=True)
+    assert plain.hidden_states is None and plain.attentions is None
+    layers = config.vision_config.num_hidden_layers
+    assert len(out.hidden_states) == layers + 1 and len(out.attentions) == layers
+    for ours, theirs in zip(out.hidden_states + out.attentions, tower.hidden_states + tower.attentions):
+        torch.testing.assert_close(ours, theirs)
+    torch.testing.assert_close(out.logits, plain.logits, atol=1e-6, rtol=1e-5)
+    model.config.output_hidden_states = True
+    with torch.no_grad():
+        from_config = model(pixel_values)
+    assert len(from_config.hidden_states) == layers + 1 and from_config.attentions is None
+
+
+# --------------------------------------------------------------------------------------------- initialisation
+
+
+class WeightlessLinear(torch.nn.Linear):
+    """A linear layer whose weight was deleted (``mode="deleted"``) or set to ``None`` (as some quantized or
+    parametrized layers hold it elsewhere)."""
+
+    def __init__(self, in_features: int, out_features: int, mode: str = "deleted", bias: bool = False) -> None:
+        super().__init__(in_features, out_features, bias=bias)
+        if mode == "deleted":
+            del self.weight
+        else:
+            self.weight = None
+
+
+@pytest.mark.parametrize("mode", ["deleted", "none"])
+def test_initialisation_skips_linear_layers_without_a_weight(mode, monkeypatch):
+    # CLIP's own scheme (projections): the model builds around a weight-less projection
+    monkeypatch.setattr(
+        modeling_clip, "build_tower_projection",
+        lambda config: WeightlessLinear(config.hidden_size, config.projection_dim, mode),
+    )
+    model = VlpClipModel(tiny_config())
+    assert getattr(model.text_projection, "weight", None) is None
+    # every scheme, re-run over every module: CLIP's text-layer scheme and transformers' base scheme (vision layers)
+    layer = model.text_model.transformer.encoder.layers[0]
+    layer.attn.qkv = WeightlessLinear(32, 96, mode, bias=True)
+    model.vision_model.transformer.encoder.layers[0].mlp.fc1 = WeightlessLinear(32, 64, mode, bias=True)
+    no_bias = torch.nn.Linear(32, 32)
+    del no_bias.bias
+    model.vision_model.transformer.encoder.layers[1].attn.out_proj = no_bias
+    quantized = torch.nn.Linear(32, 32)  # an int8 weight (as a quantized layer holds it) cannot be drawn from a normal
+    quantized.weight = torch.nn.Parameter(torch.full((32, 32), 7, dtype=torch.int8), requires_grad=False)
+    model.vision_model.transformer.encoder.layers[1].attn.qkv = quantized
+    with torch.no_grad():
+        layer.attn.qkv.bias.fill_(1.0)
+        no_bias.weight.fill_(5.0)
+        quantized.bias.fill_(1.0)
+    for module in model.modules():
+        model._init_weights(module)
+    assert (layer.attn.qkv.bias == 0).all()  # the tensors a weight-less layer has are still initialised
+    assert no_bias.weight.abs().max() < 1  # normal(0, 0.02)
+    assert (quantized.weight == 7).all() and (quantized.bias == 0).all()
+    assert getattr(layer.attn.qkv, "weight", None) is None
+
+
+# --------------------------------------------------------------------------------------------- export / compile
+
+
+def _tower_cases():
+    config = tiny_config()
+    inputs = tiny_inputs(config)
+    return [
+        (VlpClipTextModel(config.text_config).eval(), inputs["input_ids"]),
+        (VlpClipVisionModel(config.vision_config).eval(), inputs["pixel_values"]),
+    ]
+
+
+def test_towers_export_and_match_eager():
+    for model, inputs in _tower_cases():
+        program = torch.export.export(model, (inputs,))
+        with torch.no_grad():
+            expected, exported = model(inputs), program.module()(inputs)
+        torch.testing.assert_close(exported.last_hidden_state, expected.last_hidden_state)
+        torch.testing.assert_close(exported.pooler_output, expected.pooler_output)
+
+
+def test_towers_compile_in_one_graph_and_match_eager():
+    for model, inputs in _tower_cases():
+        compiled = torch.compile(model, backend="eager", fullgraph=True)
+        with torch.no_grad():
+            expected, got = model(inputs), compiled(inputs)
+        torch.testing.assert_close(got.last_hidden_state, expected.last_hidden_state)
+        torch.testing.assert_close(got.pooler_output, expected.pooler_output)
+    no_eot = _tower_cases()[0][1].clone()
+    no_eot[no_eot == EOT] = 5
+    with pytest.raises(ValueError, match="end-of-text"):  # eager mode still checks
+        _tower_cases()[0][0](no_eot)
