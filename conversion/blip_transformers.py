@@ -44,8 +44,8 @@ from hf_vlp.models.blip.processing_blip import blip_special_token_ids
 from conversion.blip_heads import VERIFY_ATOL, BlipConversion, build_processor, check_ties, compare_with_transformers
 from conversion.blip_heads import load_tokenizer, map_blip_state_dict, model_class_of, resolve_head
 from conversion.common import TOWER_SIZES, ConversionError, check_differences, config_fields, check_output_dir
-from conversion.common import format_differences, load_mapped_state_dict, read_transformers_config
-from conversion.common import read_transformers_weights, write_conversion
+from conversion.common import check_source_tensors, format_differences, input_paths, load_mapped_state_dict
+from conversion.common import read_transformers_config, read_transformers_weights, write_conversion
 from conversion.rules import from_transformers_vit_name
 
 logger = logging.getLogger("conversion.blip")
@@ -180,6 +180,7 @@ def convert_transformers_blip(
     overwrite: bool = False,
     command: str | None = None,
     vision_layer_norm_eps: float | None = None,
+    allow_non_finite: bool = False,
 ) -> BlipConversion:
     """Convert a transformers BLIP directory to the hf_vlp ``head`` (``auto``: the class's counterpart, see
     :data:`TRANSFORMERS_ARCHITECTURES`) with the rules of ``blip_heads.py``; write it to ``output`` if given.
@@ -188,10 +189,12 @@ def convert_transformers_blip(
     model is written without a processor. ``verify`` compares with transformers' model of the directory
     (:func:`~conversion.blip_heads.compare_with_transformers`, atol 1e-4).
     """
+    inputs = input_paths(directory, tokenizer)
     if output is not None:
-        check_output_dir(output, overwrite)
+        check_output_dir(output, overwrite, inputs)
     source = read_transformers_blip(directory)
     logger.info(f"Source: {source.path} (transformers {source.architecture}, {len(source.state_dict)} tensors)")
+    check_source_tensors(source.state_dict, source.path, allow_non_finite)
     head = resolve_head(source.kind, head)
     check_ties(source.state_dict, source.kind)
     mapped = map_blip_state_dict(source.state_dict, source.kind, head)
@@ -222,7 +225,7 @@ def convert_transformers_blip(
     result = BlipConversion(model, processor, source.kind, head, mapped.dropped, differences)
     if output is not None:
         readme = provenance(source, command or f"convert_transformers_blip({source.path.name!r}, ...)", result)
-        result.output = write_conversion(output, model, processor, readme, overwrite)
+        result.output = write_conversion(output, model, processor, readme, overwrite, inputs)
     return result
 
 

@@ -54,9 +54,11 @@ from hf_vlp.utils.key_rules import bert_embedding_rules, bert_layer_rules
 
 from conversion.albef_reference import converted_outputs, random_inputs, reference_outputs
 from conversion.common import ConversionError, Drop, MappedStateDict, MappingRule, Rename, check_differences
-from conversion.common import check_output_dir, converter_options, converter_parser, format_differences
-from conversion.common import load_bert_tokenizer, load_mapped_state_dict, map_state_dict, max_abs_differences
-from conversion.common import read_checkpoint, read_original_config, run_cli, write_conversion
+from conversion.common import NON_NEGATIVE_INT, NUMBER, POSITIVE_INT, TEXT, check_config_fields, converter_options
+from conversion.common import converter_parser, format_differences, input_paths, load_bert_tokenizer
+from conversion.common import load_mapped_state_dict, map_state_dict, max_abs_differences, positive_int
+from conversion.common import read_original_config, read_original_source
+from conversion.common import run_cli, write_conversion
 from conversion.rules import P, as_scalar, bert_prediction_head_rules
 from conversion.rules import timm_vit_rules
 
@@ -363,6 +365,15 @@ def _layer_indices(state_dict: Mapping[str, torch.Tensor], pattern: str) -> list
 
 BERT_CONFIG = ("bert_config", "the BERT json (e.g. configs/config_bert.json)")
 ORIGINAL_CONFIG = "the original yaml keys"
+# the kinds of the fields the converter reads (checked before use: a wrong type is one line, not a traceback)
+ORIGINAL_CONFIG_FIELDS = {
+    "image_res": POSITIVE_INT, "vit_patch_size": POSITIVE_INT, "vit_depth": POSITIVE_INT,
+    "vit_num_heads": POSITIVE_INT, "vit_mlp_ratio": NUMBER, "queue_size": POSITIVE_INT, "temp": NUMBER,
+    "momentum": NUMBER, "alpha": NUMBER, "mlm_probability": NUMBER,
+    "bert_config.num_attention_heads": POSITIVE_INT, "bert_config.fusion_layer": NON_NEGATIVE_INT,
+    "bert_config.pad_token_id": NON_NEGATIVE_INT, "bert_config.hidden_act": TEXT, "bert_config.layer_norm_eps": NUMBER,
+    "bert_config.hidden_dropout_prob": NUMBER, "bert_config.attention_probs_dropout_prob": NUMBER,
+}
 
 
 def albef_config(
@@ -389,12 +400,18 @@ def albef_config(
     fusion_layers = _layer_indices(state_dict, re.escape(bert) + r"encoder\.layer\.(\d+)\.crossattention\.")
     if patch != vit["vit_patch_size"] and "vit_patch_size" in original:
         raise ConversionError(f"vit_patch_size {vit['vit_patch_size']} contradicts the checkpoint's patch size {patch}")
+    target_size = image_size if image_size is not None else original.get("image_res", patch * grid)
+    if not isinstance(target_size, int) or isinstance(target_size, bool) or target_size < patch:
+        raise ConversionError(
+            f"The image size must be an integer of at least the patch size {patch}, got {target_size!r} "
+            "(--image-size or the original config's image_res)."
+        )
     vision = dict(
         hidden_size=width,
         intermediate_size=_require(state_dict, "visual_encoder.blocks.0.mlp.fc1.weight").shape[0],
         num_hidden_layers=len(vision_layers),
         num_attention_heads=vit["vit_num_heads"] if "vit_num_heads" in original else width // HEAD_DIM,
-        image_size=image_size if image_size is not None else original.get("image_res", patch * grid),
+        image_size=target_size,
         patch_size=patch,
     )
     text = dict(
@@ -513,6 +530,7 @@ def convert_albef_checkpoint(
     head: str = "auto",
     image_size: int | None = None,
     verify: bool = False,
+    allow_non_finite: bool = False,
 ) -> AlbefConversion:
     """Convert an ALBEF checkpoint (+ tokenizer, as a ``VlpAlbefProcessor``); write it to ``output``.
 
@@ -530,14 +548,15 @@ def convert_albef_checkpoint(
     """
     if head not in HEADS:
         raise ConversionError(f"head must be one of {HEADS}, got {head!r}")
-    if output is not None:
-        check_output_dir(output, overwrite)
-    source = read_checkpoint(checkpoint, allow_torchscript=False)
+    inputs = input_paths(checkpoint, original_config, tokenizer)
+    source = read_original_source(checkpoint, "albef", inputs, output, overwrite, allow_non_finite)
     state_dict = source.state_dict
-    logger.info(f"Source: {source.path} ({len(state_dict)} tensors)")
+    described = "original_config"
     if original_config is not None and not isinstance(original_config, Mapping):
+        described = f"Original config {original_config}"
         original_config = read_original_config(original_config, ORIGINAL_CONFIG, nested=BERT_CONFIG)
     original_config = original_config or {}
+    check_config_fields(original_config, ORIGINAL_CONFIG_FIELDS, described)
     retrieval_source = is_retrieval_checkpoint(state_dict)
     vqa_source = is_vqa_checkpoint(state_dict)
     kind = checkpoint_kind(state_dict)
@@ -618,7 +637,7 @@ def convert_albef_checkpoint(
             notes=resized, momentum_copied=head in ("nlvr2", "snli-ve") and not has_momentum_towers(state_dict),
             differences=differences,
         )
-        result.output = write_conversion(output, model, processor, readme, overwrite)
+        result.output = write_conversion(output, model, processor, readme, overwrite, inputs)
     return result
 
 
@@ -715,7 +734,7 @@ OPTION_HELP = {
 def parse_args(argv: Sequence[str] | None = None, prog: str | None = None) -> argparse.Namespace:
     parser = converter_parser(__doc__, OPTION_HELP, heads=HEADS, prog=prog)
     parser.add_argument(
-        "--image-size", type=int,
+        "--image-size", type=positive_int,
         help="image resolution of the converted model (default: the original config's image_res, else the "
         "checkpoint's); position embeddings are resized bicubically when it differs from the checkpoint's",
     )

@@ -44,9 +44,11 @@ from conversion.blip_heads import HEAD_CHOICES, SOURCE_DESCRIPTIONS, VERIFY_ATOL
 from conversion.blip_heads import check_ties, compare_with_transformers, load_tokenizer, map_blip_state_dict
 from conversion.blip_heads import model_class_of, resolve_head, source_kind
 from conversion.blip_transformers import convert_transformers_blip
-from conversion.common import ConversionError, MappedStateDict, check_differences, check_output_dir, converter_options
-from conversion.common import converter_parser, format_differences, load_mapped_state_dict, read_checkpoint
-from conversion.common import read_original_config, run_cli, write_conversion
+from conversion.common import NUMBER, POSITIVE_INT, TEXT, ConversionError, MappedStateDict
+from conversion.common import check_config_fields, check_differences, converter_options, converter_parser
+from conversion.common import format_differences, input_paths, load_mapped_state_dict, read_original_config
+from conversion.common import read_original_source, run_cli
+from conversion.common import write_conversion
 from conversion.rules import to_transformers_vit_name
 
 logger = logging.getLogger("conversion.blip")
@@ -59,6 +61,14 @@ HEAD_DIM = 64  # ViT-B/16, ViT-L/16 and BERT-base
 
 MED_CONFIG = ("med_config", "the med/bert json (configs/med_config.json)")
 ORIGINAL_CONFIG = "the original yaml keys"
+# the kinds of the fields the converter reads (checked before use: a wrong type is one line, not a traceback)
+ORIGINAL_CONFIG_FIELDS = {
+    "image_size": POSITIVE_INT, "vit_patch_size": POSITIVE_INT, "vit_num_heads": POSITIVE_INT,
+    "queue_size": POSITIVE_INT, "alpha": NUMBER, "prompt": TEXT,
+    "constructor_kwargs.embed_dim": POSITIVE_INT, "constructor_kwargs.momentum": NUMBER,
+    "med_config.num_attention_heads": POSITIVE_INT, "med_config.hidden_act": TEXT, "med_config.layer_norm_eps": NUMBER,
+    "med_config.hidden_dropout_prob": NUMBER, "med_config.attention_probs_dropout_prob": NUMBER,
+}
 
 
 def _require(state_dict: Mapping[str, torch.Tensor], key: str) -> torch.Tensor:
@@ -207,32 +217,37 @@ def convert_blip_checkpoint(
     verify: bool = False,
     overwrite: bool = False,
     command: str | None = None,
+    allow_non_finite: bool = False,
 ) -> BlipConversion:
     """Convert an original BLIP checkpoint (+ tokenizer) to the hf_vlp ``head``; write it to ``output`` if given.
 
     Every source key is mapped or explicitly dropped (``position_ids``, tied duplicates checked equal, weights the head
     does not hold) and every target key filled, or a :class:`ConversionError` names the keys and nothing is written.
-    ``verify`` compares with transformers' BLIP built from the same original tensors (atol 1e-4).
+    ``verify`` compares with transformers' BLIP built from the same original tensors (atol 1e-4). Tensors holding
+    inf/NaN are refused unless ``allow_non_finite``.
     """
     if Path(checkpoint).is_dir():  # a transformers BLIP directory: conversion/blip_transformers.py
         if original_config is not None:
             raise ConversionError("--original-config applies to original checkpoints; a transformers directory has "
                                   "its own config.json.")
-        return convert_transformers_blip(checkpoint, output, tokenizer, head, verify, overwrite, command)
-    if output is not None:
-        check_output_dir(output, overwrite)
-    source = read_checkpoint(checkpoint, allow_torchscript=False)
+        return convert_transformers_blip(
+            checkpoint, output, tokenizer, head, verify, overwrite, command, allow_non_finite=allow_non_finite
+        )
+    inputs = input_paths(checkpoint, original_config, tokenizer)
+    source = read_original_source(checkpoint, "blip", inputs, output, overwrite, allow_non_finite)
     state_dict = source.state_dict
-    logger.info(f"Source: {source.path} ({len(state_dict)} tensors)")
     if original_config is None:
         embedded = source.extra.get("config")
         original: Mapping[str, Any] = embedded if isinstance(embedded, dict) else {}
         if not isinstance(original.get("med_config", {}), dict):  # the training scripts store the json's path
             original = {key: value for key, value in original.items() if key != "med_config"}
+        described = f"The config stored in {source.path}"
     elif isinstance(original_config, Mapping):
-        original = original_config
+        original, described = original_config, "original_config"
     else:
         original = read_original_config(original_config, ORIGINAL_CONFIG, nested=MED_CONFIG)
+        described = f"Original config {original_config}"
+    check_config_fields(original, ORIGINAL_CONFIG_FIELDS, described)
     kind = source_kind(state_dict)
     head = resolve_head(kind, head)
     check_ties(state_dict, kind)
@@ -271,7 +286,7 @@ def convert_blip_checkpoint(
     if output is not None:
         call = command or f"convert_blip_checkpoint({source.path.name!r}, ...)"
         readme = provenance(source.path.name, call, result, resized)
-        result.output = write_conversion(output, model, processor, readme, overwrite)
+        result.output = write_conversion(output, model, processor, readme, overwrite, inputs)
     return result
 
 

@@ -1,15 +1,18 @@
 """Convert CLIP checkpoints to hf_vlp's ``VlpClipModel`` (+ ``VlpClipProcessor`` and a model card).
 
 Sources:
-  1. an OpenAI TorchScript release (``ViT-B-32.pt`` ...), opened with ``torch.jit.load``;
+  1. an OpenAI TorchScript release (``ViT-B-32.pt`` ...): its tensors are read from the archive's records WITHOUT
+     running its code; ``--trust-torchscript`` opens it with ``torch.jit.load`` instead (running the code it holds),
+     which the text-head probe and ``--verify`` need;
   2. a plain OpenAI-layout state dict (``jit_model.state_dict()`` saved with ``torch.save``, or open_clip's saves of
      its OpenAI-style CLIP models, possibly wrapped as ``{'state_dict': ...}`` with DDP ``module.`` prefixes);
   3. a transformers ``CLIPModel`` directory (``config.json`` + safetensors / ``pytorch_model.bin``).
 
 Sizes are inferred from tensor shapes as OpenAI's ``build_model`` does. The text head count is the one size that
 shapes cannot tell: ``--original-config`` (the original ``CLIP(...)`` constructor arguments) gives it; without it a
-TorchScript source is probed (the head count whose text features reproduce the archive's ``encode_text`` is
-taken), and a plain state dict gets ``width // 64`` as ``build_model`` assumes, with a warning.
+TorchScript source opened with ``--trust-torchscript`` is probed (the head count whose text features reproduce the
+archive's ``encode_text`` is taken), and any other source gets ``width // 64`` as ``build_model`` assumes, with a
+warning.
 
     python conversion/convert_clip.py --checkpoint ViT-B-32.pt --output out/clip-vit-b32 \
         --tokenizer bpe_simple_vocab_16e6.txt.gz --verify
@@ -42,7 +45,9 @@ from hf_vlp.models.clip.processing_clip import VlpClipProcessor
 from hf_vlp.models.clip.tokenization_clip import load_clip_tokenizer
 
 from conversion.common import ConversionError, Drop, MappedStateDict, MappingRule, Rename, check_differences
-from conversion.common import TOWER_SIZES, check_output_dir, config_fields, converter_options, converter_parser
+from conversion.common import check_mapped_state_dict
+from conversion.common import POSITIVE_INT, TOWER_SIZES, check_config_fields, check_family, check_source_tensors
+from conversion.common import check_output_dir, config_fields, converter_options, converter_parser, input_paths
 from conversion.common import filter_prefix, format_differences, fused_projection, load_mapped_state_dict, map_state_dict
 from conversion.common import max_abs_differences, prepare_torchscript_for_cpu, read_checkpoint, read_original_config
 from conversion.common import read_transformers_config, read_transformers_weights, run_cli, transpose, write_conversion
@@ -67,6 +72,10 @@ ORIGINAL_CONFIG_KEYS = (
     "transformer_layers",
     "vision_heads",
 )
+# their kinds (every size a positive integer; vision_layers a list of 4 for a ResNet)
+ORIGINAL_CONFIG_FIELDS: dict[str, Any] = {
+    **{key: POSITIVE_INT for key in ORIGINAL_CONFIG_KEYS}, "vision_layers": (POSITIVE_INT, "list"),
+}
 TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "tokenizer_config.json")
 
 SOURCE_OPENAI_JIT = "OpenAI TorchScript archive"
@@ -149,16 +158,21 @@ class ClipSource:
     transformers_config: Any = None  # transformers.CLIPConfig for a transformers directory
 
 
-def read_clip_source(path: str | Path) -> ClipSource:
-    """Open ``path`` as a TorchScript release, a state-dict file or a transformers ``CLIPModel`` directory."""
+def read_clip_source(path: str | Path, trust_torchscript: bool = False) -> ClipSource:
+    """Open ``path`` as a TorchScript release, a state-dict file or a transformers ``CLIPModel`` directory.
+
+    A TorchScript release is read without running its code (``torchscript`` is then ``None``); with
+    ``trust_torchscript`` it is opened with ``torch.jit.load`` and its module kept (to probe heads and verify)."""
     path = Path(path)
     if path.is_dir():
         return _read_transformers_directory(path)
-    checkpoint = read_checkpoint(path)
+    checkpoint = read_checkpoint(path, trust_torchscript=trust_torchscript)
     if checkpoint.module is not None:
         # the released archives are traced in half precision (often on CUDA); run them in float32 on the CPU
         module = prepare_torchscript_for_cpu(checkpoint.module)
         return ClipSource(path, SOURCE_OPENAI_JIT, checkpoint.state_dict, torchscript=module)
+    if checkpoint.container == "torchscript":
+        return ClipSource(path, SOURCE_OPENAI_JIT, checkpoint.state_dict)
     return ClipSource(path, SOURCE_OPENAI_STATE_DICT, checkpoint.state_dict)
 
 
@@ -414,7 +428,13 @@ def probe_text_heads(
         config = copy.deepcopy(text_config)
         config.num_attention_heads = heads
         tower = VlpClipTextModel(config).eval()
-        tower.load_state_dict({key: value.float() for key, value in text_weights.items()}, strict=True)
+        try:
+            tower.load_state_dict({key: value.float() for key, value in text_weights.items()}, strict=True)
+        except RuntimeError as error:  # shapes that do not fit: the strict check names them all
+            check_mapped_state_dict(
+                MappedStateDict(text_weights, {key: [key] for key in text_weights}, {}), tower.state_dict()
+            )
+            raise ConversionError(f"The text tower does not fit the checkpoint: {str(error).splitlines()[0]}") from error
         features = tower(input_ids).pooler_output @ projection.t()
         if float((features - reference).abs().max()) <= tolerance:
             return heads
@@ -499,10 +519,13 @@ def _build_config(
             "head counts are not stored in tensor shapes)."
         )
     elif not heads_given:
+        probe = (
+            " (or --trust-torchscript to probe the archive by running it)" if source.kind == SOURCE_OPENAI_JIT else ""
+        )
         logger.warning(
             f"Text heads: {original['transformer_heads']} = width // {OPENAI_HEAD_DIM}, as OpenAI's build_model "
-            "assumes; head counts are not stored in a state dict. Pass --original-config with 'transformer_heads' "
-            "if the model was built with another count."
+            "assumes; head counts are not stored in tensor shapes. Pass --original-config with 'transformer_heads'"
+            f"{probe} if the model was built with another count."
         )
     return openai_clip_config(source.state_dict, original, eos, bos)
 
@@ -515,18 +538,30 @@ def convert_clip_checkpoint(
     verify: bool = False,
     overwrite: bool = False,
     command: str | None = None,
+    trust_torchscript: bool = False,
+    allow_non_finite: bool = False,
 ) -> ClipConversion:
     """Convert a CLIP checkpoint into a ``VlpClipModel`` (+ processor); write it to ``output`` when given.
 
     ``original_config`` is a path to (or a dict of) the original ``CLIP(...)`` constructor arguments; ``tokenizer``
     an original BPE merges file or a transformers tokenizer directory. ``verify`` runs the source model and the
-    converted one on the same random inputs and raises :class:`ConversionError` above ``1e-4``. Nothing is written
-    unless every check passes.
+    converted one on the same random inputs and raises :class:`ConversionError` above ``1e-4``; against a
+    TorchScript release it needs ``trust_torchscript`` (the archive is run). Tensors holding inf/NaN are refused
+    unless ``allow_non_finite``. Nothing is written unless every check passes.
     """
+    inputs = input_paths(checkpoint, original_config, tokenizer)
     if output is not None:
-        check_output_dir(output, overwrite)
-    source = read_clip_source(checkpoint)
+        check_output_dir(output, overwrite, inputs)
+    source = read_clip_source(checkpoint, trust_torchscript=trust_torchscript)
     logger.info(f"Source: {source.kind} {source.path} ({len(source.state_dict)} tensors)")
+    if source.kind != SOURCE_TRANSFORMERS:
+        check_family(source.state_dict, "clip", source.path)
+    check_source_tensors(source.state_dict, source.path, allow_non_finite)
+    if verify and source.kind == SOURCE_OPENAI_JIT and source.torchscript is None:
+        raise ConversionError(
+            f"--verify runs the TorchScript archive {source.path}, which is read without running its code by "
+            "default; pass --trust-torchscript to verify against it (only for archives you trust), or drop --verify."
+        )
     if original_config is not None:
         if source.kind == SOURCE_TRANSFORMERS:
             raise ConversionError(
@@ -534,9 +569,13 @@ def convert_clip_checkpoint(
                 "config.json."
             )
         if not isinstance(original_config, Mapping):
+            described = f"Original config {original_config}"
             original_config = read_original_config(
                 original_config, "CLIP(...) arguments", allowed_keys=ORIGINAL_CONFIG_KEYS
             )
+        else:
+            described = "original_config"
+        check_config_fields(original_config, ORIGINAL_CONFIG_FIELDS, described)
     context_length = None
     if source.kind != SOURCE_TRANSFORMERS:
         context_length = _require(source.state_dict, "positional_embedding").shape[0]
@@ -565,7 +604,7 @@ def convert_clip_checkpoint(
     result = ClipConversion(model, processor, source.kind, differences, note)
     if output is not None:
         card = provenance(result, source, command or _api_call(checkpoint, original_config, tokenizer, verify))
-        result.output = write_conversion(output, model, processor, card, overwrite)
+        result.output = write_conversion(output, model, processor, card, overwrite, inputs)
     return result
 
 
@@ -624,12 +663,20 @@ OPTION_HELP = {
 
 
 def parse_args(argv: Sequence[str] | None = None, prog: str | None = None) -> argparse.Namespace:
-    return converter_parser(__doc__, OPTION_HELP, prog=prog).parse_args(argv)
+    parser = converter_parser(__doc__, OPTION_HELP, prog=prog)
+    parser.add_argument(
+        "--trust-torchscript", action="store_true",
+        help="open a TorchScript --checkpoint with torch.jit.load, which RUNS code stored in the archive (only for "
+        "archives you trust); needed to probe the text head count and for --verify against it. Without it the "
+        "archive's tensors are read from its records and nothing in it is executed",
+    )
+    return parser.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None, program: str = "python conversion/convert_clip.py") -> ClipConversion:
     """``convert_clip.py`` / ``hf-vlp convert clip``: convert as the command line says."""
-    return convert_clip_checkpoint(**converter_options(parse_args(argv, program), argv, program))
+    args = parse_args(argv, program)
+    return convert_clip_checkpoint(**converter_options(args, argv, program), trust_torchscript=args.trust_torchscript)
 
 
 if __name__ == "__main__":

@@ -65,7 +65,7 @@ def test_trainer_arguments_pass_through_and_resume_is_exact(tmp_path):
         [sys.executable, "-m", "hf_vlp.cli", *common, "--output-dir", str(interrupted)],
         cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
-    checkpoint = interrupted / "checkpoint-4" / "trainer_state.json"
+    checkpoint = interrupted / "checkpoint-4" / ".complete"  # written once the whole checkpoint is on disk
     deadline = time.time() + 300
     while not checkpoint.exists() and process.poll() is None and time.time() < deadline:
         time.sleep(0.05)

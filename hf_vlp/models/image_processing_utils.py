@@ -130,6 +130,27 @@ def _to_uint8(array: np.ndarray) -> np.ndarray:
     raise ValueError(f"Unsupported image dtype {array.dtype}: pass uint8, integer or float pixels.")
 
 
+# PIL modes whose pixels do not fit 8 bits (16-bit PNG/TIFF, 32-bit integer, float): PIL's RGB conversion would clip
+# them to white, so they are scaled to 8 bits first.
+_WIDE_PIL_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
+
+
+def _wide_to_uint8(array: np.ndarray, mode: str) -> np.ndarray:
+    """Pixels of a 16/32-bit or float PIL image as 8 bits: 16-bit values scaled by 255/65535 (a 32-bit image whose
+    values fit 16 bits is read as 16-bit), float pixels by the rules of :func:`_to_uint8`."""
+    if mode == "F":
+        return _to_uint8(array.astype(np.float32))
+    array = array.astype(np.int64)
+    low, high = int(array.min()), int(array.max())
+    if mode == "I" and low >= 0 and high <= 255:
+        return array.astype(np.uint8)
+    if low < 0 or high > 65535:
+        raise ValueError(
+            f"a {mode!r} image with values in [{low}, {high}] does not fit 16 bits; scale it to 8 or 16 bits first"
+        )
+    return np.rint(array * (255 / 65535)).astype(np.uint8)
+
+
 class VlpImageProcessorBase(ImageStructureHookMixin, PilBackend):
     """Validation, resize, crop, RGB conversion, rescale and normalisation as the originals' torchvision transforms.
 
@@ -202,6 +223,8 @@ class VlpImageProcessorBase(ImageStructureHookMixin, PilBackend):
         if isinstance(image, PIL.Image.Image):
             if image.width == 0 or image.height == 0:
                 raise ValueError(f"Empty image of size {image.size} (width, height).")
+            if image.mode in _WIDE_PIL_MODES:
+                return PIL.Image.fromarray(_wide_to_uint8(np.asarray(image), image.mode))
             return image
         prefer_first = isinstance(image, torch.Tensor)
         if isinstance(image, torch.Tensor):

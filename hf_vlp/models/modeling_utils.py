@@ -50,6 +50,7 @@ def model_forward(forward: Forward) -> Forward:
         unknown = sorted(set(kwargs) - accepted - {"return_dict"})
         if unknown:
             raise TypeError(f"{type(self).__name__}.forward got unexpected keyword argument(s) {unknown}")
+        check_nonempty_batch(self, args, kwargs)
         return_dict = kwargs.pop("return_dict", None)
         for flag in OUTPUT_FLAGS:
             value = kwargs.get(flag)
@@ -61,6 +62,14 @@ def model_forward(forward: Forward) -> Forward:
 
     wrapper.applies_output_contract = True  # type: ignore[attr-defined]
     return wrapper  # type: ignore[return-value]
+
+
+def check_nonempty_batch(model: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    """A forward on an empty batch fails deep inside a reshape; say so up front."""
+    for index, value in enumerate((*args, *kwargs.values())):
+        if isinstance(value, torch.Tensor) and value.ndim > 0 and value.shape[0] == 0:
+            name = list(kwargs)[index - len(args)] if index >= len(args) else f"positional input {index}"
+            raise ValueError(f"{type(model).__name__}.forward got an empty batch ({name} has 0 rows)")
 
 
 def first_named_input(forward: Callable[..., Any]) -> str | None:

@@ -92,6 +92,24 @@ def sample_patches(
     return torch.where(keep, chosen, pad_cells), keep
 
 
+def check_pixel_values(pixel_values: torch.Tensor) -> None:
+    """Images reach a tower as the image processor returns them: a floating-point ``[batch, channels, height,
+    width]`` tensor (integer pixels would be read as normalised values: 255 instead of about 2)."""
+    if pixel_values.ndim != 4:
+        raise ValueError(f"pixel_values must be [batch, channels, height, width], got shape {tuple(pixel_values.shape)}")
+    if not pixel_values.is_floating_point():
+        raise ValueError(
+            f"pixel_values must be floating point (normalised by the model's image processor), got {pixel_values.dtype}"
+        )
+
+
+def check_finite_pixels(pixel_values: torch.Tensor) -> None:
+    """Refuse NaN/infinite pixels before an inference pass would turn them into a caption or an answer."""
+    if not bool(torch.isfinite(pixel_values).all()):
+        bad = (~torch.isfinite(pixel_values)).flatten(1).any(dim=1).nonzero().flatten().tolist()
+        raise ValueError(f"pixel_values hold NaN or infinite values (images {bad[:8]}); check the image loading")
+
+
 @dataclass
 class MaskedPatchEmbedding:
     """Tokens of :meth:`VisionTransformer.embed_masked`.
@@ -157,8 +175,7 @@ class VisionTransformer(nn.Module):
 
     def embed(self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool = False) -> torch.Tensor:
         """Patch tokens with the class token prepended and positions added: ``[B, 1 + N, D]``."""
-        if pixel_values.ndim != 4:
-            raise ValueError(f"pixel_values must be [batch, channels, height, width], got shape {tuple(pixel_values.shape)}")
+        check_pixel_values(pixel_values)
         height, width = pixel_values.shape[-2:]
         if (height, width) != (self.image_size, self.image_size) and not interpolate_pos_encoding:
             raise ValueError(
@@ -310,6 +327,7 @@ class ModifiedResNet(nn.Module):
         self.output_channels = channels
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        check_pixel_values(pixel_values)
         x = pixel_values.to(self.conv1.weight.dtype)
         x = self.relu(self.bn1(self.conv1(x)))
         x = self.relu(self.bn2(self.conv2(x)))

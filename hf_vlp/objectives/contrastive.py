@@ -157,8 +157,15 @@ def enqueue_momentum_features(
     every rank holds the same queues. Call it after the ITC loss, as the originals do."""
     if (ids is None) != (id_queue is None):
         raise ValueError("pass both ids and id_queue (retrieval's image-id queue), or neither")
-    image_queue.enqueue(all_gather_no_grad(step.momentum_image_embeds))
-    text_queue.enqueue(all_gather_no_grad(step.momentum_text_embeds))
+    image_features = all_gather_no_grad(step.momentum_image_embeds)
+    text_features = all_gather_no_grad(step.momentum_text_embeds)
+    if not bool(torch.isfinite(image_features).all() & torch.isfinite(text_features).all()):
+        raise FloatingPointError(
+            "the batch's momentum features are NaN or infinite (a corrupt image, or diverged weights); the feature "
+            "queues were left unchanged so later batches are not poisoned"
+        )
+    image_queue.enqueue(image_features)
+    text_queue.enqueue(text_features)
     if id_queue is not None:
         id_queue.enqueue(all_gather_no_grad(ids))
 

@@ -168,10 +168,37 @@ class MomentumCallback(TrainerCallback):
         if self.alpha_warmup_steps is None:
             steps_per_epoch = self._steps_per_epoch(args, state, train_dataloader)
             self._warmup_steps = round(self.alpha_warmup_epochs * steps_per_epoch)
-        if not args.dataloader_drop_last and any(isinstance(m, FeatureQueue) for m in model.modules()):
+        if not args.dataloader_drop_last:
+            self._check_last_batch(model, args, state, train_dataloader)
+
+    def _check_last_batch(self, model: nn.Module, args: TrainingArguments, state: TrainerState, train_dataloader) -> None:
+        """Without ``dataloader_drop_last`` the last batch of an epoch is short unless the dataset size is a multiple
+        of the global batch; enqueueing it would shift every later write off the queue's batch grid (and crash when
+        one runs past the end). Refuse it here, before any step, when the run reaches the end of an epoch."""
+        queues = [(name, queue) for name, queue in model.named_modules() if isinstance(queue, FeatureQueue)]
+        if not queues:
+            return
+        try:
+            samples = len(train_dataloader.dataset)
+            batches = len(train_dataloader)
+        except (AttributeError, TypeError):  # a streamed dataset: its size is unknown
             logger.warning(
-                "MomentumCallback: dataloader_drop_last=False; a smaller last batch cannot be enqueued. "
-                "Set dataloader_drop_last=True."
+                "MomentumCallback: dataloader_drop_last=False with a streamed dataset; a short last batch cannot be "
+                "enqueued in the momentum queues. Set dataloader_drop_last=True."
+            )
+            return
+        per_device = state.train_batch_size or args.per_device_train_batch_size
+        processes = max(args.world_size, 1)
+        last = math.ceil(samples / processes) % per_device
+        reaches_end = state.max_steps <= 0 or state.max_steps * args.gradient_accumulation_steps >= batches
+        if last and reaches_end:
+            names = ", ".join(f"{name} ({queue.size})" for name, queue in queues)
+            global_batch = per_device * processes
+            raise ValueError(
+                f"--dataloader-drop-last false: the {samples} training samples end each epoch with a batch of {last} "
+                f"instead of {per_device}{f' per process x {processes}' if processes > 1 else ''}, which the momentum "
+                f"queues {names} cannot take (they are filled in whole batches of {global_batch}). Pass "
+                f"--dataloader-drop-last true or use a multiple of {global_batch} samples."
             )
 
     def _alpha_max(self, model: nn.Module) -> float | None:

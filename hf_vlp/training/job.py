@@ -55,6 +55,13 @@ class JobArguments:
     eval_max_samples: int = field(default=1000, metadata=_help("evaluation rows (retrieval: gallery images)"))
     eval_rerank_k: int = field(default=16, metadata=_help("retrieval: ITC candidates per query re-ranked by ITM"))
     skip_eval: bool = False
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata=_help(
+            "train into a non-empty --output-dir, replacing its model and removing its checkpoints (without it, such "
+            "a folder is refused unless --resume-from-checkpoint continues its run)"
+        ),
+    )
 
     def __post_init__(self) -> None:
         if (self.vision_init is None) != (self.text_init is None):
@@ -70,5 +77,10 @@ class JobArguments:
             )
         if self.augment not in AUGMENT_CHOICES:
             raise ValueError(f"--augment must be one of {AUGMENT_CHOICES}, got {self.augment!r}.")
+        if self.queue_size is not None and self.queue_size < 1:
+            raise ValueError(
+                f"--queue-size must be a positive multiple of the global batch (per-device batch x processes), got "
+                f"{self.queue_size}."
+            )
         if self.eval_max_samples < 1 or self.eval_rerank_k < 1:
             raise ValueError("--eval-max-samples and --eval-rerank-k must be positive.")

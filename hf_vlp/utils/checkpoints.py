@@ -5,16 +5,22 @@ or explicitly dropped and every target key filled, or a :class:`ConversionError`
 """
 from __future__ import annotations
 
+import ast
 import json
+import logging
 import pickle
 import re
+import sys
 import zipfile
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+
+logger = logging.getLogger(__name__)
 
 # how many keys an error message lists before summarising the rest as a count
 MAX_LISTED_KEYS = 25
@@ -45,8 +51,11 @@ def is_torchscript_archive(path: str | Path) -> bool:
     """True when ``path`` is a zip holding TorchScript code (``torch.jit.save``), not a ``torch.save`` pickle."""
     if not zipfile.is_zipfile(path):
         return False
-    with zipfile.ZipFile(path) as archive:
-        names = archive.namelist()
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (zipfile.BadZipFile, OSError):
+        return False
     return any("/code/" in name or name.endswith("/constants.pkl") for name in names)
 
 
@@ -59,13 +68,29 @@ def _is_safetensors_file(path: Path) -> bool:
     return len(head) == 9 and head[8:9] == b"{" and 0 < int.from_bytes(head[:8], "little") < 100_000_000
 
 
-def read_checkpoint(path: str | Path, allow_torchscript: bool = True) -> Checkpoint:
+_ZIP_MAGIC = b"PK\x03\x04"
+TRUST_TORCHSCRIPT_HINT = (
+    "Pass --trust-torchscript (trust_torchscript=True) to open it with torch.jit.load instead, which RUNS code stored "
+    "in the file: only for archives from a source you trust."
+)
+
+
+def _damaged(path: Path, error: BaseException) -> ConversionError:
+    return ConversionError(
+        f"{path} cannot be read: it is damaged or truncated ({type(error).__name__}: {_first_sentence(error)}). "
+        "Download or copy it again."
+    )
+
+
+def read_checkpoint(path: str | Path, allow_torchscript: bool = True, trust_torchscript: bool = False) -> Checkpoint:
     """Open a checkpoint file of any supported container and return its (unwrapped) state dict.
 
-    Containers: a TorchScript archive (read with ``torch.jit.load``, the only way to open one; its module is kept
-    so a converter can run it for verification), a ``torch.save`` file read with ``weights_only=True`` (a plain
-    state dict or one wrapped as ``{'state_dict': ...}``/``{'model': ...}``, DDP ``module.`` prefixes stripped),
-    or a safetensors file.
+    Containers: a TorchScript archive, a ``torch.save`` file read with ``weights_only=True`` (a plain state dict or
+    one wrapped as ``{'state_dict': ...}``/``{'model': ...}``, DDP ``module.`` prefixes stripped), or a safetensors
+    file. Nothing stored in the file is ever executed: a TorchScript archive's tensors are read from its zip records
+    with a restricted unpickler (:func:`read_torchscript_tensors`; ``Checkpoint.module`` is then ``None``). Only
+    ``trust_torchscript=True`` opens it with ``torch.jit.load`` (which runs the archive's code, e.g. a scripted
+    ``__setstate__``) and keeps the module, so a converter can run it for verification.
     """
     path = Path(path)
     if not path.exists():
@@ -75,6 +100,11 @@ def read_checkpoint(path: str | Path, allow_torchscript: bool = True) -> Checkpo
     if is_torchscript_archive(path):
         if not allow_torchscript:
             raise ConversionError(f"{path} is a TorchScript archive, which this converter does not accept.")
+        if not trust_torchscript:
+            return Checkpoint(path, "torchscript", read_torchscript_tensors(path))
+        logger.warning(
+            f"Opening {path} with torch.jit.load (--trust-torchscript): this runs code stored in the archive."
+        )
         try:
             module = torch.jit.load(str(path), map_location="cpu")
         except Exception as error:  # torch raises many types for damaged archives
@@ -82,14 +112,9 @@ def read_checkpoint(path: str | Path, allow_torchscript: bool = True) -> Checkpo
         state_dict = {name: tensor.detach() for name, tensor in module.state_dict().items()}
         return Checkpoint(path, "torchscript", state_dict, module=module)
     if _is_safetensors_file(path):
-        from safetensors.torch import load_file
-
-        try:
-            return Checkpoint(path, "safetensors", dict(load_file(str(path), device="cpu")))
-        except Exception as error:
-            raise ConversionError(f"{path} is not a readable safetensors file: {error}") from error
+        return Checkpoint(path, "safetensors", _load_safetensors(path))
     try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+        obj = _torch_load_weights(path)
     except pickle.UnpicklingError as error:
         raise ConversionError(
             f"Unknown container {path}: torch.load(weights_only=True) refused it ({_first_line(error)}). Only "
@@ -97,6 +122,9 @@ def read_checkpoint(path: str | Path, allow_torchscript: bool = True) -> Checkpo
             "objects are never executed."
         ) from error
     except Exception as error:
+        with path.open("rb") as handle:
+            if handle.read(4) == _ZIP_MAGIC:  # a torch.save zip whose end (the central directory) is missing
+                raise _damaged(path, error) from error
         raise ConversionError(
             f"Unknown container {path}: it is not a TorchScript archive, a torch.save file or a safetensors file "
             f"({type(error).__name__}: {_first_line(error)})."
@@ -105,9 +133,220 @@ def read_checkpoint(path: str | Path, allow_torchscript: bool = True) -> Checkpo
     return Checkpoint(path, "torch", state_dict, extra=extra)
 
 
+# ----------------------------------------------------------------------------------- TorchScript without running it
+
+# what a TorchScript archive's data.pkl may reference besides its own ``__torch__.*`` classes: tensor rebuilding,
+# ``OrderedDict`` (backward hooks) and the list helpers of ``torch.jit._pickle``; every other global is refused
+_STORAGE_DTYPES = {
+    "DoubleStorage": torch.float64, "FloatStorage": torch.float32, "HalfStorage": torch.float16,
+    "BFloat16Storage": torch.bfloat16, "LongStorage": torch.int64, "IntStorage": torch.int32,
+    "ShortStorage": torch.int16, "CharStorage": torch.int8, "ByteStorage": torch.uint8, "BoolStorage": torch.bool,
+    "ComplexFloatStorage": torch.complex64, "ComplexDoubleStorage": torch.complex128,
+}
+
+
+class _Storage:
+    """A storage type named in a persistent id: just its dtype."""
+
+    def __init__(self, dtype: torch.dtype) -> None:
+        self.dtype = dtype
+
+
+class ScriptObjectState:
+    """A ``__torch__.*`` object of a TorchScript archive as data: its class name and the state pickled for it.
+    Nothing of the class (its ``__setstate__`` included) runs."""
+
+    qualified_name = ""
+    state: Any = None
+
+    def __init__(self, *args: Any) -> None:
+        self.args = args
+
+    def __setstate__(self, state: Any) -> None:
+        self.state = state
+
+
+def _rebuild_tensor(storage: Any, offset: Any, size: Any, stride: Any, *_: Any) -> torch.Tensor:
+    if not isinstance(storage, torch.Tensor):
+        raise pickle.UnpicklingError("a tensor whose storage is not a data record")
+    return storage.as_strided(tuple(size), tuple(stride), int(offset))
+
+
+def _first_argument(data: Any, *_: Any) -> Any:
+    return data
+
+
+_ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
+    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
+    ("torch._utils", "_rebuild_tensor"): _rebuild_tensor,
+    ("torch._utils", "_rebuild_parameter"): _first_argument,
+    ("torch._utils", "_rebuild_parameter_with_state"): _first_argument,
+    ("collections", "OrderedDict"): OrderedDict,
+    **{("torch.jit._pickle", name): _first_argument for name in (
+        "build_intlist", "build_tensorlist", "build_doublelist", "build_boollist", "restore_type_tag"
+    )},
+}
+
+
+class _TorchScriptUnpickler(pickle.Unpickler):
+    """Reads a TorchScript ``data.pkl`` as data: tensors come from the archive's ``data/N`` records, ``__torch__``
+    objects become :class:`ScriptObjectState`, and any other global (``os.system``, ``builtins.eval`` ...) is
+    refused, as ``torch.load(weights_only=True)`` refuses them."""
+
+    def __init__(self, handle: Any, archive: zipfile.ZipFile, prefix: str) -> None:
+        super().__init__(handle)
+        self.archive, self.prefix = archive, prefix
+        self.storages: dict[str, torch.Tensor] = {}
+        self.classes: dict[str, type[ScriptObjectState]] = {}
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in _ALLOWED_GLOBALS:
+            return _ALLOWED_GLOBALS[(module, name)]
+        if module == "torch" and name in _STORAGE_DTYPES:
+            return _Storage(_STORAGE_DTYPES[name])
+        if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
+            return _Storage(getattr(torch, name))
+        if module.startswith("__torch__.") or module == "__torch__":
+            qualified = f"{module}.{name}"
+            if qualified not in self.classes:
+                self.classes[qualified] = type(name, (ScriptObjectState,), {"qualified_name": qualified})
+            return self.classes[qualified]
+        raise pickle.UnpicklingError(f"it references the global {module}.{name}, which is not tensor data")
+
+    def persistent_load(self, pid: Any) -> torch.Tensor:
+        if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage" and isinstance(pid[1], _Storage)):
+            raise pickle.UnpicklingError(f"unsupported persistent id {str(pid)[:80]}")
+        _, storage, key, _location, numel = pid
+        if key not in self.storages:
+            record = f"{self.prefix}/data/{key}"
+            try:
+                info = self.archive.getinfo(record)
+            except KeyError:
+                raise pickle.UnpicklingError(f"the tensor record {record} is missing") from None
+            buffer = bytearray(info.file_size)
+            with self.archive.open(info) as handle:
+                read = handle.readinto(buffer) if info.file_size else 0
+            element = torch.empty((), dtype=storage.dtype).element_size()
+            if read != info.file_size or read < int(numel) * element:
+                raise pickle.UnpicklingError(f"the tensor record {record} is truncated")
+            self.storages[key] = (
+                torch.frombuffer(buffer, dtype=storage.dtype) if read else torch.empty(0, dtype=storage.dtype)
+            )
+        return self.storages[key]
+
+
+@dataclass
+class _ScriptClass:
+    parameters: list[str] | None  # None: the class is not a module (no __parameters__ line)
+    buffers: list[str] | None
+    has_setstate: bool
+
+
+def _script_classes(archive: zipfile.ZipFile, prefix: str) -> dict[str, _ScriptClass]:
+    """The ``__parameters__``/``__buffers__`` lists and ``__setstate__`` presence of every class in the archive's
+    ``code/`` sources, read with ``ast.parse`` (parsed, never compiled or run)."""
+    classes = {}
+    code = f"{prefix}/code/"
+    for name in archive.namelist():
+        if not (name.startswith(code) and name.endswith(".py")):
+            continue
+        module = name[len(code) : -len(".py")].replace("/", ".")
+        tree = ast.parse(archive.read(name).decode("utf-8"))
+        for node in tree.body:
+            if not isinstance(node, ast.ClassDef):
+                continue
+            lists: dict[str, list[str]] = {}
+            for statement in node.body:
+                if isinstance(statement, ast.Assign) and isinstance(statement.value, ast.List):
+                    for target in statement.targets:
+                        if isinstance(target, ast.Name) and target.id in ("__parameters__", "__buffers__"):
+                            lists[target.id] = [
+                                item.value for item in statement.value.elts if isinstance(item, ast.Constant)
+                            ]
+            has_setstate = any(
+                isinstance(statement, ast.FunctionDef) and statement.name == "__setstate__" for statement in node.body
+            )
+            classes[f"{module}.{node.name}"] = _ScriptClass(
+                lists.get("__parameters__"), lists.get("__buffers__"), has_setstate
+            )
+    return classes
+
+
+def read_torchscript_tensors(path: str | Path) -> dict[str, torch.Tensor]:
+    """The state dict (parameters and buffers, as ``ScriptModule.state_dict()`` names them) of a TorchScript archive,
+    read WITHOUT running anything stored in it.
+
+    ``data.pkl`` is read by a restricted unpickler (only tensor-rebuilding globals; storages mapped to the ``data/N``
+    records), the module classes' ``__parameters__``/``__buffers__`` come from parsing (never running) the ``code/``
+    sources. A module whose class defines ``__setstate__`` keeps its state in a form only its code can interpret, so it
+    is refused, as is anything else this reader cannot follow, with a :class:`ConversionError` naming
+    ``--trust-torchscript``.
+    """
+    path = Path(path)
+
+    def refuse(reason: str) -> ConversionError:
+        return ConversionError(
+            f"{path} is a TorchScript archive whose tensors cannot be read without running its code: {reason}. "
+            + TRUST_TORCHSCRIPT_HINT
+        )
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            pickles = [name for name in archive.namelist() if name.count("/") == 1 and name.endswith("/data.pkl")]
+            if len(pickles) != 1:
+                raise refuse("it has no single <archive>/data.pkl (an old or unusual TorchScript format)")
+            prefix = pickles[0].split("/")[0]
+            byteorder = f"{prefix}/byteorder"
+            if byteorder in archive.namelist() and archive.read(byteorder).decode().strip() != sys.byteorder:
+                raise refuse("its tensors are stored in the other byte order")
+            classes = _script_classes(archive, prefix)
+            with archive.open(pickles[0]) as handle:
+                root = _TorchScriptUnpickler(handle, archive, prefix).load()
+    except ConversionError:
+        raise
+    except (zipfile.BadZipFile, EOFError) as error:
+        raise _damaged(path, error) from error
+    except (pickle.UnpicklingError, SyntaxError, UnicodeDecodeError, ValueError, TypeError, RuntimeError,
+            AttributeError, IndexError, KeyError) as error:
+        raise refuse(_first_line(error)) from error
+    if not isinstance(root, ScriptObjectState):
+        raise refuse(f"its data.pkl holds a {type(root).__name__}, not a scripted module")
+    state_dict: dict[str, torch.Tensor] = {}
+
+    def collect(module: ScriptObjectState, prefix: str) -> None:
+        script_class = classes.get(module.qualified_name)
+        if script_class is not None and script_class.has_setstate:
+            raise refuse(f"{module.qualified_name} defines __setstate__, code that runs while the archive is loaded")
+        if not isinstance(module.state, dict):
+            raise refuse(f"the state of {module.qualified_name} is not a dict of attributes")
+        attributes = module.state
+        if script_class is not None and script_class.parameters is not None:
+            names = [*script_class.parameters, *(script_class.buffers or [])]
+            if script_class.buffers is None:  # archives written before __buffers__ was recorded
+                names += [name for name, value in attributes.items() if isinstance(value, torch.Tensor)]
+        else:
+            names = [name for name, value in attributes.items() if isinstance(value, torch.Tensor)]
+        for name in dict.fromkeys(names):
+            value = attributes.get(name)
+            if isinstance(value, torch.Tensor):
+                state_dict[prefix + name] = value
+        for name, value in attributes.items():
+            if isinstance(value, ScriptObjectState):
+                child = classes.get(value.qualified_name)
+                if child is None or child.parameters is not None:  # a submodule (not a custom class object)
+                    collect(value, f"{prefix}{name}.")
+
+    collect(root, "")
+    return state_dict
+
+
 def _first_line(error: BaseException) -> str:
     text = str(error).strip()
     return text.splitlines()[0] if text else type(error).__name__
+
+
+def _first_sentence(error: BaseException) -> str:
+    return _first_line(error).split(". ")[0].rstrip(".")
 
 
 def _is_tensor_mapping(obj: Any) -> bool:
@@ -176,12 +415,51 @@ def read_transformers_weights(directory: str | Path) -> dict[str, torch.Tensor]:
     )
 
 
+def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    """A safetensors file's tensors, or a one-line error for a damaged one."""
+    from safetensors.torch import load_file
+
+    try:
+        return dict(load_file(str(path), device="cpu"))
+    except Exception as error:
+        raise ConversionError(
+            f"{path} is not a readable safetensors file (damaged or truncated?): {_first_line(error)}"
+        ) from error
+
+
+def _torch_load_weights(path: Path) -> Any:
+    """``torch.load`` that never executes pickled code (``weights_only=True``)."""
+    return torch.load(str(path), map_location="cpu", weights_only=True)
+
+
 def _read_weight_file(path: Path) -> dict[str, torch.Tensor]:
     if path.suffix == SAFETENSORS_SUFFIX:
-        from safetensors.torch import load_file
+        return _load_safetensors(path)
+    try:
+        obj = _torch_load_weights(path)
+    except pickle.UnpicklingError as error:
+        raise ConversionError(
+            f"{path}: torch.load(weights_only=True) refused it ({_first_line(error)}); pickles of arbitrary objects "
+            "are never executed."
+        ) from error
+    except Exception as error:
+        raise _damaged(path, error) from error
+    return unwrap_state_dict(obj, source=str(path))[0]
 
-        return dict(load_file(str(path), device="cpu"))
-    return unwrap_state_dict(torch.load(str(path), map_location="cpu", weights_only=True), source=str(path))[0]
+
+def check_finite(state_dict: Mapping[str, torch.Tensor], source: str) -> None:
+    """Raise when a floating tensor holds inf or NaN (a diverged or damaged checkpoint), naming the first such keys;
+    a converter skips this only on request (``--allow-non-finite``)."""
+    bad = []
+    for key, tensor in state_dict.items():
+        if (tensor.is_floating_point() or tensor.is_complex()) and tensor.numel() and not bool(torch.isfinite(tensor).all()):
+            kinds = [kind for kind, present in (("nan", tensor.isnan().any()), ("inf", tensor.isinf().any())) if present]
+            bad.append(f"{key} ({'/'.join(kinds)})")
+    if bad:
+        raise ConversionError(
+            f"{source} holds non-finite values (inf/NaN) in {len(bad)} tensors: {_format_keys(bad)}. The checkpoint is "
+            "damaged or its training diverged; pass --allow-non-finite (allow_non_finite=True) to convert it anyway."
+        )
 
 
 # --------------------------------------------------------------------------------------------------- TorchScript
@@ -288,6 +566,8 @@ class MappedStateDict:
     tensors: dict[str, torch.Tensor]
     sources: dict[str, list[str]]
     dropped: dict[str, str]
+    # fused targets: the concatenation axis and (source key, shape, dtype) of every part in order (per-part checks)
+    fused: dict[str, tuple[int, list[tuple[str, tuple[int, ...], torch.dtype]]]] = field(default_factory=dict)
 
 
 PARAMETER = r"(?P<p>weight|bias)"  # the parameter of a Linear/LayerNorm, kept as is by a rule
@@ -321,7 +601,11 @@ def map_state_dict(source: Mapping[str, torch.Tensor], rules: Sequence[MappingRu
     origins: dict[str, list[str]] = {}
     dropped: dict[str, str] = {}
     fused_parts: dict[str, tuple[Fuse, dict[str, tuple[str, torch.Tensor]]]] = {}
-    unclaimed, clashes = [], []
+    fused: dict[str, tuple[int, list[tuple[str, tuple[int, ...], torch.dtype]]]] = {}
+    unclaimed: list[str] = []
+    clashes: list[str] = []
+    unfusable: list[str] = []
+    untransformable: list[str] = []
 
     for key, tensor in source.items():
         for regex, rule in compiled:
@@ -335,7 +619,13 @@ def map_state_dict(source: Mapping[str, torch.Tensor], rules: Sequence[MappingRu
                 if target in origins:
                     clashes.append(f"{target} <- {origins[target][0]} and {key}")
                     break
-                tensors[target] = rule.transform(tensor) if rule.transform else tensor
+                if rule.transform is not None:
+                    try:
+                        tensor = rule.transform(tensor)
+                    except (RuntimeError, IndexError, ValueError) as error:
+                        untransformable.append(f"{key} {list(tensor.shape)} ({_first_line(error)})")
+                        break
+                tensors[target] = tensor
                 origins[target] = [key]
             else:
                 target = match.expand(rule.target)
@@ -361,8 +651,15 @@ def map_state_dict(source: Mapping[str, torch.Tensor], rules: Sequence[MappingRu
         if target in origins:
             clashes.append(f"{target} <- {origins[target][0]} and a fused {rule.parts}")
             continue
-        tensors[target] = torch.cat([parts[part][1] for part in rule.parts], dim=rule.dim)
-        origins[target] = [parts[part][0] for part in rule.parts]
+        ordered = [parts[part] for part in rule.parts]
+        if not _fusable([tensor for _, tensor in ordered], rule.dim):
+            listed = ", ".join(f"{key} {list(tensor.shape)} {str(tensor.dtype).replace('torch.', '')}"
+                               for key, tensor in ordered)
+            unfusable.append(f"{target} <- {listed}")
+            continue
+        tensors[target] = torch.cat([tensor for _, tensor in ordered], dim=rule.dim)
+        origins[target] = [key for key, _ in ordered]
+        fused[target] = (rule.dim, [(key, tuple(tensor.shape), tensor.dtype) for key, tensor in ordered])
 
     _raise_problems(
         "The checkpoint does not match the expected layout:",
@@ -370,9 +667,25 @@ def map_state_dict(source: Mapping[str, torch.Tensor], rules: Sequence[MappingRu
             "unexpected source keys that no rule consumes": unclaimed,
             "incomplete fused tensors": incomplete,
             "several source keys map to one target": clashes,
+            "fused parts whose shapes or dtypes do not fit together": unfusable,
+            "tensors of the wrong rank for their rule": untransformable,
         },
     )
-    return MappedStateDict(tensors, origins, dropped)
+    return MappedStateDict(tensors, origins, dropped, fused)
+
+
+def _fusable(tensors: Sequence[torch.Tensor], dim: int) -> bool:
+    """Parts of one fused tensor: same rank, equal sizes but along ``dim``, one dtype kind (all floating or none)."""
+    first = tensors[0]
+    if first.dim() == 0 or not -first.dim() <= dim < first.dim():
+        return False
+    dim %= first.dim()
+    for tensor in tensors:
+        if tensor.dim() != first.dim() or tensor.is_floating_point() != first.is_floating_point():
+            return False
+        if any(size != expected for axis, (size, expected) in enumerate(zip(tensor.shape, first.shape)) if axis != dim):
+            return False
+    return True
 
 
 def _raise_problems(summary: str, problems: Mapping[str, Sequence[str]], hint: str = "") -> None:
@@ -391,10 +704,18 @@ def check_mapped_state_dict(mapped: MappedStateDict, expected: Mapping[str, torc
         if key not in expected:
             continue
         target = expected[key]
-        if tuple(tensor.shape) != tuple(target.shape):
+        dim, parts = mapped.fused.get(key, (0, []))
+        part_shape = _part_shape(tuple(target.shape), len(parts), dim) if parts else None
+        if parts:  # every part on its own: its share of the target's shape and the target's dtype kind
+            for source, shape, dtype in parts:
+                if part_shape is not None and shape != part_shape:
+                    shapes.append(f"{key} (part {source}): expected {list(part_shape)}, got {list(shape)}")
+                if dtype.is_floating_point != target.is_floating_point():
+                    dtypes.append(f"{key} (part {source}): expected {target.dtype}, got {dtype}")
+        if part_shape is None and tuple(tensor.shape) != tuple(target.shape):
             origin = ", ".join(mapped.sources[key])
             shapes.append(f"{key} (from {origin}): expected {list(target.shape)}, got {list(tensor.shape)}")
-        elif tensor.is_floating_point() != target.is_floating_point():
+        elif not parts and tensor.is_floating_point() != target.is_floating_point():
             dtypes.append(f"{key} (from {', '.join(mapped.sources[key])}): expected {target.dtype}, got {tensor.dtype}")
     _raise_problems(
         "The checkpoint does not fit the model built from its configuration:",
@@ -406,6 +727,15 @@ def check_mapped_state_dict(mapped: MappedStateDict, expected: Mapping[str, torc
         },
         hint="\nCheck that the checkpoint and the configuration (e.g. --original-config) describe the same model.",
     )
+
+
+def _part_shape(shape: tuple[int, ...], count: int, dim: int) -> tuple[int, ...] | None:
+    """The shape of each of ``count`` equal parts concatenated along ``dim`` into ``shape`` (``None`` when it does not
+    split evenly; the whole tensor's shape is then checked)."""
+    if not -len(shape) <= dim < len(shape) or shape[dim] % count:
+        return None
+    dim %= len(shape)
+    return (*shape[:dim], shape[dim] // count, *shape[dim + 1 :])
 
 
 def load_mapped_state_dict(model: torch.nn.Module, mapped: MappedStateDict) -> None:

@@ -200,9 +200,12 @@ class HalfCast(nn.Module):
 def test_torchscript_archive_is_read_and_patched_to_float32(tmp_path: Path) -> None:
     traced = torch.jit.trace(HalfCast(), torch.ones(2))
     traced.save(str(tmp_path / "traced.pt"))
-    checkpoint = read_checkpoint(tmp_path / "traced.pt")
+    safe = read_checkpoint(tmp_path / "traced.pt")  # tensors only: nothing of the archive runs
+    assert safe.container == "torchscript" and safe.module is None
+    assert list(safe.state_dict) == ["scale"] and torch.equal(safe.state_dict["scale"], HalfCast().scale.detach())
+    checkpoint = read_checkpoint(tmp_path / "traced.pt", trust_torchscript=True)
     assert checkpoint.container == "torchscript" and list(checkpoint.state_dict) == ["scale"]
-    assert read_checkpoint(tmp_path / "traced.pt").module(torch.ones(2)).dtype == torch.float16
+    assert read_checkpoint(tmp_path / "traced.pt", trust_torchscript=True).module(torch.ones(2)).dtype == torch.float16
     module = prepare_torchscript_for_cpu(checkpoint.module)
     out = module(torch.ones(2))
     assert out.dtype == torch.float32
@@ -242,10 +245,10 @@ def test_write_output_dir_is_atomic(tmp_path: Path) -> None:
         write_output_dir(output, lambda directory: (directory / "b.txt").write_text("second"))
     with pytest.raises(RuntimeError):
         write_output_dir(output, failing, overwrite=True)
-    assert sorted(path.name for path in output.iterdir()) == ["a.txt"]  # untouched by the failed overwrite
+    assert sorted(path.name for path in output.iterdir()) == ["a.txt", "conversion.json"]  # untouched by the failure
 
     write_output_dir(output, lambda directory: (directory / "b.txt").write_text("second"), overwrite=True)
-    assert sorted(path.name for path in output.iterdir()) == ["b.txt"]
+    assert sorted(path.name for path in output.iterdir()) == ["b.txt", "conversion.json"]
     assert [path.name for path in tmp_path.iterdir()] == ["out"]  # no staging or retired folders left
 
 

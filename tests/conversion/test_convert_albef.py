@@ -326,8 +326,11 @@ def test_error_existing_output_without_overwrite(tmp_path: Path, capsys: pytest.
     assert run_cli(main, arguments) == 1
     assert "exists and is not empty; pass --overwrite" in capsys.readouterr().err
     assert [path.name for path in output.iterdir()] == ["keep.txt"]
-    assert run_cli(main, [*arguments, "--overwrite"]) == 0
-    assert not (output / "keep.txt").exists() and (output / "model.safetensors").is_file()
+    assert run_cli(main, [*arguments, "--overwrite"]) == 1  # only a converted folder (with its marker) is replaced
+    assert "was not written by a converter" in capsys.readouterr().err
+    (output / "keep.txt").unlink()
+    assert run_cli(main, arguments) == 0
+    assert run_cli(main, [*arguments, "--overwrite"]) == 0 and (output / "model.safetensors").is_file()
 
 
 # --------------------------------------------------------------------------------------------------- retrieval

@@ -128,6 +128,11 @@ def test_overwrite_replaces_an_existing_output(tmp_path: Path) -> None:
     (tmp_path / "out" / "stale.txt").write_text("old")
     with pytest.raises(ConversionError, match="not empty"):
         convert_blip_checkpoint(checkpoint, tmp_path / "out", config, vocab)
+    with pytest.raises(ConversionError, match="not written by a converter"):  # not ours: never replaced
+        convert_blip_checkpoint(checkpoint, tmp_path / "out", config, vocab, overwrite=True)
+    (tmp_path / "out" / "stale.txt").unlink()
+    convert_blip_checkpoint(checkpoint, tmp_path / "out", config, vocab)
+    (tmp_path / "out" / "stale.txt").write_text("old")
     convert_blip_checkpoint(checkpoint, tmp_path / "out", config, vocab, overwrite=True)
     assert not (tmp_path / "out" / "stale.txt").exists() and (tmp_path / "out" / "model.safetensors").exists()
 

@@ -1,8 +1,9 @@
 """CLIP converter: parity with the original code's outputs, the CLI, transformers sources and every error path.
 
 Text head counts are not stored in tensor shapes. The converter takes them from --original-config; without it a
-TorchScript source is probed (the count whose text tower reproduces the archive's ``encode_text``), and a plain
-state dict falls back to OpenAI's ``width // 64`` with a warning. The tests below cover all three cases.
+TorchScript source opened with --trust-torchscript is probed (the count whose text tower reproduces the archive's
+``encode_text``), and any other source (a plain state dict, or an archive read without running it) falls back to
+OpenAI's ``width // 64`` with a warning. The tests below cover all three cases.
 """
 
 from __future__ import annotations
@@ -33,22 +34,24 @@ BPE = "bpe_simple_vocab_truncated.txt.gz"
 FEATURE_ATOL, LOGIT_ATOL = 1e-5, 1e-4
 LOGIT_OUTPUTS = ("logits_per_image", "logits_per_text", "contrastive_loss")
 
-# (fixture, checkpoint file, use original_config.json): the ResNet fixture's 2 text heads need the config for a
-# plain state dict; its TorchScript archive is probed instead.
+# (fixture, checkpoint file, use original_config.json, trust the TorchScript archive): the ResNet fixture's 2 text
+# heads need the config unless its archive is trusted (opened with torch.jit.load) and probed. Untrusted archives are
+# read from their records without running them.
 SOURCES = [
-    ("clip_vit", "checkpoint.pt", False),
-    ("clip_vit", "checkpoint.pt", True),
-    ("clip_vit", "checkpoint_jit.pt", False),
-    ("clip_resnet", "checkpoint.pt", True),
-    ("clip_resnet", "checkpoint_jit.pt", False),
+    ("clip_vit", "checkpoint.pt", False, False),
+    ("clip_vit", "checkpoint.pt", True, False),
+    ("clip_vit", "checkpoint_jit.pt", False, False),
+    ("clip_resnet", "checkpoint.pt", True, False),
+    ("clip_resnet", "checkpoint_jit.pt", True, False),
+    ("clip_resnet", "checkpoint_jit.pt", False, True),
 ]
 
 
 @functools.cache
-def converted(fixture: str, checkpoint: str, with_config: bool) -> ClipConversion:
+def converted(fixture: str, checkpoint: str, with_config: bool, trust: bool = False) -> ClipConversion:
     folder = FIXTURES / fixture
     config = folder / "original_config.json" if with_config else None
-    return convert_clip_checkpoint(folder / checkpoint, original_config=config)
+    return convert_clip_checkpoint(folder / checkpoint, original_config=config, trust_torchscript=trust)
 
 
 @functools.cache
@@ -94,11 +97,11 @@ def assert_matches_reference(model: torch.nn.Module, fixture: str) -> None:
 
 
 @pytest.mark.parametrize("attn_implementation", ["sdpa", "eager"])
-@pytest.mark.parametrize(("fixture", "checkpoint", "with_config"), SOURCES)
+@pytest.mark.parametrize(("fixture", "checkpoint", "with_config", "trust"), SOURCES)
 def test_parity_with_original_outputs(
-    fixture: str, checkpoint: str, with_config: bool, attn_implementation: str
+    fixture: str, checkpoint: str, with_config: bool, trust: bool, attn_implementation: str
 ) -> None:
-    model = converted(fixture, checkpoint, with_config).model
+    model = converted(fixture, checkpoint, with_config, trust).model
     model.set_attn_implementation(attn_implementation)
     assert model.text_model.config._attn_implementation == attn_implementation
     assert_matches_reference(model, fixture)
@@ -110,7 +113,7 @@ def test_config_is_inferred_like_build_model() -> None:
     vision = vit.vision_config
     assert (vision.patch_size, vision.image_size, vision.num_hidden_layers) == (8, 32, 2)
     assert (vit.text_config.vocab_size, vit.text_config.eos_token_id, vit.text_config.bos_token_id) == (1000, 999, 998)
-    resnet = converted("clip_resnet", "checkpoint_jit.pt", False).model.config
+    resnet = converted("clip_resnet", "checkpoint_jit.pt", False, True).model.config
     assert resnet.vision_config.resnet_layers == [1, 2, 1, 1] and resnet.vision_config.resnet_width == 6
     assert resnet.vision_config.image_size == 64 and resnet.vision_config.resnet_attention_heads == 3
     assert resnet.text_config.num_attention_heads == 2  # probed from the TorchScript archive
@@ -132,12 +135,18 @@ def test_verify_catches_a_wrong_head_count_and_writes_nothing(tmp_path: Path) ->
     folder = FIXTURES / "clip_resnet"
     wrong = {**json.loads((folder / "original_config.json").read_text()), "transformer_heads": 1}
     with pytest.raises(ConversionError, match=r"Verification against the TorchScript archive.*text_features"):
-        convert_clip_checkpoint(folder / "checkpoint_jit.pt", tmp_path / "out", original_config=wrong, verify=True)
+        convert_clip_checkpoint(
+            folder / "checkpoint_jit.pt", tmp_path / "out", original_config=wrong, verify=True, trust_torchscript=True
+        )
     assert list(tmp_path.iterdir()) == []
 
 
 def test_verify_on_jit_passes_and_plain_state_dict_is_skipped(caplog: pytest.LogCaptureFixture) -> None:
-    result = convert_clip_checkpoint(FIXTURES / "clip_vit" / "checkpoint_jit.pt", verify=True)
+    with pytest.raises(ConversionError, match="--verify runs the TorchScript archive.*pass --trust-torchscript"):
+        convert_clip_checkpoint(FIXTURES / "clip_vit" / "checkpoint_jit.pt", verify=True)
+    with caplog.at_level(logging.WARNING):
+        result = convert_clip_checkpoint(FIXTURES / "clip_vit" / "checkpoint_jit.pt", verify=True, trust_torchscript=True)
+    assert "runs code stored in the archive" in caplog.text
     assert set(result.max_abs_diffs) == {"image_features", "text_features", "logits_per_image", "logits_per_text"}
     assert max(result.max_abs_diffs.values()) < LOGIT_ATOL
     with caplog.at_level(logging.WARNING, logger="conversion.clip"):
@@ -167,13 +176,14 @@ def test_cli_end_to_end_with_tokenizer_and_verify(tmp_path: Path) -> None:
     folder, output = FIXTURES / "clip_resnet", tmp_path / "clip-rn"
     completed = run_script(
         "--checkpoint", str(folder / "checkpoint_jit.pt"), "--output", str(output),
-        "--tokenizer", str(folder / BPE), "--verify",
+        "--tokenizer", str(folder / BPE), "--verify", "--trust-torchscript",
     )
     assert completed.returncode == 0, completed.stderr
     assert "Verification against the TorchScript archive" in completed.stdout
     assert {"config.json", "model.safetensors", "README.md"} <= {path.name for path in output.iterdir()}
     card = (output / "README.md").read_text()
     assert "checkpoint_jit.pt" in card and "--verify" in card and "max |diff| image_features" in card
+    assert "--trust-torchscript" in run_script("--help").stdout
 
     model = AutoModel.from_pretrained(str(output)).eval()
     processor = AutoProcessor.from_pretrained(str(output))
@@ -372,7 +382,11 @@ def test_error_existing_output_and_overwrite(tmp_path: Path, capsys: pytest.Capt
     status = run_cli(main, arguments)
     assert status == 1 and "exists and is not empty; pass --overwrite" in capsys.readouterr().err
     assert [path.name for path in output.iterdir()] == ["keep.txt"]
-    status = run_cli(main, [*arguments, "--overwrite"])
-    assert status == 0
-    assert not (output / "keep.txt").exists() and (output / "model.safetensors").is_file()
+    status = run_cli(main, [*arguments, "--overwrite"])  # a folder no converter wrote is never replaced
+    assert status == 1 and "was not written by a converter" in capsys.readouterr().err
+    assert [path.name for path in output.iterdir()] == ["keep.txt"]
+    (output / "keep.txt").unlink()
+    assert run_cli(main, arguments) == 0 and (output / "conversion.json").is_file()
+    assert run_cli(main, arguments) == 1 and "pass --overwrite" in capsys.readouterr().err
+    assert run_cli(main, [*arguments, "--overwrite"]) == 0 and (output / "model.safetensors").is_file()
     assert sorted(path.name for path in tmp_path.iterdir()) == ["out"]

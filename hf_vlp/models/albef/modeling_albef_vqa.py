@@ -22,6 +22,7 @@ from ...generation.utils import (
     uncached_tokens,
 )
 from ...modules.attention import padding_mask
+from ...modules.vision import check_finite_pixels
 from ...objectives.lm import summed_answer_losses
 from ...objectives.momentum import ModulePair, MomentumModelMixin
 from ..question_answering import AnswerInputs, QuestionAnsweringHeadMixin
@@ -316,6 +317,7 @@ class VlpAlbefForQuestionAnswering(
         """
         if pixel_values is None or input_ids is None:
             raise ValueError("generate needs the images (pixel_values) and the tokenised questions (input_ids)")
+        check_finite_pixels(pixel_values)
         generation_config = start_generation(self, kwargs, generation_config, "answer from [CLS]")
         bos_token_id = resolved_generation_value("bos_token_id", kwargs, generation_config, self.generation_config)
         if bos_token_id is None:

@@ -33,6 +33,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPastAndCrossAttenti
 from ...generation.beam_scoring import BEAM_SCORING, OriginalBeamScoringMixin
 from ...generation.utils import start_generation, uncached_tokens
 from ...modules.attention import AttentionMemory, grouped_rows
+from ...modules.vision import check_finite_pixels
 from ...modules.towers import text_block_options
 from ...objectives.lm import IGNORE_INDEX, shifted_lm_loss
 from ..modeling_utils import OutputKwargs
@@ -495,6 +496,7 @@ class VlpBlipForConditionalGeneration(
         generation_config = start_generation(self, kwargs, generation_config, "caption from [DEC] and the prompt")
         check_no_token_types(kwargs.pop("token_type_ids", None))
         if image_hidden_states is None:
+            check_finite_pixels(pixel_values)
             image_hidden_states = self.encode_image(pixel_values, interpolate_pos_encoding).last_hidden_state
         start_ids = self.prompt_input_ids(input_ids, attention_mask, image_hidden_states.shape[0])
         return self.generate_over_states(

@@ -42,6 +42,7 @@ from ...generation.utils import (
 )
 from ...generation.beam_scoring import OriginalBeamScoringMixin
 from ...modules.attention import AttentionMemory
+from ...modules.vision import check_finite_pixels
 from ...objectives.lm import shifted_lm_loss
 from ..question_answering import QuestionAnsweringHeadMixin
 from ..towers import ImageTextInputs, MaskedLMOutputEmbeddingsMixin, bert_prediction_head
@@ -312,6 +313,7 @@ class VlpBlipForQuestionAnswering(
         """
         if pixel_values is None or input_ids is None:
             raise ValueError("generate needs the images (pixel_values) and the tokenised questions (input_ids)")
+        check_finite_pixels(pixel_values)
         generation_config = start_generation(self, kwargs, generation_config, "answer from [DEC]")
         check_no_token_types(kwargs.pop("token_type_ids", None))
         question_states = self.encode_question(

@@ -4,10 +4,14 @@ row transforms that name (or skip and count) a sample that cannot be used."""
 from __future__ import annotations
 
 import io
+import json
 import logging
 import os
+import shutil
+import tempfile
+import uuid
+import weakref
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -40,35 +44,102 @@ class BadSampleError(ValueError):
         return type(self), (self.index, self.source, self.reason)
 
 
-@dataclass
 class BadSampleCounter:
-    """Counts skipped bad samples and keeps the first few, for the end-of-run report.
+    """Counts the distinct bad samples skipped and keeps the first few, for the end-of-run report.
 
-    The count is exact for work done in this process (``dataloader_num_workers=0``, Trainer's default); skips that
-    happen inside DataLoader worker processes are logged there but not added to this object.
+    A sample is counted once however often it is read (every epoch reads it again): its key is ``(source, index)``
+    unless :meth:`record` is given one. Skips that happen in other processes than the one that created the counter
+    (DataLoader workers, ``dataloader_num_workers > 0``) are appended to a spool folder of small JSON-lines files and
+    added in when :attr:`count`, :attr:`examples` or :meth:`summary` are read in the creating process; the folder is
+    removed when the counter is garbage collected there.
     """
 
-    max_examples: int = 10
-    count: int = 0
-    examples: list[BadSampleError] = field(default_factory=list)
+    def __init__(self, max_examples: int = 10) -> None:
+        self.max_examples = max_examples
+        self._samples: dict[tuple, int] = {}  # key -> number of samples it stands for (a skipped shard: several)
+        self._examples: list[BadSampleError] = []
+        self._owner_pid = os.getpid()
+        self._spool = os.path.join(tempfile.gettempdir(), f"hf_vlp_bad_samples_{os.getpid()}_{uuid.uuid4().hex}")
+        self._spool_offsets: dict[str, int] = {}
+        weakref.finalize(self, _remove_spool, self._spool, self._owner_pid)
 
-    def record(self, error: BadSampleError) -> None:
-        """Count ``error`` as one skipped sample and log it (the first few individually)."""
-        self.count += 1
-        if len(self.examples) < self.max_examples:
-            self.examples.append(error)
-        if self.count <= _MAX_WARNINGS:
+    @staticmethod
+    def _key(error: BadSampleError, key: Any) -> tuple:
+        raw = (error.source, error.index) if key is None else (key if isinstance(key, tuple) else (key,))
+        return tuple(part if part is None or isinstance(part, str) else int(part) for part in raw)
+
+    def record(self, error: BadSampleError, key: Any = None, samples: int = 1) -> None:
+        """Count ``error`` as ``samples`` skipped sample(s) (once per ``key``, default ``(source, index)``) and log it
+        (the first few individually)."""
+        key = self._key(error, key)
+        if os.getpid() != self._owner_pid:  # a DataLoader worker: hand it to the creating process
+            self._spool_write(error, key, samples)
             logger.warning("Skipping: %s", error.description)
-        elif self.count == _MAX_WARNINGS + 1:
-            logger.warning("More bad samples are being skipped; they are counted, not logged one by one.")
+            return
+        if self._add(error, key, samples):
+            count = len(self._samples)
+            if count <= _MAX_WARNINGS:
+                logger.warning("Skipping: %s", error.description)
+            elif count == _MAX_WARNINGS + 1:
+                logger.warning("More bad samples are being skipped; they are counted, not logged one by one.")
+
+    def _add(self, error: BadSampleError, key: tuple, samples: int) -> bool:
+        if key in self._samples:
+            return False
+        self._samples[key] = samples
+        if len(self._examples) < self.max_examples:
+            self._examples.append(error)
+        return True
+
+    def _spool_write(self, error: BadSampleError, key: tuple, samples: int) -> None:
+        os.makedirs(self._spool, exist_ok=True)
+        line = json.dumps(
+            {"key": list(key), "samples": samples, "index": error.index, "source": error.source, "reason": error.reason}
+        )
+        with open(os.path.join(self._spool, f"{os.getpid()}.jsonl"), "a", encoding="utf-8") as handle:
+            handle.write(line + "\n")  # one short append per skip: whole lines even with several writers
+
+    def _merge_spool(self) -> None:
+        if os.getpid() != self._owner_pid or not os.path.isdir(self._spool):
+            return
+        for name in sorted(os.listdir(self._spool)):
+            path = os.path.join(self._spool, name)
+            with open(path, encoding="utf-8") as handle:
+                handle.seek(self._spool_offsets.get(path, 0))
+                while True:
+                    line = handle.readline()
+                    if not line.endswith("\n"):  # nothing more, or a line still being written
+                        break
+                    self._spool_offsets[path] = handle.tell()
+                    entry = json.loads(line)
+                    error = BadSampleError(entry["index"], entry["source"], entry["reason"])
+                    self._add(error, tuple(entry["key"]), int(entry["samples"]))
+
+    @property
+    def count(self) -> int:
+        """The number of distinct bad samples skipped, in this process and its DataLoader workers."""
+        self._merge_spool()
+        return sum(self._samples.values())
+
+    @property
+    def examples(self) -> list[BadSampleError]:
+        """The first ``max_examples`` distinct bad samples."""
+        self._merge_spool()
+        return list(self._examples)
 
     def summary(self) -> str:
         """One line (plus examples) describing what was skipped."""
-        if not self.count:
+        count = self.count
+        if not count:
             return "No bad samples were skipped."
-        lines = [f"Skipped {self.count} bad sample(s). First ones:"]
-        lines += [f"  - index {e.index}, source {e.source or 'unknown'}: {e.reason}" for e in self.examples]
+        lines = [f"Skipped {count} bad sample(s). First ones:"]
+        lines += [f"  - index {e.index}, source {e.source or 'unknown'}: {e.reason}" for e in self._examples]
         return "\n".join(lines)
+
+
+def _remove_spool(path: str, owner_pid: int) -> None:
+    if os.getpid() == owner_pid:  # never from a forked worker that inherited the counter
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def decode_image(value: Any, index: int | None = None, source: str | None = None) -> Image.Image:
@@ -180,7 +251,8 @@ class DecodeImageText:
         except BadSampleError as error:
             if not self.skip_bad_samples:
                 raise
-            self.bad_samples.record(error)
+            # a streamed row's index depends on the read order; its shard and key name it in every epoch
+            self.bad_samples.record(error, key=(source,) if shard else None)
             decoded["bad_sample"] = error.reason
         return decoded
 

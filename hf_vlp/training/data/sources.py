@@ -5,6 +5,7 @@ together; see :mod:`hf_vlp.training.data`."""
 from __future__ import annotations
 
 import csv
+import io
 import itertools
 import json
 import logging
@@ -23,6 +24,7 @@ from hf_vlp import synthetic
 from .decoding import (
     WEBDATASET_ID_COLUMNS,
     BadSampleCounter,
+    BadSampleError,
     DecodeImageText,
     ImageTransform,
 )
@@ -63,14 +65,25 @@ def _metadata_is_empty(folder: Path) -> bool:
     present = [child / name for child in children for name in METADATA_NAMES[:2] if (child / name).is_file()]
     if not present:
         return False
+    filled_files = 0
     for path in present:
         header_lines = 1 if path.suffix == ".csv" else 0
-        with path.open(encoding="utf-8") as handle:
-            filled = (line for line in handle if line.strip())
-            for count, _ in enumerate(filled, start=1):
-                if count > header_lines:
-                    return False
-    return True
+        filled = [line for line in read_text_file(path, "metadata file").splitlines() if line.strip()]
+        filled_files += len(filled) > header_lines
+    return filled_files == 0
+
+
+def read_text_file(path: Path, what: str) -> str:
+    """``path`` decoded as UTF-8 (a BOM is dropped); a file in another encoding is an error naming it and the line."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line = data[: error.start].count(b"\n") + 1
+        raise ValueError(
+            f"The {what} {str(path)!r} is not UTF-8 text: line {line} holds the byte {data[error.start:error.start + 1]!r} "
+            f"({error.reason}). Save it as UTF-8 (e.g. iconv -f latin1 -t utf-8)."
+        ) from None
 
 
 def _load_imagefolder(spec: DatasetSpec, split: str, streaming: bool, kw: dict[str, Any]) -> AnyDataset:
@@ -85,14 +98,26 @@ def _load_imagefolder(spec: DatasetSpec, split: str, streaming: bool, kw: dict[s
 
 
 def _read_caption_table(path: Path) -> dict[str, list[Any]]:
+    text = read_text_file(path, "captions table")
     if path.suffix == ".jsonl":
-        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        rows = []
+        for number, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as error:
+                raise ValueError(f"The captions table {str(path)!r}: line {number} is not JSON ({error}).") from None
+            if not isinstance(rows[-1], dict):
+                raise ValueError(f"The captions table {str(path)!r}: line {number} is not a JSON object.")
     else:
-        with path.open(newline="", encoding="utf-8") as handle:
-            reader = csv.DictReader(handle, delimiter="\t" if path.suffix == ".tsv" else ",")
+        reader = csv.DictReader(io.StringIO(text, newline=""), delimiter="\t" if path.suffix == ".tsv" else ",")
+        try:
             rows = list(reader)
-            if not rows and reader.fieldnames:
-                return {name: [] for name in reader.fieldnames}
+        except csv.Error as error:
+            raise ValueError(f"The captions table {str(path)!r}: line {reader.line_num} cannot be read ({error}).") from None
+        if not rows and reader.fieldnames:
+            return {name: [] for name in reader.fieldnames}
     columns: dict[str, list[Any]] = {}
     for row in rows:
         for name in row:
@@ -136,26 +161,77 @@ def _load_saved(spec: DatasetSpec, split: str, streaming: bool) -> AnyDataset:
     return loaded.to_iterable_dataset() if streaming else loaded
 
 
-def _load_webdataset(spec: DatasetSpec, split: str, streaming: bool, kw: dict[str, Any]) -> AnyDataset:
-    shards = [path for path in spec.files if _tar_has_members(path)]
+def _load_webdataset(
+    spec: DatasetSpec,
+    split: str,
+    streaming: bool,
+    kw: dict[str, Any],
+    skip_bad_samples: bool = False,
+    bad_samples: BadSampleCounter | None = None,
+) -> AnyDataset:
+    shards, empty = [], 0
+    for path in spec.files:
+        problem, keys = tar_shard_problem(path)
+        if problem is None:
+            if keys:
+                shards.append(path)
+            else:
+                empty += 1
+            continue
+        error = BadSampleError(None, path, problem)
+        if not skip_bad_samples:
+            raise ValueError(
+                f"Webdataset shard {path!r} {problem}. Replace the shard, or pass --skip-bad-samples to leave it out "
+                "(its samples are counted as skipped)."
+            )
+        lost = max(len(keys), 1)
+        if bad_samples is not None:
+            bad_samples.record(error, key=("shard", path), samples=lost)
+        logger.warning("Leaving out webdataset shard %s (%d sample(s)): it %s.", path, lost, problem)
     if not shards:
-        raise ValueError(f"Dataset {spec.location!r} is empty: its {len(spec.files)} tar shard(s) hold no samples.")
-    if len(shards) < len(spec.files):
-        logger.warning("Ignoring %d empty tar shard(s) of %s.", len(spec.files) - len(shards), spec.location)
+        raise ValueError(
+            f"Dataset {spec.location!r} is empty: its {len(spec.files)} tar shard(s) hold no readable samples."
+        )
+    if empty:
+        logger.warning("Ignoring %d empty tar shard(s) of %s.", empty, spec.location)
     try:
         return datasets.load_dataset("webdataset", data_files={split: shards}, split=split, streaming=streaming, **kw)
     except ValueError as error:
         raise ValueError(f"Could not read the webdataset shards {spec.location!r}: {error}") from error
 
 
-def _tar_has_members(path: str) -> bool:
+def tar_shard_problem(path: str) -> tuple[str | None, set[str]]:
+    """Why the tar shard at ``path`` cannot be read whole (``None`` when it can) and the sample keys of its complete
+    members. Reads the member headers only: a member whose data runs past the end of the file, or a missing
+    end-of-archive block, means the shard was cut short (``datasets`` would stop early or fail mid-epoch); remote or
+    virtual paths are left to ``datasets``."""
     if not os.path.exists(path):
-        return True  # remote or virtual paths are left to datasets
+        return None, {path}
+    size = os.path.getsize(path)
+    keys: set[str] = set()
+    members = 0
     try:
-        with tarfile.open(path) as archive:
-            return archive.next() is not None
-    except tarfile.TarError as error:
-        raise ValueError(f"Webdataset shard {path!r} is not a readable tar archive ({error}).") from error
+        with open(path, "rb") as handle, tarfile.open(fileobj=handle) as archive:
+            for member in archive:
+                if member.isfile() and member.offset_data + member.size > size:
+                    return (
+                        f"is truncated: member {member.name!r} needs {member.offset_data + member.size} bytes, the "
+                        f"file has {size} ({members} complete member(s) before it)"
+                    ), keys | {member.name.split("/")[-1].split(".", 1)[0]}
+                if member.isfile():
+                    members += 1
+                    keys.add(member.name.split("/")[-1].split(".", 1)[0])
+            end = archive.offset
+            handle.seek(end)
+            block = handle.read(tarfile.BLOCKSIZE)
+    except (tarfile.TarError, EOFError) as error:
+        return f"is not a readable tar archive ({error})", keys
+    if len(block) < tarfile.BLOCKSIZE or block.count(b"\0") != tarfile.BLOCKSIZE:
+        return (
+            f"is truncated: it ends at byte {size} without the tar end-of-archive block, after {members} complete "
+            "member(s)"
+        ), keys
+    return None, keys
 
 
 def _load_hub(spec: DatasetSpec, split: str, streaming: bool, kw: dict[str, Any]) -> AnyDataset:
@@ -316,7 +392,7 @@ def load_image_text_dataset(
     elif resolved.kind == "saved":
         raw = _load_saved(resolved, split, streaming)
     elif resolved.kind == "webdataset":
-        raw = _load_webdataset(resolved, split, streaming, kw)
+        raw = _load_webdataset(resolved, split, streaming, kw, skip_bad_samples, bad_samples)
     else:
         raw = _load_hub(resolved, split, streaming, kw)
 

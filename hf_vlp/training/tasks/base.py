@@ -30,6 +30,7 @@ from torch import nn
 from transformers import AutoProcessor, TrainerCallback
 
 from ..callbacks import CollatorEpochCallback
+from ..checkpoints import check_saved_model_files
 from ..collators import ContrastiveCollator, ImageTextCollator
 from ..data import AnyDataset, BadSampleCounter, ImageTransform, load_image_text_dataset, resolve_dataset_spec
 from ..job import JobArguments
@@ -77,6 +78,7 @@ class TrainingTask(abc.ABC):
         for candidate in self.model_classes:
             if candidate.__name__ == saved_model_class(directory):
                 cls = candidate
+        check_saved_model_files(directory, cls)  # a one-line error for a truncated or mixed-up folder
         return cls.from_pretrained(directory, dtype=torch.float32), AutoProcessor.from_pretrained(directory)
 
     # ------------------------------------------------------------------------------------------------- data
@@ -228,7 +230,11 @@ def saved_model_class(directory: str | Path) -> str:
     config_file = Path(directory) / "config.json"
     if not config_file.is_file():
         raise FileNotFoundError(f"{directory} has no config.json; pass a directory written by save_pretrained.")
-    names: Sequence[str] = json.loads(config_file.read_text()).get("architectures") or []
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as error:
+        raise ValueError(f"{config_file} is truncated or not JSON ({error}); save the model again.") from None
+    names: Sequence[str] = (config.get("architectures") if isinstance(config, dict) else None) or []
     if not names:
         raise ValueError(f"{config_file} names no model class (no 'architectures' entry); save it with save_pretrained.")
     return names[0]
