@@ -3,7 +3,8 @@
 
 Every ``transformers.TrainingArguments`` field is accepted as a flag (``--max-steps``, ``--bf16``,
 ``--per-device-train-batch-size``, ``--gradient-checkpointing``, ``--report-to``, ``--resume-from-checkpoint``, ...);
-the task's recipe only fills in what is not given. Works under ``torchrun`` (DDP through accelerate).
+the task's recipe only fills in what is not given. Under ``torchrun`` / ``accelerate launch`` the processes train as
+one DDP job (gloo on the CPU, the accelerator's backend such as nccl on GPUs, unless ``--ddp-backend`` says otherwise).
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from collections.abc import Callable, Sequence
 from transformers import HfArgumentParser, TrainingArguments
 
 from .training.job import JobArguments
-from .training.runner import evaluate, task_of_saved_model, train
+from .training.recipes import device_defaults
+from .training.runner import distributed_defaults, evaluate, task_of_saved_model, train
 from .training.tasks import architectures, get_task, task_names
 
 CONVERTER_FAMILIES = ("clip", "albef", "blip")
@@ -34,6 +36,53 @@ def _usage() -> str:
     return USAGE.format(tasks=tasks, families="|".join(CONVERTER_FAMILIES))
 
 
+TRAIN_USAGE = "hf-vlp train ARCH [--task TASK] [job options] [TrainingArguments options]"
+TRAIN_EPILOG = """Every transformers.TrainingArguments flag is accepted as well (--max-steps, --bf16, --learning-rate,
+--per-device-train-batch-size, --save-steps, --report-to, --resume-from-checkpoint last, ...); the task's recipe
+fills in the ones not given. `hf-vlp train ARCH [--task TASK] --help` lists them all with that task's defaults.
+
+Several processes train as one job: torchrun --nproc_per_node N -m hf_vlp.cli train ARCH ... (or accelerate launch
+--multi_gpu --num_processes N -m hf_vlp.cli train ARCH ..., also on the CPU); gloo is used on the CPU, the
+accelerator's backend (nccl) on GPUs, unless --ddp-backend is given."""
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Keeps the description's and epilog's line breaks and shows each option's default."""
+
+
+def _tasks_listing() -> str:
+    return "\n".join(
+        f"  {arch}: {', '.join(task_names(arch))}  (default: {task_names(arch)[0]})" for arch in architectures()
+    )
+
+
+def _describe_task_option(parser: argparse.ArgumentParser, architecture: str | None) -> None:
+    """Give ``--task`` the tasks it accepts: ARCH's, or every architecture's."""
+    if architecture is None:
+        text = "the task to train; each architecture's tasks are listed above (default: the first)"
+    else:
+        names = task_names(architecture)
+        text = f"{architecture}'s task, one of: {', '.join(names)} (default: {names[0]})"
+    for action in parser._actions:  # argparse keeps no public accessor for an option's help
+        if action.dest == "task":
+            action.help = text
+
+
+def _train_help() -> str:
+    """``hf-vlp train --help``: the architectures with all their tasks and the job options."""
+    parser = HfArgumentParser(
+        JobArguments,
+        prog="hf-vlp train",
+        usage=TRAIN_USAGE,
+        description="Train an architecture's task with the stock transformers.Trainer, evaluating before and after.\n"
+        f"Architectures and their tasks:\n{_tasks_listing()}",
+        epilog=TRAIN_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _describe_task_option(parser, None)
+    return parser.format_help()
+
+
 def _task_argument(arguments: Sequence[str]) -> str | None:
     """The value of ``--task`` (``--task X`` or ``--task=X``) before the full parse, which needs the task's defaults."""
     peek = argparse.ArgumentParser(add_help=False)
@@ -43,8 +92,14 @@ def _task_argument(arguments: Sequence[str]) -> str | None:
 
 
 def _train(arguments: Sequence[str]) -> int:
+    if arguments and arguments[0] in ("-h", "--help"):
+        print(_train_help())
+        return 0
     if not arguments or arguments[0].startswith("-"):
-        print(f"hf-vlp train: name an architecture, one of {architectures()}", file=sys.stderr)
+        print(
+            f"hf-vlp train: name an architecture, one of {architectures()} (hf-vlp train --help lists their tasks)",
+            file=sys.stderr,
+        )
         return 2
     architecture, rest = arguments[0], list(arguments[1:])
     try:
@@ -53,11 +108,19 @@ def _train(arguments: Sequence[str]) -> int:
         print(f"hf-vlp train: {error}", file=sys.stderr)
         return 2
     recipe = task.recipe
-    parser = HfArgumentParser((JobArguments, TrainingArguments), prog=f"hf-vlp train {architecture}")
+    parser = HfArgumentParser(
+        (JobArguments, TrainingArguments),
+        prog=f"hf-vlp train {architecture}",
+        epilog=TRAIN_EPILOG.split("\n\n", 1)[1],
+        formatter_class=_HelpFormatter,
+    )
+    _describe_task_option(parser, architecture)
     parser.set_defaults(
         output_dir=f"hf_vlp_output/{architecture}" + ("" if len(task_names(architecture)) == 1 else f"-{task.name}"),
         task=task.name,
         **recipe.training_defaults,
+        **device_defaults(),
+        **distributed_defaults(),
         **recipe.job_defaults,
     )
     try:

@@ -112,7 +112,7 @@ def test_torchrun_two_processes_equal_one_process_with_the_same_global_batch(tmp
     double = tmp_path / "double"
     two = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "hf_vlp.cli",
-         *common, "--ddp-backend", "gloo", "--per-device-train-batch-size", "8", "--output-dir", str(double)],
+         *common, "--per-device-train-batch-size", "8", "--output-dir", str(double)],  # no --ddp-backend: gloo on CPU
         cwd=ROOT, capture_output=True, text=True, timeout=900, env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
     assert two.returncode == 0, two.stderr[-3000:]
@@ -123,6 +123,71 @@ def test_torchrun_two_processes_equal_one_process_with_the_same_global_batch(tmp
     single_losses = [e["loss"] for e in losses[0] if "loss" in e]
     double_losses = [e["loss"] for e in losses[1] if "loss" in e]
     assert single_losses == pytest.approx(double_losses, abs=1e-4)
+
+
+def test_train_help_lists_every_task_and_explains_every_job_flag(capsys):
+    from dataclasses import fields
+
+    from hf_vlp.training.job import JobArguments
+    from hf_vlp.training.tasks import architectures, task_names
+
+    assert main(["train", "--help"]) == 0
+    printed = " ".join(capsys.readouterr().out.split())
+    for architecture in architectures():
+        assert f"{architecture}: {', '.join(task_names(architecture))}" in printed, architecture
+    for field in fields(JobArguments):
+        text = " ".join(field.metadata.get("help", "").split())
+        assert text, f"--{field.name.replace('_', '-')} has no help text"
+        # (argparse wraps at hyphens too: compare without whitespace; --task's help names the tasks themselves)
+        assert text.replace(" ", "") in printed.replace(" ", "") or field.name == "task", field.name
+    assert "--task TASK the task to train; each architecture's tasks are listed above" in printed
+    assert "torchrun --nproc_per_node N" in printed
+    with pytest.raises(SystemExit) as done:
+        main(["train", "blip", "--help"])
+    assert done.value.code == 0
+    printed = " ".join(capsys.readouterr().out.split())
+    assert "blip's task, one of: pretrain, retrieval, caption, vqa, nlvr2 (default: pretrain)" in printed
+    assert "--per-device-train-batch-size" in printed  # the TrainingArguments flags too
+    assert main(["train"]) == 2 and "hf-vlp train --help" in capsys.readouterr().err
+
+
+def test_report_prints_fractions_as_percentages_and_cider_as_a_number(tmp_path, capsys):
+    from hf_vlp.training.data import BadSampleCounter
+    from hf_vlp.training.runner import format_report_table, print_report
+
+    table = format_report_table({"before": {"Bleu_4": 0.25, "CIDEr": 0.0874}, "after": {"Bleu_4": 0.5, "CIDEr": 3.4549}})
+    rows = {line.split()[0]: line.split()[1:] for line in table.splitlines()[2:]}
+    assert rows == {"Bleu_4": ["25.00%", "50.00%"], "CIDEr": ["0.0874", "3.4549"]}
+    print_report({"before": {"CIDEr": 1.5}, "after": {"CIDEr": 3.4549, "accuracy": 0.75}}, tmp_path, BadSampleCounter())
+    printed = capsys.readouterr().out
+    assert "3.4549" in printed and "345.49%" not in printed and "75.00%" in printed
+
+
+def test_a_run_prints_one_bar_and_no_library_noise(tmp_path):
+    """One training bar; no nested save/load bars, pin-memory warning or special-token rewrite; one truncation
+    warning for captions longer than the context, however many batches cut them."""
+    folder = tmp_path / "data"
+    names = _write_images(folder, 12)
+    long_caption = " ".join(["a long caption about a shade of grey"] * 8)
+    (folder / "metadata.jsonl").write_text(
+        "".join(json.dumps({"file_name": name, "caption": f"{long_caption} {i}"}) + "\n" for i, name in enumerate(names))
+    )
+    output = tmp_path / "out"
+    run = _cli("train", "clip", "--dataset", str(folder), "--eval-split", "train", "--eval-max-samples", "8",
+               "--max-steps", "2", "--save-steps", "1", "--per-device-train-batch-size", "4", "--output-dir", str(output))
+    assert run.returncode == 0, run.stderr[-3000:]
+    evaluated = _cli("evaluate", str(output), "--dataset", str(folder), "--eval-split", "train", "--eval-max-samples", "8")
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    for noise in ("Writing model shards", "Loading weights", "pin_memory", "PAD/BOS/EOS"):
+        assert noise not in run.stderr and noise not in evaluated.stderr, noise
+    assert run.stderr.count("0/2 [") == 1, run.stderr  # the training bar, once
+    assert (run.stdout + run.stderr).count("truncated") == 1, run.stderr
+    assert "global batch 4 = 4 per device" in run.stdout
+    # tokenizer, processor and config pad alike, so the Trainer rewrote nothing
+    config = json.loads((output / "config.json").read_text())["text_config"]
+    processor = AutoProcessor.from_pretrained(output)
+    assert config["pad_token_id"] == processor.pad_token_id == processor.tokenizer.pad_token_id
+    assert config["eos_token_id"] == processor.tokenizer.eos_token_id
 
 
 def _write_images(folder: Path, count: int) -> list[str]:
@@ -187,6 +252,8 @@ def test_fine_tuning_a_converted_model_and_training_a_released_size(tmp_path):
     run = _cli("train", "clip", "--from-pretrained", str(converted), *SMALL, "--max-steps", "2",
                "--per-device-train-batch-size", "4", "--output-dir", str(tuned), "--save-strategy", "no")
     assert run.returncode == 0, run.stderr[-3000:]
+    for noise in ("PAD/BOS/EOS", "Loading weights", "Writing model shards"):
+        assert noise not in run.stderr, noise
     before, after = load_file(converted / "model.safetensors"), load_file(tuned / "model.safetensors")
     assert before.keys() == after.keys() and any(not torch.equal(before[k], after[k]) for k in before)
     assert json.loads((tuned / "config.json").read_text())["vision_config"]["image_size"] == 32

@@ -32,6 +32,23 @@ def _evaluation_section(metrics: dict[str, float] | None, dataset: str | None) -
     return f"Measured{where}:\n\n| metric | value |\n|---|---|\n{rows}"
 
 
+def _training_losses_section(losses: dict[str, float] | None) -> str:
+    """The "Training losses" lines: the total and each objective's term at the last logging step."""
+    if not losses:
+        return ""
+    values = {name: value for name, value in losses.items() if name != "step" and isinstance(value, (int, float))}
+    if not values:
+        return ""
+    ordered = sorted(values, key=lambda name: (name != "loss", name))
+    rows = "\n".join(f"| {'loss (total)' if name == 'loss' else name} | {float(values[name]):.4f} |" for name in ordered)
+    step = losses.get("step")
+    when = f" at step {int(step)}" if isinstance(step, (int, float)) else ""
+    return (
+        f"Training losses{when} (mean over the last logging window; every logged step is in `metrics.json` and "
+        f"`loss_curve.png`):\n\n| loss | value |\n|---|---|\n{rows}"
+    )
+
+
 def render_model_card(
     model: Any,
     *,
@@ -40,8 +57,14 @@ def render_model_card(
     dataset: str | None = None,
     provenance: str | None = None,
     tags: list[str] | None = None,
+    training_losses: dict[str, float] | None = None,
 ) -> ModelCard:
-    """Fill the model's architecture template with its configuration, provenance and measured metrics."""
+    """Fill the model's architecture template with its configuration, provenance and measured metrics.
+
+    ``training_losses`` (``{"step": N, "loss": ..., "loss_itc": ...}``, e.g.
+    :func:`hf_vlp.training.plots.final_training_losses` of the Trainer's log history) adds a "Training losses" table;
+    without it, the values that :class:`~hf_vlp.training.callbacks.LossTermsCallback` left on the model
+    (``model.training_losses``) are used when present."""
     name = model.model_card_template
     repo_id = repo_id or getattr(model, "name_or_path", "") or f"your-name/{name}"
     eval_results = [
@@ -69,6 +92,9 @@ def render_model_card(
         "parameters": f"{parameters / 1e6:.1f}M" if parameters >= 1e6 else f"{parameters / 1e3:.1f}K",
         "provenance": provenance or "Initialised or trained with hf_vlp.",
         "evaluation": _evaluation_section(metrics, dataset),
+        "training_losses": _training_losses_section(
+            training_losses if training_losses is not None else getattr(model, "training_losses", None)
+        ),
         **model.model_card_fields(),
     }
     return ModelCard.from_template(card_data, template_path=str(template_path(name)), **fields)

@@ -3,6 +3,8 @@
 - ``LogitScaleClampCallback``: clamps learnable temperatures after every optimizer step (CLIP/CoCa).
 - ``MomentumCallback``: ALBEF/BLIP momentum machinery - queue-size check, EMA of the momentum towers
   once per optimizer step, and the distillation-weight (alpha) ramp.
+- ``LossTermsCallback``: logs each objective's term of the loss (``loss_itc``, ``loss_itm``, ``loss_mlm``,
+  ``loss_lm``, ...) next to the total at every logging step.
 
 Both take the model from the callback kwargs (Trainer passes the bare model under DDP; DDP,
 DataParallel, DeepSpeed and torch.compile wrappers are unwrapped anyway) and keep no training state, so resuming from a checkpoint is exact: the momentum
@@ -231,6 +233,133 @@ class MomentumCallback(TrainerCallback):
     ) -> None:
         model = self._momentum_model(model)
         momentum_update(model.momentum_pairs(), float(model.momentum))
+
+
+LOSS_TERM_PREFIX = "loss_"
+
+
+class LossTermsCallback(TrainerCallback):
+    """Log every loss term of the model's outputs (fields named ``loss_*``: ``loss_itc``, ``loss_itm``,
+    ``loss_mlm``, ``loss_lm``, ...) next to the Trainer's total ``loss`` at every logging step.
+
+    A forward hook on the model (training forwards only: ``model.training`` with gradients on) adds each
+    scalar term to a running sum on its device, without a host sync. At each training log the means over the
+    window's micro-batches (gradient accumulation included) are merged into the Trainer's ``logs`` and its
+    ``state.log_history`` entry, as the Trainer averages its own loss; under ``torch.distributed`` the sums and
+    counts are all-reduced first, so every process logs the mean over all ranks (``on_log`` runs on every rank).
+    The final summary log gets the run's means as ``train_loss_itc``, ... (so ``TrainOutput.metrics`` has them),
+    and the last window's values are kept on the model as ``training_losses`` (with ``"step"``) for its model card.
+
+    Reporters (console, TensorBoard, W&B, ...) see the terms when this callback runs before them: the Trainer puts
+    reporting callbacks ahead of those passed to it, so call :func:`log_loss_terms_first` on the Trainer (the
+    console printer and progress bar come after it anyway, and ``log_history`` is updated in any case).
+    """
+
+    def __init__(self) -> None:
+        self._window: dict[str, list[Any]] = {}  # name -> [sum tensor, micro-batch count]
+        self._run: dict[str, list[float]] = {}  # name -> [sum, count] over the whole train() call
+        self._hook = None
+        self._model: nn.Module | None = None
+
+    # -------------------------------------------------------------------------------------------- capture
+
+    def _record(self, module: nn.Module, inputs: Any, outputs: Any) -> None:
+        if not module.training or not torch.is_grad_enabled():
+            return  # evaluation forwards (Trainer.evaluate, generation) are not training terms
+        for name, value in _loss_terms(outputs).items():
+            value = value.detach().float().reshape(())
+            entry = self._window.get(name)
+            if entry is None:
+                self._window[name] = [value.clone(), 1]
+            else:
+                entry[0] = entry[0] + value.to(entry[0].device)
+                entry[1] += 1
+
+    def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, model=None, **kwargs):
+        self._remove_hook()
+        self._window, self._run = {}, {}
+        self._model = _unwrap(model, type(self).__name__)
+        self._hook = self._model.register_forward_hook(self._record)
+
+    def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
+        self._remove_hook()
+
+    def _remove_hook(self) -> None:
+        if self._hook is not None:
+            self._hook.remove()
+            self._hook = None
+
+    # -------------------------------------------------------------------------------------------- logging
+
+    def _reduce_window(self, device: torch.device) -> dict[str, tuple[float, int]]:
+        """The window's ``{name: (sum, count)}`` over every process; the window restarts."""
+        window, self._window = self._window, {}
+        names = sorted(window)
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        if distributed:  # every rank must reduce the same names in the same order
+            gathered: list[Any] = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(gathered, names)
+            names = sorted({name for rank_names in gathered for name in rank_names})
+        if not names:
+            return {}
+        zero = torch.zeros((), device=device)
+        sums = torch.stack([window[name][0].to(device) if name in window else zero for name in names])
+        counts = torch.tensor([float(window[name][1]) if name in window else 0.0 for name in names], device=device)
+        totals = torch.cat([sums, counts])
+        if distributed:
+            torch.distributed.all_reduce(totals, op=torch.distributed.ReduceOp.SUM)
+        values = totals.tolist()
+        return {name: (values[i], int(values[len(names) + i])) for i, name in enumerate(names)}
+
+    def on_log(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, logs=None, **kwargs):
+        if logs is None:
+            return
+        is_training_log = "loss" in logs
+        is_summary = "train_loss" in logs
+        if not (is_training_log or is_summary):
+            return  # evaluation metrics
+        reduced = self._reduce_window(args.device)
+        for name, (total, count) in reduced.items():
+            run = self._run.setdefault(name, [0.0, 0])
+            run[0] += total
+            run[1] += count
+        if is_training_log:
+            terms = {name: total / count for name, (total, count) in reduced.items() if count}
+            if self._model is not None and terms:
+                self._model.training_losses = {"step": state.global_step, "loss": logs["loss"], **terms}
+        else:
+            terms = {f"train_{name}": total / count for name, (total, count) in self._run.items() if count}
+        if not terms:
+            return
+        logs.update(terms)
+        last = state.log_history[-1] if state.log_history else None
+        if last is not None and last.get("step") == state.global_step and all(
+            last.get(key) is value for key, value in logs.items() if key not in terms
+        ):
+            last.update(terms)  # Trainer.log appended a copy of logs before the callbacks ran
+
+
+def _loss_terms(outputs: Any) -> dict[str, torch.Tensor]:
+    """The scalar ``loss_*`` tensors of a model output (a ``ModelOutput``, dict or dataclass)."""
+    if isinstance(outputs, dict):  # ModelOutput is an OrderedDict of its non-None fields
+        items = outputs.items()
+    else:
+        items = ((name, getattr(outputs, name)) for name in dir(outputs) if name.startswith(LOSS_TERM_PREFIX))
+    return {
+        name: value
+        for name, value in items
+        if name.startswith(LOSS_TERM_PREFIX) and isinstance(value, torch.Tensor) and value.numel() == 1
+    }
+
+
+def log_loss_terms_first(trainer: Any) -> None:
+    """Move the Trainer's :class:`LossTermsCallback` (added when missing) ahead of every other callback, so the
+    reporting integrations (TensorBoard, W&B, MLflow, ...), which the Trainer installs first, log the terms too."""
+    handler = trainer.callback_handler
+    ours = [callback for callback in handler.callbacks if isinstance(callback, LossTermsCallback)]
+    for callback in ours:
+        handler.callbacks.remove(callback)
+    handler.callbacks[:0] = ours or [LossTermsCallback()]
 
 
 class CollatorEpochCallback(TrainerCallback):

@@ -22,6 +22,8 @@ import torch
 from PIL import Image
 
 from hf_vlp.training.data import (
+    IMAGE_COLUMN_CANDIDATES,
+    TEXT_COLUMN_CANDIDATES,
     BadSampleCounter,
     BadSampleError,
     ImageTransform,
@@ -83,6 +85,10 @@ class ImageTextCollator:
             ``"swap-left-right"`` (also exchange the words "left" and "right" in the text, so that captions about
             positions stay true). Texts that use "left"/"right" for something a mirror does not change (NLVR2's
             "the left image") must use ``"none"``.
+        image_column / text_column: the row keys holding the image and the caption. By default ``image``/``text``
+            (what :func:`~hf_vlp.training.data.load_image_text_dataset` gives), else the first common name a row
+            has (``caption``, ``captions``, ``sentence``, ``description``, ... / ``img``, ``file_name``, ...), so
+            rows of a raw ``datasets.Dataset`` work as they are; a row with none of them is an error naming its keys.
     """
 
     def __init__(
@@ -95,6 +101,8 @@ class ImageTextCollator:
         padding: bool | str = True,
         augmentation_seed: int | None = None,
         horizontal_flip: str = "none",
+        image_column: str | None = None,
+        text_column: str | None = None,
     ):
         if not callable(processor):
             raise TypeError(
@@ -110,6 +118,8 @@ class ImageTextCollator:
         if horizontal_flip not in HORIZONTAL_FLIPS:
             raise ValueError(f"horizontal_flip must be one of {HORIZONTAL_FLIPS}, got {horizontal_flip!r}.")
         self.horizontal_flip = horizontal_flip
+        self.image_column = image_column
+        self.text_column = text_column
         self.epoch = 0
         self._warned_truncation = False
 
@@ -166,11 +176,41 @@ class ImageTextCollator:
             raise BadSampleError(index, error.source, f"{error.reason} [index = position in the batch]") from error
         return self._flip(image, text, generator)
 
+    def row_key(self, row: dict[str, Any], role: str, requested: str | None = None) -> str:
+        """The key of ``row`` holding its ``role`` ("image" or "text"): ``requested`` (or the collator's
+        ``image_column``/``text_column``) when given, else ``role`` itself, else the first common name the row has.
+        A row holding none of them is a ``ValueError`` naming its keys (a dataset problem, never skipped as a bad
+        sample)."""
+        requested = requested or (self.image_column if role == "image" else self.text_column)
+        if requested is not None:
+            if requested in row:
+                return requested
+            candidates: Sequence[str] = (requested,)
+        else:
+            candidates = (role, *(IMAGE_COLUMN_CANDIDATES if role == "image" else TEXT_COLUMN_CANDIDATES))
+            for candidate in candidates:
+                if candidate in row:
+                    return candidate
+        hint = (
+            " The row is empty: with transformers.Trainer set remove_unused_columns=False (TrainingArguments), or the "
+            "Trainer drops every column the model's forward does not name."
+            if not row else ""
+        )
+        raise ValueError(
+            f"The collator cannot find the {role} of a row: it has the keys {sorted(row)}, none of "
+            f"{', '.join(map(repr, dict.fromkeys(candidates)))}. Pass {role}_column='<key>' to "
+            f"{type(self).__name__} (hf-vlp train: --{role}-column), or rename the column to '{role}'.{hint}"
+        )
+
     def collect(
-        self, rows: Sequence[dict[str, Any]], image_key: str = "image", text_key: str = "text"
+        self, rows: Sequence[dict[str, Any]], image_key: str | None = None, text_key: str | None = None
     ) -> ImageTextBatch:
-        """Decode every row; drop (and count) bad ones when skipping, else raise naming the sample."""
+        """Decode every row; drop (and count) bad ones when skipping, else raise naming the sample. The image and
+        caption are read from ``image_key``/``text_key`` (default: see :meth:`row_key`)."""
         batch = ImageTextBatch([], [], [])
+        if rows:
+            image_key = self.row_key(rows[0], "image", image_key)
+            text_key = self.row_key(rows[0], "text", text_key)
         for position, row in enumerate(rows):
             if row.get(image_key) is None and row.get("bad_sample"):
                 continue  # skipped and counted by the dataset's decoding transform

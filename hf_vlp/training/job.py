@@ -17,16 +17,33 @@ class JobArguments:
     """What to train on, which task, and which model to start from (Trainer arguments are separate)."""
 
     task: str | None = field(
-        default=None, metadata=_help("the task (clip: contrastive; albef: pretrain, retrieval, vqa, nlvr2, snli-ve)")
+        default=None,
+        metadata=_help("the architecture's task (default: its first; `hf-vlp train --help` lists them)"),
     )
-    dataset: str = field(default="synthetic-shapes:n=8000", metadata=_help("dataset spec (see hf_vlp.training.data)"))
+    dataset: str = field(
+        default="synthetic-shapes:n=8000",
+        metadata=_help(
+            "training data: synthetic-shapes[:n=8000,size=64,seed=0], an imagefolder with metadata.jsonl/.csv, a folder "
+            "or file with captions.csv, webdataset shards (shards/{000..009}.tar) or a hub dataset id"
+        ),
+    )
     eval_dataset: str | None = field(default=None, metadata=_help("evaluation dataset spec (default: --dataset)"))
-    train_split: str = "train"
-    eval_split: str = "validation"
-    image_column: str | None = None
-    text_column: str | None = None
-    skip_bad_samples: bool = False
-    preset: str | None = field(default=None, metadata=_help("a released size built from scratch (CLIP)"))
+    train_split: str = field(default="train", metadata=_help("the split of --dataset to train on"))
+    eval_split: str = field(
+        default="validation", metadata=_help("the split of the evaluation dataset evaluated before and after training")
+    )
+    image_column: str | None = field(
+        default=None, metadata=_help("the dataset's image column (default: the task's usual one, e.g. image)")
+    )
+    text_column: str | None = field(
+        default=None,
+        metadata=_help("the dataset's text column (default: the first of the task's usual names it has, e.g. caption)"),
+    )
+    skip_bad_samples: bool = field(
+        default=False,
+        metadata=_help("skip and count corrupt images instead of stopping at the first (which names file and row)"),
+    )
+    preset: str | None = field(default=None, metadata=_help("a released CLIP size built from scratch (ViT-B/32, ViT-B/16, RN50, ...)"))
     from_pretrained: str | None = field(
         default=None, metadata=_help("a saved hf_vlp model directory to fine-tune (a pre-trained ALBEF feeds every task)")
     )
@@ -39,7 +56,10 @@ class JobArguments:
     tokenizer: str | None = field(
         default=None, metadata=_help("tokenizer: CLIP BPE file, or BERT vocab.txt / tokenizer directory")
     )
-    image_size: int | None = None
+    image_size: int | None = field(
+        default=None,
+        metadata=_help("input resolution (px) of a model built from scratch or towers (default: the recipe's)"),
+    )
     queue_size: int | None = field(
         default=None, metadata=_help("feature-queue length of momentum models (a multiple of the global batch)")
     )
@@ -53,8 +73,11 @@ class JobArguments:
     )
     no_augment: bool = field(default=False, metadata=_help("no training augmentation at all (same as --augment none)"))
     eval_max_samples: int = field(default=1000, metadata=_help("evaluation rows (retrieval: gallery images)"))
+    eval_split_ratio: float = field(default=0.1, metadata=_help(
+        "a dataset without --eval-split (and no other --eval-dataset): the fraction of its training rows held out "
+        "for the before/after evaluation (at most --eval-max-samples); training leaves them out"))
     eval_rerank_k: int = field(default=16, metadata=_help("retrieval: ITC candidates per query re-ranked by ITM"))
-    skip_eval: bool = False
+    skip_eval: bool = field(default=False, metadata=_help("no evaluation before and after training"))
     overwrite_output_dir: bool = field(
         default=False,
         metadata=_help(
@@ -84,3 +107,5 @@ class JobArguments:
             )
         if self.eval_max_samples < 1 or self.eval_rerank_k < 1:
             raise ValueError("--eval-max-samples and --eval-rerank-k must be positive.")
+        if not 0.0 < self.eval_split_ratio < 1.0:
+            raise ValueError(f"--eval-split-ratio must lie strictly between 0 and 1, got {self.eval_split_ratio}.")

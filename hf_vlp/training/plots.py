@@ -1,4 +1,5 @@
-"""PNG plots written at the end of a training run: the loss curve and the before/after metrics."""
+"""PNG plots written at the end of a training run: the loss curve (the total and every logged loss term) and the
+before/after metrics."""
 
 from __future__ import annotations
 
@@ -11,19 +12,61 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the headless backend)
 
 
-def plot_training(log_history: list[dict[str, Any]], metrics: dict[str, dict[str, float]], output: Path) -> list[Path]:
-    """Write ``loss_curve.png`` (training loss per logged step) and ``metrics.png`` (before/after bars)."""
-    written = []
-    points = [(entry["step"], entry["loss"]) for entry in log_history if "loss" in entry and "step" in entry]
+def is_loss_term(name: str) -> bool:
+    """A per-objective training loss logged next to the total (``loss_itc``, ``loss_itm``, ``loss_mlm``, ...)."""
+    return name.startswith("loss_")
+
+
+def loss_series(log_history: list[dict[str, Any]]) -> dict[str, tuple[list[int], list[float]]]:
+    """``{name: (steps, values)}`` of the training ``loss`` and each loss term, from the training logs (evaluation
+    and summary entries left out); the total first, then the terms by name."""
+    series: dict[str, tuple[list[int], list[float]]] = {}
+    for entry in log_history:
+        if "loss" not in entry or "step" not in entry:
+            continue
+        for name in ("loss", *sorted(key for key in entry if is_loss_term(key))):
+            value = entry[name]
+            if isinstance(value, (int, float)):
+                steps, values = series.setdefault(name, ([], []))
+                steps.append(entry["step"])
+                values.append(float(value))
+    return series
+
+
+def final_training_losses(log_history: list[dict[str, Any]]) -> dict[str, float]:
+    """The last logged value of the training ``loss`` and of each loss term, plus ``step`` (the last training
+    log's step); empty without a training log. The model card's "Training losses" come from here."""
+    series = loss_series(log_history)
+    if not series:
+        return {}
+    return {"step": max(steps[-1] for steps, _ in series.values()), **{name: values[-1] for name, (_, values) in series.items()}}
+
+
+def plot_loss_curve(log_history: list[dict[str, Any]], path: Path) -> list[str]:
+    """Write the loss curve to ``path``: the total as a thick line, each loss term thinner; returns the legend's
+    labels (empty when nothing was logged)."""
     figure, axis = plt.subplots(figsize=(6, 4))
-    if points:
-        steps, losses = zip(*points)
-        axis.plot(steps, losses, marker="o", markersize=3)
+    labels = []
+    for name, (steps, values) in loss_series(log_history).items():
+        total = name == "loss"
+        label = "loss (total)" if total else name
+        axis.plot(steps, values, marker="o", markersize=3 if total else 2, linewidth=2.0 if total else 1.2, label=label)
+        labels.append(label)
     axis.set(xlabel="optimizer step", ylabel="training loss", title="Training loss")
+    if len(labels) > 1:
+        axis.legend()
     axis.grid(alpha=0.3)
     figure.tight_layout()
-    figure.savefig(output / "loss_curve.png", dpi=100)
+    figure.savefig(path, dpi=100)
     plt.close(figure)
+    return labels
+
+
+def plot_training(log_history: list[dict[str, Any]], metrics: dict[str, dict[str, float]], output: Path) -> list[Path]:
+    """Write ``loss_curve.png`` (training loss and each logged loss term per logged step) and ``metrics.png``
+    (before/after bars)."""
+    written = []
+    plot_loss_curve(log_history, output / "loss_curve.png")
     written.append(output / "loss_curve.png")
 
     names = sorted({name for values in metrics.values() for name in values if "chance" not in name})

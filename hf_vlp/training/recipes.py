@@ -85,6 +85,8 @@ CLIP = Recipe(
         "max_steps": 600,
         "save_steps": 200,
         **TINY_RUN_BOOKKEEPING,
+        # every parameter takes part in the contrastive loss: DDP need not search for unused ones (and warn)
+        "ddp_find_unused_parameters": False,
     },
     paper_notes="AdamW(0.9, 0.98, eps 1e-6), wd 0.2, cosine, logit scale clamp ln 100, batch 32,768 (global).",
     paper={
@@ -272,6 +274,16 @@ RECIPES: dict[tuple[str, str], Recipe] = {
     (recipe.architecture, recipe.task): recipe
     for recipe in (CLIP, ALBEF_PRETRAIN, ALBEF_RETRIEVAL, ALBEF_VQA, ALBEF_NLVR2, ALBEF_SNLI_VE)
 }
+
+
+def device_defaults() -> dict[str, Any]:
+    """``TrainingArguments`` defaults that depend on this machine, applied with every recipe's (flags given on the
+    command line win): without an accelerator, no pinned memory (the DataLoader would warn that it cannot pin)."""
+    import torch
+
+    if torch.accelerator.is_available():
+        return {}
+    return {"dataloader_pin_memory": False}
 
 
 def register_recipe(recipe: Recipe) -> Recipe:

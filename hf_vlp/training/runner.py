@@ -7,16 +7,22 @@ comes from the :class:`~hf_vlp.training.tasks.TrainingTask` registered for ``(ar
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import math
+import os
 import shutil
+import sys
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import datasets
 from transformers import Trainer, TrainingArguments, set_seed
+from transformers.training_args import ParallelMode
+from transformers.utils import logging as transformers_logging
 
-from ..evaluation.report import format_metrics_table
 from ..integrations.model_card import render_model_card
 from .checkpoints import (
     CheckpointCompletionCallback,
@@ -28,12 +34,154 @@ from .checkpoints import (
 )
 from .data import BadSampleCounter
 from .job import JobArguments
-from .plots import plot_training
+from .callbacks import log_loss_terms_first
+from .plots import final_training_losses, plot_training
 from .tasks import TrainingTask, get_task, saved_model_class, task_for_model_class, task_names
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["JobArguments", "evaluate", "print_report", "train"]
+__all__ = [
+    "JobArguments",
+    "check_one_job",
+    "distributed_defaults",
+    "evaluate",
+    "format_report_table",
+    "launched_processes",
+    "print_report",
+    "train",
+]
+
+# Metrics that are not fractions: printed as numbers in their own unit, never as a percentage.
+NOT_FRACTION_METRICS = frozenset({"CIDEr"})
+
+# ------------------------------------------------------------------------------------------------ launching
+
+# Variables a launcher sets to the number of processes it started (torchrun / accelerate launch, MPI).
+WORLD_SIZE_VARIABLES = ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
+
+
+def launched_processes(environ: Mapping[str, str] | None = None) -> int:
+    """How many processes the launcher started (``WORLD_SIZE`` of torchrun / ``accelerate launch``, or MPI's
+    size); 1 when not launched."""
+    environ = os.environ if environ is None else environ
+    for name in WORLD_SIZE_VARIABLES:
+        value = environ.get(name, "").strip()
+        if value.isdigit():
+            return max(int(value), 1)
+    return 1
+
+
+def distributed_accelerator() -> str | None:
+    """The device type (``cuda``, ``xpu``, ...) whose distributed backend accelerate would use, or ``None`` when the
+    processes can only meet on the CPU."""
+    from accelerate.utils import get_torch_accelerator_backend
+    from accelerate.utils.imports import get_distributed_backend
+
+    device_type, _ = get_torch_accelerator_backend()
+    return device_type if device_type is not None and get_distributed_backend(device_type) is not None else None
+
+
+def distributed_defaults(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """``TrainingArguments`` defaults for a multi-process launch (given flags win): with no accelerator that has a
+    distributed backend, the processes train on the CPU and form a gloo group (``use_cpu``, ``ddp_backend="gloo"``);
+    with one (CUDA: nccl) accelerate picks the backend itself. Without these, transformers leaves CPU processes
+    ungrouped and each would train, evaluate and save on its own."""
+    if launched_processes(environ) <= 1 or distributed_accelerator() is not None:
+        return {}
+    return {"use_cpu": True, "ddp_backend": "gloo"}
+
+
+def _single_process_accelerate_cpu_launch(environ: Mapping[str, str]) -> bool:
+    """``accelerate launch --cpu --num_processes N`` (N > 1) without ``--mpirun_hostfile`` starts one plain process:
+    it sets ``ACCELERATE_USE_CPU`` and the rendezvous address (only done for several processes) but no world size."""
+    uses_cpu = environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
+    launched = any(name in environ for name in (*WORLD_SIZE_VARIABLES, "RANK", "LOCAL_RANK"))
+    return uses_cpu and "MASTER_ADDR" in environ and not launched
+
+
+def check_one_job(args: TrainingArguments, environ: Mapping[str, str] | None = None) -> None:
+    """Refuse a launch whose processes would not train as one job: processes that formed no process group (each
+    would train, evaluate and save into the same folder on its own), or an ``accelerate launch --cpu
+    --num_processes N`` that started a single process."""
+    environ = os.environ if environ is None else environ
+    launched = launched_processes(environ)
+    if launched > 1 and (args.parallel_mode != ParallelMode.DISTRIBUTED or args.world_size != launched):
+        backend = f"--ddp-backend {args.ddp_backend}" if args.ddp_backend else "no --ddp-backend"
+        raise ValueError(
+            f"The launcher started {launched} processes, but they did not form one process group (device "
+            f"{args.device}, {backend}, --use-cpu {args.use_cpu}): each would train, evaluate and save into "
+            f"{args.output_dir} on its own. Leave --ddp-backend and --use-cpu out (gloo is used on the CPU, the "
+            "accelerator's backend, e.g. nccl, on GPUs), or pick a backend this device supports."
+        )
+    if launched == 1 and _single_process_accelerate_cpu_launch(environ):
+        raise ValueError(
+            "`accelerate launch --cpu --num_processes N` started this one process only (accelerate starts several "
+            "CPU processes through MPI, --mpirun_hostfile). For N processes on the CPU run `accelerate launch "
+            "--multi_gpu --num_processes N -m hf_vlp.cli train ...` or `torchrun --nproc_per_node N -m hf_vlp.cli "
+            "train ...` (they form a gloo group); for one process run `hf-vlp train ...` without accelerate launch "
+            "(or unset MASTER_ADDR)."
+        )
+
+
+def _describe_batch(args: TrainingArguments) -> str:
+    processes = max(args.world_size, 1)
+    accumulation = args.gradient_accumulation_steps
+    global_batch = args.per_device_train_batch_size * processes * accumulation
+    parts = [f"{args.per_device_train_batch_size} per device"]
+    if processes > 1:
+        backend = getattr(args.distributed_state, "backend", None) or args.ddp_backend or "distributed"
+        parts.append(f"{processes} processes ({backend} on {args.device.type})")
+    if accumulation > 1:
+        parts.append(f"{accumulation} accumulation steps")
+    return f"global batch {global_batch} = " + " x ".join(parts)
+
+
+# ------------------------------------------------------------------------------------------------ quiet output
+
+
+def _no_bar(factory: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    return factory(*args, **{**kwargs, "disable": True})
+
+
+class _TruncationWarningOnce(logging.Filter):
+    """Lets the first "... truncated" warning of the run through (saying that it is not repeated) and drops the
+    later ones: processors warn at every batch whose text is cut."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if record.levelno < logging.WARNING or "truncated" not in message or "token" not in message:
+            return True
+        if self.seen:
+            return False
+        self.seen = True
+        record.msg = message + " (Further truncation warnings of this run are not shown.)"
+        record.args = None
+        return True
+
+
+@contextlib.contextmanager
+def quiet_run() -> Iterator[None]:
+    """Readable output for a train/evaluate job: transformers' own nested bars ("Loading weights", "Writing model
+    shards") are off (the Trainer's training bar and hub downloads keep theirs), and a text truncation warning is
+    shown once instead of at every batch."""
+    previous_hook = transformers_logging.set_tqdm_hook(_no_bar)
+    once = _TruncationWarningOnce()
+    # hf_vlp warns on module loggers (a processor on its class's module's), created here for every loaded module
+    names = {name for name in list(sys.modules) if name == "hf_vlp" or name.startswith("hf_vlp.")}
+    names.update(name for name in list(logging.root.manager.loggerDict) if name.startswith("hf_vlp."))
+    loggers = [logging.getLogger(name) for name in sorted(names)]
+    for logger_ in loggers:
+        logger_.addFilter(once)
+    try:
+        yield
+    finally:
+        for logger_ in loggers:
+            logger_.removeFilter(once)
+        transformers_logging.set_tqdm_hook(previous_hook)
 
 
 def _prepare_output_dir(args: TrainingArguments, job: JobArguments, resume: str | None) -> None:
@@ -99,7 +247,17 @@ def _check_one_batch(dataset: Any, args: TrainingArguments, job: JobArguments) -
 
 def train(architecture: str, job: JobArguments, args: TrainingArguments) -> dict[str, Any]:
     """Train ``architecture``'s ``job.task`` with the stock Trainer; returns the metrics also written to
-    ``metrics.json``."""
+    ``metrics.json``.
+
+    Under torchrun / ``accelerate launch`` every process runs this and they train as one job (one process group, the
+    global batch split across them); only the main process evaluates, saves, writes the card and plots and prints.
+    """
+    check_one_job(args)
+    with quiet_run():
+        return _train(architecture, job, args)
+
+
+def _train(architecture: str, job: JobArguments, args: TrainingArguments) -> dict[str, Any]:
     task = get_task(architecture, job.task)
     resume = resolve_resume_checkpoint(args.resume_from_checkpoint, args.output_dir)
     _prepare_output_dir(args, job, resume)
@@ -123,14 +281,20 @@ def train(architecture: str, job: JobArguments, args: TrainingArguments) -> dict
         processing_class=processor,
         callbacks=[*task.callbacks(model, collator), CheckpointCompletionCallback()],
     )
+    log_loss_terms_first(trainer)  # the loss terms reach every reporter (TensorBoard, W&B) with the total
     eval_spec = job.eval_dataset or job.dataset
     is_main = trainer.is_world_process_zero()
+    processes = max(args.world_size, 1)
     metrics: dict[str, Any] = {
         "architecture": architecture,
         "task": task.name,
         "dataset": job.dataset,
         "eval_dataset": eval_spec,
+        "processes": processes,
+        "global_train_batch_size": args.per_device_train_batch_size * processes * args.gradient_accumulation_steps,
     }
+    if is_main:
+        print(f"hf-vlp train {architecture} --task {task.name}: {_describe_batch(args)}", flush=True)
     eval_batch = args.per_device_eval_batch_size
     if is_main and not job.skip_eval:
         metrics["before"] = task.evaluate(model, processor, job, eval_spec, job.eval_split, eval_batch)
@@ -138,7 +302,7 @@ def train(architecture: str, job: JobArguments, args: TrainingArguments) -> dict
     _check_steps_trained(trainer, resume, resumed_step, job)
     metrics["train"] = dict(result.metrics)
     metrics["bad_samples"] = bad_samples.count
-    trainer.save_model(args.output_dir)
+    trainer.save_model(args.output_dir)  # writes on the main process only
     if not is_main:
         return metrics
     if not job.skip_eval:
@@ -153,16 +317,44 @@ def train(architecture: str, job: JobArguments, args: TrainingArguments) -> dict
         f"{trainer.state.global_step} steps."
     )
     if getattr(model, "model_card_template", None):  # hf_vlp models; a model registered from outside may have none
-        card = render_model_card(model, metrics=metrics.get("after"), dataset=eval_spec, provenance=provenance)
+        card = render_model_card(
+            model, metrics=metrics.get("after"), dataset=eval_spec, provenance=provenance,
+            training_losses=final_training_losses(history),
+        )
         card.save(output / "README.md")
     print_report(metrics, output, bad_samples)
     return metrics
 
 
+def format_report_table(columns: dict[str, dict[str, float]]) -> str:
+    """A plain-text table, one row per metric and one column per run (``before``/``after``): fractions as
+    percentages, other metrics (CIDEr, or any metric with a value outside [0, 1]) as numbers in their own unit."""
+    names = sorted({name for metrics in columns.values() for name in metrics})
+    width = max([len("metric"), *(len(name) for name in names)])
+    header = f"{'metric':<{width}}  " + "  ".join(f"{title:>9}" for title in columns)
+    lines = [header, "-" * len(header)]
+    for name in names:
+        values = [metrics.get(name) for metrics in columns.values()]
+        numbers = [value for value in values if isinstance(value, (int, float))]
+        fraction = name not in NOT_FRACTION_METRICS and all(
+            0.0 <= value <= 1.0 or math.isnan(value) for value in numbers
+        )
+        cells = []
+        for value in values:
+            if not isinstance(value, (int, float)):
+                cells.append(f"{'-':>9}")
+            elif fraction:
+                cells.append(f"{100 * value:>8.2f}%")
+            else:
+                cells.append(f"{value:>9.4f}")
+        lines.append(f"{name:<{width}}  " + "  ".join(cells))
+    return "\n".join(lines)
+
+
 def print_report(metrics: dict[str, Any], output: Path, bad_samples: BadSampleCounter) -> None:
     columns = {name: metrics[name] for name in ("before", "after") if name in metrics}
     if columns:
-        print("\n" + format_metrics_table(columns))
+        print("\n" + format_report_table(columns))
     train = metrics.get("train", {})
     print(
         f"\ntrain loss {train.get('train_loss', float('nan')):.4f} in {train.get('train_runtime', 0):.1f}s "
@@ -182,7 +374,8 @@ def evaluate(model_dir: str, job: JobArguments, batch_size: int = 128) -> dict[s
     """``hf-vlp evaluate DIR --dataset SPEC``: the task's metrics table for any saved model (the task is read from
     the model class that wrote ``DIR``)."""
     task = task_of_saved_model(model_dir)
-    model, processor = task.load_saved(model_dir)
-    metrics = task.evaluate(model, processor, job, job.eval_dataset or job.dataset, job.eval_split, batch_size)
-    print(format_metrics_table({Path(model_dir).name or "model": metrics}))
+    with quiet_run():
+        model, processor = task.load_saved(model_dir)
+        metrics = task.evaluate(model, processor, job, job.eval_dataset or job.dataset, job.eval_split, batch_size)
+    print(format_report_table({Path(model_dir).name or "model": metrics}))
     return metrics

@@ -72,7 +72,7 @@ def test_blip_tasks_are_registered_with_the_papers_values_and_tiny_defaults():
     assert get_task("blip", "pretrain").callbacks(None, collator)[0].alpha_warmup_epochs == 2.0
     assert get_task("blip", "retrieval").callbacks(None, collator)[0].alpha_warmup_epochs == 1.0
     assert [type(callback).__name__ for callback in get_task("blip", "vqa").callbacks(None, collator)] == [
-        "CollatorEpochCallback"
+        "CollatorEpochCallback", "LossTermsCallback"
     ]
 
 

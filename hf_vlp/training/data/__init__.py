@@ -18,6 +18,10 @@ Every result has the columns ``image`` (decoded lazily to an RGB ``PIL.Image``),
 sample can be named, and ``bad_sample`` (the reason a skipped row was skipped, else ``None``). Decoding happens
 on the fly (``with_transform`` for map-style datasets, ``map`` for streamed ones); with ``Trainer`` set
 ``remove_unused_columns=False`` so the raw columns reach the transform.
+
+A dataset without an evaluation split (a train-only folder, one captions table, webdataset shards, a saved single
+``Dataset``) can give a :class:`HeldOutSplit`: a deterministic slice of its training split for evaluation, and the
+training split without it (``hold_out=`` of :func:`load_image_text_dataset`; ``hf-vlp train`` does this itself).
 """
 
 from .decoding import (
@@ -30,11 +34,22 @@ from .decoding import (
     decode_sample,
     image_source,
 )
-from .sources import IMAGE_COLUMN_CANDIDATES, TEXT_COLUMN_CANDIDATES, AnyDataset, load_image_text_dataset, take_rows
+from .sources import (
+    DEFAULT_EVAL_SPLIT_RATIO,
+    IMAGE_COLUMN_CANDIDATES,
+    TEXT_COLUMN_CANDIDATES,
+    AnyDataset,
+    HeldOutSplit,
+    dataset_split_names,
+    has_split,
+    load_image_text_dataset,
+    take_rows,
+)
 from .spec import CAPTION_TABLE_NAMES, METADATA_NAMES, DatasetSpec, expand_braces, resolve_dataset_spec
 
 __all__ = [
     "CAPTION_TABLE_NAMES",
+    "DEFAULT_EVAL_SPLIT_RATIO",
     "IMAGE_COLUMN_CANDIDATES",
     "METADATA_NAMES",
     "TEXT_COLUMN_CANDIDATES",
@@ -43,11 +58,14 @@ __all__ = [
     "BadSampleError",
     "DatasetSpec",
     "DecodeImageText",
+    "HeldOutSplit",
     "ImageTransform",
     "caption_text",
+    "dataset_split_names",
     "decode_image",
     "decode_sample",
     "expand_braces",
+    "has_split",
     "image_source",
     "load_image_text_dataset",
     "resolve_dataset_spec",

@@ -9,9 +9,12 @@ import io
 import itertools
 import json
 import logging
+import math
 import os
+import re
 import tarfile
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +31,14 @@ from .decoding import (
     DecodeImageText,
     ImageTransform,
 )
-from .spec import CAPTION_TABLE_NAMES, METADATA_NAMES, SYNTHETIC_OPTIONS, DatasetSpec, resolve_dataset_spec
+from .spec import (
+    CAPTION_TABLE_NAMES,
+    METADATA_NAMES,
+    SAVED_DATASET_FILES,
+    SYNTHETIC_OPTIONS,
+    DatasetSpec,
+    resolve_dataset_spec,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -38,9 +48,205 @@ IMAGE_COLUMN_CANDIDATES = (
     "image", "img", "jpg", "jpeg", "png", "webp", "file_name", "filename", "image_path", "path", "file"
 )  # fmt: skip
 TEXT_COLUMN_CANDIDATES = (
-    "text", "caption", "captions", "sentence", "sentences", "txt", "description", "alt_text", "title"
+    "text", "caption", "captions", "sentence", "sentences", "txt", "description", "descriptions", "alt_text",
+    "alt", "title", "prompt", "raw", "utterance",
 )  # fmt: skip
 _SYNTHETIC_DEFAULT_SIZES = {"train": 2000, "validation": 500, "test": 500}
+DEFAULT_EVAL_SPLIT_RATIO = 0.1
+_TAR_MEMBER = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")  # datasets' webdataset rule: sample key + field
+
+
+# ------------------------------------------------------------------------------------------- held-out split
+
+
+@dataclass(frozen=True)
+class HeldOutSplit:
+    """A deterministic evaluation slice carved out of a split, for datasets that have no evaluation split.
+
+    About ``size(rows)`` rows are held out: ``ceil(ratio x rows)``, at most ``max_rows``, at least 1, and always
+    leaving training rows. Rows showing the same image (same ``image_id``, else the same image file) are held out
+    or kept together, so no image is both trained and evaluated on. Which rows is a seeded permutation of those
+    image groups (webdataset shards: of their sorted ``(shard file name, sample key)`` pairs), so every load -- the
+    training set, the evaluation before and after training, a later ``hf-vlp evaluate`` -- picks the same rows.
+    ``part="eval"`` keeps the held-out rows, ``part="train"`` all the others: the two never overlap.
+    ``missing_split`` (the evaluation split the dataset lacks) only words the report.
+    """
+
+    ratio: float = DEFAULT_EVAL_SPLIT_RATIO
+    max_rows: int | None = None
+    part: str = "eval"
+    seed: int = 0
+    missing_split: str = "validation"
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.ratio < 1.0:
+            raise ValueError(f"--eval-split-ratio must lie strictly between 0 and 1, got {self.ratio}.")
+        if self.max_rows is not None and self.max_rows < 1:
+            raise ValueError(f"The held-out split needs max_rows >= 1 (--eval-max-samples), got {self.max_rows}.")
+        if self.part not in ("eval", "train"):
+            raise ValueError(f"HeldOutSplit.part must be 'eval' or 'train', got {self.part!r}.")
+
+    def size(self, rows: int) -> int:
+        """How many of ``rows`` rows are to be held out (image groups may round it up)."""
+        held = max(1, math.ceil(self.ratio * rows))
+        if self.max_rows is not None:
+            held = min(held, self.max_rows)
+        return min(held, rows - 1)
+
+    def held_out_mask(self, rows: int, where: str = "the dataset", groups: Sequence[Any] | None = None) -> np.ndarray:
+        """A boolean mask over ``rows`` rows, true for the held-out ones; ``groups[i]`` is row ``i``'s image (rows of
+        one image go to the same side)."""
+        if groups is None:
+            inverse = np.arange(rows)
+        else:
+            _, inverse = np.unique(np.asarray([str(group) for group in groups]), return_inverse=True)
+        distinct = int(inverse.max()) + 1 if rows else 0
+        if rows < 2 or distinct < 2:
+            images = f" showing {distinct} distinct image(s)" if distinct < rows else ""
+            raise ValueError(
+                f"{where} has {rows} row(s){images} and no {self.missing_split!r} split: too few to hold out an "
+                "evaluation slice and still train. Add rows, pass --eval-dataset SPEC, or --skip-eval."
+            )
+        order = np.random.default_rng(self.seed).permutation(distinct)
+        covered = np.cumsum(np.bincount(inverse, minlength=distinct)[order])
+        taken = min(int(np.searchsorted(covered, self.size(rows))) + 1, distinct - 1)
+        return np.isin(inverse, order[:taken])
+
+    def positions(self, rows: int, where: str = "the dataset", groups: Sequence[Any] | None = None) -> np.ndarray:
+        """The sorted positions of the rows of :attr:`part`."""
+        held = self.held_out_mask(rows, where, groups)
+        return np.flatnonzero(held if self.part == "eval" else ~held)
+
+    def describe(self, where: str, split: str, rows: int, held: int, unit: str = "rows") -> str:
+        """The one-line report of what is held out (printed once per process)."""
+        limit = f", at most --eval-max-samples {self.max_rows}" if self.max_rows is not None else ""
+        return (
+            f"Dataset {where!r} has no {self.missing_split!r} split: holding out {held} of its {rows} {split!r} "
+            f"{unit} for evaluation (--eval-split-ratio {self.ratio:g}{limit}; a fixed seeded choice, whole images); "
+            f"training uses the other {rows - held}. Pass --eval-dataset SPEC to evaluate elsewhere."
+        )
+
+
+def _image_groups(dataset: datasets.Dataset) -> list[Any] | None:
+    """Each row's image -- its ``image_id``, else the file it is read from (not embedded bytes, whose stored names
+    need not be unique) -- or ``None`` when no row can share its image with another."""
+    columns = [name for name in ("image_id", "image") if name in dataset.column_names]
+    if not columns:
+        return None
+    table = dataset.select_columns(columns).with_format("arrow")[:]
+    ids = table.column("image_id").to_pylist() if "image_id" in columns else None
+    paths = None
+    if "image" in columns and isinstance((dataset.features or {}).get("image"), datasets.Image):
+        paths = []
+        for chunk in table.column("image").chunks:  # struct fields are views: embedded bytes are never copied
+            file_backed = chunk.field("bytes").is_null().to_pylist()
+            paths += [path if backed else None for path, backed in zip(chunk.field("path").to_pylist(), file_backed)]
+    if ids is None and paths is None:
+        return None
+    groups: list[Any] = []
+    for index in range(len(table)):
+        image_id = ids[index] if ids is not None else None
+        path = paths[index] if paths is not None else None
+        groups.append(("id", image_id) if image_id is not None else ("path", path) if path else ("row", index))
+    return groups
+
+
+_REPORTED: set[str] = set()
+
+
+def _report_once(message: str) -> None:
+    """Print ``message`` once per process, from the main process only (``RANK`` 0 or unset)."""
+    if message in _REPORTED or os.environ.get("RANK", "0") != "0":
+        return
+    _REPORTED.add(message)
+    logger.info(message)
+    print(message, flush=True)
+
+
+class _HeldOutStreamFilter:
+    """``IterableDataset.filter`` predicate (picklable) keeping the webdataset samples of one part."""
+
+    def __init__(self, held: frozenset[tuple[str, str]], keep_held: bool):
+        self.held, self.keep_held = held, keep_held
+
+    def __call__(self, row: dict[str, Any]) -> bool:
+        identity = (os.path.basename(str(row.get("__url__") or "")), str(row.get("__key__") or ""))
+        return (identity in self.held) == self.keep_held
+
+
+def _tar_sample_keys(path: str) -> list[str]:
+    """The sample keys of a local tar shard, as ``datasets``' webdataset loader forms them."""
+    keys: dict[str, None] = {}
+    with tarfile.open(path) as archive:
+        for member in archive:
+            match = _TAR_MEMBER.match(member.name) if member.isfile() else None
+            if match:
+                keys.setdefault(match.group(1))
+    return list(keys)
+
+
+def _hold_out_stream(
+    dataset: datasets.IterableDataset, shards: Sequence[str], hold_out: HeldOutSplit, where: str, split: str
+) -> datasets.IterableDataset:
+    missing = [path for path in shards if not os.path.isfile(path)]
+    if missing:
+        raise ValueError(
+            f"Dataset {where!r} has no {hold_out.missing_split!r} split and its shards are not local files "
+            f"({missing[0]!r}), so no evaluation slice can be held out exactly. Pass --eval-dataset SPEC or --skip-eval."
+        )
+    identities = sorted({(os.path.basename(path), key) for path in shards for key in _tar_sample_keys(path)})
+    held = np.flatnonzero(hold_out.held_out_mask(len(identities), f"Dataset {where!r}"))
+    _report_once(hold_out.describe(where, split, len(identities), len(held), unit="samples"))
+    chosen = frozenset(identities[position] for position in held)
+    return dataset.filter(_HeldOutStreamFilter(chosen, keep_held=hold_out.part == "eval"))
+
+
+# ---------------------------------------------------------------------------------------------- split names
+
+
+def dataset_split_names(spec: str | DatasetSpec) -> list[str] | None:
+    """The splits ``spec`` offers, read from file names and listings only (``None``: cannot tell, e.g. a hub id
+    while offline). Sources without splits -- one captions-table file, webdataset shards, a saved single
+    ``Dataset`` -- offer ``["train"]``; ``synthetic-shapes`` offers every split."""
+    resolved = resolve_dataset_spec(spec) if isinstance(spec, str) else spec
+    if resolved.kind == "synthetic":
+        return None
+    if resolved.kind == "imagefolder":
+        try:
+            builder = datasets.load_dataset_builder("imagefolder", data_dir=resolved.location)
+            return sorted(str(name) for name in (builder.config.data_files or {}))
+        except Exception:  # datasets reports its own error when the split is loaded
+            return None
+    if resolved.kind == "captions_table":
+        if resolved.files:
+            return ["train"]
+        folder = Path(resolved.location)
+        names = {"train"} if any((folder / name).is_file() for name in CAPTION_TABLE_NAMES) else set()
+        names |= {child.name for child in folder.iterdir() if child.is_dir()
+                  and any((child / name).is_file() for name in CAPTION_TABLE_NAMES)}
+        names |= {path.stem[len("captions_"):] for path in folder.glob("captions_*.*")
+                  if path.suffix in (".csv", ".tsv", ".jsonl")}
+        return sorted(names)
+    if resolved.kind == "saved":
+        listing = Path(resolved.location) / SAVED_DATASET_FILES[0]
+        if listing.is_file():
+            try:
+                return sorted(json.loads(listing.read_text(encoding="utf-8"))["splits"])
+            except (ValueError, KeyError, TypeError):
+                return None
+        return ["train"]
+    if resolved.kind == "webdataset":
+        return ["train"]
+    try:
+        return sorted(datasets.get_dataset_split_names(resolved.location))
+    except Exception:  # offline or gated: leave it to the load
+        return None
+
+
+def has_split(spec: str | DatasetSpec, split: str) -> bool:
+    """Whether ``spec`` has ``split`` (``True`` when that cannot be told without loading)."""
+    names = dataset_split_names(spec)
+    return names is None or split in names
 
 
 def _load_synthetic(spec: DatasetSpec, split: str, kw: dict[str, Any]) -> datasets.Dataset:
@@ -168,6 +374,7 @@ def _load_webdataset(
     kw: dict[str, Any],
     skip_bad_samples: bool = False,
     bad_samples: BadSampleCounter | None = None,
+    hold_out: HeldOutSplit | None = None,
 ) -> AnyDataset:
     shards, empty = [], 0
     for path in spec.files:
@@ -195,9 +402,12 @@ def _load_webdataset(
     if empty:
         logger.warning("Ignoring %d empty tar shard(s) of %s.", empty, spec.location)
     try:
-        return datasets.load_dataset("webdataset", data_files={split: shards}, split=split, streaming=streaming, **kw)
+        loaded = datasets.load_dataset("webdataset", data_files={split: shards}, split=split, streaming=streaming, **kw)
     except ValueError as error:
         raise ValueError(f"Could not read the webdataset shards {spec.location!r}: {error}") from error
+    if hold_out is not None and isinstance(loaded, datasets.IterableDataset):
+        loaded = _hold_out_stream(loaded, shards, hold_out, spec.location, split)
+    return loaded
 
 
 def tar_shard_problem(path: str) -> tuple[str | None, set[str]]:
@@ -266,9 +476,10 @@ def _choose_column(
     for candidate in candidates:
         if candidate in columns:
             return candidate
+    tried = f", none of the names looked for ({', '.join(map(repr, candidates))})" if candidates else ""
     raise ValueError(
-        f"Cannot tell which column of dataset {where!r} holds the {role}; available columns: {list(columns)}. "
-        f"Name it with {role}_column=... (CLI: --{role}-column)."
+        f"Cannot tell which column of dataset {where!r} holds the {role}; available columns: {list(columns)}"
+        f"{tried}. Name it with {role}_column=... (CLI: --{role}-column)."
     )
 
 
@@ -351,6 +562,7 @@ def load_image_text_dataset(
     keep_columns: Sequence[str] = (),
     optional_columns: Sequence[str] = (),
     text_column_candidates: Sequence[str] | None = None,
+    hold_out: HeldOutSplit | None = None,
     **kw: Any,
 ) -> AnyDataset:
     """Load ``split`` of the dataset named by ``spec`` as rows of ``image`` (RGB PIL), ``text`` (+ ``label``).
@@ -372,6 +584,9 @@ def load_image_text_dataset(
         optional_columns: further source columns carried along when the dataset has them (e.g. ``image_id``).
         text_column_candidates: the names tried, in order, when ``text_column`` is not given (default
             :data:`TEXT_COLUMN_CANDIDATES`; a VQA task tries ``question`` first, SNLI-VE ``hypothesis``).
+        hold_out: keep only one part of a deterministic held-out slice of ``split`` (see :class:`HeldOutSplit`):
+            the evaluation rows of a dataset without an evaluation split, or the training rows without them.
+            ``sample_index`` keeps numbering the rows of the whole split. The first load prints the slice's size.
         **kw: passed to the loader (``datasets.load_dataset`` keyword arguments such as ``cache_dir``, or the
             synthetic builder's ``num_samples``/``image_size``/``seed``/``task``).
 
@@ -392,7 +607,7 @@ def load_image_text_dataset(
     elif resolved.kind == "saved":
         raw = _load_saved(resolved, split, streaming)
     elif resolved.kind == "webdataset":
-        raw = _load_webdataset(resolved, split, streaming, kw, skip_bad_samples, bad_samples)
+        raw = _load_webdataset(resolved, split, streaming, kw, skip_bad_samples, bad_samples, hold_out)
     else:
         raw = _load_hub(resolved, split, streaming, kw)
 
@@ -402,6 +617,11 @@ def load_image_text_dataset(
     )
     decoder = DecodeImageText(image_transform, skip_bad_samples, bad_samples)
     if isinstance(dataset, datasets.IterableDataset):
+        if hold_out is not None and resolved.kind != "webdataset":
+            raise ValueError(
+                f"Dataset {spec!r}: a held-out evaluation slice of a streamed {resolved.kind} dataset is not "
+                "supported; load it without streaming, or pass --eval-dataset SPEC."
+            )
         id_columns = [name for name in WEBDATASET_ID_COLUMNS if name in _column_names(dataset)]
         dataset = dataset.map(_DecodeIndexedRow(decoder), with_indices=True, remove_columns=id_columns)
         if skip_bad_samples:
@@ -410,6 +630,12 @@ def load_image_text_dataset(
     if len(dataset) == 0:
         raise ValueError(f"Dataset {spec!r} split {split!r} is empty (0 rows).")
     dataset = dataset.add_column("sample_index", np.arange(len(dataset)))
+    if hold_out is not None:
+        rows = len(dataset)
+        positions = hold_out.positions(rows, f"Dataset {spec!r} split {split!r}", _image_groups(dataset))
+        held = len(positions) if hold_out.part == "eval" else rows - len(positions)
+        _report_once(hold_out.describe(spec, split, rows, held))
+        dataset = dataset.select(positions)
     return dataset.with_transform(decoder)
 
 
@@ -427,9 +653,13 @@ def take_rows(dataset: AnyDataset, limit: int | None = None) -> Iterator[dict[st
             yield {name: batch[name][position] for name in names}
 
 __all__ = [
+    "DEFAULT_EVAL_SPLIT_RATIO",
     "IMAGE_COLUMN_CANDIDATES",
     "TEXT_COLUMN_CANDIDATES",
     "AnyDataset",
+    "HeldOutSplit",
+    "dataset_split_names",
+    "has_split",
     "load_image_text_dataset",
     "take_rows",
 ]

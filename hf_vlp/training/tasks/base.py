@@ -29,10 +29,19 @@ import torch
 from torch import nn
 from transformers import AutoProcessor, TrainerCallback
 
-from ..callbacks import CollatorEpochCallback
+from ..callbacks import CollatorEpochCallback, LossTermsCallback
 from ..checkpoints import check_saved_model_files
 from ..collators import ContrastiveCollator, ImageTextCollator
-from ..data import AnyDataset, BadSampleCounter, ImageTransform, load_image_text_dataset, resolve_dataset_spec
+from ..data import (
+    DEFAULT_EVAL_SPLIT_RATIO,
+    AnyDataset,
+    BadSampleCounter,
+    HeldOutSplit,
+    ImageTransform,
+    has_split,
+    load_image_text_dataset,
+    resolve_dataset_spec,
+)
 from ..job import JobArguments
 from ..recipes import Recipe
 
@@ -92,9 +101,13 @@ class TrainingTask(abc.ABC):
         max_samples: int | None = None,
     ) -> AnyDataset:
         """``split`` of ``spec`` with this task's columns (``synthetic-shapes`` gets this task's rows; with
-        ``max_samples`` only that many are generated)."""
+        ``max_samples`` only that many are generated). A dataset without the evaluation split gets a held-out slice
+        of its training split instead (see :meth:`held_out_split`)."""
         options: dict[str, Any] = {}
         resolved = resolve_dataset_spec(spec)
+        hold_out = None if resolved.kind == "synthetic" else self.held_out_split(spec, split, job)
+        if hold_out is not None:
+            split = job.train_split
         image_column = self.image_column
         if resolved.kind == "synthetic":
             image_column = self.synthetic_image_column or image_column
@@ -117,7 +130,35 @@ class TrainingTask(abc.ABC):
             keep_columns=self.keep_columns,
             optional_columns=self.optional_columns,
             text_column_candidates=self.text_column_candidates,
+            hold_out=hold_out,
             **options,
+        )
+
+    @staticmethod
+    def held_out_split(spec: str, split: str, job: JobArguments) -> HeldOutSplit | None:
+        """The held-out slice to apply when loading ``split`` of ``spec``, or ``None`` to load the split as it is.
+
+        A dataset without ``job.eval_split`` (an imagefolder or captions table with a train split only, webdataset
+        shards, a saved single ``Dataset``) is evaluated on a deterministic slice of its ``job.train_split``
+        (``ceil(--eval-split-ratio x rows)``, at most ``--eval-max-samples``); when that evaluation comes from the
+        training dataset itself (no other ``--eval-dataset``, no ``--skip-eval``) the training set leaves those rows
+        out, so the two never overlap. An explicit ``--eval-split`` equal to ``--train-split`` is taken as asked.
+        """
+        if job.eval_split == job.train_split or split not in (job.train_split, job.eval_split):
+            return None
+        if split == job.train_split:
+            if spec != job.dataset or job.skip_eval or (job.eval_dataset or job.dataset) != job.dataset:
+                return None
+            part = "train"
+        else:
+            part = "eval"
+        if has_split(spec, job.eval_split):
+            return None
+        return HeldOutSplit(
+            ratio=getattr(job, "eval_split_ratio", None) or DEFAULT_EVAL_SPLIT_RATIO,
+            max_rows=job.eval_max_samples,
+            part=part,
+            missing_split=job.eval_split,
         )
 
     def collator(
@@ -165,8 +206,9 @@ class TrainingTask(abc.ABC):
         return None
 
     def callbacks(self, model: nn.Module, collator: ImageTextCollator) -> list[TrainerCallback]:
-        """Trainer callbacks; by default only the collator's epoch (per-epoch augmentation draws)."""
-        return [CollatorEpochCallback(collator)]
+        """Trainer callbacks; by default the collator's epoch (per-epoch augmentation draws) and the logging of the
+        model's loss terms (``loss_itc``, ``loss_itm``, ... next to the total)."""
+        return [CollatorEpochCallback(collator), LossTermsCallback()]
 
     # ------------------------------------------------------------------------------------------- evaluation
 

@@ -21,6 +21,20 @@ from ..transforms import clip_train_transform
 from .base import TrainingTask, register_task
 
 
+def pad_like_tokenizer(text_config: Any, processor: VlpClipProcessor) -> None:
+    """Make the text config and the processor pad with the tokenizer's pad token (CLIPTokenizer's: end-of-text), so
+    that the Trainer, which aligns ``text_config.pad_token_id`` with the tokenizer's, has nothing to rewrite.
+
+    Converted models pad with 0 as ``clip.tokenize`` does; padding with end-of-text instead changes no output: the
+    text tower is causal and pools the first end-of-text token, so nothing after it is seen (and the attention mask
+    is unchanged)."""
+    pad_id = getattr(getattr(processor, "tokenizer", None), "pad_token_id", None)
+    if pad_id is None or not hasattr(processor, "pad_token_id"):
+        return  # a tokenizer without a pad token: the Trainer aligns nothing
+    text_config.pad_token_id = pad_id
+    processor.pad_token_id = pad_id
+
+
 class ClipContrastiveTask(TrainingTask):
     """CLIP contrastive pre-training / fine-tuning (``hf-vlp train clip``)."""
 
@@ -38,6 +52,7 @@ class ClipContrastiveTask(TrainingTask):
         if job.from_pretrained:
             model = AutoModel.from_pretrained(job.from_pretrained, dtype=torch.float32)
             processor = AutoProcessor.from_pretrained(job.from_pretrained)
+            pad_like_tokenizer(model.config.text_config, processor)
             return model, processor
         tokenizer = load_clip_tokenizer(job.tokenizer or PACKAGED_BPE)
         config = VlpClipConfig.from_preset(job.preset) if job.preset else VlpClipConfig(**self.recipe.tiny_config)
@@ -45,10 +60,15 @@ class ClipContrastiveTask(TrainingTask):
             config.vision_config.image_size = job.image_size
         text = config.text_config
         text.vocab_size, text.eos_token_id, text.bos_token_id = len(tokenizer), tokenizer.eos_token_id, tokenizer.bos_token_id
+        if tokenizer.pad_token_id is not None:  # pad as the tokenizer does (end-of-text), see pad_like_tokenizer
+            text.pad_token_id = tokenizer.pad_token_id
         model = VlpClipModel(config)
         size = config.vision_config.image_size
         processor = VlpClipProcessor(
-            VlpClipImageProcessor(size=size, crop_size=size), tokenizer, context_length=text.max_position_embeddings
+            VlpClipImageProcessor(size=size, crop_size=size),
+            tokenizer,
+            context_length=text.max_position_embeddings,
+            pad_token_id=text.pad_token_id,
         )
         return model, processor
 
