@@ -18,9 +18,9 @@ inf/NaN are refused (:func:`check_source_tensors`) and a checkpoint of another f
 from __future__ import annotations
 
 import argparse
-import errno
 import json
 import logging
+import math
 import os
 import re
 import secrets
@@ -121,7 +121,7 @@ def _is_kind(value: Any, kind: str) -> bool:
     if isinstance(value, bool):
         return False
     if kind == NUMBER:
-        return isinstance(value, (int, float)) and value == value and abs(value) != float("inf")
+        return isinstance(value, (int, float)) and math.isfinite(value)
     return isinstance(value, int) and value >= (1 if kind == POSITIVE_INT else 0)
 
 
@@ -411,10 +411,15 @@ def _apply_umask(directory: Path) -> None:
             os.chmod(os.path.join(root, name), 0o666 & ~mask)
 
 
+def _host() -> str:
+    """This machine's name as it may stand in a folder name."""
+    return re.sub(r"[^A-Za-z0-9.-]", "-", socket.gethostname()) or "host"
+
+
 def _staging_dir(output: Path, kind: str) -> Path:
     """A new folder ``.{name}.{kind}-{pid}@{host}-{token}`` next to ``output``, made like ``mkdir`` (umask
     respected); the name says which process owns it, so a later run can tell a stale one."""
-    host = re.sub(r"[^A-Za-z0-9.-]", "-", socket.gethostname()) or "host"
+    host = _host()
     while True:
         path = output.parent / f".{output.name}.{kind}-{os.getpid()}@{host}-{secrets.token_hex(4)}"
         try:
@@ -429,10 +434,8 @@ def _pid_alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:  # exists, owned by someone else
+    except OSError:  # e.g. PermissionError: it exists, owned by someone else
         return True
-    except OSError as error:
-        return error.errno != errno.ESRCH
     return True
 
 
@@ -443,7 +446,7 @@ def clean_stale_staging(output: str | Path) -> list[Path]:
     Folders of live processes, of other hosts, or without an owner in their name are left alone. Returns (and logs)
     what was removed."""
     output = Path(output).absolute()
-    host = re.sub(r"[^A-Za-z0-9.-]", "-", socket.gethostname()) or "host"
+    host = _host()
     pattern = re.compile(
         rf"\.{re.escape(output.name)}\.(?P<kind>{'|'.join(_STAGING_KINDS)})-(?P<pid>\d+)@(?P<host>.+)-[0-9a-f]{{8}}"
     )

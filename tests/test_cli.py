@@ -153,9 +153,10 @@ def test_train_help_lists_every_task_and_explains_every_job_flag(capsys):
 
 def test_report_prints_fractions_as_percentages_and_cider_as_a_number(tmp_path, capsys):
     from hf_vlp.training.data import BadSampleCounter
-    from hf_vlp.training.runner import format_report_table, print_report
+    from hf_vlp.evaluation.report import format_metrics_table
+    from hf_vlp.training.runner import print_report
 
-    table = format_report_table({"before": {"Bleu_4": 0.25, "CIDEr": 0.0874}, "after": {"Bleu_4": 0.5, "CIDEr": 3.4549}})
+    table = format_metrics_table({"before": {"Bleu_4": 0.25, "CIDEr": 0.0874}, "after": {"Bleu_4": 0.5, "CIDEr": 3.4549}})
     rows = {line.split()[0]: line.split()[1:] for line in table.splitlines()[2:]}
     assert rows == {"Bleu_4": ["25.00%", "50.00%"], "CIDEr": ["0.0874", "3.4549"]}
     print_report({"before": {"CIDEr": 1.5}, "after": {"CIDEr": 3.4549, "accuracy": 0.75}}, tmp_path, BadSampleCounter())

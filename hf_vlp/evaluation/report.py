@@ -6,6 +6,7 @@ Used by ``hf-vlp evaluate`` and before/after training by ``hf-vlp train``.
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -73,16 +74,30 @@ def evaluate_dual_encoder(
     return metrics
 
 
+# metrics reported in their own unit, not as a fraction shown in percent
+NOT_FRACTION_METRICS = frozenset({"CIDEr"})
+
+
 def format_metrics_table(columns: dict[str, dict[str, float]]) -> str:
-    """A plain-text table: one row per metric, one column per run (e.g. ``before``/``after``), values in %."""
+    """A plain-text table, one row per metric and one column per run (``before``/``after``): fractions as
+    percentages, other metrics (CIDEr, or any metric with a value outside [0, 1]) as numbers in their own unit."""
     names = sorted({name for metrics in columns.values() for name in metrics})
-    width = max(len(name) for name in names) if names else 6
+    width = max([len("metric"), *(len(name) for name in names)])
     header = f"{'metric':<{width}}  " + "  ".join(f"{title:>9}" for title in columns)
     lines = [header, "-" * len(header)]
     for name in names:
+        values = [metrics.get(name) for metrics in columns.values()]
+        numbers = [value for value in values if isinstance(value, (int, float))]
+        fraction = name not in NOT_FRACTION_METRICS and all(
+            0.0 <= value <= 1.0 or math.isnan(value) for value in numbers
+        )
         cells = []
-        for metrics in columns.values():
-            value = metrics.get(name)
-            cells.append(f"{100 * value:>8.2f}%" if value is not None else f"{'-':>9}")
+        for value in values:
+            if not isinstance(value, (int, float)):
+                cells.append(f"{'-':>9}")
+            elif fraction:
+                cells.append(f"{100 * value:>8.2f}%")
+            else:
+                cells.append(f"{value:>9.4f}")
         lines.append(f"{name:<{width}}  " + "  ".join(cells))
     return "\n".join(lines)

@@ -52,16 +52,32 @@ def model_forward(forward: Forward) -> Forward:
             raise TypeError(f"{type(self).__name__}.forward got unexpected keyword argument(s) {unknown}")
         check_nonempty_batch(self, args, kwargs)
         return_dict = kwargs.pop("return_dict", None)
-        for flag in OUTPUT_FLAGS:
-            value = kwargs.get(flag)
-            kwargs[flag] = bool(getattr(self.config, flag, False) if value is None else value)
-        output = forward(self, *args, **kwargs)
-        if return_dict is None:
-            return_dict = self.config.return_dict
-        return output if return_dict or isinstance(output, tuple) else output.to_tuple()
+        resolve_output_flags(self.config, kwargs)
+        return as_returned(forward(self, *args, **kwargs), self.config, return_dict)
 
     wrapper.applies_output_contract = True  # type: ignore[attr-defined]
     return wrapper  # type: ignore[return-value]
+
+
+def float_tensor(module: nn.Module, name: str) -> torch.Tensor | None:
+    """``module.<name>`` when it is a floating-point tensor; ``None`` when it was deleted, is ``None`` or is quantized
+    (initialisation leaves such tensors alone)."""
+    tensor = getattr(module, name, None)
+    return tensor if isinstance(tensor, torch.Tensor) and tensor.is_floating_point() else None
+
+
+def resolve_output_flags(config: Any, kwargs: dict[str, Any]) -> None:
+    """Set ``output_attentions``/``output_hidden_states`` in ``kwargs`` to booleans, an unset one from ``config``."""
+    for flag in OUTPUT_FLAGS:
+        value = kwargs.get(flag)
+        kwargs[flag] = bool(getattr(config, flag, False) if value is None else value)
+
+
+def as_returned(output: Any, config: Any, return_dict: bool | None) -> Any:
+    """``output`` or its tuple: ``return_dict`` given, else ``config.return_dict`` (transformers' convention)."""
+    if return_dict is None:
+        return_dict = config.return_dict
+    return output if return_dict or isinstance(output, tuple) else output.to_tuple()
 
 
 def check_nonempty_batch(model: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
@@ -136,11 +152,10 @@ class VlpPreTrainedModel(PreTrainedModel):
         it is, a bias likewise; such a layer's remaining float tensors get transformers' normal(0, std) / zeros."""
         weighted = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d)
         if isinstance(module, weighted):
-            weight, bias = getattr(module, "weight", None), getattr(module, "bias", None)
-            usable_weight = isinstance(weight, torch.Tensor) and weight.is_floating_point()
-            usable_bias = bias is None or (isinstance(bias, torch.Tensor) and bias.is_floating_point())
-            if not (usable_weight and usable_bias and hasattr(module, "bias")):
-                if usable_weight:
+            weight, bias = float_tensor(module, "weight"), float_tensor(module, "bias")
+            usable_bias = bias is not None or (hasattr(module, "bias") and module.bias is None)
+            if weight is None or not usable_bias:
+                if weight is not None:
                     config = self.config
                     if hasattr(config, "initializer_range"):  # transformers' choice of std
                         std = config.initializer_range or 0.02
@@ -151,7 +166,7 @@ class VlpPreTrainedModel(PreTrainedModel):
                     else:
                         std = getattr(config.get_text_config(), "initializer_range", 0.02)
                     init.normal_(weight, mean=0.0, std=std)
-                if isinstance(bias, torch.Tensor) and bias.is_floating_point():
+                if bias is not None:
                     init.zeros_(bias)
                 return
         super()._init_weights(module)

@@ -28,7 +28,7 @@ from ..modules.towers import build_vision_tower
 from ..modules.vision import VisionTransformer
 from ..objectives.momentum import FeatureQueue
 from ..utils.tower_init import LoadReport, TowerSource, load_text_tower_from_transformers, load_vision_tower_from_transformers
-from .modeling_utils import OUTPUT_FLAGS, OutputKwargs, VlpPreTrainedModel, model_forward
+from .modeling_utils import OutputKwargs, VlpPreTrainedModel, as_returned, model_forward, resolve_output_flags
 
 
 class VitBertPreTrainedModel(VlpPreTrainedModel):
@@ -199,13 +199,10 @@ class TextTowerMixin(TextEmbeddingsMixin, abc.ABC):
         self, input_ids: torch.Tensor | None = None, *args: Any, return_dict: bool | None = None, **kwargs: Any
     ) -> ModelOutput | tuple:
         kwargs = self.tower_kwargs(kwargs)
-        for flag in OUTPUT_FLAGS:
-            kwargs[flag] = bool(getattr(self.config, flag) if kwargs.get(flag) is None else kwargs[flag])
+        resolve_output_flags(self.config, kwargs)
         if "use_cache" in kwargs:
             kwargs["use_cache"] = bool(kwargs["use_cache"])
-        output = self.transformer(input_ids, *args, **kwargs)
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
-        return output if return_dict else output.to_tuple()
+        return as_returned(self.transformer(input_ids, *args, **kwargs), self.config, return_dict)
 
 
 class DualTowerHeadMixin:

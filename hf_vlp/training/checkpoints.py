@@ -319,12 +319,11 @@ class CheckpointCompletionCallback(TrainerCallback):
         return Path(args.output_dir) / f"checkpoint-{state.global_step}"
 
     def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs) -> None:
-        if args.should_save:
-            _unmark(self._folder(args, state))  # a leftover of an earlier run is about to be rewritten (or is stale)
-
-    def on_epoch_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs) -> None:
+        # the Trainer's flow callback (first in the list) has decided whether this step saves
         if args.should_save and control.should_save:
-            _unmark(self._folder(args, state))
+            _unmark(self._folder(args, state))  # a leftover of an earlier run is about to be rewritten
+
+    on_epoch_end = on_step_end
 
     def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs) -> None:
         if args.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from .data.sources import DEFAULT_EVAL_SPLIT_RATIO
 
 AUGMENT_CHOICES = ("auto", "paper", "flip", "none")
 
@@ -73,7 +74,7 @@ class JobArguments:
     )
     no_augment: bool = field(default=False, metadata=_help("no training augmentation at all (same as --augment none)"))
     eval_max_samples: int = field(default=1000, metadata=_help("evaluation rows (retrieval: gallery images)"))
-    eval_split_ratio: float = field(default=0.1, metadata=_help(
+    eval_split_ratio: float = field(default=DEFAULT_EVAL_SPLIT_RATIO, metadata=_help(
         "a dataset without --eval-split (and no other --eval-dataset): the fraction of its training rows held out "
         "for the before/after evaluation (at most --eval-max-samples); training leaves them out"))
     eval_rerank_k: int = field(default=16, metadata=_help("retrieval: ITC candidates per query re-ranked by ITM"))

@@ -11,10 +11,12 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the headless backend)
 
+from .callbacks import LOSS_TERM_PREFIX  # noqa: E402
+
 
 def is_loss_term(name: str) -> bool:
     """A per-objective training loss logged next to the total (``loss_itc``, ``loss_itm``, ``loss_mlm``, ...)."""
-    return name.startswith("loss_")
+    return name.startswith(LOSS_TERM_PREFIX)
 
 
 def loss_series(log_history: list[dict[str, Any]]) -> dict[str, tuple[list[int], list[float]]]:

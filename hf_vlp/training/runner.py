@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import math
 import os
 import shutil
 import sys
@@ -23,6 +22,7 @@ from transformers import Trainer, TrainingArguments, set_seed
 from transformers.training_args import ParallelMode
 from transformers.utils import logging as transformers_logging
 
+from ..evaluation.report import format_metrics_table
 from ..integrations.model_card import render_model_card
 from .checkpoints import (
     CheckpointCompletionCallback,
@@ -45,14 +45,12 @@ __all__ = [
     "check_one_job",
     "distributed_defaults",
     "evaluate",
-    "format_report_table",
     "launched_processes",
     "print_report",
     "train",
 ]
 
 # Metrics that are not fractions: printed as numbers in their own unit, never as a percentage.
-NOT_FRACTION_METRICS = frozenset({"CIDEr"})
 
 # ------------------------------------------------------------------------------------------------ launching
 
@@ -326,35 +324,10 @@ def _train(architecture: str, job: JobArguments, args: TrainingArguments) -> dic
     return metrics
 
 
-def format_report_table(columns: dict[str, dict[str, float]]) -> str:
-    """A plain-text table, one row per metric and one column per run (``before``/``after``): fractions as
-    percentages, other metrics (CIDEr, or any metric with a value outside [0, 1]) as numbers in their own unit."""
-    names = sorted({name for metrics in columns.values() for name in metrics})
-    width = max([len("metric"), *(len(name) for name in names)])
-    header = f"{'metric':<{width}}  " + "  ".join(f"{title:>9}" for title in columns)
-    lines = [header, "-" * len(header)]
-    for name in names:
-        values = [metrics.get(name) for metrics in columns.values()]
-        numbers = [value for value in values if isinstance(value, (int, float))]
-        fraction = name not in NOT_FRACTION_METRICS and all(
-            0.0 <= value <= 1.0 or math.isnan(value) for value in numbers
-        )
-        cells = []
-        for value in values:
-            if not isinstance(value, (int, float)):
-                cells.append(f"{'-':>9}")
-            elif fraction:
-                cells.append(f"{100 * value:>8.2f}%")
-            else:
-                cells.append(f"{value:>9.4f}")
-        lines.append(f"{name:<{width}}  " + "  ".join(cells))
-    return "\n".join(lines)
-
-
 def print_report(metrics: dict[str, Any], output: Path, bad_samples: BadSampleCounter) -> None:
     columns = {name: metrics[name] for name in ("before", "after") if name in metrics}
     if columns:
-        print("\n" + format_report_table(columns))
+        print("\n" + format_metrics_table(columns))
     train = metrics.get("train", {})
     print(
         f"\ntrain loss {train.get('train_loss', float('nan')):.4f} in {train.get('train_runtime', 0):.1f}s "
@@ -377,5 +350,5 @@ def evaluate(model_dir: str, job: JobArguments, batch_size: int = 128) -> dict[s
     with quiet_run():
         model, processor = task.load_saved(model_dir)
         metrics = task.evaluate(model, processor, job, job.eval_dataset or job.dataset, job.eval_split, batch_size)
-    print(format_report_table({Path(model_dir).name or "model": metrics}))
+    print(format_metrics_table({Path(model_dir).name or "model": metrics}))
     return metrics

@@ -160,7 +160,7 @@ class ScriptObjectState:
     state: Any = None
 
     def __init__(self, *args: Any) -> None:
-        self.args = args
+        pass  # the pickled constructor arguments of a script object are never used
 
     def __setstate__(self, state: Any) -> None:
         self.state = state

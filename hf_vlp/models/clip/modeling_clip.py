@@ -16,7 +16,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling, ImageClass
 
 from ...objectives.losses import contrastive_loss
 from ...utils.classification import classification_loss
-from ..modeling_utils import OutputKwargs, VlpPreTrainedModel, model_forward
+from ..modeling_utils import OutputKwargs, VlpPreTrainedModel, float_tensor, model_forward
 from ...modules.pooling import AttentionPool2d
 from ...modules.text import CausalTextTransformer
 from ...modules.towers import block_options, build_vision_tower
@@ -63,8 +63,8 @@ class VlpClipVisionModelOutput(ModelOutput):
 def _normal_(module: nn.Module, std: float) -> None:
     """``init.normal_`` of ``module.weight`` when it is a floating-point tensor: a weight-less (deleted or ``None``)
     or quantized (integer) child keeps what it has."""
-    weight = getattr(module, "weight", None)
-    if isinstance(weight, torch.Tensor) and weight.is_floating_point():
+    weight = float_tensor(module, "weight")
+    if weight is not None:
         init.normal_(weight, std=std)
 
 
@@ -138,8 +138,8 @@ class VlpClipPreTrainedModel(VlpPreTrainedModel):
                 _normal_(linear, std=std)
         elif isinstance(module, ModifiedResNet):
             for conv in module.modules():
-                weight = getattr(conv, "weight", None)
-                if isinstance(conv, nn.Conv2d) and isinstance(weight, torch.Tensor) and weight.is_floating_point():
+                weight = float_tensor(conv, "weight")
+                if isinstance(conv, nn.Conv2d) and weight is not None:
                     init.kaiming_normal_(weight, mode="fan_out", nonlinearity="relu")
         elif isinstance(module, Bottleneck):
             if getattr(module.bn3, "weight", None) is not None:

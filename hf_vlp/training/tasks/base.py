@@ -33,7 +33,6 @@ from ..callbacks import CollatorEpochCallback, LossTermsCallback
 from ..checkpoints import check_saved_model_files
 from ..collators import ContrastiveCollator, ImageTextCollator
 from ..data import (
-    DEFAULT_EVAL_SPLIT_RATIO,
     AnyDataset,
     BadSampleCounter,
     HeldOutSplit,
@@ -155,7 +154,7 @@ class TrainingTask(abc.ABC):
         if has_split(spec, job.eval_split):
             return None
         return HeldOutSplit(
-            ratio=getattr(job, "eval_split_ratio", None) or DEFAULT_EVAL_SPLIT_RATIO,
+            ratio=job.eval_split_ratio,
             max_rows=job.eval_max_samples,
             part=part,
             missing_split=job.eval_split,

@@ -19,7 +19,7 @@ from ...evaluation.classification import classification_accuracy
 from ...evaluation.itm_retrieval import itm_retrieval_metrics
 from ...evaluation.vqa import vqa_accuracy
 from ...synthetic import VQA_ANSWERS
-from ..callbacks import CollatorEpochCallback, LossTermsCallback, MomentumCallback
+from ..callbacks import MomentumCallback
 from ..collators import (
     ImageTextCollator,
     QuestionAnsweringCollator,
@@ -77,7 +77,7 @@ class FusionTask(TrainingTask):
         return "flip" if resolve_dataset_spec(job.dataset).kind == "synthetic" else "paper"
 
     def callbacks(self, model: nn.Module, collator: ImageTextCollator) -> list[TrainerCallback]:
-        logged = [CollatorEpochCallback(collator), LossTermsCallback()]  # each objective's loss term, logged
+        logged = super().callbacks(model, collator)
         if self.alpha_warmup_epochs is None:
             return logged
         return [MomentumCallback(alpha_warmup_epochs=self.alpha_warmup_epochs), *logged]
