@@ -1,4 +1,5 @@
 import json
+import re
 import os
 import signal
 import subprocess
@@ -159,6 +160,10 @@ def test_report_prints_fractions_as_percentages_and_cider_as_a_number(tmp_path, 
     table = format_metrics_table({"before": {"Bleu_4": 0.25, "CIDEr": 0.0874}, "after": {"Bleu_4": 0.5, "CIDEr": 3.4549}})
     rows = {line.split()[0]: line.split()[1:] for line in table.splitlines()[2:]}
     assert rows == {"Bleu_4": ["25.00%", "50.00%"], "CIDEr": ["0.0874", "3.4549"]}
+    recalls = {"r10": 0.3, "r5": 0.2, "r1": 0.1, "mean_recall": 0.2}
+    assert [line.split()[0] for line in format_metrics_table({"after": recalls}).splitlines()[2:]] == [
+        "mean_recall", "r1", "r5", "r10"
+    ]
     print_report({"before": {"CIDEr": 1.5}, "after": {"CIDEr": 3.4549, "accuracy": 0.75}}, tmp_path, BadSampleCounter())
     printed = capsys.readouterr().out
     assert "3.4549" in printed and "345.49%" not in printed and "75.00%" in printed
@@ -182,6 +187,15 @@ def test_a_run_prints_one_bar_and_no_library_noise(tmp_path):
     for noise in ("Writing model shards", "Loading weights", "pin_memory", "PAD/BOS/EOS"):
         assert noise not in run.stderr and noise not in evaluated.stderr, noise
     assert run.stderr.count("0/2 [") == 1, run.stderr  # the training bar, once
+    # one bar per evaluation, counting its batches
+    for description in ("evaluating before training: 0 batches", "evaluating after training: 0 batches"):
+        assert run.stderr.count(description) == 1, run.stderr
+    assert evaluated.stderr.count(f"evaluating {output}: 0 batches") == 1, evaluated.stderr
+    counted = [int(n) for n in re.findall(r"evaluating after training: (\d+) batches", run.stderr)]
+    assert counted[-1] >= 2, run.stderr  # the bar closes on the number of batches it counted (images, then texts)
+    # recall@K rows in the order of K
+    rows = [line.split()[0] for line in evaluated.stdout.splitlines() if line.startswith("retrieval_i2t_r")]
+    assert rows == ["retrieval_i2t_r1", "retrieval_i2t_r5", "retrieval_i2t_r10"], evaluated.stdout
     assert (run.stdout + run.stderr).count("truncated") == 1, run.stderr
     assert "global batch 4 = 4 per device" in run.stdout
     # tokenizer, processor and config pad alike, so the Trainer rewrote nothing

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from .embeddings import eval_mode
+from .progress import advance
 
 __all__ = ["PTB_PUNCTUATION", "caption_images", "caption_metrics", "evaluate_captioner", "ptb_tokenize"]
 
@@ -132,6 +133,7 @@ def caption_images(
     with eval_mode(model):
         for start in range(0, len(images), batch_size):
             captions += model.caption(images[start : start + batch_size], processor, prompt=prompt, **generate_kwargs)
+            advance()
     return [caption.strip() for caption in captions]
 
 

@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .progress import advance
+
 __all__ = [
     "check_positive_ints",
     "embed_images",
@@ -73,10 +75,12 @@ def _batches(items: Iterable[Any], batch_size: int) -> Iterator[list[Any]]:
     if isinstance(items, Sequence) or (hasattr(items, "__len__") and hasattr(items, "__getitem__")):
         for start in range(0, len(items), batch_size):
             yield list(items[start : start + batch_size])
+            advance()
         return
     iterator = iter(items)
     while batch := list(itertools.islice(iterator, batch_size)):
         yield batch
+        advance()
 
 
 def check_positive_ints(values: Iterable[int], name: str) -> tuple[int, ...]:
@@ -159,7 +163,9 @@ def _pixel_batches(processor: Any, images: Iterable[Any] | torch.Tensor, batch_s
     if isinstance(images, torch.Tensor):
         if images.dim() != 4:
             raise ValueError(f"pixel_values tensor must be [N, C, H, W], got shape {tuple(images.shape)}.")
-        yield from images.split(batch_size)
+        for batch in images.split(batch_size):
+            yield batch
+            advance()
         return
     for batch in _batches(images, batch_size):
         yield _processed(processor, "images", batch, "pixel_values", {})["pixel_values"]

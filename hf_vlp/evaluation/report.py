@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -78,10 +79,16 @@ def evaluate_dual_encoder(
 NOT_FRACTION_METRICS = frozenset({"CIDEr"})
 
 
+def metric_sort_key(name: str) -> tuple[Any, ...]:
+    """Order metric names with their numbers compared as numbers: ``r1``, ``r5``, ``r10`` (not ``r1``, ``r10``,
+    ``r5``); ``Bleu_4`` before ``CIDEr``."""
+    return tuple(int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", name))
+
+
 def format_metrics_table(columns: dict[str, dict[str, float]]) -> str:
     """A plain-text table, one row per metric and one column per run (``before``/``after``): fractions as
     percentages, other metrics (CIDEr, or any metric with a value outside [0, 1]) as numbers in their own unit."""
-    names = sorted({name for metrics in columns.values() for name in metrics})
+    names = sorted({name for metrics in columns.values() for name in metrics}, key=metric_sort_key)
     width = max([len("metric"), *(len(name) for name in names)])
     header = f"{'metric':<{width}}  " + "  ".join(f"{title:>9}" for title in columns)
     lines = [header, "-" * len(header)]

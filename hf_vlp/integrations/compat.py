@@ -16,15 +16,19 @@ Internals used (see :data:`PRIVATE_API`):
   :class:`BeamSearchHooksMixin`.
 - ``BaseImageProcessor._prepare_images_structure`` (how a call's ``images`` are flattened):
   :class:`ImageStructureHookMixin`.
+- accelerate's ``AcceleratorState(_from_accelerator=True)`` and its ``distributed_type`` / ``fsdp_plugin`` fields:
+  :func:`enable_fsdp_on_cpu` (accelerate forms FSDP only on accelerators; on the CPU it silently runs DDP).
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import torch
 from torch import nn
-from transformers import GenerationMixin, PreTrainedModel
+from accelerate.state import AcceleratorState, PartialState
+from transformers import GenerationMixin, PreTrainedModel, TrainingArguments
 from transformers.image_processing_utils import BaseImageProcessor
 
 # (class, private name, parameter names relied on); None when only the attribute's existence matters
@@ -39,6 +43,7 @@ PRIVATE_API: tuple[tuple[type, str, tuple[str, ...] | None], ...] = (
     ),
     (GenerationMixin, "_check_early_stop_heuristic", ("decoder_prompt_len",)),
     (BaseImageProcessor, "_prepare_images_structure", ("self", "images", "expected_ndims")),
+    (AcceleratorState, "__init__", ("cpu", "fsdp_plugin", "dynamo_plugin", "_from_accelerator")),
 )
 # the attribute transformers sets on parameters/buffers/modules it loaded or initialised
 INITIALIZED_FLAG = "_is_hf_initialized"
@@ -136,3 +141,35 @@ __all__ = [
     "initialize_modules_now",
     "is_loaded_from_checkpoint",
 ]
+
+
+def fsdp_requested(args: TrainingArguments) -> bool:
+    """Whether this run asked for FSDP: ``--fsdp`` (``args.fsdp``) or ``accelerate launch --use_fsdp``
+    (``ACCELERATE_USE_FSDP``, with the plugin configured by accelerate's ``FSDP_*`` variables)."""
+    return bool(args.fsdp) or os.environ.get("ACCELERATE_USE_FSDP", "false").lower() in ("1", "true", "yes")
+
+
+def enable_fsdp_on_cpu(args: TrainingArguments) -> bool:
+    """Make FSDP (``--fsdp`` or ``accelerate launch --use_fsdp``) shard on CPU processes too; returns whether it
+    had to.
+
+    accelerate enables FSDP only for accelerator device types: processes that meet in a gloo group on the CPU get
+    plain DDP although FSDP was asked for (the Trainer then trains unsharded without a word). Before the Trainer
+    creates its ``Accelerator``, this initialises accelerate's shared state as the Trainer would and marks it FSDP with
+    the plugin the Trainer would build; the Trainer then finds FSDP enabled and prepares the model with
+    ``fully_shard`` (FSDP2 on a CPU device mesh). A no-op without FSDP, with one process, or off the CPU.
+    """
+    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin, TorchDynamoPlugin
+
+    if not fsdp_requested(args) or args.world_size <= 1 or args.device.type != "cpu":
+        return False
+    plugin = FullyShardedDataParallelPlugin(**(args.fsdp_plugin_args or {}))  # no arguments: from FSDP_* variables
+    state = AcceleratorState(cpu=True, fsdp_plugin=plugin, dynamo_plugin=TorchDynamoPlugin(), _from_accelerator=True)
+    if state.distributed_type == DistributedType.FSDP:
+        return False
+    if state.distributed_type != DistributedType.MULTI_CPU:
+        raise RuntimeError(f"FSDP on the CPU expected accelerate's MULTI_CPU state, found {state.distributed_type}")
+    state.distributed_type = DistributedType.FSDP
+    state.fsdp_plugin = plugin
+    PartialState().distributed_type = DistributedType.FSDP  # as accelerate records it; AcceleratorState() copies it
+    return True

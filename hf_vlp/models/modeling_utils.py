@@ -17,6 +17,7 @@ from transformers import PreTrainedModel
 from transformers import initialization as init
 
 from ..integrations.model_card import render_model_card
+from ..utils.sharding import VECTORIZED_ATTRIBUTE, savable_state_dict
 from .vocabulary import resize_vocabulary_copies
 
 MODEL_CARD_NAME = "README.md"
@@ -172,6 +173,9 @@ class VlpPreTrainedModel(PreTrainedModel):
         super()._init_weights(module)
 
     def save_pretrained(self, save_directory: str | os.PathLike, *args: Any, **kwargs: Any) -> None:
+        state_dict = kwargs.get("state_dict")
+        if state_dict is not None or getattr(self, VECTORIZED_ATTRIBUTE, ()):  # e.g. gathered from FSDP shards
+            kwargs["state_dict"] = savable_state_dict(self, self.state_dict() if state_dict is None else state_dict)
         super().save_pretrained(save_directory, *args, **kwargs)
         card_path = Path(save_directory) / MODEL_CARD_NAME
         if self.model_card_template and kwargs.get("is_main_process", True) and not card_path.exists():

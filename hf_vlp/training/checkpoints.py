@@ -34,6 +34,9 @@ logger = logging.getLogger(__name__)
 COMPLETE_MARKER = ".complete"
 TRAINER_STATE = "trainer_state.json"
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+# what the Trainer writes under FSDP besides (FULL_STATE_DICT) or instead of (SHARDED_STATE_DICT) the model files:
+# pytorch_model_fsdp.bin, or a pytorch_model_fsdp_0/ folder of shards
+FSDP_WEIGHTS_PREFIX = "pytorch_model_fsdp"
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 _TORCH_SUFFIXES = (".pt", ".pth", ".bin")
 
@@ -182,8 +185,9 @@ def checkpoint_problem(folder: str | Path, require_marker: bool | None = None) -
         return f"it has no {COMPLETE_MARKER} marker: the save was interrupted (killed, or the disk was full)"
     if not (folder / TRAINER_STATE).is_file():
         return f"{folder / TRAINER_STATE} is missing: the save was interrupted"
-    if not any((folder / name).is_file() for name in WEIGHT_FILES):
-        return f"it holds no model weights ({' / '.join(WEIGHT_FILES[::2])})"
+    fsdp_weights = any(path.name.startswith(FSDP_WEIGHTS_PREFIX) for path in folder.iterdir())
+    if not fsdp_weights and not any((folder / name).is_file() for name in WEIGHT_FILES):
+        return f"it holds no model weights ({' / '.join(WEIGHT_FILES[::2])} / {FSDP_WEIGHTS_PREFIX}*)"
     for path in sorted(folder.iterdir()):
         if path.is_file() and (path.suffix in (*_TORCH_SUFFIXES, ".safetensors") or path.name == TRAINER_STATE):
             problem = file_problem(path)

@@ -11,6 +11,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the headless backend)
 
+from ..evaluation.report import NOT_FRACTION_METRICS, metric_sort_key  # noqa: E402
 from .callbacks import LOSS_TERM_PREFIX  # noqa: E402
 
 
@@ -67,11 +68,18 @@ def plot_loss_curve(log_history: list[dict[str, Any]], path: Path) -> list[str]:
 def plot_training(log_history: list[dict[str, Any]], metrics: dict[str, dict[str, float]], output: Path) -> list[Path]:
     """Write ``loss_curve.png`` (training loss and each logged loss term per logged step) and ``metrics.png``
     (before/after bars)."""
-    written = []
     plot_loss_curve(log_history, output / "loss_curve.png")
-    written.append(output / "loss_curve.png")
+    plot_metrics(metrics, output / "metrics.png")
+    return [output / "loss_curve.png", output / "metrics.png"]
 
-    names = sorted({name for values in metrics.values() for name in values if "chance" not in name})
+
+def plot_metrics(metrics: dict[str, dict[str, float]], path: Path) -> list[str]:
+    """Bars of every fraction metric per run (``before``/``after``) on one percentage axis, recall@K / top-K in the
+    order of K; chance levels and metrics in their own unit (CIDEr) are left out. Returns the plotted names."""
+    plotted = {name for values in metrics.values() for name in values}
+    names = sorted(
+        (name for name in plotted if "chance" not in name and name not in NOT_FRACTION_METRICS), key=metric_sort_key
+    )
     figure, axis = plt.subplots(figsize=(max(6, 0.6 * len(names) + 2), 4))
     width = 0.8 / max(len(metrics), 1)
     for offset, (run, values) in enumerate(metrics.items()):
@@ -83,7 +91,6 @@ def plot_training(log_history: list[dict[str, Any]], metrics: dict[str, dict[str
     if metrics:
         axis.legend()
     figure.tight_layout()
-    figure.savefig(output / "metrics.png", dpi=100)
+    figure.savefig(path, dpi=100)
     plt.close(figure)
-    written.append(output / "metrics.png")
-    return written
+    return names

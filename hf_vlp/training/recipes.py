@@ -247,7 +247,9 @@ def _albef(task: str, run: tuple[dict[str, Any], dict[str, Any]], notes: str) ->
 # (--from-pretrained): from scratch they first learn the text priors (question type, hypothesis wording) and need
 # longer to ground.
 SMALL_GALLERY_JOB = {"dataset": "synthetic-shapes:n=1000", "eval_max_samples": 100}
-PRETRAIN_RUN = ({"learning_rate": 2e-3, "max_steps": 500}, SMALL_GALLERY_JOB)
+# every parameter of a pre-training model takes part in ITC + ITM + MLM/LM: DDP need not search for unused ones (and
+# warn that it found none)
+PRETRAIN_RUN = ({"learning_rate": 2e-3, "max_steps": 500, "ddp_find_unused_parameters": False}, SMALL_GALLERY_JOB)
 RETRIEVAL_RUN = ({"max_steps": 200}, SMALL_GALLERY_JOB)
 VQA_RUN = ({"max_steps": 300}, {"dataset": "synthetic-shapes:n=4000", "eval_max_samples": 500})
 NLVR2_JOB = {"dataset": "synthetic-shapes:n=4000", "eval_max_samples": 500}

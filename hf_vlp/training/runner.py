@@ -13,6 +13,7 @@ import logging
 import os
 import shutil
 import sys
+import warnings
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,10 @@ from transformers import Trainer, TrainingArguments, set_seed
 from transformers.training_args import ParallelMode
 from transformers.utils import logging as transformers_logging
 
+from ..evaluation.progress import evaluation_progress
 from ..evaluation.report import format_metrics_table
+from ..integrations.compat import enable_fsdp_on_cpu, fsdp_requested
+from ..utils.sharding import local_parameter_fraction, peak_rss_mib, vectorize_scalar_parameters
 from ..integrations.model_card import render_model_card
 from .checkpoints import (
     CheckpointCompletionCallback,
@@ -121,6 +125,27 @@ def check_one_job(args: TrainingArguments, environ: Mapping[str, str] | None = N
         )
 
 
+def _memory_report(trainer: Trainer, model: Any) -> dict[str, Any]:
+    """Peak resident memory of every process (MiB) and the share of the parameters each holds, gathered from all
+    processes (every process must call this)."""
+    from accelerate.utils import gather_object
+
+    local = [{"peak_rss_mib": round(peak_rss_mib(), 1), "parameter_share": round(local_parameter_fraction(model), 4)}]
+    per_process = gather_object(local) if trainer.args.world_size > 1 else local
+    return {
+        "sharding": "fsdp" if trainer.is_fsdp_enabled else ("ddp" if trainer.args.world_size > 1 else "none"),
+        "peak_rss_mib": [entry["peak_rss_mib"] for entry in per_process],
+        "parameter_share": [entry["parameter_share"] for entry in per_process],
+    }
+
+
+def _describe_sharding(trainer: Trainer) -> str:
+    if not trainer.is_fsdp_enabled:
+        return ""
+    plugin = trainer.accelerator.state.fsdp_plugin
+    return f"; FSDP{plugin.fsdp_version} over {max(trainer.args.world_size, 1)} processes"
+
+
 def _describe_batch(args: TrainingArguments) -> str:
     processes = max(args.world_size, 1)
     accumulation = args.gradient_accumulation_steps
@@ -175,7 +200,12 @@ def quiet_run() -> Iterator[None]:
     for logger_ in loggers:
         logger_.addFilter(once)
     try:
-        yield
+        with warnings.catch_warnings():
+            # FSDP2 warns, once per module class, that an embedding/linear/model output is a view that an in-place
+            # op could detach from its hooks; no hf_vlp block modifies a module's output in place (the FSDP tests
+            # check gradients against DDP's), so the warning only adds noise to every sharded run.
+            warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module .* returned a view tensor")
+            yield
     finally:
         for logger_ in loggers:
             logger_.removeFilter(once)
@@ -271,6 +301,9 @@ def _train(architecture: str, job: JobArguments, args: TrainingArguments) -> dic
     train_dataset = task.load_dataset(job.dataset, job.train_split, job, bad_samples)
     _check_one_batch(train_dataset, args, job)
     collator = task.collator(model, processor, job, args.seed, bad_samples, train=True)
+    if fsdp_requested(args):
+        vectorize_scalar_parameters(model)  # fully_shard shards along dim 0; saved back as scalars
+        enable_fsdp_on_cpu(args)
     trainer = Trainer(
         model=model,
         args=args,
@@ -292,19 +325,27 @@ def _train(architecture: str, job: JobArguments, args: TrainingArguments) -> dic
         "global_train_batch_size": args.per_device_train_batch_size * processes * args.gradient_accumulation_steps,
     }
     if is_main:
-        print(f"hf-vlp train {architecture} --task {task.name}: {_describe_batch(args)}", flush=True)
+        print(f"hf-vlp train {architecture} --task {task.name}: {_describe_batch(args)}{_describe_sharding(trainer)}",
+              flush=True)
     eval_batch = args.per_device_eval_batch_size
     if is_main and not job.skip_eval:
-        metrics["before"] = task.evaluate(model, processor, job, eval_spec, job.eval_split, eval_batch)
+        with evaluation_progress("evaluating before training", disable=args.disable_tqdm):
+            metrics["before"] = task.evaluate(model, processor, job, eval_spec, job.eval_split, eval_batch)
     result = trainer.train(resume_from_checkpoint=resume)
     _check_steps_trained(trainer, resume, resumed_step, job)
     metrics["train"] = dict(result.metrics)
     metrics["bad_samples"] = bad_samples.count
-    trainer.save_model(args.output_dir)  # writes on the main process only
+    metrics["memory"] = _memory_report(trainer, model)
+    if trainer.is_fsdp_enabled:  # the final model is one consolidated folder, whatever the checkpoints' format
+        trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
+    trainer.save_model(args.output_dir)  # writes on the main process only (FSDP: gathers the full model first)
     if not is_main:
         return metrics
+    if trainer.is_fsdp_enabled:  # the in-memory model is a shard; evaluate and describe the consolidated one
+        model, _ = task.load_saved(args.output_dir)
     if not job.skip_eval:
-        metrics["after"] = task.evaluate(model, processor, job, eval_spec, job.eval_split, eval_batch)
+        with evaluation_progress("evaluating after training", disable=args.disable_tqdm):
+            metrics["after"] = task.evaluate(model, processor, job, eval_spec, job.eval_split, eval_batch)
     output = Path(args.output_dir)
     history = trainer.state.log_history
     (output / "metrics.json").write_text(json.dumps({**metrics, "log_history": history}, indent=2))
@@ -333,6 +374,11 @@ def print_report(metrics: dict[str, Any], output: Path, bad_samples: BadSampleCo
         f"\ntrain loss {train.get('train_loss', float('nan')):.4f} in {train.get('train_runtime', 0):.1f}s "
         f"({train.get('train_samples_per_second', 0):.1f} samples/s)"
     )
+    memory = metrics.get("memory")
+    if memory and len(memory["peak_rss_mib"]) > 1:
+        shares = ", ".join(f"{share:.0%}" for share in memory["parameter_share"])
+        peaks = ", ".join(f"{peak:.0f}" for peak in memory["peak_rss_mib"])
+        print(f"{memory['sharding'].upper()}: parameters held per process {shares}; peak RSS per process {peaks} MiB")
     if bad_samples.count:
         print(bad_samples.summary())
     print(f"saved model, processor, README.md, metrics.json, loss_curve.png, metrics.png to {output}")
@@ -349,6 +395,7 @@ def evaluate(model_dir: str, job: JobArguments, batch_size: int = 128) -> dict[s
     task = task_of_saved_model(model_dir)
     with quiet_run():
         model, processor = task.load_saved(model_dir)
-        metrics = task.evaluate(model, processor, job, job.eval_dataset or job.dataset, job.eval_split, batch_size)
+        with evaluation_progress(f"evaluating {model_dir}"):
+            metrics = task.evaluate(model, processor, job, job.eval_dataset or job.dataset, job.eval_split, batch_size)
     print(format_metrics_table({Path(model_dir).name or "model": metrics}))
     return metrics

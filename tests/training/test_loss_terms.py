@@ -171,3 +171,12 @@ def test_terms_are_reduced_over_processes():
     for process in processes:
         process.join(timeout=60)
     assert results[0] == results[1] == {"loss_x": (9.0, 3), "loss_y": (7.0, 1)}
+
+
+def test_the_metrics_chart_orders_recall_by_k_and_leaves_out_chance_and_cider(tmp_path):
+    from hf_vlp.training.plots import plot_metrics
+
+    before = {"itc_i2t_r10": 0.3, "itc_i2t_r5": 0.2, "itc_i2t_r1": 0.1, "retrieval_chance_r1": 0.03, "CIDEr": 3.4}
+    names = plot_metrics({"before": before, "after": before}, tmp_path / "metrics.png")
+    assert names == ["itc_i2t_r1", "itc_i2t_r5", "itc_i2t_r10"]
+    assert (tmp_path / "metrics.png").stat().st_size > 0

@@ -36,7 +36,7 @@ class BadSampleError(ValueError):
     @property
     def description(self) -> str:
         """Which sample is bad and why, without the advice."""
-        where = f"sample {self.index}" if self.index is not None else "a sample"
+        where = f"sample {self.index}" if self.index is not None else "sample"
         origin = f" (file {self.source!r})" if self.source else ""
         return f"Bad {where}{origin}: {self.reason}"
 

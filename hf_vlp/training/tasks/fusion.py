@@ -19,7 +19,7 @@ from ...evaluation.classification import classification_accuracy
 from ...evaluation.itm_retrieval import itm_retrieval_metrics
 from ...evaluation.vqa import vqa_accuracy
 from ...synthetic import VQA_ANSWERS
-from ..callbacks import MomentumCallback
+from ..callbacks import LogitScaleClampCallback, MomentumCallback
 from ..collators import (
     ImageTextCollator,
     QuestionAnsweringCollator,
@@ -77,10 +77,16 @@ class FusionTask(TrainingTask):
         return "flip" if resolve_dataset_spec(job.dataset).kind == "synthetic" else "paper"
 
     def callbacks(self, model: nn.Module, collator: ImageTextCollator) -> list[TrainerCallback]:
-        logged = super().callbacks(model, collator)
+        """The base callbacks, ``MomentumCallback`` for momentum tasks, and a clamp of ``temp`` into the config's range
+        after each optimizer step: the forward's own in-place clamp does not reach the stored value when the
+        parameter is sharded (FSDP clamps the gathered copy), and without one the saved ``temp`` could lie outside it."""
+        callbacks = super().callbacks(model, collator)
+        if isinstance(getattr(model, "temp", None), nn.Parameter):
+            config = model.config
+            callbacks.insert(0, LogitScaleClampCallback(config.temp_max, config.temp_min, parameter_name="temp"))
         if self.alpha_warmup_epochs is None:
-            return logged
-        return [MomentumCallback(alpha_warmup_epochs=self.alpha_warmup_epochs), *logged]
+            return callbacks
+        return [MomentumCallback(alpha_warmup_epochs=self.alpha_warmup_epochs), *callbacks]
 
     def usable_rows(self, spec: str, split: str, job: JobArguments) -> list[dict[str, Any]]:
         """The first ``--eval-max-samples`` rows of ``split`` whose image decoded."""
