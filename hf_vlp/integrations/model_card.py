@@ -2,26 +2,25 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
+import importlib.resources
 from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-TEMPLATE_DIRS = (
-    Path(__file__).resolve().parents[2] / "model_cards",  # a source checkout / editable install
-    Path(sys.prefix) / "share" / "hf_vlp" / "model_cards",  # a regular install (setup.cfg data_files)
-)
+TEMPLATE_PACKAGE = "model_cards"  # the templates ship as package data of this top-level package
 
 
-def template_path(name: str) -> Path:
-    """Location of ``model_cards/<name>.md``; a clear error if the package was installed without it."""
-    for directory in TEMPLATE_DIRS:
-        candidate = directory / f"{name}.md"
-        if candidate.is_file():
-            return candidate
-    searched = ", ".join(str(d) for d in TEMPLATE_DIRS)
-    raise FileNotFoundError(f"Model-card template {name}.md not found (searched {searched}); reinstall hf_vlp.")
+def template_text(name: str) -> str:
+    """The text of the ``model_cards/<name>.md`` template (package data, read with ``importlib.resources`` from a
+    source checkout, an editable or a wheel install alike); a clear error if there is none."""
+    try:
+        template = importlib.resources.files(TEMPLATE_PACKAGE) / f"{name}.md"
+        return template.read_text(encoding="utf-8")
+    except (ModuleNotFoundError, FileNotFoundError) as error:
+        raise FileNotFoundError(
+            f"Model-card template {name}.md not found in the {TEMPLATE_PACKAGE!r} package data ({error}); the "
+            "installation is incomplete: reinstall hf_vlp."
+        ) from None
 
 
 def _evaluation_section(metrics: dict[str, float] | None, dataset: str | None) -> str:
@@ -97,4 +96,4 @@ def render_model_card(
         ),
         **model.model_card_fields(),
     }
-    return ModelCard.from_template(card_data, template_path=str(template_path(name)), **fields)
+    return ModelCard.from_template(card_data, template_str=template_text(name), **fields)

@@ -125,6 +125,17 @@ def check_one_job(args: TrainingArguments, environ: Mapping[str, str] | None = N
         )
 
 
+def _gather_bad_samples(trainer: Trainer, bad_samples: BadSampleCounter) -> None:
+    """Add every other process's skipped samples to ``bad_samples`` (every process must call this), so the report and
+    ``metrics.json`` count the whole job's, not rank 0's share."""
+    if trainer.args.world_size <= 1:
+        return
+    from accelerate.utils import gather_object
+
+    for snapshot in gather_object([bad_samples.snapshot()]):
+        bad_samples.absorb(snapshot)
+
+
 def _memory_report(trainer: Trainer, model: Any) -> dict[str, Any]:
     """Peak resident memory of every process (MiB) and the share of the parameters each holds, gathered from all
     processes (every process must call this)."""
@@ -334,6 +345,7 @@ def _train(architecture: str, job: JobArguments, args: TrainingArguments) -> dic
     result = trainer.train(resume_from_checkpoint=resume)
     _check_steps_trained(trainer, resume, resumed_step, job)
     metrics["train"] = dict(result.metrics)
+    _gather_bad_samples(trainer, bad_samples)
     metrics["bad_samples"] = bad_samples.count
     metrics["memory"] = _memory_report(trainer, model)
     if trainer.is_fsdp_enabled:  # the final model is one consolidated folder, whatever the checkpoints' format

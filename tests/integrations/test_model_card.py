@@ -5,7 +5,7 @@ from huggingface_hub import ModelCard
 
 import hf_vlp.models.modeling_utils as modeling_utils
 from hf_vlp import VlpClipConfig, VlpClipModel
-from hf_vlp.integrations.model_card import render_model_card, template_path
+from hf_vlp.integrations.model_card import render_model_card, template_text
 
 
 def _tiny_model() -> VlpClipModel:
@@ -65,7 +65,7 @@ def test_push_to_hub_uploads_weights_and_the_rendered_card(monkeypatch):
 
 
 def test_missing_template_is_a_clear_error():
-    assert template_path("clip").name == "clip.md"
+    assert "{{ card_data }}" in template_text("clip")
     with pytest.raises(FileNotFoundError, match="nonexistent.md not found"):
-        template_path("nonexistent")
+        template_text("nonexistent")
 

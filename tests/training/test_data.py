@@ -3,6 +3,7 @@
 import csv
 import io
 import json
+import pickle
 import tarfile
 
 import datasets
@@ -228,6 +229,21 @@ def test_skip_bad_samples_marks_and_counts_them(tmp_path):
     assert counter.count == 2
     assert [error.index for error in counter.examples] == [1, 3]
     assert "Skipped 2 bad sample(s)" in counter.summary() and "missing.png" in counter.summary()
+
+
+def test_bad_samples_of_other_processes_are_added_once():
+    """A distributed run adds every rank's skips to rank 0's counter; a sample two ranks skipped counts once."""
+    rank0, rank1 = BadSampleCounter(), BadSampleCounter()
+    rank0.record(BadSampleError(1, "a.png", "cannot decode the image"))
+    rank1.record(BadSampleError(1, "a.png", "cannot decode the image"))
+    rank1.record(BadSampleError(7, "b.png", "the image file does not exist"))
+    rank1.record(BadSampleError(None, "shard-3.tar", "truncated shard"), key=("shard-3.tar",), samples=5)
+    snapshot = rank1.snapshot()
+    assert pickle.loads(pickle.dumps(snapshot)) == snapshot  # travels between processes
+    rank0.absorb(snapshot)
+    assert rank0.count == 1 + 1 + 5
+    assert [error.index for error in rank0.examples] == [1, 7, None]
+    assert "truncated shard" in rank0.summary()
 
 
 # ------------------------------------------------------------------------------------------- webdataset

@@ -57,6 +57,7 @@ class BadSampleCounter:
     def __init__(self, max_examples: int = 10) -> None:
         self.max_examples = max_examples
         self._samples: dict[tuple, int] = {}  # key -> number of samples it stands for (a skipped shard: several)
+        self._errors: dict[tuple, BadSampleError] = {}  # key -> why
         self._examples: list[BadSampleError] = []
         self._owner_pid = os.getpid()
         self._spool = os.path.join(tempfile.gettempdir(), f"hf_vlp_bad_samples_{os.getpid()}_{uuid.uuid4().hex}")
@@ -87,6 +88,7 @@ class BadSampleCounter:
         if key in self._samples:
             return False
         self._samples[key] = samples
+        self._errors[key] = error
         if len(self._examples) < self.max_examples:
             self._examples.append(error)
         return True
@@ -126,6 +128,20 @@ class BadSampleCounter:
         """The first ``max_examples`` distinct bad samples."""
         self._merge_spool()
         return list(self._examples)
+
+    def snapshot(self) -> list[tuple[tuple, int, tuple[int | None, str | None, str]]]:
+        """This process's skips (its DataLoader workers' included) as picklable ``(key, samples, error fields)``."""
+        self._merge_spool()
+        return [
+            (key, samples, (self._errors[key].index, self._errors[key].source, self._errors[key].reason))
+            for key, samples in self._samples.items()
+        ]
+
+    def absorb(self, snapshot: list[tuple[tuple, int, tuple[int | None, str | None, str]]]) -> None:
+        """Add another process's :meth:`snapshot` (a distributed run: each rank skips the bad samples of its own share);
+        a sample both saw counts once."""
+        for key, samples, fields in snapshot:
+            self._add(BadSampleError(*fields), tuple(key), samples)
 
     def summary(self) -> str:
         """One line (plus examples) describing what was skipped."""
