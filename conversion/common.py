@@ -61,6 +61,7 @@ from hf_vlp.utils.checkpoints import (  # re-exported (__all__): the converters 
     unwrap_state_dict,
 )
 from hf_vlp.integrations.model_card import render_model_card
+from hf_vlp.integrations.provenance import conversion_source
 
 logger = logging.getLogger(__name__)
 
@@ -533,15 +534,26 @@ def write_conversion(
     """Write a complete converted folder atomically (:func:`write_output_dir`): the model (safetensors;
     ``save_pretrained`` adds the generation config of a generative head), its processor (image processor + tokenizer;
     left out when ``None``, i.e. no tokenizer given), the architecture's model card with ``provenance`` and the
-    converter's marker. ``inputs`` (checkpoint, config, tokenizer paths) are never inside what is replaced."""
+    converter's marker, which records the source of ``inputs[0]`` (the checkpoint): its release's license and its Hub
+    id, when it has one. ``inputs`` (checkpoint, config, tokenizer paths) are never inside what is replaced."""
+    inputs = list(inputs)
+    # the release the weights come from (or the transformers directory), for the card's license and base_model
+    source = conversion_source(getattr(model, "model_card_template", None), inputs[0]) if inputs else None
 
     def write(directory: Path) -> None:
         model.save_pretrained(directory)
         if processor is not None:
             processor.save_pretrained(directory)
-        render_model_card(model, provenance=provenance, tags=["converted"]).save(directory / "README.md")
+        render_model_card(
+            model, provenance=provenance, tags=["converted"], sources=[source] if source else (),
+            model_name=Path(output).name,
+        ).save(directory / "README.md")
 
-    marker = {"model_class": type(model).__name__, "sources": [str(path) for path in inputs]}
+    marker = {
+        "model_class": type(model).__name__,
+        "sources": [str(path) for path in inputs],
+        "source": source.to_json() if source else None,
+    }
     written = write_output_dir(output, write, overwrite, inputs, marker=marker)
     logger.info(f"Wrote {written}")
     return written

@@ -87,6 +87,7 @@ _LAZY = {
     "zero_shot_accuracy": "hf_vlp.evaluation",
     "retrieval_recall": "hf_vlp.evaluation",
     "make_compute_metrics": "hf_vlp.evaluation",
+    "load_metric": "hf_vlp.evaluation",
 }
 
 

@@ -1,5 +1,6 @@
-"""``hf-vlp`` command line: ``train <arch> [--task TASK]``, ``evaluate <dir>``, ``capfilt`` and
-``convert <family> ...`` (the ``conversion`` package's converters).
+"""``hf-vlp`` command line: ``train <arch> [--task TASK]``, ``evaluate <dir>``, ``capfilt``,
+``convert <family> ...`` (the ``conversion`` package's converters), ``export <dir>`` (remote code) and
+``push <dir> <repo_id>`` (the Hub).
 
 Every ``transformers.TrainingArguments`` field is accepted as a flag (``--max-steps``, ``--bf16``,
 ``--per-device-train-batch-size``, ``--gradient-checkpointing``, ``--report-to``, ``--resume-from-checkpoint``, ...);
@@ -28,6 +29,10 @@ hf-vlp evaluate DIR [options]                the task's metrics (retrieval, zero
 hf-vlp capfilt --captioner DIR --filter DIR --dataset SPEC --output DIR   bootstrap a dataset with BLIP's CapFilt
 hf-vlp convert {families} --checkpoint PATH --output DIR [--original-config PATH] [--tokenizer PATH] [--verify]
                                              convert an original release (or transformers directory) to hf_vlp
+hf-vlp export DIR                            add the code and auto_map a machine without hf_vlp needs to load DIR
+                                             (AutoModel.from_pretrained(DIR, trust_remote_code=True))
+hf-vlp push DIR REPO_ID [--private] [--revision REV] [--no-remote-code]
+                                             upload a saved, trained or converted folder to the Hub as one commit
 Add --help after a command for its options."""
 
 
@@ -171,6 +176,49 @@ def _convert(arguments: Sequence[str]) -> int:
     return run_cli(functools.partial(converter.main, program=f"hf-vlp convert {family}"), list(arguments[1:]))
 
 
+def _export(arguments: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="hf-vlp export", description="Write into DIR (a saved hf_vlp model, with its processor) a flat, "
+        "self-contained copy of the code it needs and the auto_map entries, so that AutoConfig / AutoModel / "
+        "AutoProcessor.from_pretrained(DIR, trust_remote_code=True) load it on a machine without hf_vlp.",
+    )
+    parser.add_argument("directory", metavar="DIR", help="a folder written by save_pretrained / hf-vlp train / convert")
+    options = parser.parse_args(list(arguments))
+    from .integrations.remote_code import export_remote_code
+
+    def export() -> None:
+        written = export_remote_code(options.directory)
+        print(f"wrote {len(written)} file(s) to {options.directory}: {', '.join(written)}")
+
+    return _run(export)
+
+
+def _push(arguments: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="hf-vlp push", description="Upload DIR (a saved, trained or converted hf_vlp folder) to the Hub repo "
+        "REPO_ID as one commit: weights, configs, processor files, remote code and the model card with its measured "
+        "metrics (checkpoints are left out).",
+    )
+    parser.add_argument("directory", metavar="DIR", help="the folder to upload")
+    parser.add_argument("repo_id", metavar="REPO_ID", help="the Hub repository, e.g. your-name/albef-finetuned")
+    parser.add_argument("--private", action="store_true", help="create the repository as private")
+    parser.add_argument("--revision", default=None, help="the branch to push to (default: main)")
+    parser.add_argument("--no-remote-code", action="store_true",
+                        help="upload without the code for trust_remote_code loading (users then need hf_vlp)")
+    parser.add_argument("--commit-message", default=None, help="the commit message")
+    options = parser.parse_args(list(arguments))
+    from .integrations.hub import push_folder
+
+    def push() -> None:
+        result = push_folder(
+            options.directory, options.repo_id, private=options.private or None, revision=options.revision,
+            commit_message=options.commit_message, remote_code=not options.no_remote_code,
+        )
+        print(f"pushed {options.directory} to {options.repo_id}: {result}")
+
+    return _run(push)
+
+
 def _run(job: Callable[[], object]) -> int:
     """Run a job; problems with the user's input become one clear line and exit status 1, not a traceback."""
     try:
@@ -183,7 +231,10 @@ def _run(job: Callable[[], object]) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     arguments = list(sys.argv[1:] if argv is None else argv)
-    commands = {"train": _train, "evaluate": _evaluate, "capfilt": _capfilt, "convert": _convert}
+    commands = {
+        "train": _train, "evaluate": _evaluate, "capfilt": _capfilt, "convert": _convert, "export": _export,
+        "push": _push,
+    }
     if not arguments or arguments[0] in ("-h", "--help") or arguments[0] not in commands:
         stream = sys.stdout if arguments and arguments[0] in ("-h", "--help") else sys.stderr
         if arguments and arguments[0] not in ("-h", "--help"):

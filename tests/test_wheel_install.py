@@ -1,6 +1,6 @@
 """A regular (non-editable) install works: ``pip install .`` into a fresh virtual environment, then, from outside the
-source tree, convert an original checkpoint, train 5 steps, save with a model card, push (uploads intercepted) and
-load — every file read from the installed wheel (model-card templates, the ``conversion`` package, packaged data)."""
+source tree, convert an original checkpoint, train 5 steps (evaluated through the packaged ``evaluate`` metric
+modules), save with a model card, push (uploads intercepted) and load — every file read from the installed wheel (model-card templates, the ``conversion`` package, packaged data)."""
 
 import json
 import os
@@ -42,6 +42,15 @@ status = main(["train", "clip", "--from-pretrained", converted, "--dataset", "sy
                "--save-strategy", "no", "--disable-tqdm", "true", "--output-dir", trained])
 assert status == 0, status
 
+import huggingface_hub
+from huggingface_hub import HfApi, RepoUrl
+uploads = []
+HfApi.create_repo = lambda api, repo_id, **kwargs: RepoUrl("https://huggingface.co/" + repo_id)
+HfApi.upload_folder = lambda api, *, repo_id, folder_path, **kwargs: uploads.append(
+    sorted(p for p in os.listdir(folder_path))) or "commit"
+from hf_vlp.integrations.hub import push_folder
+push_folder(trained, "me/wheel-clip")
+
 import transformers
 model = transformers.AutoModel.from_pretrained(trained)
 processor = transformers.AutoProcessor.from_pretrained(trained)
@@ -51,6 +60,7 @@ print("RESULT " + json.dumps({
     "processor": type(processor).__name__,
     "files": sorted(os.listdir(trained)),
     "card_has_metrics": "Not evaluated yet" not in card and "zero_shot_top1" in card,
+    "pushed": uploads,
 }))
 '''
 
@@ -87,3 +97,5 @@ def test_a_wheel_install_converts_trains_saves_and_loads(tmp_path):
     assert result["processor"] == "VlpClipProcessor"
     assert {"model.safetensors", "config.json", "README.md", "metrics.json"} <= set(result["files"])
     assert result["card_has_metrics"]
+    (pushed,) = result["pushed"]  # one commit: model, processor, card, record and the remote code
+    assert {"model.safetensors", "config.json", "README.md", "processor_config.json", "hf_vlp_classes.py"} <= set(pushed)

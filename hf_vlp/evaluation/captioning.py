@@ -7,7 +7,9 @@ English captions, so no Java is needed: it follows PTB's rules for words, contra
 hyphenated words and punctuation, and drops the same punctuation tokens; it is not checked against the Java tool and
 may differ on rarer constructs (abbreviations with periods such as ``u.s.``, symbols PTB escapes such as ``/``/``*``).
 
-Metric names are COCOEvalCap's (``Bleu_1`` ... ``Bleu_4``, ``CIDEr``), the keys BLIP's caption evaluation logs.
+Metric names are COCOEvalCap's (``Bleu_1`` ... ``Bleu_4``, ``CIDEr``), the keys BLIP's caption evaluation logs. The
+scores are computed by the packaged ``coco_caption`` metric module (:mod:`hf_vlp.metrics`), which wraps
+:func:`coco_caption_scores`.
 CIDEr's document frequencies come from the references of the evaluated set, so it needs several images to mean much
 (with one image every n-gram's idf is 0 and CIDEr is 0).
 """
@@ -22,9 +24,17 @@ import torch
 from torch import nn
 
 from .embeddings import eval_mode
+from .metric_modules import compute_metric
 from .progress import advance
 
-__all__ = ["PTB_PUNCTUATION", "caption_images", "caption_metrics", "evaluate_captioner", "ptb_tokenize"]
+__all__ = [
+    "PTB_PUNCTUATION",
+    "caption_images",
+    "caption_metrics",
+    "coco_caption_scores",
+    "evaluate_captioner",
+    "ptb_tokenize",
+]
 
 INSTALL_HINT = "pip install pycocoevalcap (or the project's extra: pip install 'hf_vlp[captioning]')"
 
@@ -86,18 +96,36 @@ def _checked_references(references: Any, count: int) -> list[list[str]]:
     return checked
 
 
-def caption_metrics(predictions: Sequence[str], references: Sequence[Sequence[str] | str]) -> dict[str, float]:
-    """Corpus BLEU-1..4 and CIDEr (CIDEr-D, sigma 6, x10 as COCO reports it) of ``predictions`` (one caption per
-    image) against ``references`` (each image's reference captions; a single string counts as a list of one), both
-    tokenised with :func:`ptb_tokenize`. BLEU uses the closest reference length for the brevity penalty, as COCO's.
-
-    Returns ``{"Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "CIDEr"}`` as floats in the COCO scorer's units (BLEU in
-    [0, 1]; CIDEr in [0, 10], usually reported x100).
-    """
+def _checked_predictions(predictions: Any) -> list[str]:
     if isinstance(predictions, str) or not isinstance(predictions, Sequence):
         raise TypeError("predictions must be a list of caption strings, one per image")
     if not predictions:
         raise ValueError("No predictions: pass at least one caption (and its references).")
+    for prediction in predictions:
+        if not isinstance(prediction, str):
+            raise TypeError(f"captions must be strings, got {type(prediction).__name__}: {prediction!r}")
+    return list(predictions)
+
+
+def caption_metrics(predictions: Sequence[str], references: Sequence[Sequence[str] | str]) -> dict[str, float]:
+    """Corpus BLEU-1..4 and CIDEr (CIDEr-D, sigma 6, x10 as COCO reports it) of ``predictions`` (one caption per
+    image) against ``references`` (each image's reference captions; a single string counts as a list of one), both
+    tokenised with :func:`ptb_tokenize`. BLEU uses the closest reference length for the brevity penalty, as COCO's.
+    Computed by the packaged ``coco_caption`` metric module (:func:`coco_caption_scores` through ``evaluate``).
+
+    Returns ``{"Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "CIDEr"}`` as floats in the COCO scorer's units (BLEU in
+    [0, 1]; CIDEr in [0, 10], usually reported x100).
+    """
+    predictions = _checked_predictions(predictions)
+    references = _checked_references(references, len(predictions))
+    _scorers()  # a missing package is named before evaluate loads the module
+    return compute_metric("coco_caption", predictions=predictions, references=references)
+
+
+def coco_caption_scores(predictions: Sequence[str], references: Sequence[Sequence[str] | str]) -> dict[str, float]:
+    """What :func:`caption_metrics` reports, computed here with the COCO scorers: the ``coco_caption`` metric
+    module's computation."""
+    predictions = _checked_predictions(predictions)
     references = _checked_references(references, len(predictions))
     bleu, cider = _scorers()
     results = {index: [ptb_tokenize(prediction)] for index, prediction in enumerate(predictions)}

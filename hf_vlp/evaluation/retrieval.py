@@ -9,7 +9,8 @@ query is kept: its rank.
 - text -> image: the rank of the caption's own image among all images.
 
 Ties count against the query (a collapsed model that maps everything to one vector scores
-~0, not 1). Recalls are fractions in [0, 1].
+~0, not 1). Recalls are fractions in [0, 1], computed from the ranks by the packaged ``retrieval_recall`` metric
+module (:mod:`hf_vlp.metrics`; ``evaluate``'s interface for the same numbers).
 
 ``make_compute_metrics`` adapts this to ``transformers.Trainer(compute_metrics=...)``.
 """
@@ -25,8 +26,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from .embeddings import check_positive_ints, embed_images, embed_texts
+from .metric_modules import compute_metric
 
 __all__ = [
+    "QUERY_DIRECTIONS",
     "RetrievalComputeMetrics",
     "image_to_text_ranks",
     "make_compute_metrics",
@@ -34,10 +37,15 @@ __all__ = [
     "recall_at_k",
     "recall_at_k_from_scores",
     "recall_metrics",
+    "recall_metrics_from_ranks",
     "retrieval_metrics_from_model",
     "retrieval_recall",
+    "text_to_image_from_captions",
     "text_to_image_ranks",
 ]
+
+# the two query directions, as the metric keys name them: image -> text, text -> image
+QUERY_DIRECTIONS = ("i2t", "t2i")
 
 
 def _check_chunk_size(chunk_size: int) -> None:
@@ -184,16 +192,54 @@ def recall_at_k(ranks: torch.Tensor, ks: Iterable[int]) -> dict[int, float]:
     return {k: (ranks < k).float().mean().item() for k in ks}
 
 
-def recall_metrics(
+def recall_metrics_from_ranks(
     image_ranks: torch.Tensor, text_ranks: torch.Tensor, ks: Iterable[int], prefix: str = ""
 ) -> dict[str, float]:
     """``{prefix}i2t_r{k}`` and ``{prefix}t2i_r{k}`` from the image and text queries' ranks, and
-    ``{prefix}mean_recall`` (their average), as fractions."""
+    ``{prefix}mean_recall`` (their average), as fractions: the computation of the ``retrieval_recall`` metric
+    module (:func:`recall_metrics` goes through the module)."""
     ks = tuple(ks)
+    for name, ranks in zip(QUERY_DIRECTIONS, (image_ranks, text_ranks)):
+        if ranks.numel() == 0:
+            raise ValueError(f"No {name} queries: recall@K needs the ranks of both directions' queries.")
     i2t, t2i = recall_at_k(image_ranks, ks), recall_at_k(text_ranks, ks)
     metrics = {f"{prefix}i2t_r{k}": i2t[k] for k in ks} | {f"{prefix}t2i_r{k}": t2i[k] for k in ks}
     metrics[f"{prefix}mean_recall"] = sum(metrics.values()) / len(metrics)
     return metrics
+
+
+def recall_metrics(
+    image_ranks: torch.Tensor, text_ranks: torch.Tensor, ks: Iterable[int], prefix: str = ""
+) -> dict[str, float]:
+    """``{prefix}i2t_r{k}``, ``{prefix}t2i_r{k}`` and ``{prefix}mean_recall`` of the image and text queries' ranks,
+    computed by the packaged ``retrieval_recall`` metric module (``"ranks"`` configuration)."""
+    ranks = torch.cat([torch.as_tensor(image_ranks).flatten(), torch.as_tensor(text_ranks).flatten()]).cpu()
+    directions = [QUERY_DIRECTIONS[0]] * len(image_ranks) + [QUERY_DIRECTIONS[1]] * len(text_ranks)
+    return compute_metric(
+        "retrieval_recall", "ranks", predictions=ranks.tolist(), references=directions, ks=list(ks), prefix=prefix
+    )
+
+
+def text_to_image_from_captions(captions_per_image: Sequence[Sequence[int]], num_texts: int) -> torch.Tensor:
+    """Each text's image index ``[Nt]`` from each image's caption indices; every text must belong to exactly one
+    image and every image needs a caption."""
+    mapping = torch.full((num_texts,), -1, dtype=torch.long)
+    for image, captions in enumerate(captions_per_image):
+        captions = [int(caption) for caption in captions]
+        if not captions:
+            raise ValueError(f"Image {image} has no caption; every gallery image needs at least one.")
+        if min(captions) < 0 or max(captions) >= num_texts:
+            raise ValueError(f"Image {image}'s captions must be text indices in [0, {num_texts}); got {captions}.")
+        taken = [caption for caption in captions if mapping[caption] >= 0]
+        if taken:
+            raise ValueError(
+                f"Texts {taken[:5]} are listed for image {image} and another one; a text describes one image."
+            )
+        mapping[captions] = image
+    orphans = (mapping < 0).nonzero().flatten().tolist()
+    if orphans:
+        raise ValueError(f"Texts {orphans[:5]} belong to no image: list every text among one image's captions.")
+    return mapping
 
 
 def recall_at_k_from_scores(

@@ -1,9 +1,11 @@
 """VQA accuracy of answer-ranking models (ALBEF, BLIP ``inference='rank'``): each question's answer is the best of
 a fixed candidate list, as the originals evaluate VQAv2.
 
-A prediction scores ``min(1, matches / 3)`` against a list of human answers (the VQAv2 metric, given ten answers)
-and 1 / 0 against a single answer. Reported with the chance level (one over the candidates) and the majority
-baseline (always answering the most frequent ground-truth answer), since a question type alone narrows the answer.
+Predictions are scored by the packaged ``vqa_accuracy`` metric module: the official VQAv2 accuracy, answers
+normalised and averaged over the leave-one-out subsets of the human answers (:mod:`hf_vlp.evaluation.vqa_answers`;
+a single answer is matched exactly after normalisation). Reported with the chance level (one over the candidates) and
+the majority baseline (always answering the most frequent normalised ground-truth answer, scored the same way), since
+a question type alone narrows the answer.
 """
 
 from __future__ import annotations
@@ -16,18 +18,26 @@ import torch
 from torch import nn
 
 from .embeddings import _batches, eval_mode, model_device
+from .metric_modules import load_metric
+from .vqa_answers import normalize_vqa_answer, vqa_score
 
-__all__ = ["answer_score", "vqa_accuracy"]
+__all__ = ["answer_score", "majority_answer", "vqa_accuracy"]
 
 
 def answer_score(predicted: str, answers: str | Sequence[str]) -> float:
-    """1/0 against one answer; ``min(1, matches / 3)`` against a list of (human) answers."""
-    if isinstance(answers, str):
-        return float(predicted == answers)
-    answers = list(answers)
-    if len(answers) == 1:
-        return float(predicted == answers[0])
-    return min(1.0, sum(answer == predicted for answer in answers) / 3)
+    """The VQA accuracy of one prediction against one question's answers (:func:`~.vqa_answers.vqa_score`)."""
+    return vqa_score(predicted, answers)
+
+
+def _answer_lists(answers: Sequence[str | Sequence[str]]) -> list[list[str]]:
+    return [[truth] if isinstance(truth, str) else list(truth) for truth in answers]
+
+
+def majority_answer(answers: Sequence[str | Sequence[str]]) -> str:
+    """The most frequent of the questions' most frequent normalised answers (the majority baseline's answer)."""
+    normalised = ([normalize_vqa_answer(answer) for answer in truth] for truth in _answer_lists(answers))
+    per_question = Counter(Counter(truth).most_common(1)[0][0] for truth in normalised)
+    return per_question.most_common(1)[0][0]
 
 
 @torch.no_grad()
@@ -71,11 +81,11 @@ def vqa_accuracy(
                 k=min(k, len(candidates)),
             )
             predictions += [candidates[index] for index in ranking.answer_indices[:, 0].tolist()]
-    scores = [answer_score(predicted, truth) for predicted, truth in zip(predictions, answers)]
-    most_common = Counter(truth if isinstance(truth, str) else Counter(truth).most_common(1)[0][0] for truth in answers)
-    majority = most_common.most_common(1)[0][0]
+    references = _answer_lists(answers)
+    metric = load_metric("vqa_accuracy")
+    majority = [majority_answer(references)] * len(references)
     return {
-        "vqa_accuracy": sum(scores) / len(scores),
+        "vqa_accuracy": metric.compute(predictions=predictions, references=references)["vqa_accuracy"],
         "vqa_chance": 1.0 / len(candidates),
-        "vqa_majority_baseline": sum(answer_score(majority, truth) for truth in answers) / len(answers),
+        "vqa_majority_baseline": metric.compute(predictions=majority, references=references)["vqa_accuracy"],
     }

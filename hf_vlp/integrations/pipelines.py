@@ -1,4 +1,11 @@
-"""Pipeline integration: hf_vlp models keep their zero-shot prompt template in the processor config.
+"""Pipeline integration: hf_vlp's zero-shot classification default and its visual question answering task.
+
+Visual question answering: transformers 5 has no VQA task any more; :data:`VQA_TASK`
+(``"vlp-visual-question-answering"``) runs
+:class:`~hf_vlp.integrations.vqa_pipeline.VlpVisualQuestionAnsweringPipeline` (answer ranking or generation with
+ALBEF's and BLIP's VQA heads), registered with :func:`register_pipelines`.
+
+Zero-shot classification: hf_vlp models keep their zero-shot prompt template in the processor config.
 
 transformers' zero-shot image-classification pipeline formats candidate labels with a fixed default
 ("This is a photo of {}."). The subclass below reads ``prompt_template`` from the ``processor_config.json`` saved
@@ -14,6 +21,17 @@ from typing import Any
 from transformers import pipelines as transformers_pipelines
 from transformers.pipelines.zero_shot_image_classification import ZeroShotImageClassificationPipeline
 from transformers.utils import PROCESSOR_NAME, cached_file
+
+from .vqa_pipeline import VQA_TASK, VlpVisualQuestionAnsweringPipeline, register_vqa_pipeline
+
+__all__ = [
+    "VQA_TASK",
+    "ZERO_SHOT_TASK",
+    "VlpVisualQuestionAnsweringPipeline",
+    "VlpZeroShotImageClassificationPipeline",
+    "register_pipelines",
+    "saved_prompt_template",
+]
 
 ZERO_SHOT_TASK = "zero-shot-image-classification"
 
@@ -46,5 +64,7 @@ class VlpZeroShotImageClassificationPipeline(ZeroShotImageClassificationPipeline
 
 
 def register_pipelines() -> None:
-    """Route the zero-shot task through :class:`VlpZeroShotImageClassificationPipeline` (a strict superset)."""
+    """Route the zero-shot task through :class:`VlpZeroShotImageClassificationPipeline` (a strict superset) and
+    register :data:`VQA_TASK` (idempotent)."""
     transformers_pipelines.SUPPORTED_TASKS[ZERO_SHOT_TASK]["impl"] = VlpZeroShotImageClassificationPipeline
+    register_vqa_pipeline()

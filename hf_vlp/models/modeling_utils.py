@@ -3,24 +3,34 @@
 from __future__ import annotations
 
 import functools
+import importlib
+import importlib.util
 import inspect
 import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypedDict, TypeVar
 
 import torch
-from huggingface_hub import HfApi, ModelCard
+from huggingface_hub import ModelCard
 from torch import nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
 
-from ..integrations.model_card import render_model_card
 from ..utils.sharding import VECTORIZED_ATTRIBUTE, savable_state_dict
 from .vocabulary import resize_vocabulary_copies
 
 MODEL_CARD_NAME = "README.md"
+
+
+def render_model_card(model: Any, **options: Any) -> ModelCard | None:
+    """:func:`hf_vlp.integrations.model_card.render_model_card`; ``None`` in the copy of this module that a
+    remote-code export ships, which leaves cards to hf_vlp (imported by name, so that the copy does not bundle the card
+    code, its templates and hf_vlp's pipelines)."""
+    if not __name__.startswith("hf_vlp."):
+        return None
+    return importlib.import_module("hf_vlp.integrations.model_card").render_model_card(model, **options)
+
 
 OUTPUT_FLAGS = ("output_attentions", "output_hidden_states")
 
@@ -172,14 +182,28 @@ class VlpPreTrainedModel(PreTrainedModel):
                 return
         super()._init_weights(module)
 
-    def save_pretrained(self, save_directory: str | os.PathLike, *args: Any, **kwargs: Any) -> None:
+    def save_pretrained(
+        self, save_directory: str | os.PathLike, *args: Any, remote_code: bool = False, **kwargs: Any
+    ) -> None:
+        """transformers' save plus the model card; ``remote_code=True`` then exports the folder as remote code
+        (:func:`hf_vlp.integrations.remote_code.export_remote_code`; save the processor there first)."""
         state_dict = kwargs.get("state_dict")
         if state_dict is not None or getattr(self, VECTORIZED_ATTRIBUTE, ()):  # e.g. gathered from FSDP shards
             kwargs["state_dict"] = savable_state_dict(self, self.state_dict() if state_dict is None else state_dict)
         super().save_pretrained(save_directory, *args, **kwargs)
         card_path = Path(save_directory) / MODEL_CARD_NAME
         if self.model_card_template and kwargs.get("is_main_process", True) and not card_path.exists():
-            render_model_card(self).save(card_path)
+            card = render_model_card(self, model_name=Path(save_directory).name)
+            if card is not None:
+                card.save(card_path)
+        if not kwargs.get("is_main_process", True):
+            return
+        if remote_code:
+            # by name, not an import statement: the exported copy of this module must not bundle the exporter
+            importlib.import_module("hf_vlp.integrations.remote_code").export_remote_code(save_directory)
+        elif importlib.util.find_spec("hf_vlp") is not None:  # (the exported copy runs without hf_vlp)
+            # a model loaded from an exported repo carries its auto_map, but this folder has no code
+            importlib.import_module("hf_vlp.integrations.remote_code").drop_stale_auto_map(save_directory)
 
     def push_to_hub(
         self,
@@ -194,19 +218,22 @@ class VlpPreTrainedModel(PreTrainedModel):
         max_shard_size: int | str | None = "50GB",
         tags: list[str] | None = None,
         model_card: ModelCard | None = None,
+        processor: Any = None,
+        remote_code: bool = True,
     ) -> Any:
-        """Save to a temporary folder (safetensors + config + rendered card) and upload it as one commit."""
-        api = HfApi(token=token)
-        repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
-        with tempfile.TemporaryDirectory() as folder:
-            self.save_pretrained(folder, max_shard_size=max_shard_size)
-            card = model_card or render_model_card(self, repo_id=repo_id, tags=tags)
-            card.save(Path(folder) / MODEL_CARD_NAME)
-            return api.upload_folder(
-                repo_id=repo_id,
-                folder_path=folder,
-                commit_message=commit_message or f"Upload {type(self).__name__}",
-                commit_description=commit_description,
-                revision=revision,
-                create_pr=create_pr,
+        """Upload the model as one commit: weights, config, generation config, ``processor`` (else the processor
+        files of the folder it was loaded from), the code that loads it without hf_vlp (``remote_code``) and its
+        card - the card of the folder it was loaded from, measured metrics included, when that folder holds one for
+        this class (:func:`hf_vlp.integrations.hub.push_model`)."""
+        if not __name__.startswith("hf_vlp."):  # the remote-code copy of this module: transformers' own push
+            return super().push_to_hub(
+                repo_id, commit_message=commit_message, commit_description=commit_description, private=private,
+                token=token, revision=revision, create_pr=create_pr, max_shard_size=max_shard_size, tags=tags,
             )
+        # by name, not an import statement: the remote-code copy of this module must not bundle the Hub code
+        hub = importlib.import_module("hf_vlp.integrations.hub")
+        return hub.push_model(
+            self, repo_id, processor=processor, commit_message=commit_message, commit_description=commit_description,
+            private=private, token=token, revision=revision, create_pr=create_pr, max_shard_size=max_shard_size,
+            tags=tags, model_card=model_card, remote_code=remote_code,
+        )

@@ -48,6 +48,14 @@ class JobArguments:
     from_pretrained: str | None = field(
         default=None, metadata=_help("a saved hf_vlp model directory to fine-tune (a pre-trained ALBEF feeds every task)")
     )
+    license: str | None = field(
+        default=None,
+        metadata=_help(
+            "license of the trained weights for the model card, as a Hub license id (apache-2.0, mit, "
+            "bsd-3-clause, ...); default: the license of the --from-pretrained model (or of both towers), none for a "
+            "model trained from scratch"
+        ),
+    )
     vision_init: str | None = field(
         default=None, metadata=_help("a transformers ViT/DeiT directory initialising the image tower (with --text-init)")
     )

@@ -27,7 +27,9 @@ from ..evaluation.progress import evaluation_progress
 from ..evaluation.report import format_metrics_table
 from ..integrations.compat import enable_fsdp_on_cpu, fsdp_requested
 from ..utils.sharding import local_parameter_fraction, peak_rss_mib, vectorize_scalar_parameters
-from ..integrations.model_card import render_model_card
+from ..integrations.hub import protect_model_card, push_folder
+from ..integrations.model_card import EvaluationData, render_model_card
+from ..integrations.provenance import training_sources
 from .checkpoints import (
     CheckpointCompletionCallback,
     check_checkpoint_architecture,
@@ -36,7 +38,7 @@ from .checkpoints import (
     checkpoint_global_step,
     resolve_resume_checkpoint,
 )
-from .data import BadSampleCounter
+from .data import BadSampleCounter, resolve_dataset_spec
 from .job import JobArguments
 from .callbacks import log_loss_terms_first
 from .plots import final_training_losses, plot_training
@@ -324,6 +326,7 @@ def _train(architecture: str, job: JobArguments, args: TrainingArguments) -> dic
         callbacks=[*task.callbacks(model, collator), CheckpointCompletionCallback()],
     )
     log_loss_terms_first(trainer)  # the loss terms reach every reporter (TensorBoard, W&B) with the total
+    protect_model_card(trainer)  # trainer.push_to_hub() keeps hf_vlp's card instead of writing its generic one
     eval_spec = job.eval_dataset or job.dataset
     is_main = trainer.is_world_process_zero()
     processes = max(args.world_size, 1)
@@ -365,16 +368,46 @@ def _train(architecture: str, job: JobArguments, args: TrainingArguments) -> dic
     task_flag = f" --task {task.name}" if len(task_names(architecture)) > 1 else ""
     provenance = (
         f"Trained with `hf-vlp train {architecture}{task_flag}` on `{job.dataset}` for "
-        f"{trainer.state.global_step} steps."
+        f"{trainer.state.global_step} steps{_starting_point(job)}."
     )
     if getattr(model, "model_card_template", None):  # hf_vlp models; a model registered from outside may have none
         card = render_model_card(
-            model, metrics=metrics.get("after"), dataset=eval_spec, provenance=provenance,
-            training_losses=final_training_losses(history),
+            model, metrics=metrics.get("after"), dataset=_evaluation_data(task, job, eval_spec), provenance=provenance,
+            training_losses=final_training_losses(history), model_name=output.name, license=job.license,
+            sources=training_sources(job.from_pretrained, job.vision_init, job.text_init), datasets=[job.dataset],
         )
         card.save(output / "README.md")
+    if args.push_to_hub:  # the Trainer pushed when saving, before the evaluation: push the card with the metrics too
+        push_folder(output, getattr(trainer, "hub_model_id", None) or args.hub_model_id or output.name,
+                    private=args.hub_private_repo, revision=args.hub_revision, token=args.hub_token,
+                    commit_message=f"hf-vlp train {architecture}{task_flag}: model, card with metrics")
     print_report(metrics, output, bad_samples)
     return metrics
+
+
+def _starting_point(job: JobArguments) -> str:
+    """", starting from `X`" for the card's provenance line."""
+    if job.from_pretrained:
+        return f", starting from `{job.from_pretrained}`"
+    if job.vision_init:
+        return f", starting from the image tower `{job.vision_init}` and the text tower `{job.text_init}`"
+    return ", starting from random weights"
+
+
+def _evaluation_data(task: TrainingTask, job: JobArguments, spec: str) -> EvaluationData:
+    """Where the card's metrics were measured: the evaluation split, or the slice held out of the training split of a
+    dataset that has none (:meth:`TrainingTask.held_out_split`)."""
+    hold_out = None
+    if resolve_dataset_spec(spec).kind != "synthetic":
+        try:
+            hold_out = task.held_out_split(spec, job.eval_split, job)
+        except (OSError, ValueError):  # the splits cannot be listed again: describe the split asked for
+            hold_out = None
+    if hold_out is not None:
+        return EvaluationData(spec, job.train_split, held_out=True, held_out_share=job.eval_split_ratio,
+                              max_rows=job.eval_max_samples)
+    trained_on = spec == job.dataset and job.eval_split == job.train_split
+    return EvaluationData(spec, job.eval_split, max_rows=job.eval_max_samples, trained_on=trained_on)
 
 
 def print_report(metrics: dict[str, Any], output: Path, bad_samples: BadSampleCounter) -> None:

@@ -90,6 +90,7 @@ class VlpAlbefForQuestionAnswering(
     output_head_name = "answer_head"
     vocabulary_submodels = ("answer_decoder",)
     answer_decoder_layers = 6  # hard-coded in the original
+    answer_ranking_scores = "probabilities"  # rank_answers' scores are a softmax over the kept candidates (pipelines)
     _tied_weights_keys = {
         "answer_head.decoder.weight": "answer_decoder.transformer.embeddings.word_embeddings.weight",
         "momentum_answer_head.decoder.weight": "momentum_answer_decoder.transformer.embeddings.word_embeddings.weight",

@@ -40,7 +40,7 @@ from ...models.blip import (
     VlpBlipModel,
 )
 from ...models.blip.modeling_blip_reasoning import BLIP_ENCODER_ARCHITECTURES
-from ..collators import BlipCaptionCollator, stable_image_id, weighted_answers
+from ..collators import BlipCaptionCollator, answer_strings, stable_image_id
 from ..job import JobArguments
 from ..recipes import get_recipe
 from ..transforms import PRETRAIN_CROP_SCALE, blip_train_transform
@@ -203,7 +203,7 @@ class BlipCaptionTask(BlipTask):
 
 class BlipVqaTask(QuestionAnsweringTask, BlipTask):
     """BLIP VQA: image-grounded question encoder + answer decoder trained on weighted answers (the original's
-    ``inference='rank'`` at evaluation); scored against the distinct answers of a question."""
+    ``inference='rank'`` at evaluation); scored by the VQA accuracy against all of a question's human answers."""
 
     recipe = get_recipe("blip", "vqa")
     model_classes = (VlpBlipForQuestionAnswering,)
@@ -217,7 +217,7 @@ class BlipVqaTask(QuestionAnsweringTask, BlipTask):
         return VlpBlipForQuestionAnswering.from_pretraining(source)
 
     def scored_answers(self, value: Any, index: int) -> str | list[str]:
-        return weighted_answers(value, index)[0]
+        return answer_strings(value, index)
 
 
 # -------------------------------------------------------------------------------------------------------- NLVR2

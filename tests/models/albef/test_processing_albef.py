@@ -15,7 +15,7 @@ from safetensors import safe_open
 from transformers import AutoTokenizer, BertTokenizer
 from transformers.models.auto.image_processing_auto import get_image_processor_class_from_name
 
-from hf_vlp.integrations.model_card import template_path
+from hf_vlp.integrations.model_card import template_text
 from hf_vlp.models.albef.image_processing_albef import VlpAlbefImageProcessor
 from hf_vlp.models.albef.processing_albef import VlpAlbefProcessor, pre_caption, pre_question
 
@@ -318,14 +318,16 @@ def test_model_card_template_renders_every_field():
         "text_description": "4-layer, width-32",
         "embed_dim": 16,
         "fusion_layer": 2,
+        "how_to_use": 'processor = AutoProcessor.from_pretrained("me/albef-tiny")',
+        "license_text": "BSD-3-Clause, as the ALBEF release.",
+        "training_losses": "",
     }
     card = ModelCard.from_template(
         ModelCardData(library_name="transformers", tags=["hf_vlp", "albef"]),
-        template_path=str(template_path("albef")),
+        template_str=template_text("albef"),
         **fields,
     )
     assert "{{" not in card.content
     for value in fields.values():
         assert str(value) in card.text
     assert "Align before Fuse: Vision and Language Representation Learning with Momentum Distillation" in card.text
-    assert 'AutoProcessor.from_pretrained("me/albef-tiny")' in card.text
