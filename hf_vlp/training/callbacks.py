@@ -23,6 +23,7 @@ from torch import nn
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from ..objectives.momentum import FeatureQueue, momentum_update
+from .batch_size import forward_batch, process_count
 
 
 logger = logging.getLogger(__name__)
@@ -131,7 +132,7 @@ class MomentumCallback(TrainerCallback):
 
     def _check_queues(self, model: nn.Module, args: TrainingArguments, state: TrainerState) -> None:
         per_device = state.train_batch_size or args.per_device_train_batch_size
-        global_batch = per_device * args.world_size
+        global_batch = forward_batch(args, per_device)
         for name, queue in model.named_modules():
             if isinstance(queue, FeatureQueue) and queue.size % global_batch != 0:
                 smaller = max(global_batch, queue.size // global_batch * global_batch)
@@ -190,12 +191,12 @@ class MomentumCallback(TrainerCallback):
             )
             return
         per_device = state.train_batch_size or args.per_device_train_batch_size
-        processes = max(args.world_size, 1)
+        processes = process_count(args)
         last = math.ceil(samples / processes) % per_device
         reaches_end = state.max_steps <= 0 or state.max_steps * args.gradient_accumulation_steps >= batches
         if last and reaches_end:
             names = ", ".join(f"{name} ({queue.size})" for name, queue in queues)
-            global_batch = per_device * processes
+            global_batch = forward_batch(args, per_device)
             raise ValueError(
                 f"--dataloader-drop-last false: the {samples} training samples end each epoch with a batch of {last} "
                 f"instead of {per_device}{f' per process x {processes}' if processes > 1 else ''}, which the momentum "

@@ -30,6 +30,7 @@ from ..utils.sharding import local_parameter_fraction, peak_rss_mib, vectorize_s
 from ..integrations.hub import protect_model_card, push_folder
 from ..integrations.model_card import EvaluationData, render_model_card
 from ..integrations.provenance import training_sources
+from .batch_size import forward_batch, global_batch, process_count
 from .checkpoints import (
     CheckpointCompletionCallback,
     check_checkpoint_architecture,
@@ -156,20 +157,18 @@ def _describe_sharding(trainer: Trainer) -> str:
     if not trainer.is_fsdp_enabled:
         return ""
     plugin = trainer.accelerator.state.fsdp_plugin
-    return f"; FSDP{plugin.fsdp_version} over {max(trainer.args.world_size, 1)} processes"
+    return f"; FSDP{plugin.fsdp_version} over {process_count(trainer.args)} processes"
 
 
 def _describe_batch(args: TrainingArguments) -> str:
-    processes = max(args.world_size, 1)
-    accumulation = args.gradient_accumulation_steps
-    global_batch = args.per_device_train_batch_size * processes * accumulation
+    processes, accumulation = process_count(args), args.gradient_accumulation_steps
     parts = [f"{args.per_device_train_batch_size} per device"]
     if processes > 1:
         backend = getattr(args.distributed_state, "backend", None) or args.ddp_backend or "distributed"
         parts.append(f"{processes} processes ({backend} on {args.device.type})")
     if accumulation > 1:
         parts.append(f"{accumulation} accumulation steps")
-    return f"global batch {global_batch} = " + " x ".join(parts)
+    return f"global batch {global_batch(args)} = " + " x ".join(parts)
 
 
 # ------------------------------------------------------------------------------------------------ quiet output
@@ -264,7 +263,7 @@ def _check_steps_trained(trainer: Trainer, resume: str | None, resumed_step: int
     elif state.global_step <= resumed_step:
         raise ValueError(
             f"Training ran 0 steps: the training set {job.dataset!r} (split {job.train_split!r}) gave no batch of "
-            f"{args.train_batch_size * max(args.world_size, 1)} sample(s) (--per-device-train-batch-size "
+            f"{forward_batch(args, args.train_batch_size)} sample(s) (--per-device-train-batch-size "
             f"{args.per_device_train_batch_size}, --dataloader-drop-last {args.dataloader_drop_last}). Lower "
             "--per-device-train-batch-size or use more data."
         )
@@ -274,13 +273,12 @@ def _check_one_batch(dataset: Any, args: TrainingArguments, job: JobArguments) -
     """A map-style training set smaller than one global batch gives no batch with ``dataloader_drop_last``."""
     if not isinstance(dataset, datasets.Dataset) or not args.dataloader_drop_last:
         return
-    processes = max(args.world_size, 1)
-    global_batch = args.train_batch_size * processes
-    if len(dataset) < global_batch:
+    processes, per_step = process_count(args), forward_batch(args, args.train_batch_size)
+    if len(dataset) < per_step:
         across = f" x {processes} processes" if processes > 1 else ""
         raise ValueError(
             f"The training set {job.dataset!r} (split {job.train_split!r}) has {len(dataset)} sample(s), fewer than "
-            f"one batch of {global_batch} (--per-device-train-batch-size {args.per_device_train_batch_size}{across}), "
+            f"one batch of {per_step} (--per-device-train-batch-size {args.per_device_train_batch_size}{across}), "
             "and --dataloader-drop-last is on: not one step would be trained. Lower --per-device-train-batch-size "
             f"to at most {max(len(dataset) // processes, 1)} or use more data."
         )
@@ -329,14 +327,14 @@ def _train(architecture: str, job: JobArguments, args: TrainingArguments) -> dic
     protect_model_card(trainer)  # trainer.push_to_hub() keeps hf_vlp's card instead of writing its generic one
     eval_spec = job.eval_dataset or job.dataset
     is_main = trainer.is_world_process_zero()
-    processes = max(args.world_size, 1)
+    processes = process_count(args)
     metrics: dict[str, Any] = {
         "architecture": architecture,
         "task": task.name,
         "dataset": job.dataset,
         "eval_dataset": eval_spec,
         "processes": processes,
-        "global_train_batch_size": args.per_device_train_batch_size * processes * args.gradient_accumulation_steps,
+        "global_train_batch_size": global_batch(args),
     }
     if is_main:
         print(f"hf-vlp train {architecture} --task {task.name}: {_describe_batch(args)}{_describe_sharding(trainer)}",
