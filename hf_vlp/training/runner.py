@@ -128,24 +128,32 @@ def check_one_job(args: TrainingArguments, environ: Mapping[str, str] | None = N
         )
 
 
+def _all_processes(trainer: Trainer, value: Any) -> list[Any]:
+    """``value`` of every process, in rank order (every process must call this); ``[value]`` for one process. A
+    barrier follows, so no process leaves the job while another is still inside this collective (a gloo process
+    that exits with a collective in flight on its peer can abort: "terminate called without an active exception")."""
+    import torch.distributed as dist
+
+    if trainer.args.world_size <= 1 or not dist.is_initialized():
+        return [value]
+    gathered: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, value)
+    dist.barrier()
+    return gathered
+
+
 def _gather_bad_samples(trainer: Trainer, bad_samples: BadSampleCounter) -> None:
     """Add every other process's skipped samples to ``bad_samples`` (every process must call this), so the report and
     ``metrics.json`` count the whole job's, not rank 0's share."""
-    if trainer.args.world_size <= 1:
-        return
-    from accelerate.utils import gather_object
-
-    for snapshot in gather_object([bad_samples.snapshot()]):
+    for snapshot in _all_processes(trainer, bad_samples.snapshot()):
         bad_samples.absorb(snapshot)
 
 
 def _memory_report(trainer: Trainer, model: Any) -> dict[str, Any]:
     """Peak resident memory of every process (MiB) and the share of the parameters each holds, gathered from all
     processes (every process must call this)."""
-    from accelerate.utils import gather_object
-
-    local = [{"peak_rss_mib": round(peak_rss_mib(), 1), "parameter_share": round(local_parameter_fraction(model), 4)}]
-    per_process = gather_object(local) if trainer.args.world_size > 1 else local
+    local = {"peak_rss_mib": round(peak_rss_mib(), 1), "parameter_share": round(local_parameter_fraction(model), 4)}
+    per_process = _all_processes(trainer, local)
     return {
         "sharding": "fsdp" if trainer.is_fsdp_enabled else ("ddp" if trainer.args.world_size > 1 else "none"),
         "peak_rss_mib": [entry["peak_rss_mib"] for entry in per_process],
@@ -293,7 +301,19 @@ def train(architecture: str, job: JobArguments, args: TrainingArguments) -> dict
     """
     check_one_job(args)
     with quiet_run():
-        return _train(architecture, job, args)
+        metrics = _train(architecture, job, args)
+    _leave_process_group()
+    return metrics
+
+
+def _leave_process_group() -> None:
+    """End this process's part of the job cleanly: destroy the process group once its last collective is done (the
+    other ranks leave while rank 0 still evaluates and writes, which needs no collective). A process that exits with
+    its gloo group alive can abort in the group's destructor ("terminate called without an active exception")."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def _train(architecture: str, job: JobArguments, args: TrainingArguments) -> dict[str, Any]:
