@@ -64,6 +64,22 @@ from .models.clip import (
     VlpClipVisionModel,
     VlpClipVisionModelWithProjection,
 )
+from .models.vilt import (
+    VlpViltConfig,
+    VlpViltForImageTextRetrieval,
+    VlpViltForImageTextRetrievalOutput,
+    VlpViltForMaskedLM,
+    VlpViltForPretraining,
+    VlpViltForPretrainingOutput,
+    VlpViltForQuestionAnswering,
+    VlpViltForVisualReasoning,
+    VlpViltImageProcessor,
+    VlpViltModel,
+    VlpViltModelOutput,
+    VlpViltPreTrainedModel,
+    VlpViltProcessor,
+    VlpViltVisualReasoningOutput,
+)
 from .integrations.auto import register_all
 
 register_all()

@@ -1,4 +1,4 @@
-"""Image-text retrieval for fusion models (ALBEF, BLIP): recall@K by ITC similarity and after ITM re-ranking.
+"""Image-text retrieval for fusion models (ALBEF, BLIP, ViLT): recall@K by ITC similarity and after ITM re-ranking.
 
 The originals' evaluation (ALBEF ``Retrieval.py``, BLIP ``train_retrieval.py``): every image and caption of the
 gallery is encoded once; the cosine similarities of the normalised projections rank the gallery (ITC); then each
@@ -9,7 +9,9 @@ fractions in [0, 1].
 
 The model does the scoring through the retrieval interface of every ALBEF/BLIP ITC+ITM head: ``encode_images``,
 ``encode_texts`` (:class:`~hf_vlp.objectives.contrastive.RetrievalFeatures`) and ``score_matrices``
-(:class:`~hf_vlp.objectives.contrastive.RetrievalScores`).
+(:class:`~hf_vlp.objectives.contrastive.RetrievalScores`). A single-stream model without contrastive embeddings
+(``has_contrastive_stage = False``: ViLT) scores every pair with its matching head; it reports the ``itm_*`` recalls
+only.
 """
 
 from __future__ import annotations
@@ -27,6 +29,13 @@ from .retrieval import ranks_from_scores, recall_metrics
 __all__ = ["RETRIEVAL_INTERFACE", "itm_retrieval_metrics"]
 
 RETRIEVAL_INTERFACE = ("encode_images", "encode_texts", "score_matrices")
+
+
+def image_inputs(encoded: Any, device: torch.device) -> dict[str, torch.Tensor]:
+    """The processor's image tensors the retrieval interface reads: ``pixel_values`` and, for models on padded
+    canvases (ViLT), ``pixel_mask``."""
+    names = [name for name in ("pixel_values", "pixel_mask") if name in encoded]
+    return {name: encoded[name].to(device) for name in names}
 
 
 @torch.no_grad()
@@ -69,7 +78,7 @@ def itm_retrieval_metrics(
     settings = {"padding": "max_length", **(text_kwargs or {})}
     with eval_mode(model):
         image_features = RetrievalFeatures.cat([
-            model.encode_images(processor(images=batch, return_tensors="pt")["pixel_values"].to(device))
+            model.encode_images(**image_inputs(processor(images=batch, return_tensors="pt"), device))
             for batch in _batches(images, batch_size)
         ])  # fmt: skip
         text_chunks = []
@@ -77,8 +86,10 @@ def itm_retrieval_metrics(
             encoded = processor(text=batch, return_tensors="pt", **settings)
             text_chunks.append(model.encode_texts(encoded["input_ids"].to(device), encoded["attention_mask"].to(device)))
         scores = model.score_matrices(image_features, RetrievalFeatures.cat(text_chunks), k=k, fill_value=float("-inf"))
-    similarities = scores.similarities.float().cpu()
-    metrics = recall_metrics(*ranks_from_scores(similarities, similarities.T, mapping), ks, prefix="itc_")
+    metrics = {}
+    if getattr(model, "has_contrastive_stage", True):
+        similarities = scores.similarities.float().cpu()
+        metrics |= recall_metrics(*ranks_from_scores(similarities, similarities.T, mapping), ks, prefix="itc_")
     itm_ranks = ranks_from_scores(scores.image_to_text.float().cpu(), scores.text_to_image.float().cpu(), mapping)
     metrics |= recall_metrics(*itm_ranks, ks, prefix="itm_")
     metrics["retrieval_chance_r1"] = 1.0 / len(images)

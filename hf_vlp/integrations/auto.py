@@ -56,23 +56,42 @@ from ..models.clip import (
     VlpClipVisionConfig,
     VlpClipVisionModel,
 )
+from ..models.vilt import (
+    VlpViltConfig,
+    VlpViltForMaskedLM,
+    VlpViltForPretraining,
+    VlpViltForQuestionAnswering,
+    VlpViltImageProcessor,
+    VlpViltModel,
+    VlpViltProcessor,
+)
 from .pipelines import register_pipelines
 
 
 @dataclass(frozen=True)
 class ArchitectureRegistration:
-    """What one architecture registers: its three configs, their base models, task heads and processors."""
+    """What one architecture registers: its configs, their base models, task heads and processors. A single-stream
+    architecture (ViLT) has no tower sub-configs and leaves ``vision_*``/``text_*`` unset."""
 
     config: type[PretrainedConfig]
-    vision_config: type[PretrainedConfig]
-    text_config: type[PretrainedConfig]
+    vision_config: type[PretrainedConfig] | None
+    text_config: type[PretrainedConfig] | None
     model: type[PreTrainedModel]
-    vision_model: type[PreTrainedModel]
-    text_model: type[PreTrainedModel]
+    vision_model: type[PreTrainedModel] | None
+    text_model: type[PreTrainedModel] | None
     image_processor: type
     processor: type
     # (Auto class, head class) pairs registered on the composite config
     heads: tuple[tuple[type, type[PreTrainedModel]], ...] = field(default_factory=tuple)
+
+    def configs(self) -> list[type[PretrainedConfig]]:
+        """The composite config and the tower configs the architecture has."""
+        return [self.config, *(config for config, _ in self.tower_pairs())]
+
+    def tower_pairs(self) -> list[tuple[type[PretrainedConfig], type[PreTrainedModel]]]:
+        """(tower config, tower model) of the architectures with separate towers."""
+        pairs = ((self.vision_config, self.vision_model), (self.text_config, self.text_model))
+        return [(config, model) for config, model in pairs if config is not None and model is not None]
 
 
 ARCHITECTURES: tuple[ArchitectureRegistration, ...] = (
@@ -106,20 +125,30 @@ ARCHITECTURES: tuple[ArchitectureRegistration, ...] = (
             (AutoModelForPreTraining, VlpBlipForPretraining),
         ),
     ),
+    ArchitectureRegistration(
+        VlpViltConfig, None, None,
+        VlpViltModel, None, None,
+        VlpViltImageProcessor, VlpViltProcessor,
+        heads=(
+            (AutoModelForPreTraining, VlpViltForPretraining),
+            (AutoModelForMaskedLM, VlpViltForMaskedLM),
+            (AutoModelForVisualQuestionAnswering, VlpViltForQuestionAnswering),
+        ),
+    ),
 )
 
 
 def register_architecture(arch: ArchitectureRegistration) -> None:
     """Register one architecture's configs, models, heads and processors (``exist_ok`` keeps it idempotent)."""
-    for config in (arch.config, arch.vision_config, arch.text_config):
+    for config in arch.configs():
         AutoConfig.register(config.model_type, config, exist_ok=True)
     AutoModel.register(arch.config, arch.model, exist_ok=True)
-    AutoModel.register(arch.vision_config, arch.vision_model, exist_ok=True)
-    AutoModel.register(arch.text_config, arch.text_model, exist_ok=True)
+    for config, model in arch.tower_pairs():
+        AutoModel.register(config, model, exist_ok=True)
     for auto_class, head in arch.heads:
         auto_class.register(arch.config, head, exist_ok=True)
     backends = {"pil": arch.image_processor, "torchvision": arch.image_processor}
-    for config in (arch.config, arch.vision_config):
+    for config in (arch.config, *([arch.vision_config] if arch.vision_config is not None else [])):
         AutoImageProcessor.register(config, image_processor_classes=backends, exist_ok=True)
     AutoProcessor.register(arch.config, arch.processor, exist_ok=True)
 

@@ -379,6 +379,31 @@ _CLIP_TEXT_TOWER = '''
 outputs = model(input_ids=processor(text=texts, return_tensors="pt")["input_ids"])
 outputs.pooler_output  # the text tower's pooled (end-of-text) features'''
 
+_VILT_RANK = '''
+scores = model.rank(inputs["pixel_values"], inputs["input_ids"], inputs["attention_mask"], inputs["pixel_mask"])
+scores.image_to_text  # [n_images, n_texts]: every pair scored by the joint encoder'''
+_VILT_USAGE = {
+    "VlpViltModel": '''
+inputs = processor(images=images, text=texts, return_tensors="pt")  # pixel_values, pixel_mask, input_ids, ...
+outputs = model(**inputs)
+outputs.pooler_output  # the pooled [CLS] state of each (image b, text b) pair''',
+    "VlpViltForPretraining": '''
+inputs = processor(images=images, text=captions, return_tensors="pt")
+outputs = model(**inputs)
+outputs.itm_logits  # image-text matching of the pairs (image b, text b); column 1 = match''' + _VILT_RANK,
+    "VlpViltForImageTextRetrieval": '''
+inputs = processor(images=images, text=captions, return_tensors="pt")''' + _VILT_RANK,
+    "VlpViltForMaskedLM": '''
+inputs = processor(images=image, text="a [MASK] square on the left", return_tensors="pt")
+logits = model(**inputs).logits  # [1, 40, vocab]: the image tells the masked word''',
+    "VlpViltForQuestionAnswering": '''
+vqa = pipeline("{vqa_task}", model="{repo}")
+vqa(image, "how many shapes are there?", top_k=3)  # scores every answer of model.config.id2label''',
+    "VlpViltForVisualReasoning": '''
+inputs = processor(images=left_images, images_2=right_images, text=statements, return_tensors="pt")
+logits = model(**inputs).logits  # [n, 2]: 1 = the statement is true of the image pair''',
+}
+
 # head class -> code after loading model and processor ({repo}, {vqa_task} and {head} are filled in)
 HEAD_USAGE: dict[str, str] = {
     "VlpClipModel": '''
@@ -415,6 +440,7 @@ logits = model(input_ids=text["input_ids"], pixel_values=processor(images=images
     "VlpBlipForConditionalGeneration": '''
 model.caption(images, processor)  # the original's decoding (beam search); the prompt is cut off
 pipeline("image-text-to-text", model="{repo}")(images=image, text="a picture of ")''',
+    **_VILT_USAGE,
     "VlpAlbefForQuestionAnswering": _VQA,
     "VlpBlipForQuestionAnswering": _VQA + '''
 # Do not load this checkpoint with AutoModelForImageTextToText or the image-text-to-text pipeline: it holds an answer

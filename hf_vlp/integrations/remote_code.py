@@ -80,10 +80,10 @@ def _json_text(data: dict[str, Any]) -> str:
 def find_registration(model_type: Any) -> tuple[ArchitectureRegistration, type]:
     """The hf_vlp architecture and config class of a ``model_type`` (composite, vision or text config)."""
     for arch in ARCHITECTURES:
-        for config_class in (arch.config, arch.vision_config, arch.text_config):
+        for config_class in arch.configs():
             if config_class.model_type == model_type:
                 return arch, config_class
-    known = sorted(c.model_type for arch in ARCHITECTURES for c in (arch.config, arch.vision_config, arch.text_config))
+    known = sorted(c.model_type for arch in ARCHITECTURES for c in arch.configs())
     raise ValueError(
         f"config.json has model_type {model_type!r}, not an hf_vlp model ({', '.join(known)}): export_remote_code "
         "exports folders written by an hf_vlp model's save_pretrained."

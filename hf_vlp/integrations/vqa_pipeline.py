@@ -7,8 +7,8 @@ name), so hf_vlp registers :data:`VQA_TASK` on ``import hf_vlp``::
     answerer(image, "what colour is the square?", top_k=3)
     # [{"answer": "red", "score": 0.91}, {"answer": "blue", "score": 0.05}, ...]
 
-The model loads with ``AutoModelForVisualQuestionAnswering`` (ALBEF's and BLIP's VQA heads) and the processor saved
-next to it. Answers come from one of two strategies (``mode``):
+The model loads with ``AutoModelForVisualQuestionAnswering`` (ALBEF's, BLIP's and ViLT's VQA heads) and the processor
+saved next to it. Answers come from one of three strategies (``mode``):
 
 - ``"rank"`` (the default when an answer list is known): the model ranks a fixed candidate list - ``answer_list`` of
   the call, else the ``answer_list`` saved with the processor - as the originals evaluate VQAv2. A score is the
@@ -19,6 +19,8 @@ next to it. Answers come from one of two strategies (``mode``):
   probability of the whole answer under the decoder (its tokens and the end token, teacher-forced, with the question
   padding mask applied); answers are sorted by it, so for ``top_k > 1`` the order can differ from beam search's
   length-normalised one. Beams that decode to the same text are merged (fewer than ``top_k`` answers then).
+- ``"classify"`` (the only one of a classifier head, ViLT's): the model scores its fixed answer vocabulary
+  (``config.id2label``, VQAv2's 3,129 answers for the released ViLT); a score is the answer's sigmoid probability.
 
 A new VQA head plugs in through what the pipeline calls on the model (:mod:`hf_vlp.integrations.vqa_strategies`):
 
@@ -56,7 +58,7 @@ __all__ = [
 ]
 
 VQA_TASK = "vlp-visual-question-answering"
-MODEL_INPUTS = ("pixel_values", "input_ids", "attention_mask")
+MODEL_INPUTS = ("pixel_values", "input_ids", "attention_mask", "pixel_mask")
 ImageAndQuestion = dict[str, Any]
 
 
@@ -171,7 +173,9 @@ class VlpVisualQuestionAnsweringPipeline(Pipeline):
     def resolve_mode(self, mode: str | None, answer_list: Sequence[str] | None) -> str:
         """``mode``, or the default: ranking when the model ranks and an answer list is known, else generation."""
         supports = {name: check(self.model) for name, (check, _) in ANSWER_STRATEGIES.items()}
-        if mode is None:
+        if mode is None and supports["classify"]:
+            mode = "classify"
+        elif mode is None:
             mode = "rank" if supports["rank"] and (answer_list is not None or not supports["generate"]) else "generate"
         if mode not in ANSWER_STRATEGIES:
             raise ValueError(f"mode must be one of {sorted(ANSWER_STRATEGIES)}, got {mode!r}.")
@@ -240,7 +244,7 @@ class VlpVisualQuestionAnsweringPipeline(Pipeline):
         model_inputs = {name: encoded[name] for name in MODEL_INPUTS if name in encoded}
         if "attention_mask" not in model_inputs:
             model_inputs["attention_mask"] = torch.ones_like(model_inputs["input_ids"])
-        model_inputs["pixel_values"] = model_inputs["pixel_values"].to(self.dtype)
+        model_inputs["pixel_values"] = model_inputs["pixel_values"].to(self.dtype)  # pixel_mask stays integer
         return {**model_inputs, "question": question}
 
     def _forward(
@@ -258,7 +262,7 @@ class VlpVisualQuestionAnsweringPipeline(Pipeline):
         candidates = answer_list if answer_list is not None else getattr(self.processor, "answer_list", None)
         mode = self.resolve_mode(mode, candidates)
         options = {"answer_list": candidates, "rank_k": rank_k, "generate_kwargs": generate_kwargs}
-        inputs = {name: model_inputs[name] for name in MODEL_INPUTS}
+        inputs = {name: model_inputs[name] for name in MODEL_INPUTS if name in model_inputs}
         from ..evaluation.embeddings import eval_mode  # hf_vlp.evaluation loads on first use, not on import hf_vlp
 
         with eval_mode(self.model):

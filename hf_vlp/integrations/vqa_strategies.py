@@ -6,7 +6,9 @@ call's options, returning each question's answers and scores best first.
   candidates' probabilities among the ``rank_k`` kept (a softmax of the ranking scores, unless the model's class says
   ``answer_ranking_scores = "probabilities"``, as ALBEF's does);
 - ``"generate"`` (:func:`generate_answers`): a :class:`~hf_vlp.models.question_answering.QuestionAnsweringHeadMixin`
-  generates; scores are the answers' probabilities under its decoder (:func:`answer_log_probs`).
+  generates; scores are the answers' probabilities under its decoder (:func:`answer_log_probs`);
+- ``"classify"`` (:func:`classify_answers`): a classifier over a fixed answer vocabulary (ViLT's VQA head: the
+  answers are ``config.id2label``) scores every answer; scores are its ``answer_scores`` (ViLT: a sigmoid per answer).
 
 A new kind of head (e.g. a classifier over a fixed answer vocabulary) adds an entry to :data:`ANSWER_STRATEGIES`:
 ``mode -> (does a model support it, the strategy)``.
@@ -32,6 +34,7 @@ __all__ = [
     "DEFAULT_RANK_K",
     "Answerer",
     "answer_log_probs",
+    "classify_answers",
     "generate_answers",
     "rank_candidates",
 ]
@@ -151,10 +154,28 @@ def generate_answers(
     return answers, scores
 
 
+def classify_answers(
+    answerer: Answerer, inputs: dict[str, torch.Tensor], top_k: int, options: dict[str, Any]
+) -> Answers:
+    """The ``top_k`` answers of the model's answer vocabulary (``config.id2label``) by ``answer_scores(logits)``."""
+    model = answerer.model
+    scores = model.answer_scores(model(**inputs).logits)
+    best = scores.topk(min(top_k, scores.shape[-1]), dim=-1)
+    names = model.config.id2label
+    answers = [[names[index] for index in row] for row in best.indices.tolist()]
+    return answers, best.values.tolist()
+
+
+def is_answer_classifier(model: Any) -> bool:
+    """A VQA head that classifies over ``config.id2label`` (it has ``answer_scores``)."""
+    return callable(getattr(model, "answer_scores", None)) and bool(getattr(model.config, "id2label", None))
+
+
 Strategy = Callable[[Answerer, dict[str, torch.Tensor], int, dict[str, Any]], Answers]
 
 # mode -> (whether a model supports it, the strategy)
 ANSWER_STRATEGIES: dict[str, tuple[Callable[[Any], bool], Strategy]] = {
     "rank": (lambda model: callable(getattr(model, "rank_answers", None)), rank_candidates),
     "generate": (lambda model: isinstance(model, QuestionAnsweringHeadMixin), generate_answers),
+    "classify": (is_answer_classifier, classify_answers),
 }

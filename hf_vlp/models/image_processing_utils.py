@@ -6,11 +6,13 @@ ALBEF and BLIP: a square), CLIP's centre crop, ``ToTensor`` (/255) and normalisa
 does the same steps on PIL images; transformers' ``CLIPImageProcessorPil`` differs in two places, both fixed here: it
 floors the centre-crop offset where torchvision rounds it (a one-pixel shift whenever the margin is odd), and it
 converts to RGB (compositing alpha onto white) before resizing, where CLIP resizes the image in its own mode and
-converts afterwards (dropping alpha). Each model's processor is a subclass that only sets defaults:
+converts afterwards (dropping alpha). Each model's processor is a subclass that sets defaults:
 
 - ``VlpClipImageProcessor`` (models/clip): shorter-side resize + centre crop, RGB conversion after the crop.
 - :class:`SquareResizeImageProcessor`, the base of ``VlpAlbefImageProcessor`` and ``VlpBlipImageProcessor``: RGB
   conversion first (``Image.open(...).convert('RGB')``), then a square resize and no crop.
+- ``VlpViltImageProcessor`` (models/vilt): RGB conversion first, ViLT's min/max resize to multiples of 32 (its own
+  :meth:`~VlpImageProcessorBase.resized_size`), zero padding to the batch's largest size with a ``pixel_mask``.
 """
 
 from __future__ import annotations
@@ -262,11 +264,13 @@ class VlpImageProcessorBase(ImageStructureHookMixin, PilBackend):
         do_convert_rgb: bool | None = None,
         **kwargs: Any,
     ) -> BatchFeature:
-        """Resize and crop on PIL images (as the original), then convert, rescale and normalise as float32 CHW."""
+        """Resize and crop on PIL images (as the original), then convert, rescale and normalise as float32 CHW. With
+        ``do_pad``, images are zero-padded bottom/right to the batch's largest size (or ``pad_size``), and a class that
+        lists ``pixel_mask`` in ``model_input_names`` also gets its 1/0 mask of the real pixels."""
         processed = []
         for image in images:
             if do_resize:
-                height, width = resized_height_width(image.height, image.width, size)
+                height, width = self.resized_size(image.height, image.width, size, **kwargs)
                 if (height, width) != (image.height, image.width):
                     image = image.resize((width, height), resample=resample)
             if do_center_crop:
@@ -280,9 +284,17 @@ class VlpImageProcessorBase(ImageStructureHookMixin, PilBackend):
             if do_normalize:
                 pixels = self.normalize(pixels.astype(np.float32, copy=False), image_mean, image_std)
             processed.append(pixels)
+        data = {"pixel_values": processed}
         if do_pad:
-            processed = self.pad(processed, pad_size=pad_size)
-        return BatchFeature(data={"pixel_values": processed}, tensor_type=return_tensors)
+            data["pixel_values"], masks = self.pad(processed, pad_size=pad_size, return_mask=True)
+            if "pixel_mask" in self.model_input_names:
+                data["pixel_mask"] = masks
+        return BatchFeature(data=data, tensor_type=return_tensors)
+
+    def resized_size(self, height: int, width: int, size: SizeDict, **kwargs: Any) -> tuple[int, int]:
+        """Output (height, width) of the resize step for a ``height`` x ``width`` image (:func:`resized_height_width`);
+        ``kwargs`` are the call's other settings. A model with another resize rule overrides this."""
+        return resized_height_width(height, width, size)
 
 
 class SquareResizeImageProcessor(VlpImageProcessorBase):

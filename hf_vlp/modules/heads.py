@@ -4,6 +4,7 @@
 to be tied to the word embeddings by the model that owns it (``_tied_weights_keys``). ``ItmHead`` scores whether an
 image and a text match from the fused ``[CLS]`` state (column 1 = "match", as the originals). ``MlpClassifierHead`` is the
 two-layer classifier of the visual-reasoning and VQA heads, its activation, width and LayerNorm options.
+``FirstTokenPooler`` is BERT's ``tanh(dense(x[:, 0]))`` pooler.
 """
 
 from __future__ import annotations
@@ -27,6 +28,17 @@ class MaskedLMHead(nn.Module):
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         return self.decoder(self.norm(self.act(self.dense(hidden_states))))
+
+
+class FirstTokenPooler(nn.Module):
+    """BERT's pooler: ``tanh(dense(x[:, 0]))``, the pooled state of the first token (ViLT's ``cls_feats``)."""
+
+    def __init__(self, hidden_size: int) -> None:
+        super().__init__()
+        self.dense = nn.Linear(hidden_size, hidden_size)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.dense(hidden_states[:, 0]))
 
 
 class ItmHead(nn.Linear):

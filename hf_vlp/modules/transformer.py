@@ -24,17 +24,26 @@ PositionBias = torch.Tensor | Sequence[torch.Tensor] | None
 
 
 class Mlp(nn.Module):
-    """Two-layer feed-forward network ``fc2(act(fc1(x)))``."""
+    """Two-layer feed-forward network ``fc2(act(fc1(x)))``; ``dropout`` after ``fc2`` and ``activation_dropout``
+    after the activation (timm's ``Mlp``, as ViLT trains it)."""
 
-    def __init__(self, hidden_size: int, intermediate_size: int, activation: str = "gelu", dropout: float = 0.0):
+    def __init__(
+        self,
+        hidden_size: int,
+        intermediate_size: int,
+        activation: str = "gelu",
+        dropout: float = 0.0,
+        activation_dropout: float = 0.0,
+    ):
         super().__init__()
         self.fc1 = nn.Linear(hidden_size, intermediate_size)
         self.act = ACT2FN[activation]
+        self.activation_dropout = nn.Dropout(activation_dropout) if activation_dropout else nn.Identity()
         self.fc2 = nn.Linear(intermediate_size, hidden_size)
         self.dropout = nn.Dropout(dropout) if dropout else nn.Identity()
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.fc2(self.act(self.fc1(hidden_states))))
+        return self.dropout(self.fc2(self.activation_dropout(self.act(self.fc1(hidden_states)))))
 
 
 class DropPath(nn.Module):
@@ -94,6 +103,7 @@ class BlockOptions:
     qkv_bias: str = "all"
     attention_dropout: float = 0.0
     hidden_dropout: float = 0.0
+    activation_dropout: float = 0.0
 
 
 def attention_from_options(
@@ -145,7 +155,10 @@ class PreNormBlock(GradientCheckpointingLayer):
             options, config=config, cross_attention=cross_attention, kv_size=kv_size, layer_idx=layer_idx
         )
         self.norm2 = nn.LayerNorm(options.hidden_size, eps=options.layer_norm_eps)
-        self.mlp = Mlp(options.hidden_size, options.intermediate_size, options.activation, options.hidden_dropout)
+        self.mlp = Mlp(
+            options.hidden_size, options.intermediate_size, options.activation, options.hidden_dropout,
+            options.activation_dropout,
+        )
         self.dropout = nn.Dropout(options.hidden_dropout) if options.hidden_dropout else nn.Identity()
         self.drop_path = drop_path_or_identity(drop_path_rate)
         self.layer_scale1 = layer_scale_parameter(options.hidden_size, layer_scale_init)

@@ -334,13 +334,24 @@ class ImageTextRetrievalOutput(MomentumContrastiveOutput):
 # --------------------------------------------------------------------------------------------------- retrieval ranking
 
 
+def padded_to_longest(parts: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Sequences ``[N, L_i, ...]`` right-padded with zeros to the longest ``L`` (a zero mask marks the padding)."""
+    longest = max(part.shape[1] for part in parts)
+    padded = []
+    for part in parts:
+        extra = part.new_zeros(part.shape[0], longest - part.shape[1], *part.shape[2:])
+        padded.append(torch.cat([part, extra], dim=1))
+    return padded
+
+
 @dataclass
 class RetrievalFeatures:
-    """What retrieval inference keeps per gallery item: normalised projected ``[CLS]`` features ``embeds`` (ITC), and
+    """What retrieval inference keeps per gallery item: normalised projected ``[CLS]`` features ``embeds`` (ITC; ``None``
+    for a model without a contrastive stage, e.g. ViLT), and
     what the fusion re-reads for ITM: the tower tokens ``hidden_states`` (images; ALBEF's texts too), the token ids
     ``input_ids`` (BLIP's texts, re-encoded with ``[ENC]`` first) and the texts' ``attention_mask``."""
 
-    embeds: torch.Tensor
+    embeds: torch.Tensor | None
     hidden_states: torch.Tensor | None = None
     input_ids: torch.Tensor | None = None
     attention_mask: torch.Tensor | None = None
@@ -357,6 +368,8 @@ class RetrievalFeatures:
                 return None
             if any(part is None for part in parts):
                 raise ValueError(f"some chunks have {name} and others not; encode all of them the same way")
+            if name in ("hidden_states", "attention_mask") and len({part.shape[1] for part in parts}) > 1:
+                parts = padded_to_longest(parts)  # e.g. image tokens of canvases of different sizes, masked
             return torch.cat(parts)
 
         return cls(joined("embeds"), joined("hidden_states"), joined("input_ids"), joined("attention_mask"))

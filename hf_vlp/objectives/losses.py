@@ -99,6 +99,18 @@ def soft_target_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> to
     return -(F.log_softmax(logits, dim=1) * targets).sum(dim=1).mean()
 
 
+def soft_target_bce_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Multi-label VQA loss with soft answer scores (ban-vqa's, as ViLT trains it): binary cross-entropy averaged over
+    rows and answers, times the number of answers, i.e. summed over the answers and averaged over the batch."""
+    if logits.shape != targets.shape:
+        raise ValueError(
+            f"soft targets must have the logits' shape, got logits {tuple(logits.shape)} and targets "
+            f"{tuple(targets.shape)}"
+        )
+    bce = F.binary_cross_entropy_with_logits(logits.float(), targets.to(logits.device, torch.float32))
+    return bce * logits.shape[-1]
+
+
 def soft_target_contrastive(
     sim_i2t: torch.Tensor,
     sim_t2i: torch.Tensor,

@@ -12,6 +12,7 @@ import torch
 from hf_vlp.models.albef import VlpAlbefConfig
 from hf_vlp.models.blip import VlpBlipConfig
 from hf_vlp.models.clip import VlpClipConfig
+from hf_vlp.models.vilt import VlpViltConfig
 
 PAD_ID, CLS_ID, SEP_ID, MASK_ID = 0, 2, 3, 4
 NO_DROPOUT = {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
@@ -34,6 +35,14 @@ TINY_BLIP_TEXT = dict(
 
 # the captioning / VQA decoders' text: wider, positions for prompt + answer
 WIDE_BLIP_TEXT = dict(hidden_size=32, intermediate_size=64, max_position_embeddings=24)
+
+
+# ViLT: one transformer over 12 text tokens and the patches of a 16 px position grid (8 px patches)
+TINY_VILT = dict(
+    hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2, image_size=16, patch_size=8,
+    vocab_size=40, max_position_embeddings=12, num_labels=5, pad_token_id=PAD_ID, cls_token_id=CLS_ID,
+    sep_token_id=SEP_ID, mask_token_id=MASK_ID, hidden_dropout_prob=0.0,
+)
 
 
 # CLIP's BPE vocabulary ends in <|startoftext|> (62), <|endoftext|> (63): EOT, the largest id, is the pooled token
@@ -116,3 +125,29 @@ def tiny_batch(
 def tiny_blip_batch(batch: int = 8, seed: int = 0, **options: object) -> dict[str, torch.Tensor]:
     """``tiny_batch`` with BLIP's ``[SEP]``-ended captions over the ids below ``[DEC]``."""
     return tiny_batch(batch, seed, vocab_end=38, sep_id=SEP_ID, **options)
+
+
+def tiny_vilt_config(**settings: object) -> VlpViltConfig:
+    return VlpViltConfig(**{**TINY_VILT, **settings})
+
+
+def tiny_vilt_batch(
+    batch: int = 8, seed: int = 0, *, image_sizes: tuple[tuple[int, int], ...] = ((16, 24), (16, 16), (8, 24)),
+    suffix: str = "",
+) -> dict[str, torch.Tensor]:
+    """``tiny_batch``'s [SEP]-ended captions with noise images of the given sizes (cycled over the rows), each
+    top-left on a zero canvas of the largest size with its ``pixel_mask``: ViLT's variable-resolution input.
+    ``suffix`` names the image tensors (``"_2"``: NLVR2's second images)."""
+    generator = torch.Generator().manual_seed(seed)
+    input_ids, attention_mask = tiny_captions(generator, batch, sep_id=SEP_ID)
+    height, width = max(size[0] for size in image_sizes), max(size[1] for size in image_sizes)
+    pixel_values = torch.zeros(batch, 3, height, width)
+    pixel_mask = torch.zeros(batch, height, width, dtype=torch.long)
+    for row in range(batch):
+        rows, columns = image_sizes[row % len(image_sizes)]
+        pixel_values[row, :, :rows, :columns] = torch.randn(3, rows, columns, generator=generator)
+        pixel_mask[row, :rows, :columns] = 1
+    return {
+        "input_ids": input_ids, "attention_mask": attention_mask,
+        f"pixel_values{suffix}": pixel_values, f"pixel_mask{suffix}": pixel_mask,
+    }

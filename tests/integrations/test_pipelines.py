@@ -292,6 +292,8 @@ def test_errors_name_the_problem_and_the_fix(tmp_path):
     with pytest.raises(TypeError, match="VlpAlbefModel has no VQA head.*VlpAlbefForQuestionAnswering"):
         pipeline(VQA_TASK, model=base, processor=processor)
     with pytest.raises(ValueError, match="mode must be one of"):
+        answerer(_image(), QUESTIONS[0], mode="vote")
+    with pytest.raises(TypeError, match="cannot answer with mode='classify'; it supports"):
         answerer(_image(), QUESTIONS[0], mode="classify")
     with pytest.raises(ValueError, match="top_k must be a positive integer"):
         answerer(_image(), QUESTIONS[0], top_k=0)

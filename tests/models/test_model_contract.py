@@ -60,6 +60,14 @@ from hf_vlp.models.clip import (
     VlpClipVisionModelWithProjection,
 )
 from hf_vlp.models.modeling_utils import takes_output_kwargs
+from hf_vlp.models.vilt import (
+    VlpViltForImageTextRetrieval,
+    VlpViltForMaskedLM,
+    VlpViltForPretraining,
+    VlpViltForQuestionAnswering,
+    VlpViltForVisualReasoning,
+    VlpViltModel,
+)
 from tests.helpers.model_contract import CHECKS, EncoderSpec, Inputs, ModelContractCase, StatesSpec
 from tests.helpers.tiny_models import (
     CLS_ID,
@@ -72,11 +80,13 @@ from tests.helpers.tiny_models import (
     tiny_blip_config,
     tiny_clip_config,
     tiny_clip_inputs,
+    tiny_vilt_batch,
+    tiny_vilt_config,
 )
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-ARCHITECTURE_PACKAGES = ("hf_vlp.models.clip", "hf_vlp.models.albef", "hf_vlp.models.blip")
+ARCHITECTURE_PACKAGES = ("hf_vlp.models.clip", "hf_vlp.models.albef", "hf_vlp.models.blip", "hf_vlp.models.vilt")
 
 
 # --------------------------------------------------------------------------------------------------- inputs
@@ -423,7 +433,73 @@ BLIP_CASES = [
     ),
 ]
 
-CASES: list[ModelContractCase] = [*CLIP_CASES, *ALBEF_CASES, *BLIP_CASES]
+# ViLT: every row's image has the same size (16 x 24 px: a 2 x 3 patch grid from the 2 x 2 position grid), so a batch
+# split keeps the image-token count; mixed sizes are tested in tests/models/vilt
+VILT_IMAGES = {"image_sizes": ((16, 24),)}
+
+
+def vilt_inputs(config: PretrainedConfig, batch: int, seed: int) -> Inputs:
+    return tiny_vilt_batch(batch, seed, **VILT_IMAGES)
+
+
+def vilt_pair_inputs(config: PretrainedConfig, batch: int, seed: int) -> Inputs:
+    second = tiny_vilt_batch(batch, seed + 1, suffix="_2", **VILT_IMAGES)
+    return {**vilt_inputs(config, batch, seed), **pick(second, "pixel_values_2", "pixel_mask_2")}
+
+
+def vilt_states(config: PretrainedConfig, inputs: Inputs) -> tuple[StatesSpec, ...]:
+    """One stack over the text tokens, the image class token and the 2 x 3 patches."""
+    seq_len = inputs["input_ids"].shape[1] + 1 + 6
+    return (StatesSpec("", config.num_hidden_layers, config.num_attention_heads, seq_len, config.hidden_size),)
+
+
+def vilt_pretraining_loss(config: PretrainedConfig, inputs: Inputs) -> Inputs:
+    batch = inputs["input_ids"].shape[0]
+    return {**masked_lm_labels(config, inputs), "itm_labels": torch.arange(batch) % 2}
+
+
+def vilt_answer_scores(config: PretrainedConfig, inputs: Inputs) -> Inputs:
+    batch = inputs["input_ids"].shape[0]
+    return {"labels": torch.rand(batch, config.num_labels, generator=torch.Generator().manual_seed(batch))}
+
+
+def vilt_ranking_groups(config: PretrainedConfig, inputs: Inputs) -> Inputs:
+    """Each image with its caption and the next row's as the negative: ``[B, 2, L]``."""
+    def grouped(tensor: torch.Tensor) -> torch.Tensor:
+        return torch.stack([tensor, tensor.roll(1, dims=0)], dim=1)
+
+    return {"input_ids": grouped(inputs["input_ids"]), "attention_mask": grouped(inputs["attention_mask"])}
+
+
+VILT_CASES = [
+    ModelContractCase(
+        VlpViltModel, tiny_vilt_config, vilt_inputs, auto_classes=(AutoModel,), has_text_embeddings=True,
+        **BOTH_FLAGS, states=vilt_states,
+    ),
+    ModelContractCase(
+        VlpViltForMaskedLM, tiny_vilt_config, vilt_inputs, loss_inputs=masked_lm_labels,
+        auto_classes=(AutoModelForMaskedLM,), has_text_embeddings=True, **BOTH_FLAGS, states=vilt_states,
+    ),
+    ModelContractCase(
+        VlpViltForPretraining, tiny_vilt_config, vilt_inputs, loss_inputs=vilt_pretraining_loss,
+        auto_classes=(AutoModelForPreTraining,), has_text_embeddings=True, **BOTH_FLAGS, states=vilt_states,
+    ),
+    ModelContractCase(
+        VlpViltForQuestionAnswering, tiny_vilt_config, vilt_inputs, loss_inputs=vilt_answer_scores,
+        auto_classes=(AutoModelForVisualQuestionAnswering,), has_text_embeddings=True, **BOTH_FLAGS,
+        states=vilt_states,
+    ),
+    ModelContractCase(
+        VlpViltForVisualReasoning, tiny_vilt_config, vilt_pair_inputs, loss_inputs=class_labels(2),
+        has_text_embeddings=True, **BOTH_FLAGS, states=vilt_states,
+    ),
+    ModelContractCase(
+        VlpViltForImageTextRetrieval, tiny_vilt_config, vilt_inputs, loss_inputs=vilt_ranking_groups,
+        has_text_embeddings=True, **BOTH_FLAGS,  # per-layer states of the B x T pairs, not of the B images
+    ),
+]
+
+CASES: list[ModelContractCase] = [*CLIP_CASES, *ALBEF_CASES, *BLIP_CASES, *VILT_CASES]
 
 
 # --------------------------------------------------------------------------------------------------- known failures
