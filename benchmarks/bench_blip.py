@@ -38,15 +38,16 @@ import torch  # noqa: E402
 from benchmarks.common import (  # noqa: E402
     Summary,
     format_table,
-    machine_description,
+    model_comparison_parser,
+    parse_comparison_args,
     per_round_ratios,
     ratio_line,
     ratio_of_minimums,
+    report,
     resolve_device,
     resolve_dtype,
     run_alternating,
     set_threads,
-    write_json,
 )
 
 # bert-base-uncased + [DEC] + [ENC], as the released BLIP captioners
@@ -74,25 +75,8 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="small", help="model size (see PRESETS)")
-    parser.add_argument("--batch", type=int, default=4, help="images per generate call")
-    parser.add_argument("--rounds", type=int, default=5, help="timed alternating rounds")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed calls per model before timing")
-    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
-    parser.add_argument("--dtype", default="fp32", help="fp32, bf16 or fp16: weights and images are cast to it")
-    parser.add_argument("--ours-attn", nargs="+", choices=("sdpa", "eager"), default=["sdpa"],
-                        help="attention kernel(s) of hf_vlp's model to time (transformers' BLIP is eager only)")
-    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--json", dest="json_path", default=None, help="also write the results to this JSON file")
-    parser.add_argument("--smoke", action="store_true", help="tiny config, batch 2, one round: checks the wiring")
-    args = parser.parse_args(argv)
-    if args.smoke:
-        args.preset, args.batch, args.rounds, args.warmup = "smoke", 2, 1, 0
-    if args.batch < 1 or args.rounds < 1 or args.warmup < 0:
-        parser.error("--batch and --rounds must be at least 1 and --warmup non-negative")
-    return args
+    parser = model_comparison_parser(__doc__.split("\n\n")[0], PRESETS, "small", 4, "images")
+    return parse_comparison_args(parser, argv)
 
 
 def transformers_captioner(preset: str, seed: int) -> Any:
@@ -214,17 +198,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     print(f"bench_blip: device {device}, dtype {args.dtype}, threads {threads}, preset {args.preset}, batch "
           f"{args.batch}, rounds {args.rounds}, decoding {DECODING}")
     results = bench(args, device, dtype)
-    print()
-    print(results_table(results))
-    payload = {
-        "benchmark": "bench_blip",
-        "machine": machine_description(device),
-        "settings": {key: value for key, value in vars(args).items() if key != "json_path"},
-        "results": results,
-    }
-    if args.json_path:
-        print(f"wrote {write_json(args.json_path, payload)}")
-    return payload
+    return report("bench_blip", device, args, results_table(results), results=results)
 
 
 if __name__ == "__main__":

@@ -35,20 +35,19 @@ from benchmarks.common import (
     clip_forward_flops,
     convert_transformers_clip,
     format_table,
-    machine_description,
     per_round_ratios,
     ratio_of_minimums,
     preset_config,
     profile_table,
     random_clip_batch,
     ratio_line,
+    report,
     require_sdpa,
     resolve_device,
     resolve_dtype,
     run_alternating,
     set_threads,
     tiny_clip_config,
-    write_json,
 )
 
 MODES = ("forward", "forward_backward")
@@ -199,17 +198,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     results = []
     for preset in args.presets:
         results.extend(bench_preset(preset, args, device, dtype))
-    print()
-    print(results_table(results))
-    payload = {
-        "benchmark": "bench_clip",
-        "machine": machine_description(device),
-        "settings": {key: value for key, value in vars(args).items() if key != "json_path"},
-        "results": results,
-    }
-    if args.json_path:
-        print(f"wrote {write_json(args.json_path, payload)}")
-    return payload
+    return report("bench_clip", device, args, results_table(results), results=results)
 
 
 if __name__ == "__main__":

@@ -214,6 +214,58 @@ def machine_description(device: torch.device) -> dict[str, Any]:
     return description
 
 
+def report(
+    benchmark: str, device: torch.device, args: Any, table: str, **results: Any
+) -> dict[str, Any]:
+    """Print ``table`` and return the JSON payload of a run (``benchmark``, the machine, the settings and
+    ``results``), also written to ``args.json_path`` when given."""
+    print()
+    print(table)
+    payload = {
+        "benchmark": benchmark,
+        "machine": machine_description(device),
+        "settings": {key: value for key, value in vars(args).items() if key != "json_path"},
+        **results,
+    }
+    if args.json_path:
+        print(f"wrote {write_json(args.json_path, payload)}")
+    return payload
+
+
+def model_comparison_parser(
+    description: str, presets: Sequence[str], default_preset: str, default_batch: int, what: str
+) -> Any:
+    """The options of a benchmark that times one hf_vlp model against its peer on one preset: ``--preset``,
+    ``--batch`` (``what`` per call), ``--rounds``, ``--warmup``, ``--device``, ``--dtype``, ``--ours-attn``,
+    ``--threads``, ``--seed``, ``--json`` and ``--smoke``; :func:`parse_comparison_args` reads them."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--preset", choices=sorted(presets), default=default_preset, help="model size (see PRESETS)")
+    parser.add_argument("--batch", type=int, default=default_batch, help=f"{what} per call")
+    parser.add_argument("--rounds", type=int, default=5, help="timed alternating rounds")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed calls per model before timing")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    parser.add_argument("--dtype", default="fp32", help="fp32, bf16 or fp16: weights and images are cast to it")
+    parser.add_argument("--ours-attn", nargs="+", choices=("sdpa", "eager"), default=["sdpa"],
+                        help="attention kernel(s) of hf_vlp's model to time")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", dest="json_path", default=None, help="also write the results to this JSON file")
+    parser.add_argument("--smoke", action="store_true", help="tiny config, batch 2, one round: checks the wiring")
+    return parser
+
+
+def parse_comparison_args(parser: Any, argv: Sequence[str] | None) -> Any:
+    """Parse :func:`model_comparison_parser`'s options; ``--smoke`` means the ``smoke`` preset, batch 2, one round."""
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.preset, args.batch, args.rounds, args.warmup = "smoke", 2, 1, 0
+    if args.batch < 1 or args.rounds < 1 or args.warmup < 0:
+        parser.error("--batch and --rounds must be at least 1 and --warmup non-negative")
+    return args
+
+
 def write_json(path: str | Path, payload: Mapping[str, Any]) -> Path:
     """Write ``payload`` as indented JSON, creating the parent folder."""
     path = Path(path)

@@ -205,7 +205,7 @@ def read_transformers_config(path: Path, model_type: str, expected: str) -> dict
 
 # --------------------------------------------------------------------------------------------------- families
 
-FAMILY_NAMES = {"clip": "CLIP", "albef": "ALBEF", "blip": "BLIP"}
+FAMILY_NAMES = {"clip": "CLIP", "albef": "ALBEF", "blip": "BLIP", "vilt": "ViLT"}
 
 
 def checkpoint_family(state_dict: Mapping[str, torch.Tensor]) -> tuple[str, str] | None:
@@ -213,7 +213,9 @@ def checkpoint_family(state_dict: Mapping[str, torch.Tensor]) -> tuple[str, str]
 
     ALBEF and BLIP share ``visual_encoder.*`` and BERT-named text towers; ALBEF's ``xbert`` embeds token types and
     BLIP's ``med`` does not (BLIP's NLVR2 model alone has ``crossattention.self0``). CLIP has OpenAI's ``visual.*``
-    and ``transformer.resblocks.*`` (or transformers' ``text_model.*``/``vision_model.*`` with ``logit_scale``)."""
+    and ``transformer.resblocks.*`` (or transformers' ``text_model.*``/``vision_model.*`` with ``logit_scale``).
+    ViLT has BERT's ``text_embeddings.*`` and a timm ViT's ``transformer.blocks.*`` in one model (or transformers'
+    ``vilt.*``)."""
     keys = list(state_dict)
     if any(key.startswith("visual_encoder.") for key in keys):
         text = [key for key in keys if key.startswith(("text_encoder.", "text_decoder."))]
@@ -232,6 +234,11 @@ def checkpoint_family(state_dict: Mapping[str, torch.Tensor]) -> tuple[str, str]
         key.startswith("vision_model.") for key in keys
     ):
         return "clip", "transformers CLIPModel keys (text_model.*, vision_model.*, logit_scale)"
+    vilt_text = "text_embeddings.word_embeddings.weight" in state_dict
+    if vilt_text and any(key.startswith("transformer.blocks.") for key in keys):
+        return "vilt", "text_embeddings.* and a timm ViT under transformer.blocks.* in one model (dandelin/ViLT)"
+    if any(key.startswith("vilt.embeddings.text_embeddings.") for key in keys):
+        return "vilt", "transformers ViLT keys (vilt.embeddings.text_embeddings.*, vilt.encoder.layer.*)"
     return None
 
 

@@ -4,7 +4,8 @@
 - BERT as ALBEF's ``xbert.py`` and BLIP's ``med.py`` store it: the MLM/LM prediction head
   (:func:`bert_prediction_head_rules`); its embeddings and layers are :mod:`hf_vlp.utils.key_rules`' families, which
   the text-tower initialiser shares;
-- transformers' BLIP ViT names, which map one to one onto the timm ones: :func:`to_transformers_vit_name` and back;
+- transformers' BLIP ViT names, which map one to one onto the timm ones: :func:`to_transformers_vit_name` and back
+  (any such name table: :func:`prefix_renames` / :func:`rename_prefix`);
 - CLIP's residual attention blocks, under OpenAI / open_clip or transformers names: :func:`clip_block_rules`.
 
 Every separate q/k/v (or k/v) projection becomes one fused tensor through
@@ -68,19 +69,24 @@ _TRANSFORMERS_VIT_NAMES = (
 )
 
 
-def _prefix_renames(to_transformers: bool) -> list[tuple[re.Pattern[str], str]]:
+def prefix_renames(pairs: Sequence[tuple[str, str]], forward: bool) -> list[tuple[re.Pattern[str], str]]:
+    """Compiled key-prefix renames from ``(first, second)`` name templates (``{i}`` a layer index, ``{n}`` a digit):
+    first -> second when ``forward``, else second -> first; apply them with :func:`rename_prefix`."""
     renames = []
-    for original, transformers_name in _TRANSFORMERS_VIT_NAMES:
-        source, target = (original, transformers_name) if to_transformers else (transformers_name, original)
+    for first, second in pairs:
+        source, target = (first, second) if forward else (second, first)
         pattern = re.escape(source).replace(r"\{i\}", r"(?P<i>\d+)").replace(r"\{n\}", r"(?P<n>\d)")
         renames.append((re.compile(pattern), target.replace("{i}", r"\g<i>").replace("{n}", r"\g<n>")))
     return renames
 
 
-_TO_TRANSFORMERS, _TO_ORIGINAL = _prefix_renames(True), _prefix_renames(False)
+_TO_TRANSFORMERS = prefix_renames(_TRANSFORMERS_VIT_NAMES, forward=True)
+_TO_ORIGINAL = prefix_renames(_TRANSFORMERS_VIT_NAMES, forward=False)
 
 
-def _rename_prefix(key: str, renames: Sequence[tuple[re.Pattern[str], str]]) -> str:
+def rename_prefix(key: str, renames: Sequence[tuple[re.Pattern[str], str]]) -> str:
+    """``key`` with its prefix renamed by the first of ``renames`` (:func:`prefix_renames`) that matches it; other
+    keys unchanged."""
     for pattern, replacement in renames:
         match = pattern.match(key)
         if match:
@@ -90,12 +96,12 @@ def _rename_prefix(key: str, renames: Sequence[tuple[re.Pattern[str], str]]) -> 
 
 def to_transformers_vit_name(key: str) -> str:
     """An original BLIP/ALBEF ViT key under transformers' BLIP name (other keys unchanged)."""
-    return _rename_prefix(key, _TO_TRANSFORMERS)
+    return rename_prefix(key, _TO_TRANSFORMERS)
 
 
 def from_transformers_vit_name(key: str) -> str:
     """A transformers BLIP vision key under the original timm name (other keys unchanged)."""
-    return _rename_prefix(key, _TO_ORIGINAL)
+    return rename_prefix(key, _TO_ORIGINAL)
 
 
 # --------------------------------------------------------------------------------------------------- CLIP blocks

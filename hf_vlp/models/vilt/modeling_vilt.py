@@ -92,6 +92,7 @@ class VlpViltPreTrainedModel(VlpPreTrainedModel):
                 f"{config.max_position_embeddings} text positions"
             ),
             "num_labels": config.num_labels,
+            "text_positions": config.max_position_embeddings,
         }
 
     def _init_weights(self, module: nn.Module) -> None:
