@@ -40,7 +40,9 @@ from hf_vlp.integrations.remote_code import ENTRY_MODULE, export_remote_code, fi
 from hf_vlp.integrations.source_bundle import REMOTE_DEPENDENCIES, BundleError, bundle_sources, undefined_names
 from hf_vlp.models.blip import blip_special_token_ids
 from hf_vlp.models.clip.tokenization_clip import clip_tokenizer_from_bpe
+from hf_vlp.models.vilt import VlpViltForQuestionAnswering, VlpViltImageProcessor, VlpViltProcessor
 from tests.helpers.tiny_models import NO_DROPOUT, TINY_ALBEF_TEXT, TINY_BLIP_TEXT, TINY_VIT, WIDE_BLIP_TEXT
+from tests.helpers.tiny_models import tiny_vilt_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -76,6 +78,11 @@ def run_case(case: str, processor: Any, model: Any) -> dict[str, Any]:
             generated = model.generate(inputs["pixel_values"], **prompt, max_length=10)
             results = {"loss": output.loss, "logits": output.logits, "generated": generated,
                        "captions": processor.batch_decode(generated, skip_special_tokens=True)}
+        elif case == "vilt":
+            inputs = processor(images=images, text=["how many dogs?", "what colour is the horse?"],
+                               return_tensors="pt")
+            output = model(**inputs, labels=torch.full((2, model.config.num_labels), 0.3))
+            results = {"loss": output.loss, "logits": output.logits}
     return {**{f"inputs.{name}": value for name, value in inputs.items()}, **results}
 
 
@@ -156,11 +163,24 @@ def blip_case() -> tuple[VlpBlipForConditionalGeneration, VlpBlipProcessor]:
     return VlpBlipForConditionalGeneration(config).eval(), processor
 
 
+def vilt_case() -> tuple[VlpViltForQuestionAnswering, VlpViltProcessor]:
+    tokenizer = BertTokenizer(vocab=str(ORIGINALS / "albef_pretrain" / "vocab.txt"))
+    config = tiny_vilt_config(
+        vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, cls_token_id=tokenizer.cls_token_id,
+        sep_token_id=tokenizer.sep_token_id, mask_token_id=tokenizer.mask_token_id,
+        id2label={0: "one", 1: "two", 2: "brown", 3: "white"},
+    )
+    image_processor = VlpViltImageProcessor(size={"shortest_edge": 16, "longest_edge": 26}, size_divisor=8)
+    processor = VlpViltProcessor(image_processor, tokenizer, max_length=config.max_position_embeddings)
+    return VlpViltForQuestionAnswering(config).eval(), processor
+
+
 # case -> (builder, the Auto class that loads its head, the hf_vlp classes it is compared with)
 CASES = {
     "clip": (clip_case, "AutoModelForZeroShotImageClassification", VlpClipModel, VlpClipProcessor),
     "albef": (albef_case, "AutoModelForPreTraining", VlpAlbefForPretraining, VlpAlbefProcessor),
     "blip": (blip_case, "AutoModelForImageTextToText", VlpBlipForConditionalGeneration, VlpBlipProcessor),
+    "vilt": (vilt_case, "AutoModelForVisualQuestionAnswering", VlpViltForQuestionAnswering, VlpViltProcessor),
 }
 
 
