@@ -134,7 +134,7 @@ class ImageTextCollator:
             return None
         if not stream:  # tuples of ints hash the same in every process
             return torch.Generator().manual_seed(hash((self.augmentation_seed, self.epoch, int(index))) & (2**63 - 1))
-        return torch.Generator().manual_seed(_stable_hash((self.augmentation_seed, self.epoch, int(index), stream)))
+        return torch.Generator().manual_seed(stable_hash((self.augmentation_seed, self.epoch, int(index), stream)))
 
     def _transform_for(self, index: int, generator: torch.Generator | None = None) -> ImageTransform | None:
         if self.image_transform is None or self.augmentation_seed is None:
@@ -240,8 +240,9 @@ class ImageTextCollator:
         return limit if isinstance(limit, int) and limit < _UNBOUNDED_LENGTH else None
 
     def encode(self, images: list[Image.Image], texts: list[str], **text_kwargs: Any) -> dict[str, torch.Tensor]:
-        """Run the processor; returns ``pixel_values``, ``input_ids`` and ``attention_mask``. ``text_kwargs`` go to
-        the processor too (e.g. ALBEF's ``text_kind="question"``)."""
+        """Run the processor; returns ``pixel_values``, ``input_ids`` and ``attention_mask``, plus every other image
+        tensor the processor gives (``pixel_mask`` of a padded canvas, ViLT's ``pixel_values_2``/``pixel_mask_2``).
+        ``text_kwargs`` go to the processor too (e.g. ALBEF's ``text_kind="question"``, ViLT's ``images_2=``)."""
         max_length = self._effective_max_length()
         encoded = self.processor(
             text=texts,
@@ -262,7 +263,8 @@ class ImageTextCollator:
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         self._warn_if_truncated(attention_mask, max_length)
-        return {"pixel_values": encoded["pixel_values"], "input_ids": input_ids, "attention_mask": attention_mask}
+        pixels = {name: value for name, value in encoded.items() if name.startswith("pixel_")}
+        return {**pixels, "input_ids": input_ids, "attention_mask": attention_mask}
 
     def _warn_if_truncated(self, attention_mask: torch.Tensor, max_length: int | None) -> None:
         if max_length is None or self._warned_truncation:
@@ -278,7 +280,7 @@ class ImageTextCollator:
             )
 
 
-def _stable_hash(key: tuple) -> int:
+def stable_hash(key: tuple) -> int:
     """A 63-bit seed from a tuple of ints and strings, equal in every process (``hash`` of a string is salted)."""
     digest = hashlib.blake2b(repr(key).encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") & (2**63 - 1)
@@ -360,7 +362,7 @@ def stable_image_id(value: Any, index: int) -> int:
         if value < 0:
             raise ValueError(f"image_id of sample {index} is negative ({value}); image ids must be >= 0.")
         return value
-    return _stable_hash(("image_id", value))
+    return stable_hash(("image_id", value))
 
 
 class AlbefPretrainingCollator(ImageTextCollator):
@@ -407,7 +409,7 @@ class AlbefPretrainingCollator(ImageTextCollator):
         for position, row in enumerate(batch.rows):
             keep = attention_mask[position].bool()
             index = self.row_index(row, position)
-            generator = torch.Generator().manual_seed(_stable_hash((self.mlm_seed, self.epoch, index, "mlm")))
+            generator = torch.Generator().manual_seed(stable_hash((self.mlm_seed, self.epoch, index, "mlm")))
             masked, labels = mask_tokens(
                 input_ids[position, keep][None],
                 vocab_size=self.vocab_size,
@@ -563,6 +565,11 @@ class VisualReasoningCollator(ImageTextCollator):
             raise BadSampleError(index, source, f"the image transform failed ({type(error).__name__}: {error})") from error
 
     def __call__(self, rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        firsts, seconds, texts, labels = self.pairs(rows)
+        return {**self.encode_pairs(firsts, seconds, texts), "labels": torch.tensor(labels, dtype=torch.long)}
+
+    def pairs(self, rows: Sequence[dict[str, Any]]) -> tuple[list[Image.Image], list[Image.Image], list[str], list[int]]:
+        """The usable rows' first images, second images, statements and labels (bad rows skipped or raised)."""
         batch = self.collect(rows)
         seconds, labels, kept = [], [], []
         for position, row in enumerate(batch.rows):
@@ -581,14 +588,17 @@ class VisualReasoningCollator(ImageTextCollator):
             raise ValueError("Every sample of this batch was bad and skipped; nothing is left to train on.")
         firsts = [batch.images[position] for position in kept]
         texts = [batch.texts[position] for position in kept]
+        return firsts, seconds, texts, labels
+
+    def encode_pairs(self, firsts: list[Image.Image], seconds: list[Image.Image], texts: list[str]) -> dict[str, Any]:
+        """The model inputs of the pairs: both images stacked as ``pixel_values`` ``[B, 2, C, H, W]`` (ALBEF, BLIP)."""
         encoded = self.encode(firsts + seconds, texts + texts)
-        size = len(kept)
+        size = len(firsts)
         pixel_values = torch.stack([encoded["pixel_values"][:size], encoded["pixel_values"][size:]], dim=1)
         return {
             "pixel_values": pixel_values,
             "input_ids": encoded["input_ids"][:size],
             "attention_mask": encoded["attention_mask"][:size],
-            "labels": torch.tensor(labels, dtype=torch.long),
         }
 
 

@@ -75,9 +75,9 @@ class JobArguments:
     augment: str = field(
         default="auto",
         metadata=_help(
-            "fusion models' training augmentation: paper (RandomResizedCrop + flip + RandAugment(2, 7), as the "
-            "originals), flip (the flip alone), none; auto = paper, but flip on synthetic-shapes, whose captions count "
-            "and place the shapes a crop can cut away"
+            "fusion models' training augmentation: paper (as the originals: ALBEF/BLIP RandomResizedCrop + flip + "
+            "RandAugment; ViLT RandAugment(2, 9) when fine-tuning), flip (the flip alone), none; auto = paper, but on "
+            "synthetic-shapes, whose captions count and place the shapes, flip (ALBEF/BLIP) or none (ViLT)"
         ),
     )
     no_augment: bool = field(default=False, metadata=_help("no training augmentation at all (same as --augment none)"))

@@ -24,6 +24,9 @@ class Recipe:
     ``context_length``: its input sizes. ``training_defaults``: ``TrainingArguments`` defaults. ``job_defaults``:
     defaults of the job's own arguments (``--dataset``, ``--eval-max-samples``, ...). ``paper``: the original
     recipe's values, for reference and the model card (not applied: they are sized for 8+ GPUs and days).
+    ``lr_multipliers``: module name -> factor on the learning rate of its parameters (e.g. ViLT's VQA classifier x 10,
+    see :meth:`~hf_vlp.training.tasks.TrainingTask.optimizer_cls_and_kwargs`). ``task_options``: settings the task
+    itself reads (e.g. ViLT's patch sampling, answer-vocabulary threshold, negatives per image).
     """
 
     architecture: str
@@ -35,6 +38,8 @@ class Recipe:
     task: str = ""
     job_defaults: dict[str, Any] = field(default_factory=dict)
     paper: dict[str, Any] = field(default_factory=dict)
+    lr_multipliers: dict[str, float] = field(default_factory=dict)
+    task_options: dict[str, Any] = field(default_factory=dict)
 
 
 # Trainer settings every tiny run shares: logging and checkpoint cadence, no evaluation during training (the job
@@ -443,4 +448,177 @@ RECIPES.update(
         (recipe.architecture, recipe.task): recipe
         for recipe in (BLIP_PRETRAIN, BLIP_RETRIEVAL, BLIP_CAPTION, BLIP_VQA, BLIP_NLVR2)
     }
+)
+
+# ------------------------------------------------------------------------------------------------------ ViLT
+
+# ViLT (Kim et al. 2021; dandelin/ViLT vilt/config.py, vilt/modules/vilt_utils.py set_schedule): transformers' AdamW,
+# lr 1e-4, betas (0.9, 0.98), eps 1e-8, weight decay 0.01 except biases and LayerNorm weights; linear warm-up then
+# linear decay to 0 (pre-training: 2,500 warm-up steps, an absolute number; fine-tuning: 10% of the run); the VQA
+# classifier at 10x the learning rate; fp16, DDP. Images: shorter side 384, longer at most 640, multiples of 32,
+# mean = std = 0.5; pre-training samples at most 200 patches per image, fine-tuning and evaluation take them all;
+# RandAugment(2, 9) (ViLT's own: Invert and Cutout removed) on training images of the *_randaug fine-tuning configs
+# only. Text: bert-base-uncased, 40 tokens. Loss weights: every loss counts once (WPA x 0.1).
+VILT_PAPER_COMMON = {
+    "optimizer": "AdamW(beta1 0.9, beta2 0.98, eps 1e-8), weight decay 0.01, none on biases and LayerNorm weights",
+    "learning_rate": 1e-4,
+    "image_size": "shorter side 384, longer side at most 640, floored to multiples of 32 (bicubic)",
+    "image_normalisation": "mean = std = 0.5",
+    "max_text_tokens": 40,
+    "tokenizer": "bert-base-uncased",
+    "precision": "fp16 (native AMP)",
+    "dropout": 0.1,
+    "init": "ViT-B/32 from timm jx_vit_base_p32_384 (ImageNet-21k, fine-tuned on ImageNet-1k at 384); text embeddings "
+            "from scratch",
+}
+VILT_FINETUNE_AUGMENTATION = "ViLT RandAugment(2, 9) without Invert and Cutout, training images only (*_randaug)"
+VILT_PAPER = {
+    "pretrain": {
+        **VILT_PAPER_COMMON,
+        "schedule": "linear warm-up over 2,500 steps (not rescaled with the run), then linear decay to 0",
+        "steps": "200k (release; ablations at 25k / 50k / 100k)",
+        "global_batch_size": 4096,
+        "gpus": "64 V100 (paper); 8 x 8 in the example command, 64 per GPU with gradient accumulation",
+        "losses": "MLM + ITM + 0.1 x WPA (IPOT, beta 0.5, 50 iterations)",
+        "mlm": "whole-word masking, 15%, 80/10/10",
+        "itm": "half the batch with a random other image, labels shuffled",
+        "max_image_length": 200,
+        "augmentation": "none",
+        "datasets": "COCO, Visual Genome, GCC, SBU (4.1M images, 10M captions)",
+    },
+    "vqa": {
+        **VILT_PAPER_COMMON,
+        "schedule": "linear warm-up over 10% of the steps, then linear decay to 0",
+        "epochs": 10,
+        "global_batch_size": 256,
+        "lr_mult": "10 on vqa_classifier",
+        "max_image_length": -1,
+        "answers": "3,129 (normalised answers seen at least 9 times in train + val), soft scores 0.3/0.6/0.9/1.0",
+        "loss": "binary cross-entropy x number of answers",
+        "augmentation": VILT_FINETUNE_AUGMENTATION,
+    },
+    "nlvr2": {
+        **VILT_PAPER_COMMON,
+        "schedule": "linear warm-up over 10% of the steps, then linear decay to 0",
+        "epochs": 10,
+        "global_batch_size": 128,
+        "lr_mult": 1,
+        "max_image_length": -1,
+        "method": "pair: the statement encoded with each image (modality rows 1 and 2, row 2 from row 1), classifier "
+                  "on both pooled vectors",
+        "augmentation": VILT_FINETUNE_AUGMENTATION,
+    },
+    "retrieval": {
+        **VILT_PAPER_COMMON,
+        "schedule": "linear warm-up over 10% of the steps, then linear decay to 0",
+        "epochs": 10,
+        "global_batch_size": 256,
+        "lr_mult": 1,
+        "max_image_length": -1,
+        "texts_per_image": "16: the caption and 15 random captions (draw_false_text)",
+        "loss": "cross-entropy over the 16 rank_output scores; rank_output from the ITM match row, ITM head frozen",
+        "evaluation": "exhaustive: every (image, text) pair of the test set, R@1/5/10",
+        "augmentation": VILT_FINETUNE_AUGMENTATION,
+    },
+}
+
+# The tiny ViLT: 64 wide, 2 layers, 8-px patches of 64-px images (64 patches + 1 class token after up to 40 text
+# tokens; 16-px patches mix a small shape with its background in one patch, and image-text matching then never left
+# chance in 600 steps). As the tiny ALBEF/BLIP: dropout off and initializer_range 0.1 instead of 0.02, for learning
+# from scratch in a few hundred CPU steps. Measured on synthetic-shapes (see tests/training/test_tasks_vilt.py): VQA
+# and retrieval learn from scratch in a few hundred steps; pre-training's binary ITM sits at chance for 300-750 steps
+# before it takes off (its gradient carries the image-only and caption-only noise that the retrieval cross-entropy
+# over one image's texts cancels), hence the longer pre-training run; NLVR2 needs a trained encoder
+# (--from-pretrained), as ALBEF's and BLIP's.
+VILT_TINY_CONFIG = {
+    "hidden_size": 64,
+    "intermediate_size": 256,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "image_size": 64,
+    "patch_size": 8,
+    "max_position_embeddings": 40,
+    "hidden_dropout_prob": 0.0,
+    "attention_probs_dropout_prob": 0.0,
+    "initializer_range": 0.1,
+}
+
+VILT_TRAINING_DEFAULTS = {
+    "adam_beta1": 0.9,
+    "adam_beta2": 0.98,
+    "adam_epsilon": 1e-8,
+    "weight_decay": 0.01,
+    "lr_scheduler_type": "linear",
+    "learning_rate": 1e-3,
+    "warmup_steps": 0.1,
+    "per_device_train_batch_size": 32,
+    "per_device_eval_batch_size": 64,
+    "max_steps": 300,
+    "save_steps": 100,
+    **TINY_RUN_BOOKKEEPING,
+}
+
+
+def _vilt(
+    task: str,
+    run: tuple[dict[str, Any], dict[str, Any]],
+    notes: str,
+    task_options: dict[str, Any],
+    lr_multipliers: dict[str, float] | None = None,
+) -> Recipe:
+    training, job = run
+    return Recipe(
+        architecture="vilt",
+        task=task,
+        tiny_config=VILT_TINY_CONFIG,
+        image_size=64,
+        context_length=40,
+        training_defaults={**VILT_TRAINING_DEFAULTS, **training},
+        job_defaults=job,
+        paper=VILT_PAPER[task],
+        paper_notes=notes,
+        lr_multipliers=lr_multipliers or {},
+        task_options=task_options,
+    )
+
+
+VILT_PRETRAIN = _vilt(
+    "pretrain",
+    ({"learning_rate": 2e-3, "max_steps": 800, "save_steps": 200, "ddp_find_unused_parameters": False},
+     {"dataset": "synthetic-shapes:n=1000", "eval_max_samples": 25}),
+    "AdamW lr 1e-4 (2.5k warm-up steps, linear decay), betas (0.9, 0.98), wd 0.01, 200k steps, batch 4096, "
+    "384-640 px, 200 patches, MLM (whole words) + ITM + 0.1 WPA.",
+    # count_padding_as_words: reproduce the original's [PAD]-counting whole-word masking (fewer masks on short
+    # captions; see ViltPretrainingCollator); False masks 15% of each caption's own tokens
+    {"max_image_length": 200, "count_padding_as_words": False},
+)
+VILT_VQA = _vilt(
+    "vqa",
+    ({"max_steps": 300}, {"dataset": "synthetic-shapes:n=4000", "eval_max_samples": 500}),
+    "AdamW lr 1e-4 (10% warm-up, linear decay), classifier lr x 10, wd 0.01, 10 epochs, batch 256, 3,129 answers, "
+    "RandAugment(2, 9).",
+    # min_answer_count: questions an answer needs to enter the vocabulary (the original: 9 over VQAv2 train + val)
+    {"max_image_length": -1, "min_answer_count": 1},
+    {"classifier": 10.0},
+)
+VILT_NLVR2 = _vilt(
+    "nlvr2",
+    ({"learning_rate": 5e-4, "max_steps": 300}, {"dataset": "synthetic-shapes:n=4000", "eval_max_samples": 500}),
+    "AdamW lr 1e-4 (10% warm-up, linear decay), wd 0.01, 10 epochs, batch 128, pair method, RandAugment(2, 9).",
+    {"max_image_length": -1},
+)
+# 16 images x 4 texts per step (the original: 16 texts): the cross-entropy over one image's texts learns matching from
+# scratch within ~50 steps
+VILT_RETRIEVAL = _vilt(
+    "retrieval",
+    ({"max_steps": 200, "per_device_train_batch_size": 16},
+     {"dataset": "synthetic-shapes:n=1000", "eval_max_samples": 25}),
+    "AdamW lr 1e-4 (10% warm-up, linear decay), wd 0.01, 10 epochs, batch 256, 15 negative captions per image, "
+    "RandAugment(2, 9).",
+    # texts_per_image: the caption and texts_per_image - 1 negatives (the original: 16)
+    {"max_image_length": -1, "texts_per_image": 4},
+)
+
+RECIPES.update(
+    {(recipe.architecture, recipe.task): recipe for recipe in (VILT_PRETRAIN, VILT_VQA, VILT_NLVR2, VILT_RETRIEVAL)}
 )

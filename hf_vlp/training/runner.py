@@ -342,6 +342,7 @@ def _train(architecture: str, job: JobArguments, args: TrainingArguments) -> dic
         data_collator=collator,
         processing_class=processor,
         callbacks=[*task.callbacks(model, collator), CheckpointCompletionCallback()],
+        optimizer_cls_and_kwargs=task.optimizer_cls_and_kwargs(model, args),
     )
     log_loss_terms_first(trainer)  # the loss terms reach every reporter (TensorBoard, W&B) with the total
     protect_model_card(trainer)  # trainer.push_to_hub() keeps hf_vlp's card instead of writing its generic one

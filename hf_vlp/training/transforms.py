@@ -8,6 +8,8 @@ runs after them; evaluation uses none (``image_transform=None``).
   fine-tuning (:func:`albef_train_transform`).
 - BLIP (``data/__init__.py``): the same crop, then RandomAugment(2, 5) - ALBEF's operations in BLIP's order at
   magnitude 5 (:func:`blip_train_transform`).
+- ViLT (``vilt/transforms/randaug.py``, ``pixelbert_transform_randaug``): its own RandAugment(2, 9) before the resize,
+  in the fine-tuning configs only (:class:`ViltRandAugmentPil`, :func:`vilt_train_transform`); no crop, no flip.
 
 The crop and RandAugment are reproduced with PIL operations (the originals' numpy/cv2 ops, same magnitudes; pixels
 differ by interpolation rounding). The horizontal flip is left to the collators, because whether a flip is allowed
@@ -178,6 +180,93 @@ class ComposePil:
         return f"{type(self).__name__}({self.transforms})"
 
 
+# ViLT's RandAugment operations and their (min, max) values at magnitude 0 and 30 (``augment_list``: the
+# EfficientNet/TPU list with Invert and CutoutAbs commented out). Translations are absolute pixels of the image as it
+# is loaded (before the resize), rotations degrees.
+VILT_RAND_AUGMENT_OPS: dict[str, tuple[float, float]] = {
+    "AutoContrast": (0, 1),
+    "Equalize": (0, 1),
+    "Rotate": (0, 30),
+    "Posterize": (0, 4),
+    "Solarize": (0, 256),
+    "SolarizeAdd": (0, 110),
+    "Color": (0.1, 1.9),
+    "Contrast": (0.1, 1.9),
+    "Brightness": (0.1, 1.9),
+    "Sharpness": (0.1, 1.9),
+    "ShearX": (0.0, 0.3),
+    "ShearY": (0.0, 0.3),
+    "TranslateXabs": (0.0, 100),
+    "TranslateYabs": (0.0, 100),
+}
+VILT_MAX_MAGNITUDE = 30
+
+
+def _vilt_apply(name: str, image: Image.Image, value: float, generator: torch.Generator | None) -> Image.Image:
+    """One ViLT RandAugment operation at ``value`` (the original's PIL calls: black fill, nearest resampling)."""
+    if name == "AutoContrast":
+        return ImageOps.autocontrast(image)
+    if name == "Equalize":
+        return ImageOps.equalize(image)
+    if name == "Rotate":
+        return image.rotate(_signed(value, generator))
+    if name == "Posterize":
+        return ImageOps.posterize(image, max(1, int(value)))
+    if name == "Solarize":
+        return ImageOps.solarize(image, value)
+    if name == "SolarizeAdd":  # add, clip to 0..255, then solarise above 128
+        return ImageOps.solarize(image.point(lambda pixel: min(255, pixel + int(value))), 128)
+    if name in ("Color", "Contrast", "Brightness", "Sharpness"):
+        return getattr(ImageEnhance, name)(image).enhance(value)
+    coefficients = {
+        "ShearX": lambda v: (1, v, 0, 0, 1, 0),
+        "ShearY": lambda v: (1, 0, 0, v, 1, 0),
+        "TranslateXabs": lambda v: (1, 0, v, 0, 1, 0),
+        "TranslateYabs": lambda v: (1, 0, 0, 0, 1, v),
+    }
+    if name in coefficients:
+        return image.transform(image.size, Image.Transform.AFFINE, coefficients[name](_signed(value, generator)))
+    raise ValueError(f"Unknown ViLT RandAugment operation {name!r}; expected one of {list(VILT_RAND_AUGMENT_OPS)}.")
+
+
+class ViltRandAugmentPil:
+    """ViLT's ``RandAugment(n, m)`` on PIL images: ``num_ops`` operations drawn with replacement from
+    :data:`VILT_RAND_AUGMENT_OPS` (Invert and Cutout excluded, as the original), each applied (always) at
+    ``min + magnitude / 30 * (max - min)``, rotations, shears and translations with a random sign. At the paper's
+    magnitude 9: rotation 9 degrees, shear 0.09, translation 30 px, posterize to 1 bit, solarize above 76.8, colour /
+    contrast / brightness / sharpness factor 0.64. Draws come from ``generator`` (or torch's global one)."""
+
+    def __init__(self, num_ops: int = 2, magnitude: float = 9, ops: Sequence[str] = tuple(VILT_RAND_AUGMENT_OPS)):
+        unknown = [name for name in ops if name not in VILT_RAND_AUGMENT_OPS]
+        if unknown or not ops:
+            raise ValueError(f"ViLT RandAugment ops must be a non-empty subset of {list(VILT_RAND_AUGMENT_OPS)}, got "
+                             f"{unknown or ops}.")
+        if num_ops < 0 or not 0 <= magnitude <= VILT_MAX_MAGNITUDE:
+            raise ValueError(f"need num_ops >= 0 and 0 <= magnitude <= {VILT_MAX_MAGNITUDE}, got {num_ops} and "
+                             f"{magnitude}.")
+        self.num_ops, self.magnitude, self.ops = num_ops, magnitude, tuple(ops)
+
+    def value(self, name: str) -> float:
+        """The operation's value at this magnitude."""
+        low, high = VILT_RAND_AUGMENT_OPS[name]
+        return self.magnitude / VILT_MAX_MAGNITUDE * (high - low) + low
+
+    def __call__(self, image: Image.Image, generator: torch.Generator | None = None) -> Image.Image:
+        for index in torch.randint(len(self.ops), (self.num_ops,), generator=generator).tolist():
+            image = _vilt_apply(self.ops[index], image, self.value(self.ops[index]), generator)
+        return image
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(num_ops={self.num_ops}, magnitude={self.magnitude})"
+
+
+def vilt_train_transform(num_ops: int = 2, magnitude: float = 9) -> ComposePil:
+    """ViLT's fine-tuning augmentation (``pixelbert_transform_randaug``): RandAugment(2, 9) on the loaded image; the
+    processor then resizes (shorter side 384, longer at most 640, multiples of 32) and normalises. Pre-training and
+    evaluation use no augmentation."""
+    return ComposePil([ViltRandAugmentPil(num_ops, magnitude)])
+
+
 def albef_train_transform(
     image_size: int, scale: tuple[float, float] = FINETUNE_CROP_SCALE, rand_augment: bool = True
 ) -> ComposePil:
@@ -212,7 +301,10 @@ __all__ = [
     "ComposePil",
     "RandAugmentPil",
     "RandomResizedCropPil",
+    "VILT_RAND_AUGMENT_OPS",
+    "ViltRandAugmentPil",
     "albef_train_transform",
     "blip_train_transform",
     "clip_train_transform",
+    "vilt_train_transform",
 ]

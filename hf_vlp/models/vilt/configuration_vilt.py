@@ -12,7 +12,7 @@ from huggingface_hub.dataclasses import strict
 from ..configuration_towers import TransformerTowerConfig, check_patch_grid
 
 VQA_NUM_LABELS = 3129  # VQAv2 answers seen at least 9 times in train + val (the original's vqa_dict.json)
-# the special-token fields, each set from the tokenizer by the token's name (see VlpViltProcessor.special_token_ids)
+# the special-token fields, each set from the tokenizer by the token's name (the converter and the training tasks)
 SPECIAL_TOKEN_FIELDS = ("pad_token_id", "cls_token_id", "sep_token_id", "mask_token_id")
 
 

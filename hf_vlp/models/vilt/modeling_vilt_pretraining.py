@@ -15,7 +15,7 @@ once and reused for every text.
 
 import abc
 from dataclasses import dataclass
-from typing import Unpack
+from typing import Any, Unpack
 
 import torch
 from torch import nn
@@ -257,6 +257,13 @@ class VlpViltForImageTextRetrieval(ExhaustiveRetrievalMixin, VlpViltPreTrainedMo
         self.itm_head.requires_grad_(False)
         self.rank_output = nn.Linear(config.hidden_size, 1)
         self.post_init()
+
+    @classmethod
+    def from_pretrained(cls, *args: Any, **kwargs: Any) -> "VlpViltForImageTextRetrieval":
+        """transformers' loading, with the ITM head frozen again (loading materialises fresh, trainable tensors)."""
+        model = super().from_pretrained(*args, **kwargs)
+        model.itm_head.requires_grad_(False)
+        return model
 
     def _init_weights(self, module: nn.Module) -> None:
         """``rank_output`` starts as the ITM head's match row (initialised or loaded before it: registered first)."""

@@ -18,7 +18,7 @@ from .base import (
     task_names,
 )
 
-_BUILTIN_MODULES = ("clip", "albef", "blip")
+_BUILTIN_MODULES = ("clip", "albef", "blip", "vilt")
 
 for _module in _BUILTIN_MODULES:
     importlib.import_module(f"{__name__}.{_module}")

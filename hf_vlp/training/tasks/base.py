@@ -20,14 +20,17 @@ architecture or task is one subclass registered with :func:`register_task`; the 
 from __future__ import annotations
 
 import abc
+import functools
 import json
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
-from transformers import AutoProcessor, TrainerCallback
+from transformers import AutoProcessor, Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer_optimizer import is_optimizer_factory
 
 from ..callbacks import CollatorEpochCallback, LossTermsCallback
 from ..checkpoints import check_saved_model_files
@@ -188,7 +191,7 @@ class TrainingTask(abc.ABC):
         augment = self.augmentation(job, train)
         paper = augment == "paper"
         return {
-            "image_transform": self.train_transform(model.config.vision_config.image_size) if paper else None,
+            "image_transform": self.train_transform(self.model_image_size(model)) if paper else None,
             "skip_bad_samples": job.skip_bad_samples,
             "bad_samples": bad_samples,
             "augmentation_seed": seed,
@@ -203,6 +206,19 @@ class TrainingTask(abc.ABC):
     def train_transform(self, image_size: int) -> ImageTransform | None:
         """The paper's training transform at ``image_size`` px (none by default)."""
         return None
+
+    def model_image_size(self, model: nn.Module) -> int:
+        """The model's input resolution (its vision tower's ``image_size``), for :meth:`train_transform`."""
+        config = model.config
+        vision = getattr(config, "vision_config", None)
+        return vision.image_size if vision is not None else config.image_size
+
+    def optimizer_cls_and_kwargs(self, model: nn.Module, args: TrainingArguments) -> tuple[Any, dict[str, Any]] | None:
+        """The Trainer's ``optimizer_cls_and_kwargs``: ``None`` (its own optimizer and parameter groups) unless the
+        recipe has ``lr_multipliers``, which need per-module learning rates (:class:`ParameterGroupOptimizer`)."""
+        if not self.recipe.lr_multipliers:
+            return None
+        return functools.partial(ParameterGroupOptimizer, args, dict(self.recipe.lr_multipliers)), {}
 
     def callbacks(self, model: nn.Module, collator: ImageTextCollator) -> list[TrainerCallback]:
         """Trainer callbacks; by default the collator's epoch (per-epoch augmentation draws) and the logging of the
@@ -219,6 +235,55 @@ class TrainingTask(abc.ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.architecture}/{self.name})"
+
+
+def lr_multiplier(name: str, multipliers: dict[str, float]) -> float:
+    """The learning-rate factor of parameter ``name``: that of the first module path in ``multipliers`` the name
+    lies under (``"classifier"`` matches ``classifier.dense.weight`` and ``module.classifier.dense.weight``), else 1."""
+    for module, factor in multipliers.items():
+        if re.search(rf"(?:^|\.){re.escape(module)}\.", name):
+            return float(factor)
+    return 1.0
+
+
+class ParameterGroupOptimizer:
+    """An optimizer factory for ``Trainer(optimizer_cls_and_kwargs=...)`` giving some modules a multiple of the
+    learning rate (e.g. ViLT's VQA classifier x 10, its ``lr_mult``).
+
+    Called with the model the Trainer optimises, it builds the optimizer ``--optim`` names (with ``--learning-rate``,
+    the Adam betas and epsilon) over parameter groups: the Trainer's own split (weight decay except on biases and
+    LayerNorm weights, ``Trainer.get_decay_parameter_names``), each further split by :func:`lr_multiplier`, whose
+    groups get ``lr = learning_rate x factor``; the schedule then scales every group alike. Frozen parameters are
+    left out, as the Trainer does. The group order is fixed (factor, then decay first), so checkpoints resume.
+    """
+
+    def __init__(self, args: TrainingArguments, multipliers: dict[str, float]):
+        self.args = args
+        self.multipliers = multipliers
+
+    def param_groups(self, model: nn.Module) -> list[dict[str, Any]]:
+        decayed = set(Trainer.get_decay_parameter_names(None, model))
+        groups: dict[tuple[float, bool], list[nn.Parameter]] = {}
+        for name, parameter in model.named_parameters():
+            if parameter.requires_grad:
+                groups.setdefault((lr_multiplier(name, self.multipliers), name in decayed), []).append(parameter)
+        return [
+            {
+                "params": parameters,
+                "weight_decay": self.args.weight_decay if decay else 0.0,
+                "lr": self.args.learning_rate * factor,
+            }
+            for (factor, decay), parameters in sorted(groups.items(), key=lambda item: (item[0][0], not item[0][1]))
+        ]
+
+    def __call__(self, model: nn.Module, **_: Any) -> torch.optim.Optimizer:
+        optimizer_cls, kwargs = Trainer.get_optimizer_cls_and_kwargs(self.args, model)
+        if is_optimizer_factory(optimizer_cls) or {"params", "model", "optimizer_dict"} & set(kwargs):
+            raise ValueError(
+                f"--optim {self.args.optim} builds its own parameter groups; this task's per-module learning rates "
+                f"({self.multipliers}) need a standard optimizer such as --optim adamw_torch."
+            )
+        return optimizer_cls(self.param_groups(model), **kwargs)
 
 
 _REGISTRY: dict[str, dict[str, TrainingTask]] = {}

@@ -183,10 +183,14 @@ def test_mlm_decoder_is_not_tied_to_the_word_embeddings() -> None:
     assert not torch.equal(model.mlm_head.decoder.weight, model.vilt.text_embeddings.word_embeddings.weight)
 
 
-def test_retrieval_ranks_with_rank_output_starting_from_the_itm_match_row() -> None:
+def test_retrieval_ranks_with_rank_output_starting_from_the_itm_match_row(tmp_path) -> None:
     model = seeded(VlpViltForImageTextRetrieval)
     torch.testing.assert_close(model.rank_output.weight[0], model.itm_head.weight[1], atol=0, rtol=0)
     assert not any(parameter.requires_grad for parameter in model.itm_head.parameters())
+    model.save_pretrained(tmp_path)
+    loaded = VlpViltForImageTextRetrieval.from_pretrained(tmp_path)
+    assert not any(parameter.requires_grad for parameter in loaded.itm_head.parameters())
+    assert all(parameter.requires_grad for parameter in loaded.rank_output.parameters())
     batch = tiny_vilt_batch(3)
     scores = model.rank(batch["pixel_values"], batch["input_ids"], batch["attention_mask"], batch["pixel_mask"])
     for image in range(3):
