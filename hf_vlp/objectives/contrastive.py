@@ -368,7 +368,8 @@ class RetrievalFeatures:
                 return None
             if any(part is None for part in parts):
                 raise ValueError(f"some chunks have {name} and others not; encode all of them the same way")
-            if name in ("hidden_states", "attention_mask") and len({part.shape[1] for part in parts}) > 1:
+            sequences = name in ("hidden_states", "attention_mask") and all(part.ndim >= 2 for part in parts)
+            if sequences and len({part.shape[1] for part in parts}) > 1:
                 parts = padded_to_longest(parts)  # e.g. image tokens of canvases of different sizes, masked
             return torch.cat(parts)
 

@@ -259,11 +259,12 @@ class VlpViltForImageTextRetrieval(ExhaustiveRetrievalMixin, VlpViltPreTrainedMo
         self.post_init()
 
     @classmethod
-    def from_pretrained(cls, *args: Any, **kwargs: Any) -> "VlpViltForImageTextRetrieval":
+    def from_pretrained(cls, *args: Any, **kwargs: Any) -> Any:
         """transformers' loading, with the ITM head frozen again (loading materialises fresh, trainable tensors)."""
-        model = super().from_pretrained(*args, **kwargs)
+        loaded = super().from_pretrained(*args, **kwargs)
+        model = loaded[0] if isinstance(loaded, tuple) else loaded  # (model, loading info) on request
         model.itm_head.requires_grad_(False)
-        return model
+        return loaded
 
     def _init_weights(self, module: nn.Module) -> None:
         """``rank_output`` starts as the ITM head's match row (initialised or loaded before it: registered first)."""
