@@ -36,13 +36,20 @@ def text_block_options(config: Any) -> BlockOptions:
 
 
 def build_vision_tower(
-    config: Any, *, patch_bias: bool = True, norm_pre: bool = False, final_norm: str = "all"
+    config: Any,
+    *,
+    patch_bias: bool = True,
+    norm_pre: bool = False,
+    final_norm: str = "all",
+    options: BlockOptions | None = None,
+    position_interpolation: str = "bicubic",
 ) -> VisionTransformer:
     """A :class:`VisionTransformer` from a ViT tower config. The defaults are timm's ViT as ALBEF's and BLIP's
     ``models/vit.py`` build it (patch bias, no pre-norm, final norm on every token); CLIP/CoCa pass
-    ``patch_bias=False, norm_pre=True, final_norm="cls"``."""
+    ``patch_bias=False, norm_pre=True, final_norm="cls"``. ``options`` replaces the blocks' options read from the
+    config (:func:`vision_block_options`), e.g. ViLT's dropouts; ``position_interpolation`` as the ViT's."""
     return VisionTransformer(
-        vision_block_options(config),
+        options or vision_block_options(config),
         num_layers=config.num_hidden_layers,
         image_size=config.image_size,
         patch_size=config.patch_size,
@@ -50,5 +57,6 @@ def build_vision_tower(
         patch_bias=patch_bias,
         norm_pre=norm_pre,
         final_norm=final_norm,
+        position_interpolation=position_interpolation,
         config=config,
     )

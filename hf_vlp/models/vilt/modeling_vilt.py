@@ -26,6 +26,7 @@ from transformers.modeling_outputs import MaskedLMOutput, ModelOutput, SequenceC
 from ...modules.attention import padding_mask
 from ...modules.heads import FirstTokenPooler, MaskedLMHead, MlpClassifierHead
 from ...modules.text import BertStyleEmbeddings
+from ...modules.towers import build_vision_tower
 from ...modules.transformer import BlockOptions
 from ...modules.vision import MaskedPatchEmbedding, VisionTransformer, check_finite_pixels, check_pixel_values
 from ...objectives.losses import soft_target_bce_loss
@@ -123,17 +124,8 @@ class VlpViltModel(VlpViltPreTrainedModel):
             pad_token_id=config.pad_token_id,
         )
         self.modality_embeddings = nn.Embedding(config.modality_type_vocab_size, config.hidden_size)
-        self.transformer = VisionTransformer(
-            block_options(config),
-            num_layers=config.num_hidden_layers,
-            image_size=config.image_size,
-            patch_size=config.patch_size,
-            num_channels=config.num_channels,
-            patch_bias=True,
-            norm_pre=False,
-            final_norm="all",
-            position_interpolation="bilinear_align_corners",
-            config=config,
+        self.transformer = build_vision_tower(
+            config, options=block_options(config), position_interpolation="bilinear_align_corners"
         )
         self.image_dropout = nn.Dropout(config.hidden_dropout_prob)
         self.pooler = FirstTokenPooler(config.hidden_size) if add_pooling_layer else None
@@ -175,6 +167,19 @@ class VlpViltModel(VlpViltPreTrainedModel):
         embedded.patch_index = embedded.patch_index.masked_fill(~embedded.token_mask[:, 1:, None].bool(), -1)
         return embedded
 
+    def image_tokens(
+        self,
+        pixel_values: torch.Tensor | None,
+        pixel_mask: torch.Tensor | None = None,
+        image_embeds: MaskedPatchEmbedding | None = None,
+    ) -> MaskedPatchEmbedding:
+        """``image_embeds`` when given, else :meth:`embed_image` of ``pixel_values``; an error without either."""
+        if image_embeds is not None:
+            return image_embeds
+        if pixel_values is None:
+            raise ValueError("ViLT encodes text with an image: pass pixel_values (and pixel_mask) or image_embeds")
+        return self.embed_image(pixel_values, pixel_mask)
+
     def forward(
         self,
         input_ids: torch.Tensor,
@@ -195,10 +200,7 @@ class VlpViltModel(VlpViltPreTrainedModel):
         ``image_modality_embedding`` ``[D]`` gives that vector directly. ``token_type_ids`` select BERT token types
         (the original always uses type 0, the default).
         """
-        if image_embeds is None:
-            if pixel_values is None:
-                raise ValueError("ViLT encodes text with an image: pass pixel_values (and pixel_mask) or image_embeds")
-            image_embeds = self.embed_image(pixel_values, pixel_mask)
+        image_embeds = self.image_tokens(pixel_values, pixel_mask, image_embeds)
         if input_ids.ndim != 2:
             raise ValueError(f"input_ids must be [batch, length], got shape {tuple(input_ids.shape)}")
         if image_embeds.tokens.shape[0] != input_ids.shape[0]:

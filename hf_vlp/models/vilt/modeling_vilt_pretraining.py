@@ -181,9 +181,7 @@ class VlpViltForPretraining(MaskedLMOutputMixin, ExhaustiveRetrievalMixin, VlpVi
             itm_image_index: ``[B]`` which image (row of ``pixel_values``) text b is paired with in the ITM pass
                 (default: its own).
         """
-        image_embeds = self.vilt.embed_image(pixel_values, pixel_mask) if pixel_values is not None else None
-        if image_embeds is None:
-            raise ValueError("ViLT pre-training needs the images: pass pixel_values (and pixel_mask)")
+        image_embeds = self.vilt.image_tokens(pixel_values, pixel_mask)
         itm_images = image_embeds
         if itm_image_index is not None:
             itm_images = select_images(image_embeds, itm_image_index.to(image_embeds.tokens.device).long())
@@ -296,9 +294,7 @@ class VlpViltForImageTextRetrieval(ExhaustiveRetrievalMixin, VlpViltPreTrainedMo
                 "first (the ranking collator builds them)"
             )
         texts_per_image = input_ids.shape[1] if grouped else 1
-        image_embeds = self.vilt.embed_image(pixel_values, pixel_mask) if pixel_values is not None else None
-        if image_embeds is None:
-            raise ValueError("ViLT retrieval scores texts against images: pass pixel_values (and pixel_mask)")
+        image_embeds = self.vilt.image_tokens(pixel_values, pixel_mask)
         if grouped:
             rows = torch.arange(input_ids.shape[0], device=image_embeds.tokens.device)
             image_embeds = select_images(image_embeds, rows.repeat_interleave(texts_per_image))
