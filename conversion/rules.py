@@ -149,3 +149,90 @@ def bert_prediction_head_rules(source: str, target: str | None, drop_reason: str
         Rename(head + r"transform\.LayerNorm\." + P, target + r"norm.\g<p>"),
         Rename(head + r"decoder\." + P, target + r"decoder.\g<p>"),
     ]
+
+
+# --------------------------------------------------------------------------------------------------- VLMo
+
+
+VLMO_INDEX_BUFFERS = (
+    "relative_position_index", "text_relative_position_index", "text_imag_relative_position_index",
+    "text_embeddings.position_ids",
+)
+_VLMO_EXPERTS = {"text": "text", "imag": "image", "vl": "vl"}
+
+
+def vlmo_rules(target: str, relative_positions: bool) -> list[MappingRule]:
+    """The original ``VLMo`` LightningModule's backbone (``transformer.*`` = ``MultiWayTransformer``, text and modality
+    embeddings, rel-pos table, pooler, the ITC projections and temperature) -> ``{target}*`` of ``VlpVlmoModel``.
+
+    The four index tensors the released files carry (:data:`VLMO_INDEX_BUFFERS`) are dropped (the model builds them);
+    with relative positions the BERT position table is dropped too (the original never adds it). Heads are the
+    converter's business."""
+    block, layer = r"transformer\.blocks\.(?P<i>\d+)\.", target + r"encoder.layers.\g<i>."
+    rules: list[MappingRule] = [Drop(re.escape(name), "an index the model rebuilds") for name in VLMO_INDEX_BUFFERS]
+    rules += [
+        Rename(r"transformer\.cls_token", target + "image_embeddings.class_embedding", flatten),
+        Rename(r"transformer\.pos_embed", target + "image_embeddings.position_embedding", squeeze_batch),
+        Rename(r"transformer\.patch_embed\.proj\." + P, target + r"image_embeddings.patch_embed.\g<p>"),
+        Rename(r"transformer\.norm\." + P, target + r"norm.\g<p>"),
+        Rename(block + r"gamma_(?P<n>[12])", layer + r"layer_scale\g<n>"),
+        Rename(block + r"norm1\." + P, layer + r"norm1.\g<p>"),
+        Rename(block + r"attn\.(?P<b>q_bias|v_bias)", layer + r"attn.\g<b>"),
+        Rename(block + r"attn\.qkv\.weight", layer + r"attn.qkv.weight"),
+        Rename(block + r"attn\.proj\." + P, layer + r"attn.out_proj.\g<p>"),
+        *(
+            Rename(block + rf"norm2_{name}\." + P, layer + rf"norm2.{expert}.\g<p>")
+            for name, expert in _VLMO_EXPERTS.items()
+        ),
+        *(
+            Rename(block + rf"mlp_{name}\.(?P<f>fc1|fc2)\." + P, layer + rf"mlp.{expert}.\g<f>.\g<p>")
+            for name, expert in _VLMO_EXPERTS.items()
+        ),
+        Rename(r"text_embeddings\.word_embeddings\.weight", target + "text_embeddings.word_embeddings.weight"),
+        Rename(r"text_embeddings\.token_type_embeddings\.weight", target + "text_embeddings.token_type_embeddings.weight"),
+        Rename(r"text_embeddings\.LayerNorm\." + P, target + r"text_embeddings.norm.\g<p>"),
+        Rename(r"relative_position_bias_table", target + "relative_position_bias.table"),
+        Rename(r"pooler\.dense\." + P, target + r"pooler.dense.\g<p>"),
+        Rename(r"itc_image_proj\.fc\.weight", target + "image_projection.weight"),
+        Rename(r"itc_text_proj\.fc\.weight", target + "text_projection.weight"),
+        Rename(r"logit_scale", target + "logit_scale"),
+    ]
+    position = r"text_embeddings\.position_embeddings\.weight"
+    if relative_positions:
+        rules.append(Drop(position, "BERT's position table, never added with relative positions (dead in the original)"))
+    else:
+        rules.append(Rename(position, target + "text_embeddings.position_embeddings.weight"))
+    return rules
+
+
+def vlmo_head_rules(head: str) -> list[MappingRule]:
+    """The original's head modules -> the hf_vlp VLMo ``head``'s names (``pretraining``, ``masked_lm``, ``vqa``,
+    ``nlvr2``, ``retrieval``, ``model``); the modules a head does not hold are the converter's to drop. NLVR2's third
+    modality row is split off by the converter (one source tensor, two targets)."""
+    itm = [Rename(r"itm_score\.fc\." + P, r"itm_head.\g<p>")]
+    mlm = [
+        Rename(r"mlm_score\.transform\.dense\." + P, r"mlm_head.dense.\g<p>"),
+        Rename(r"mlm_score\.transform\.LayerNorm\." + P, r"mlm_head.norm.\g<p>"),
+        Rename(r"mlm_score\.decoder\.weight", "mlm_head.decoder.weight"),
+        Rename(r"mlm_score\.bias", "mlm_head.decoder.bias"),
+    ]
+    vl_contrast = [
+        Rename(r"itc_vl_image_proj\.fc\.weight", "vl_image_projection.weight"),
+        Rename(r"itc_vl_text_proj\.fc\.weight", "vl_text_projection.weight"),
+        Rename(r"logit_vl_scale", "logit_vl_scale"),
+    ]
+    classifier = {"vqa": "vqa_classifier", "nlvr2": "nlvr2_classifier"}
+    rules: dict[str, list[MappingRule]] = {
+        "pretraining": itm + mlm + vl_contrast,
+        "masked_lm": mlm,
+        "retrieval": itm,
+        "model": [],
+        **{
+            name: [Rename(rf"{module}\.(?P<n>[013])\." + P, r"classifier.\g<n>.\g<p>")]
+            for name, module in classifier.items()
+        },
+    }
+    if head not in rules:
+        raise ValueError(f"head must be one of {sorted(rules)}, got {head!r}")
+    modality = Rename(r"token_type_embeddings\.weight", "vlmo.modality_embeddings.weight")
+    return rules[head] + [modality]

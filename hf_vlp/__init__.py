@@ -80,6 +80,21 @@ from .models.vilt import (
     VlpViltProcessor,
     VlpViltVisualReasoningOutput,
 )
+from .models.vlmo import (
+    VlpVlmoConfig,
+    VlpVlmoForImageTextRetrieval,
+    VlpVlmoForImageTextRetrievalOutput,
+    VlpVlmoForMaskedLM,
+    VlpVlmoForPretraining,
+    VlpVlmoForPretrainingOutput,
+    VlpVlmoForQuestionAnswering,
+    VlpVlmoForVisualReasoning,
+    VlpVlmoImageProcessor,
+    VlpVlmoModel,
+    VlpVlmoOutput,
+    VlpVlmoPreTrainedModel,
+    VlpVlmoProcessor,
+)
 from .integrations.auto import register_all
 
 register_all()

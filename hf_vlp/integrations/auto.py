@@ -65,6 +65,15 @@ from ..models.vilt import (
     VlpViltModel,
     VlpViltProcessor,
 )
+from ..models.vlmo import (
+    VlpVlmoConfig,
+    VlpVlmoForMaskedLM,
+    VlpVlmoForPretraining,
+    VlpVlmoForQuestionAnswering,
+    VlpVlmoImageProcessor,
+    VlpVlmoModel,
+    VlpVlmoProcessor,
+)
 from .pipelines import register_pipelines
 
 
@@ -133,6 +142,17 @@ ARCHITECTURES: tuple[ArchitectureRegistration, ...] = (
             (AutoModelForPreTraining, VlpViltForPretraining),
             (AutoModelForMaskedLM, VlpViltForMaskedLM),
             (AutoModelForVisualQuestionAnswering, VlpViltForQuestionAnswering),
+        ),
+    ),
+    ArchitectureRegistration(
+        VlpVlmoConfig, None, None,
+        VlpVlmoModel, None, None,
+        VlpVlmoImageProcessor, VlpVlmoProcessor,
+        heads=(
+            (AutoModelForZeroShotImageClassification, VlpVlmoModel),
+            (AutoModelForPreTraining, VlpVlmoForPretraining),
+            (AutoModelForMaskedLM, VlpVlmoForMaskedLM),
+            (AutoModelForVisualQuestionAnswering, VlpVlmoForQuestionAnswering),
         ),
     ),
 )

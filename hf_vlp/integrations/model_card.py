@@ -404,6 +404,32 @@ inputs = processor(images=left_images, images_2=right_images, text=statements, r
 logits = model(**inputs).logits  # [n, 2]: 1 = the statement is true of the image pair''',
 }
 
+_VLMO_RANK = '''
+scores = model.rank(inputs["pixel_values"], inputs["input_ids"], inputs["attention_mask"])  # dual encoder: cosine
+scores = model.rank(inputs["pixel_values"], inputs["input_ids"], inputs["attention_mask"], k=16)  # + fused ITM'''
+_VLMO_USAGE = {
+    "VlpVlmoModel": '''
+classifier = pipeline("zero-shot-image-classification", model="{repo}")
+classifier(image, candidate_labels=["a cat", "a dog"])  # the dual encoder: image-only and text-only passes
+inputs = processor(images=images, text=captions, return_tensors="pt")
+model.get_multimodal_features(**inputs).pooler_output  # the fusion encoder's pooled [CLS] of each pair''',
+    "VlpVlmoForPretraining": '''
+inputs = processor(images=images, text=captions, return_tensors="pt")
+outputs = model(**inputs)
+outputs.loss  # ITC (dual encoder + VL-FFN path) + ITM on hard negatives + 0.25 x MLM''' + _VLMO_RANK,
+    "VlpVlmoForImageTextRetrieval": '''
+inputs = processor(images=images, text=captions, return_tensors="pt")''' + _VLMO_RANK,
+    "VlpVlmoForMaskedLM": '''
+inputs = processor(images=image, text="a [MASK] square on the left", return_tensors="pt")
+logits = model(**inputs).logits  # [1, 40, vocab]; without images the text-only pass predicts''',
+    "VlpVlmoForQuestionAnswering": '''
+vqa = pipeline("{vqa_task}", model="{repo}")
+vqa(image, "how many shapes are there?", top_k=3)  # scores every answer of model.config.id2label''',
+    "VlpVlmoForVisualReasoning": '''
+inputs = processor(images=left_images, images_2=right_images, text=statements, return_tensors="pt")
+logits = model(**inputs).logits  # [n, 2]: 1 = the statement is true of the image pair''',
+}
+
 # head class -> code after loading model and processor ({repo}, {vqa_task} and {head} are filled in)
 HEAD_USAGE: dict[str, str] = {
     "VlpClipModel": '''
@@ -441,6 +467,7 @@ logits = model(input_ids=text["input_ids"], pixel_values=processor(images=images
 model.caption(images, processor)  # the original's decoding (beam search); the prompt is cut off
 pipeline("image-text-to-text", model="{repo}")(images=image, text="a picture of ")''',
     **_VILT_USAGE,
+    **_VLMO_USAGE,
     "VlpAlbefForQuestionAnswering": _VQA,
     "VlpBlipForQuestionAnswering": _VQA + '''
 # Do not load this checkpoint with AutoModelForImageTextToText or the image-text-to-text pipeline: it holds an answer

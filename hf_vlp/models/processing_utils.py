@@ -1,5 +1,6 @@
 """Processor bases shared by the hf_vlp models: the text-and/or-images call, length checks and padding of token rows,
-and the BERT-tokenizer side of ALBEF and BLIP (normalisation by text kind, VQA answers, special tokens by name).
+the BERT-tokenizer side of ALBEF and BLIP (normalisation by text kind, VQA answers, special tokens by name), and the
+raw-text BERT call with NLVR2 image pairs of ViLT and VLMo.
 
 Each model's processor keeps its own ``__init__`` signature (transformers saves exactly the ``__init__`` arguments in
 ``processor_config.json``) and ``__call__`` options; the shared steps live here.
@@ -102,7 +103,8 @@ class VlpProcessorBase(ProcessorMixin, abc.ABC):
 
 
 class BertTextProcessorBase(VlpProcessorBase):
-    """The BERT-tokenizer side shared by ALBEF's and BLIP's processors.
+    """The BERT-tokenizer side shared by ALBEF's and BLIP's processors (and, through
+    :class:`RawTextBertProcessorBase`, ViLT's and VLMo's).
 
     Subclasses name their text normalisations (``normalizers``: text kind -> ``f(text, max_words)``), the default
     word limit per kind (:meth:`default_max_words`) and the special tokens of a row (``row_special_tokens``,
@@ -219,9 +221,92 @@ class BertTextProcessorBase(VlpProcessorBase):
         return int(value)
 
 
+# appended to the image processor's input names for the second images of NLVR2 pairs (pixel_values_2, ...)
+SECOND_IMAGE_SUFFIX = "_2"
+
+
+class RawTextBertProcessorBase(BertTextProcessorBase):
+    """The processor of models whose original tokenises text as it is with one BERT tokenizer call (ViLT, VLMo).
+
+    Those originals call ``tokenizer(text, padding="max_length", truncation=True, max_length=max_text_len)``:
+    ``[CLS] tokens [SEP]`` padded with ``[PAD]`` to exactly ``max_length``, no normalisation beyond the uncased
+    tokenizer's own, and no token types. Their NLVR2 batches hold two images per sample, given here as ``images`` and
+    ``images_2``. Subclasses keep their own ``__init__`` (transformers saves its arguments) and call
+    :meth:`_set_max_length` there.
+    """
+
+    row_special_tokens = 2
+    row_room = "[CLS], one token and [SEP]"
+
+    def _set_max_length(self, model_name: str, max_length: int) -> None:
+        """Check the tokenizer (a BERT one, for ``model_name``'s messages) and ``max_length``, and keep the latter."""
+        check_bert_tokenizer(self.tokenizer, model_name)
+        self._check_max_length(max_length)
+        self.max_length = max_length
+
+    @property
+    def model_input_names(self) -> list[str]:
+        """The text's and the images' inputs, then the second images' (``pixel_values_2``, ...)."""
+        second = [name + SECOND_IMAGE_SUFFIX for name in self.image_processor.model_input_names]
+        return super().model_input_names + second
+
+    def __call__(
+        self,
+        images: Any = None,
+        text: str | list[str] | None = None,
+        images_2: Any = None,
+        padding: bool | str = "max_length",
+        truncation: bool = True,
+        max_length: int | None = None,
+        return_tensors: str | TensorType | None = None,
+        **images_kwargs: Any,
+    ) -> BatchFeature:
+        """Tokenise ``text`` and/or preprocess ``images`` (and ``images_2``, the second images of NLVR2 pairs).
+
+        Returns ``input_ids`` and ``attention_mask`` for text and the image processor's outputs for images
+        (``pixel_values``, and ViLT's ``pixel_mask``); the same names with ``_2`` for ``images_2``, which needs as
+        many images as ``images``. Both lists go through one image-processor call, so a padding image processor
+        (ViLT's) puts them on one canvas, as the original collate does. ``padding`` is ``"max_length"`` (the
+        original's) or ``"longest"``/``True``; ``max_length`` overrides the processor's for this call. With
+        ``truncation=False`` over-long text raises instead of being cut. Extra keyword arguments go to the image
+        processor.
+        """
+        max_length = self.max_length if max_length is None else max_length
+        text_options = {"text_kind": "caption", "padding": padding, "truncation": truncation,
+                        "max_length": max_length, "max_words": None}
+        if images_2 is None:
+            return self._text_and_images(text, images, return_tensors, images_kwargs, **text_options)
+        if images is None:
+            raise ValueError("`images_2` holds the second image of each pair: pass the first images as `images` too.")
+        first, second = self.image_processor.flatten_images(images), self.image_processor.flatten_images(images_2)
+        if len(first) != len(second):
+            raise ValueError(
+                f"`images` has {len(first)} images and `images_2` {len(second)}: pass one second image per pair."
+            )
+        batch = self._text_and_images(text, first + second, return_tensors, images_kwargs, **text_options)
+        for name in [name for name in self.image_processor.model_input_names if name in batch]:
+            batch[name + SECOND_IMAGE_SUFFIX] = batch[name][len(first) :]
+            batch[name] = batch[name][: len(first)]
+        return batch
+
+    def normalize_text(
+        self, text: str | list[str], text_kind: str = "caption", max_words: int | None = None
+    ) -> list[str]:
+        """The text as it is: no normalisation or word limit (the uncased tokenizer lowercases it)."""
+        return checked_texts(text)
+
+    def _framed_rows(self, tokens: list[list[int]], max_length: int, truncation: bool) -> list[list[int]]:
+        """``[CLS] tokens [SEP]`` (a BERT tokenizer's single text), cut to ``max_length`` keeping ``[SEP]``."""
+        cls_id, sep_id = self._special_id("cls_token"), self._special_id("sep_token")
+        self._overlong_rows([len(ids) + 2 for ids in tokens], max_length, truncation, " (the closing [SEP] is kept)")
+        return [[cls_id, *ids[: max_length - 2], sep_id] for ids in tokens]
+
+
 __all__ = [
     "PADDING_MODES",
+    "SECOND_IMAGE_SUFFIX",
     "BertTextProcessorBase",
+    "RawTextBertProcessorBase",
     "VlpProcessorBase",
     "overlong_rows",
     "pad_rows",

@@ -186,6 +186,8 @@ class BertStyleEmbeddings(nn.Module):
 
     ``type_vocab_size=0`` leaves token types out (BLIP's ``med.py``); otherwise type ids default to zeros, so row 0 of
     ``token_type_embeddings`` is added everywhere, as BERT does when the caller passes none (ALBEF).
+    ``absolute_positions=False`` adds no position embedding and has no table (VLMo, whose attention carries relative
+    positions instead); the length is then not limited here.
     """
 
     def __init__(
@@ -198,11 +200,12 @@ class BertStyleEmbeddings(nn.Module):
         layer_norm_eps: float = 1e-12,
         dropout: float = 0.0,
         pad_token_id: int | None = 0,
+        absolute_positions: bool = True,
     ) -> None:
         super().__init__()
         self.max_position_embeddings = max_position_embeddings
         self.word_embeddings = nn.Embedding(vocab_size, hidden_size, padding_idx=pad_token_id)
-        self.position_embeddings = nn.Embedding(max_position_embeddings, hidden_size)
+        self.position_embeddings = nn.Embedding(max_position_embeddings, hidden_size) if absolute_positions else None
         self.token_type_embeddings = nn.Embedding(type_vocab_size, hidden_size) if type_vocab_size else None
         self.norm = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
         self.dropout = nn.Dropout(dropout) if dropout else nn.Identity()
@@ -217,12 +220,11 @@ class BertStyleEmbeddings(nn.Module):
         if input_ids.ndim != 2:
             raise ValueError(f"input_ids must be [batch, length], got shape {tuple(input_ids.shape)}")
         length = input_ids.shape[1]
-        if position_offset + length > self.max_position_embeddings:
+        if self.position_embeddings is not None and position_offset + length > self.max_position_embeddings:
             raise ValueError(
                 f"input_ids reach position {position_offset + length}, beyond max_position_embeddings "
                 f"{self.max_position_embeddings}; truncate the text (the processor's max_length) to fit."
             )
-        positions = torch.arange(position_offset, position_offset + length, device=input_ids.device)
         embeddings = self.word_embeddings(input_ids)
         if self.token_type_embeddings is not None:
             if token_type_ids is None:
@@ -231,7 +233,9 @@ class BertStyleEmbeddings(nn.Module):
                 embeddings = embeddings + self.token_type_embeddings(token_type_ids)
         elif token_type_ids is not None:
             raise ValueError("token_type_ids were given but this model has no token-type embeddings")
-        embeddings = embeddings + self.position_embeddings(positions)
+        if self.position_embeddings is not None:
+            positions = torch.arange(position_offset, position_offset + length, device=input_ids.device)
+            embeddings = embeddings + self.position_embeddings(positions)
         return self.dropout(self.norm(embeddings))
 
 

@@ -110,6 +110,50 @@ def check_finite_pixels(pixel_values: torch.Tensor) -> None:
         raise ValueError(f"pixel_values hold NaN or infinite values (images {bad[:8]}); check the image loading")
 
 
+def with_class_token(patches: torch.Tensor, class_embedding: torch.Tensor) -> torch.Tensor:
+    """``[B, N, D]`` patch tokens with the class embedding ``[D]`` prepended: ``[B, 1 + N, D]``."""
+    cls = class_embedding.to(patches.dtype).expand(patches.shape[0], 1, -1)
+    return torch.cat([cls, patches], dim=1)
+
+
+class ClassPatchEmbedding(nn.Module):
+    """BEiT's/VLMo's image tokens: a patch convolution with bias, a class token first and, optionally, learned
+    absolute positions (VLMo-Base-plus; BEiT and the other VLMo models use relative positions in the attention).
+
+    ``forward`` returns ``[B, 1 + N, D]`` and the patch grid ``(rows, columns)``; images of another size than
+    ``image_size`` are embedded too (the positions, when there are any, are resized bicubically to their grid).
+    """
+
+    def __init__(
+        self, hidden_size: int, image_size: int, patch_size: int, num_channels: int = 3, absolute_positions: bool = False
+    ) -> None:
+        super().__init__()
+        if image_size % patch_size:
+            raise ValueError(f"image_size {image_size} is not a multiple of patch_size {patch_size}")
+        self.patch_size = patch_size
+        self.grid_size = image_size // patch_size
+        self.patch_embed = nn.Conv2d(num_channels, hidden_size, patch_size, stride=patch_size)
+        self.class_embedding = nn.Parameter(torch.zeros(hidden_size))
+        self.position_embedding = (
+            nn.Parameter(torch.zeros(self.grid_size**2 + 1, hidden_size)) if absolute_positions else None
+        )
+
+    def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        check_pixel_values(pixel_values)
+        height, width = pixel_values.shape[-2:]
+        if height % self.patch_size or width % self.patch_size:
+            raise ValueError(f"Image size {height}x{width} is not a multiple of the patch size {self.patch_size}")
+        patches = self.patch_embed(pixel_values.to(self.patch_embed.weight.dtype))
+        grid = (patches.shape[-2], patches.shape[-1])
+        tokens = with_class_token(patches.flatten(2).transpose(1, 2), self.class_embedding)
+        if self.position_embedding is not None:
+            positions = self.position_embedding
+            if grid != (self.grid_size, self.grid_size):
+                positions = interpolate_grid_embeddings(positions, 1, self.grid_size, grid)
+            tokens = tokens + positions.to(tokens.dtype)
+        return tokens, grid
+
+
 @dataclass
 class MaskedPatchEmbedding:
     """Tokens of :meth:`VisionTransformer.embed_masked`.
@@ -185,8 +229,7 @@ class VisionTransformer(nn.Module):
         if height % self.patch_size or width % self.patch_size:
             raise ValueError(f"Image size {height}x{width} is not a multiple of the patch size {self.patch_size}")
         patches = self.patch_embed(pixel_values.to(self.patch_embed.weight.dtype)).flatten(2).transpose(1, 2)
-        cls = self.class_embedding.to(patches.dtype).expand(patches.shape[0], 1, -1)
-        tokens = torch.cat([cls, patches], dim=1)
+        tokens = with_class_token(patches, self.class_embedding)
         positions = self.position_embedding
         new_grid = (height // self.patch_size, width // self.patch_size)
         if new_grid != (self.grid_size, self.grid_size):

@@ -215,11 +215,16 @@ def itm_triplets(
     image_side: Sequence[torch.Tensor],
     negative_image_indices: torch.Tensor,
     negative_text_indices: torch.Tensor,
+    *,
+    text_candidates: Sequence[torch.Tensor] | None = None,
+    image_candidates: Sequence[torch.Tensor] | None = None,
 ) -> ItmTriplets:
     """Build ALBEF's/BLIP's ITM rows from ``B`` matching pairs: every text-side tensor becomes
     ``[t ; t ; t[negative_text_indices]]`` and every image-side tensor ``[i ; i[negative_image_indices] ; i]``;
     ``negative_image_indices[b]`` is text ``b``'s negative image and ``negative_text_indices[b]`` image ``b``'s
-    negative text (both ``[B]`` in-batch indices)."""
+    negative text (both ``[B]`` in-batch indices). ``text_candidates``/``image_candidates`` (one per side tensor,
+    any number of rows) are where the negatives are taken from instead of the batch, e.g. the batches of every
+    process (VLMo draws its hard negatives from the global batch)."""
     if not text_side or not image_side:
         raise ValueError("pass at least one text-side and one image-side tensor")
     batch = negative_image_indices.shape[0]
@@ -233,8 +238,12 @@ def itm_triplets(
             raise ValueError(
                 f"every text/image-side tensor needs one row per pair ({batch}), got {tuple(tensor.shape)}"
             )
-    text = tuple(torch.cat([t, t, t[negative_text_indices]]) for t in text_side)
-    image = tuple(torch.cat([i, i[negative_image_indices], i]) for i in image_side)
+    text_candidates = text_side if text_candidates is None else text_candidates
+    image_candidates = image_side if image_candidates is None else image_candidates
+    if len(text_candidates) != len(text_side) or len(image_candidates) != len(image_side):
+        raise ValueError("pass one candidate tensor per text-side and per image-side tensor")
+    text = tuple(torch.cat([t, t, c[negative_text_indices]]) for t, c in zip(text_side, text_candidates))
+    image = tuple(torch.cat([i, c[negative_image_indices], i]) for i, c in zip(image_side, image_candidates))
     labels = torch.cat([torch.ones(batch, dtype=torch.long), torch.zeros(2 * batch, dtype=torch.long)])
     return ItmTriplets(text=text, image=image, labels=labels.to(text_side[0].device))
 

@@ -13,6 +13,7 @@ from hf_vlp.models.albef import VlpAlbefConfig
 from hf_vlp.models.blip import VlpBlipConfig
 from hf_vlp.models.clip import VlpClipConfig
 from hf_vlp.models.vilt import VlpViltConfig
+from hf_vlp.models.vlmo import VlpVlmoConfig
 
 PAD_ID, CLS_ID, SEP_ID, MASK_ID = 0, 2, 3, 4
 NO_DROPOUT = {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
@@ -42,6 +43,14 @@ TINY_VILT = dict(
     hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2, image_size=16, patch_size=8,
     vocab_size=40, max_position_embeddings=12, num_labels=5, pad_token_id=PAD_ID, cls_token_id=CLS_ID,
     sep_token_id=SEP_ID, mask_token_id=MASK_ID, hidden_dropout_prob=0.0,
+)
+
+# VLMo: 4 multiway blocks (VL-FFN in the top 2) over 12 text tokens and the 4 patches of a 16 px image (8 px patches)
+TINY_VLMO = dict(
+    hidden_size=16, intermediate_size=32, num_hidden_layers=4, num_attention_heads=2, vl_ffn_start_layer=2,
+    image_size=16, patch_size=8, vocab_size=40, max_text_length=12, relative_position_text_length=16, num_labels=5,
+    pad_token_id=PAD_ID, cls_token_id=CLS_ID, sep_token_id=SEP_ID, mask_token_id=MASK_ID, drop_path_rate=0.0,
+    embedding_dropout_prob=0.0,
 )
 
 
@@ -129,6 +138,19 @@ def tiny_blip_batch(batch: int = 8, seed: int = 0, **options: object) -> dict[st
 
 def tiny_vilt_config(**settings: object) -> VlpViltConfig:
     return VlpViltConfig(**{**TINY_VILT, **settings})
+
+
+def tiny_vlmo_config(**settings: object) -> VlpVlmoConfig:
+    return VlpVlmoConfig(**{**TINY_VLMO, **settings})
+
+
+def tiny_vlmo_batch(batch: int = 8, seed: int = 0, image_size: int = 16) -> dict[str, torch.Tensor]:
+    """``tiny_batch``'s [SEP]-ended captions padded to VLMo's 12 tokens, with noise images of ``image_size``."""
+    rows = tiny_batch(batch, seed, image_shape=(3, image_size, image_size), sep_id=SEP_ID)
+    pad = torch.zeros(batch, TINY_VLMO["max_text_length"] - rows["input_ids"].shape[1], dtype=torch.long)
+    rows["input_ids"] = torch.cat([rows["input_ids"], pad + PAD_ID], dim=1)
+    rows["attention_mask"] = torch.cat([rows["attention_mask"], pad], dim=1)
+    return rows
 
 
 def tiny_vilt_batch(
