@@ -104,7 +104,10 @@ def check_pixel_values(pixel_values: torch.Tensor) -> None:
 
 
 def check_finite_pixels(pixel_values: torch.Tensor) -> None:
-    """Refuse NaN/infinite pixels before an inference pass would turn them into a caption or an answer."""
+    """Refuse NaN/infinite pixels before an inference pass would turn them into a caption or an answer (skipped while
+    compiling, exporting or tracing: a data-dependent branch cannot be captured)."""
+    if torch.compiler.is_compiling() or torch.jit.is_tracing():
+        return
     if not bool(torch.isfinite(pixel_values).all()):
         bad = (~torch.isfinite(pixel_values)).flatten(1).any(dim=1).nonzero().flatten().tolist()
         raise ValueError(f"pixel_values hold NaN or infinite values (images {bad[:8]}); check the image loading")

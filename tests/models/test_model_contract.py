@@ -60,6 +60,14 @@ from hf_vlp.models.clip import (
     VlpClipVisionModelWithProjection,
 )
 from hf_vlp.models.modeling_utils import takes_output_kwargs
+from hf_vlp.models.vlmo import (
+    VlpVlmoForImageTextRetrieval,
+    VlpVlmoForMaskedLM,
+    VlpVlmoForPretraining,
+    VlpVlmoForQuestionAnswering,
+    VlpVlmoForVisualReasoning,
+    VlpVlmoModel,
+)
 from hf_vlp.models.vilt import (
     VlpViltForImageTextRetrieval,
     VlpViltForMaskedLM,
@@ -82,11 +90,15 @@ from tests.helpers.tiny_models import (
     tiny_clip_inputs,
     tiny_vilt_batch,
     tiny_vilt_config,
+    tiny_vlmo_batch,
+    tiny_vlmo_config,
 )
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-ARCHITECTURE_PACKAGES = ("hf_vlp.models.clip", "hf_vlp.models.albef", "hf_vlp.models.blip", "hf_vlp.models.vilt")
+ARCHITECTURE_PACKAGES = (
+    "hf_vlp.models.clip", "hf_vlp.models.albef", "hf_vlp.models.blip", "hf_vlp.models.vilt", "hf_vlp.models.vlmo",
+)
 
 
 # --------------------------------------------------------------------------------------------------- inputs
@@ -499,7 +511,82 @@ VILT_CASES = [
     ),
 ]
 
-CASES: list[ModelContractCase] = [*CLIP_CASES, *ALBEF_CASES, *BLIP_CASES, *VILT_CASES]
+
+# --------------------------------------------------------------------------------------------------- VLMo
+
+
+def vlmo_inputs(config: PretrainedConfig, batch: int, seed: int) -> Inputs:
+    return tiny_vlmo_batch(batch, seed)
+
+
+def vlmo_pair_inputs(config: PretrainedConfig, batch: int, seed: int) -> Inputs:
+    return {**vlmo_inputs(config, batch, seed), "pixel_values_2": tiny_vlmo_batch(batch, seed + 1)["pixel_values"]}
+
+
+def vlmo_pretraining_inputs(config: PretrainedConfig, batch: int, seed: int) -> Inputs:
+    inputs = vlmo_inputs(config, batch, seed)
+    masked = inputs["input_ids"].clone()
+    masked[:, 2] = config.mask_token_id
+    labels = torch.full_like(masked, -100)
+    labels[:, 2] = inputs["input_ids"][:, 2]
+    return {**inputs, **in_batch_negatives(inputs), "mlm_input_ids": masked, "mlm_labels": labels}
+
+
+def vlmo_unimodal_states(config: PretrainedConfig, inputs: Inputs) -> tuple[StatesSpec, ...]:
+    """The image-only pass (class token + 4 patches) and the text-only pass, every block each."""
+    layers, heads, width = config.num_hidden_layers, config.num_attention_heads, config.hidden_size
+    patches = (config.image_size // config.patch_size) ** 2
+    return (
+        StatesSpec("vision_model_output", layers, heads, 1 + patches, width),
+        StatesSpec("text_model_output", layers, heads, inputs["input_ids"].shape[1], width),
+    )
+
+
+def vlmo_fused_states(config: PretrainedConfig, inputs: Inputs) -> tuple[StatesSpec, ...]:
+    """One fused pass over the text tokens, the image class token and the 4 patches."""
+    patches = (config.image_size // config.patch_size) ** 2
+    seq_len = inputs["input_ids"].shape[1] + 1 + patches
+    return (StatesSpec("", config.num_hidden_layers, config.num_attention_heads, seq_len, config.hidden_size),)
+
+
+def vlmo_answer_scores(config: PretrainedConfig, inputs: Inputs) -> Inputs:
+    batch = inputs["input_ids"].shape[0]
+    return {"labels": torch.rand(batch, config.num_labels, generator=torch.Generator().manual_seed(batch))}
+
+
+VLMO_CASES = [
+    ModelContractCase(
+        VlpVlmoModel, tiny_vlmo_config, vlmo_inputs,
+        auto_classes=(AutoModel, AutoModelForZeroShotImageClassification), has_text_embeddings=True, **BOTH_FLAGS,
+        states=vlmo_unimodal_states, batch_coupled_outputs=CONTRASTIVE_LOGITS,
+        encoders=(IMAGE_FEATURES, EncoderSpec("get_text_features", ("input_ids", "attention_mask"))),
+        projected_features=True, multimodal_features=True,
+    ),
+    ModelContractCase(
+        VlpVlmoForMaskedLM, tiny_vlmo_config, vlmo_inputs, loss_inputs=masked_lm_labels,
+        auto_classes=(AutoModelForMaskedLM,), has_text_embeddings=True, **BOTH_FLAGS, states=vlmo_fused_states,
+    ),
+    ModelContractCase(
+        VlpVlmoForPretraining, tiny_vlmo_config, vlmo_pretraining_inputs, loss_inputs=return_loss,
+        auto_classes=(AutoModelForPreTraining,), has_text_embeddings=True, can_batch_split=False,
+        batch_relative_inputs=NEGATIVES, **BOTH_FLAGS, states=vlmo_unimodal_states,
+    ),
+    ModelContractCase(
+        VlpVlmoForQuestionAnswering, tiny_vlmo_config, vlmo_inputs, loss_inputs=vlmo_answer_scores,
+        auto_classes=(AutoModelForVisualQuestionAnswering,), has_text_embeddings=True, **BOTH_FLAGS,
+        states=vlmo_fused_states,
+    ),
+    ModelContractCase(
+        VlpVlmoForVisualReasoning, tiny_vlmo_config, vlmo_pair_inputs, loss_inputs=class_labels(2),
+        has_text_embeddings=True, **BOTH_FLAGS,
+    ),
+    ModelContractCase(
+        VlpVlmoForImageTextRetrieval, tiny_vlmo_config, vlmo_inputs, loss_inputs=return_loss,
+        has_text_embeddings=True, can_batch_split=False, **BOTH_FLAGS, states=vlmo_unimodal_states,
+    ),
+]
+
+CASES: list[ModelContractCase] = [*CLIP_CASES, *ALBEF_CASES, *BLIP_CASES, *VILT_CASES, *VLMO_CASES]
 
 
 # --------------------------------------------------------------------------------------------------- known failures
