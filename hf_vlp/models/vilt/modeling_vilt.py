@@ -24,14 +24,15 @@ from transformers import initialization as init
 from transformers.modeling_outputs import MaskedLMOutput, ModelOutput, SequenceClassifierOutput
 
 from ...modules.attention import padding_mask
-from ...modules.heads import FirstTokenPooler, MaskedLMHead, MlpClassifierHead
+from ...modules.heads import FirstTokenPooler
 from ...modules.text import BertStyleEmbeddings
 from ...modules.towers import build_vision_tower
 from ...modules.transformer import BlockOptions
 from ...modules.vision import MaskedPatchEmbedding, VisionTransformer, check_finite_pixels, check_pixel_values
-from ...objectives.losses import soft_target_bce_loss
 from ...objectives.mlm import masked_lm_loss
 from ..modeling_utils import OutputKwargs, VlpPreTrainedModel
+from ..single_stream_heads import SecondImageRowMixin, SoftScoreAnswersMixin, pooled_classifier, untied_mlm_head
+from ..towers import MaskedLMOutputEmbeddingsMixin
 from .configuration_vilt import VlpViltConfig
 
 
@@ -237,48 +238,19 @@ class VlpViltModel(VlpViltPreTrainedModel):
         )
 
 
-def mlm_head(config: VlpViltConfig) -> MaskedLMHead:
-    """ViLT's MLM head: BERT's transform (LayerNorm eps 1e-12) and a decoder over the vocabulary with its own weights
-    (not tied to the word embeddings, as the original)."""
-    return MaskedLMHead(
-        config.hidden_size, config.vocab_size, activation=config.hidden_act, layer_norm_eps=config.mlm_layer_norm_eps
-    )
-
-
-def classifier_head(config: VlpViltConfig, input_size: int, num_labels: int) -> MlpClassifierHead:
-    """ViLT's VQA / NLVR2 classifier: ``Linear(input, 2D) -> LayerNorm(1e-5) -> GELU -> Linear(2D, num_labels)``."""
-    return MlpClassifierHead(
-        input_size,
-        num_labels,
-        intermediate_size=2 * config.hidden_size,
-        activation=config.hidden_act,
-        layer_norm_eps=config.head_layer_norm_eps,
-    )
-
-
-class MaskedLMOutputMixin:
-    """``get/set_output_embeddings`` of a head holding ``mlm_head`` (untied: transformers resizes it separately)."""
-
-    def get_output_embeddings(self) -> nn.Linear:
-        return self.mlm_head.decoder
-
-    def set_output_embeddings(self, value: nn.Linear) -> None:
-        self.mlm_head.decoder = value
-
-
 def text_states(outputs: VlpViltModelOutput, input_ids: torch.Tensor) -> torch.Tensor:
     """The final states at the text positions ``[B, L_text, D]`` (the original's ``text_feats``)."""
     return outputs.last_hidden_state[:, : input_ids.shape[1]]
 
 
-class VlpViltForMaskedLM(MaskedLMOutputMixin, VlpViltPreTrainedModel):
+class VlpViltForMaskedLM(MaskedLMOutputEmbeddingsMixin, VlpViltPreTrainedModel):
     """Masked language modelling over the image: the MLM head on the text states; loss = cross-entropy over
     ``labels != -100``."""
 
     def __init__(self, config: VlpViltConfig) -> None:
         super().__init__(config)
         self.vilt = VlpViltModel(config)
-        self.mlm_head = mlm_head(config)
+        self.mlm_head = untied_mlm_head(config)
         self.post_init()
 
     def forward(
@@ -300,7 +272,7 @@ class VlpViltForMaskedLM(MaskedLMOutputMixin, VlpViltPreTrainedModel):
         return MaskedLMOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions)
 
 
-class VlpViltForQuestionAnswering(VlpViltPreTrainedModel):
+class VlpViltForQuestionAnswering(SoftScoreAnswersMixin, VlpViltPreTrainedModel):
     """VQA as multi-label classification over ``config.num_labels`` answers (VQAv2: 3,129; ``config.id2label`` names
     them) from the pooled ``[CLS]``. ``labels`` are soft scores ``[B, num_labels]`` (VQAv2: 0.3 / 0.6 / 0.9 / 1.0 for
     1 / 2 / 3 / 4+ annotators); loss = binary cross-entropy averaged over the batch and the answers, times
@@ -311,7 +283,7 @@ class VlpViltForQuestionAnswering(VlpViltPreTrainedModel):
     def __init__(self, config: VlpViltConfig) -> None:
         super().__init__(config)
         self.vilt = VlpViltModel(config)
-        self.classifier = classifier_head(config, config.hidden_size, config.num_labels)
+        self.classifier = pooled_classifier(config, config.hidden_size, config.num_labels)
         self.post_init()
 
     def forward(
@@ -328,22 +300,10 @@ class VlpViltForQuestionAnswering(VlpViltPreTrainedModel):
             input_ids, attention_mask, token_type_ids, pixel_values, pixel_mask, return_dict=True, **kwargs
         )
         logits = self.classifier(outputs.pooler_output)
-        loss = None
-        if labels is not None:
-            if labels.shape != logits.shape:
-                raise ValueError(
-                    f"labels must be soft answer scores [batch, num_labels] = {tuple(logits.shape)}, got "
-                    f"{tuple(labels.shape)}"
-                )
-            loss = soft_target_bce_loss(logits, labels)
         return SequenceClassifierOutput(
-            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
+            loss=self.answer_loss(logits, labels), logits=logits, hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
         )
-
-    @torch.no_grad()
-    def answer_scores(self, logits: torch.Tensor) -> torch.Tensor:
-        """Each answer's probability (a sigmoid: the answers are independent binary labels)."""
-        return logits.float().sigmoid()
 
 
 @dataclass
@@ -359,7 +319,7 @@ class VlpViltVisualReasoningOutput(ModelOutput):
     attentions: tuple[torch.Tensor, ...] | None = None
 
 
-class VlpViltForVisualReasoning(VlpViltPreTrainedModel):
+class VlpViltForVisualReasoning(SecondImageRowMixin, VlpViltPreTrainedModel):
     """NLVR2 by ViLT's "pair" method: the text is encoded twice, with the first image (modality row 1) and with the
     second (its own modality row, ``second_image_modality_embedding``), and the classifier reads both pooled
     ``[CLS]`` vectors side by side.
@@ -375,13 +335,8 @@ class VlpViltForVisualReasoning(VlpViltPreTrainedModel):
         super().__init__(config)
         self.vilt = VlpViltModel(config)
         self.second_image_modality_embedding = nn.Parameter(torch.zeros(config.hidden_size))
-        self.classifier = classifier_head(config, 2 * config.hidden_size, 2)
+        self.classifier = pooled_classifier(config, 2 * config.hidden_size, 2)
         self.post_init()
-
-    def _init_weights(self, module: nn.Module) -> None:
-        super()._init_weights(module)
-        if isinstance(module, VlpViltForVisualReasoning):
-            init.copy_(module.second_image_modality_embedding, module.vilt.modality_embeddings.weight[1].detach())
 
     def forward(
         self,
@@ -418,7 +373,6 @@ class VlpViltForVisualReasoning(VlpViltPreTrainedModel):
 
 
 __all__ = [
-    "MaskedLMOutputMixin",
     "VlpViltForMaskedLM",
     "VlpViltForQuestionAnswering",
     "VlpViltForVisualReasoning",
@@ -427,8 +381,6 @@ __all__ = [
     "VlpViltPreTrainedModel",
     "VlpViltVisualReasoningOutput",
     "block_options",
-    "classifier_head",
-    "mlm_head",
     "pixel_mask_from_padding",
     "text_states",
 ]

@@ -29,7 +29,9 @@ from ...objectives.mlm import masked_lm_loss
 from ...objectives.wpa import word_patch_alignment_distance, wpa_loss
 from ..modeling_utils import OutputKwargs
 from .configuration_vilt import VlpViltConfig
-from .modeling_vilt import MaskedLMOutputMixin, VlpViltModel, VlpViltPreTrainedModel, mlm_head, text_states
+from ..single_stream_heads import untied_mlm_head
+from ..towers import MaskedLMOutputEmbeddingsMixin
+from .modeling_vilt import VlpViltModel, VlpViltPreTrainedModel, text_states
 
 TEXTS_PER_SCORING_CALL = 64  # texts scored against one image per forward in exhaustive retrieval
 
@@ -143,7 +145,7 @@ class VlpViltForPretrainingOutput(ModelOutput):
     attentions: tuple[torch.Tensor, ...] | None = None
 
 
-class VlpViltForPretraining(MaskedLMOutputMixin, ExhaustiveRetrievalMixin, VlpViltPreTrainedModel):
+class VlpViltForPretraining(MaskedLMOutputEmbeddingsMixin, ExhaustiveRetrievalMixin, VlpViltPreTrainedModel):
     """ViLT pre-training: ITM head, MLM head (untied decoder) and word-patch alignment; zero-shot retrieval scores
     pairs by the ITM match logit."""
 
@@ -151,7 +153,7 @@ class VlpViltForPretraining(MaskedLMOutputMixin, ExhaustiveRetrievalMixin, VlpVi
         super().__init__(config)
         self.vilt = VlpViltModel(config)
         self.itm_head = ItmHead(config.hidden_size)
-        self.mlm_head = mlm_head(config)
+        self.mlm_head = untied_mlm_head(config)
         self.post_init()
 
     def pair_scores(self, pooled: torch.Tensor) -> torch.Tensor:

@@ -28,15 +28,15 @@ from transformers import initialization as init
 from transformers.modeling_outputs import BaseModelOutputWithPooling, MaskedLMOutput, SequenceClassifierOutput
 
 from ...modules.attention import Attention, padding_mask
-from ...modules.heads import FirstTokenPooler, MaskedLMHead, MlpClassifierHead
+from ...modules.heads import FirstTokenPooler
 from ...modules.multiway import MultiwayBlock, MultiwayEncoder
 from ...modules.relative_position import MultimodalRelativePositionBias
 from ...modules.text import BertStyleEmbeddings
 from ...modules.transformer import BlockOptions, EncoderOutput, run_layers
 from ...modules.vision import ClassPatchEmbedding, check_finite_pixels
-from ...objectives.losses import soft_target_bce_loss
 from ...objectives.mlm import masked_lm_loss
 from ..modeling_utils import OutputKwargs, VlpPreTrainedModel, model_forward
+from ..single_stream_heads import SecondImageRowMixin, SoftScoreAnswersMixin, pooled_classifier, untied_mlm_head
 from ..towers import DualEncoderOutput, ImageTextClassifierOutput, MaskedLMOutputEmbeddingsMixin, with_pooled_features
 from .configuration_vlmo import VlpVlmoConfig
 
@@ -442,25 +442,6 @@ class VlpVlmoModel(VlpVlmoPreTrainedModel):
         )
 
 
-def mlm_head(config: VlpVlmoConfig) -> MaskedLMHead:
-    """VLMo's MLM head: BERT's transform (LayerNorm eps 1e-12) and a decoder with its own weights (not tied to the
-    word embeddings, as the original)."""
-    return MaskedLMHead(
-        config.hidden_size, config.vocab_size, activation=config.hidden_act, layer_norm_eps=config.mlm_layer_norm_eps
-    )
-
-
-def classifier_head(config: VlpVlmoConfig, input_size: int, num_labels: int) -> MlpClassifierHead:
-    """VLMo's VQA / NLVR2 classifier: ``Linear(input, 2D) -> LayerNorm(1e-5) -> GELU -> Linear(2D, num_labels)``."""
-    return MlpClassifierHead(
-        input_size,
-        num_labels,
-        intermediate_size=2 * config.hidden_size,
-        activation=config.hidden_act,
-        layer_norm_eps=config.head_layer_norm_eps,
-    )
-
-
 class VlpVlmoForMaskedLM(MaskedLMOutputEmbeddingsMixin, VlpVlmoPreTrainedModel):
     """Masked language modelling, grounded on the image (fusion mode) when ``pixel_values`` are given, on the text alone
     (text-only mode: the second pre-training stage, which trains the L-FFN) otherwise. Loss = cross-entropy over
@@ -469,7 +450,7 @@ class VlpVlmoForMaskedLM(MaskedLMOutputEmbeddingsMixin, VlpVlmoPreTrainedModel):
     def __init__(self, config: VlpVlmoConfig) -> None:
         super().__init__(config)
         self.vlmo = VlpVlmoModel(config)
-        self.mlm_head = mlm_head(config)
+        self.mlm_head = untied_mlm_head(config)
         self.post_init()
 
     def forward(
@@ -491,7 +472,7 @@ class VlpVlmoForMaskedLM(MaskedLMOutputEmbeddingsMixin, VlpVlmoPreTrainedModel):
         return MaskedLMOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions)
 
 
-class VlpVlmoForQuestionAnswering(VlpVlmoPreTrainedModel):
+class VlpVlmoForQuestionAnswering(SoftScoreAnswersMixin, VlpVlmoPreTrainedModel):
     """VQA as multi-label classification over ``config.num_labels`` answers (VQAv2: 3,129; ``config.id2label`` names
     them) from the fused, pooled ``[CLS]``. ``labels`` are soft scores ``[B, num_labels]``; loss = binary
     cross-entropy averaged over the batch and the answers, times ``num_labels``, as the original. The original
@@ -503,7 +484,7 @@ class VlpVlmoForQuestionAnswering(VlpVlmoPreTrainedModel):
     def __init__(self, config: VlpVlmoConfig) -> None:
         super().__init__(config)
         self.vlmo = VlpVlmoModel(config)
-        self.classifier = classifier_head(config, config.hidden_size, config.num_labels)
+        self.classifier = pooled_classifier(config, config.hidden_size, config.num_labels)
         self.post_init()
 
     def forward(
@@ -517,25 +498,13 @@ class VlpVlmoForQuestionAnswering(VlpVlmoPreTrainedModel):
     ) -> SequenceClassifierOutput | tuple:
         outputs = self.vlmo.encode_fused(input_ids, attention_mask, pixel_values, token_type_ids, **kwargs)
         logits = self.classifier(outputs.pooler_output)
-        loss = None
-        if labels is not None:
-            if labels.shape != logits.shape:
-                raise ValueError(
-                    f"labels must be soft answer scores [batch, num_labels] = {tuple(logits.shape)}, got "
-                    f"{tuple(labels.shape)}"
-                )
-            loss = soft_target_bce_loss(logits, labels)
         return SequenceClassifierOutput(
-            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
+            loss=self.answer_loss(logits, labels), logits=logits, hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
         )
 
-    @torch.no_grad()
-    def answer_scores(self, logits: torch.Tensor) -> torch.Tensor:
-        """Each answer's probability (a sigmoid: the answers are independent binary labels)."""
-        return logits.float().sigmoid()
 
-
-class VlpVlmoForVisualReasoning(VlpVlmoPreTrainedModel):
+class VlpVlmoForVisualReasoning(SecondImageRowMixin, VlpVlmoPreTrainedModel):
     """NLVR2: the text is fused with the first image (modality row 1) and with the second (its own modality row,
     ``second_image_modality_embedding``), and the classifier reads both pooled ``[CLS]`` vectors side by side.
 
@@ -549,13 +518,8 @@ class VlpVlmoForVisualReasoning(VlpVlmoPreTrainedModel):
         super().__init__(config)
         self.vlmo = VlpVlmoModel(config)
         self.second_image_modality_embedding = nn.Parameter(torch.zeros(config.hidden_size))
-        self.classifier = classifier_head(config, 2 * config.hidden_size, 2)
+        self.classifier = pooled_classifier(config, 2 * config.hidden_size, 2)
         self.post_init()
-
-    def _init_weights(self, module: nn.Module) -> None:
-        super()._init_weights(module)
-        if isinstance(module, VlpVlmoForVisualReasoning):
-            init.copy_(module.second_image_modality_embedding, module.vlmo.modality_embeddings.weight[IMAGE].detach())
 
     def forward(
         self,

@@ -41,7 +41,9 @@ from ...objectives.losses import contrastive_loss, sample_hard_negatives
 from ...objectives.mlm import mask_tokens, masked_lm_loss
 from ..modeling_utils import OutputKwargs
 from .configuration_vlmo import VlpVlmoConfig
-from .modeling_vlmo import MaskedLMOutputEmbeddingsMixin, VlpVlmoModel, VlpVlmoPreTrainedModel, mlm_head
+from ..single_stream_heads import untied_mlm_head
+from ..towers import MaskedLMOutputEmbeddingsMixin
+from .modeling_vlmo import VlpVlmoModel, VlpVlmoPreTrainedModel
 
 
 def patch_grid(pixel_values: torch.Tensor, patch_size: int) -> tuple[int, int]:
@@ -207,7 +209,7 @@ class VlpVlmoForPretraining(VlmoRetrievalMixin, MaskedLMOutputEmbeddingsMixin, V
         self.vl_text_projection = nn.Linear(width, width, bias=False)
         self.logit_vl_scale = nn.Parameter(torch.tensor(config.logit_scale_init_value))
         self.itm_head = ItmHead(width)
-        self.mlm_head = mlm_head(config)
+        self.mlm_head = untied_mlm_head(config)
         self.post_init()
 
     def _init_weights(self, module: nn.Module) -> None:
