@@ -205,7 +205,9 @@ def read_transformers_config(path: Path, model_type: str, expected: str) -> dict
 
 # --------------------------------------------------------------------------------------------------- families
 
-FAMILY_NAMES = {"clip": "CLIP", "albef": "ALBEF", "blip": "BLIP", "vilt": "ViLT"}
+FAMILY_NAMES = {"clip": "CLIP", "albef": "ALBEF", "blip": "BLIP", "vilt": "ViLT", "vlmo": "VLMo"}
+# VLMo's multiway blocks: one feed-forward expert per modality (ViLT's timm blocks have one ``mlp``)
+_VLMO_BLOCK = re.compile(r"transformer\.blocks\.\d+\.(mlp|norm2)_(imag|text|vl)\.")
 
 
 def checkpoint_family(state_dict: Mapping[str, torch.Tensor]) -> tuple[str, str] | None:
@@ -215,7 +217,8 @@ def checkpoint_family(state_dict: Mapping[str, torch.Tensor]) -> tuple[str, str]
     BLIP's ``med`` does not (BLIP's NLVR2 model alone has ``crossattention.self0``). CLIP has OpenAI's ``visual.*``
     and ``transformer.resblocks.*`` (or transformers' ``text_model.*``/``vision_model.*`` with ``logit_scale``).
     ViLT has BERT's ``text_embeddings.*`` and a timm ViT's ``transformer.blocks.*`` in one model (or transformers'
-    ``vilt.*``)."""
+    ``vilt.*``); VLMo has the same two, but multiway blocks (``mlp_imag``/``mlp_text`` experts) and one
+    ``relative_position_bias_table``, so it is told first."""
     keys = list(state_dict)
     if any(key.startswith("visual_encoder.") for key in keys):
         text = [key for key in keys if key.startswith(("text_encoder.", "text_decoder."))]
@@ -234,6 +237,8 @@ def checkpoint_family(state_dict: Mapping[str, torch.Tensor]) -> tuple[str, str]
         key.startswith("vision_model.") for key in keys
     ):
         return "clip", "transformers CLIPModel keys (text_model.*, vision_model.*, logit_scale)"
+    if "relative_position_bias_table" in state_dict or any(_VLMO_BLOCK.match(key) for key in keys):
+        return "vlmo", "multiway blocks with per-modality experts (transformer.blocks.*.mlp_imag / mlp_text)"
     vilt_text = "text_embeddings.word_embeddings.weight" in state_dict
     if vilt_text and any(key.startswith("transformer.blocks.") for key in keys):
         return "vilt", "text_embeddings.* and a timm ViT under transformer.blocks.* in one model (dandelin/ViLT)"

@@ -33,10 +33,8 @@ transformers' retrieval model has no ITM head: ours gets row 1 = ``rank_output``
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
-import pickle
 import re
 import sys
 from collections.abc import Mapping, Sequence
@@ -45,13 +43,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from huggingface_hub.errors import StrictDataclassError
 
 if __package__ in (None, ""):  # run as a script: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import hf_vlp  # noqa: F401  (registers the Auto classes)
-from hf_vlp.models.vilt.configuration_vilt import SPECIAL_TOKEN_FIELDS, VlpViltConfig
+from hf_vlp.models.vilt.configuration_vilt import VlpViltConfig
 from hf_vlp.models.vilt.image_processing_vilt import DEFAULT_SIZE_DIVISOR, LONGER_EDGE_RATIO, VlpViltImageProcessor
 from hf_vlp.models.vilt.modeling_vilt import VlpViltForMaskedLM, VlpViltForQuestionAnswering
 from hf_vlp.models.vilt.modeling_vilt import VlpViltForVisualReasoning, VlpViltModel
@@ -59,18 +56,21 @@ from hf_vlp.models.vilt.modeling_vilt_pretraining import VlpViltForImageTextRetr
 from hf_vlp.models.vilt.processing_vilt import VlpViltProcessor
 from hf_vlp.utils.key_rules import bert_embedding_rules
 
-from conversion.common import NUMBER, POSITIVE_INT, TEXT, ConversionError, Drop, MappedStateDict, MappingRule
-from conversion.common import Rename, check_config_fields, check_differences, converter_options, converter_parser
-from conversion.common import format_differences, input_paths, load_bert_tokenizer, load_mapped_state_dict
-from conversion.common import map_state_dict, positive_int, read_original_config, read_original_source, run_cli
+from conversion.common import NUMBER, POSITIVE_INT, TEXT, ConversionError, MappedStateDict, MappingRule, Rename
+from conversion.common import check_config_fields, check_differences, converter_options, converter_parser
+from conversion.common import input_paths, load_mapped_state_dict, map_state_dict, positive_int, run_cli
 from conversion.common import write_conversion
+from conversion.lightning_releases import MODALITY_ROWS, HeadCatalog, default_special_ids, first_two_rows
+from conversion.lightning_releases import lightning_config, make_config, modality_table_rows, read_answers
+from conversion.lightning_releases import read_lightning_source, require_key, special_token_ids
+from conversion.lightning_releases import conversion_provenance as provenance
+from conversion.lightning_releases import load_sized_bert_tokenizer as load_tokenizer
 from conversion.rules import P, timm_vit_rules
 
 logger = logging.getLogger("conversion.vilt")
 
 VERIFY_ATOL = 1e-4
 VIT_LAYER_NORM_EPS = 1e-6  # every ViT variant of the original's vision_transformer.py
-BERT_VOCAB_SIZE = 30522  # bert-base-uncased, the original's tokenizer: its special ids are the config's defaults
 
 
 # --------------------------------------------------------------------------------------------------- heads
@@ -80,23 +80,26 @@ MODEL_CLASSES: dict[str, type] = {
     "pretraining": VlpViltForPretraining, "masked_lm": VlpViltForMaskedLM, "vqa": VlpViltForQuestionAnswering,
     "nlvr2": VlpViltForVisualReasoning, "retrieval": VlpViltForImageTextRetrieval, "model": VlpViltModel,
 }
-# the original's head modules (state-dict prefixes of ViLTransformerSS)
-HEAD_MODULES = {
-    "mlm_score": "the MLM head", "itm_score": "the ITM head", "vqa_classifier": "the VQA classifier",
-    "nlvr2_classifier": "the NLVR2 classifier", "rank_output": "the retrieval head",
-}
-# what each head needs from the checkpoint, and what it keeps (the rest is dropped by name)
-REQUIRED_MODULES = {
-    "pretraining": ("mlm_score", "itm_score"), "masked_lm": ("mlm_score",), "vqa": ("vqa_classifier",),
-    "nlvr2": ("nlvr2_classifier",), "retrieval": ("itm_score",), "model": (),
-}
-KEPT_MODULES = {**REQUIRED_MODULES, "retrieval": ("itm_score", "rank_output")}
-MODALITY_ROWS = "token_type_embeddings.weight"  # the modality table: text, image (, NLVR2's second image)
+# the original's head modules (state-dict prefixes of ViLTransformerSS) and what each head needs from the checkpoint
+VILT_HEADS = HeadCatalog(
+    model_classes=MODEL_CLASSES,
+    modules={
+        "mlm_score": "the MLM head", "itm_score": "the ITM head", "vqa_classifier": "the VQA classifier",
+        "nlvr2_classifier": "the NLVR2 classifier", "rank_output": "the retrieval head",
+    },
+    required={
+        "pretraining": ("mlm_score", "itm_score"), "masked_lm": ("mlm_score",), "vqa": ("vqa_classifier",),
+        "nlvr2": ("nlvr2_classifier",), "retrieval": ("itm_score",), "model": (),
+    },
+)
+# what each head keeps (the rest is dropped by name)
+KEPT_MODULES = {**VILT_HEADS.required, "retrieval": ("itm_score", "rank_output")}
+VILT_STATE_DICT = "a ViLT state dict (dandelin/ViLT's ViLTransformerSS)"
 
 
 def head_modules(state_dict: Mapping[str, torch.Tensor]) -> list[str]:
-    """The original head modules present in ``state_dict``, in :data:`HEAD_MODULES` order."""
-    return [module for module in HEAD_MODULES if any(key.startswith(module + ".") for key in state_dict)]
+    """The original head modules present in ``state_dict``."""
+    return VILT_HEADS.present(state_dict)
 
 
 def task_heads(modules: Sequence[str]) -> list[str]:
@@ -111,41 +114,11 @@ def task_heads(modules: Sequence[str]) -> list[str]:
 
 
 def resolve_head(modules: Sequence[str], head: str, modality_rows: int) -> str:
-    """The head to write: ``auto`` picks the checkpoint's task (:func:`task_heads`; none: ``model``) and refuses a
-    checkpoint trained for several; an explicit head must find its modules in the checkpoint."""
-    if head not in HEADS:
-        raise ConversionError(f"head must be one of {HEADS}, got {head!r}")
-    holds = ", ".join(f"{module}.*" for module in modules) or "no head module"
-    if head == "auto":
-        tasks = task_heads(modules)
-        if len(tasks) > 1:
-            raise ConversionError(
-                f"The checkpoint holds the heads of several tasks ({holds}); choose one with --head "
-                f"{' / '.join(tasks)} (or model): the other heads' weights are then dropped by name."
-            )
-        head = tasks[0] if tasks else "model"
-    missing = [module for module in REQUIRED_MODULES[head] if module not in modules]
-    if missing:
-        possible = [name for name in HEADS[1:] if all(module in modules for module in REQUIRED_MODULES[name])]
-        raise ConversionError(
-            f"--head {head} ({MODEL_CLASSES[head].__name__}) needs {' and '.join(HEAD_MODULES[m] for m in missing)} "
-            f"({', '.join(m + '.*' for m in missing)}), which the checkpoint lacks (it holds {holds}). Heads it "
-            f"converts to: {', '.join(possible)}."
-        )
-    if head == "nlvr2" and modality_rows != 3:
-        raise ConversionError(
-            f"--head nlvr2 needs the three modality rows of an NLVR2 checkpoint (text, image, second image); "
-            f"{MODALITY_ROWS} has {modality_rows}."
-        )
-    return head
+    """The head to write (:meth:`~conversion.lightning_releases.HeadCatalog.resolve` with :func:`task_heads`)."""
+    return VILT_HEADS.resolve(modules, head, task_heads(modules), modality_rows)
 
 
 # --------------------------------------------------------------------------------------------------- key rules
-
-
-def first_two_rows(tensor: torch.Tensor) -> torch.Tensor:
-    """The text and image rows of the modality table (NLVR2's third row is handled by :func:`map_vilt_state_dict`)."""
-    return tensor[:2]
 
 
 HEAD_RULES: dict[str, list[MappingRule]] = {
@@ -162,10 +135,6 @@ HEAD_RULES: dict[str, list[MappingRule]] = {
 }
 
 
-def _not_held(what: str, head: str) -> str:
-    return f"{what}, not part of {MODEL_CLASSES[head].__name__}"
-
-
 def vilt_rules(head: str) -> list[MappingRule]:
     """Original ``ViLTransformerSS`` names -> the ``head``'s names: BERT's text embeddings (``position_ids`` dropped),
     the modality table's text and image rows, the timm ViT (``transformer.*``: class token, position grid, patch
@@ -177,23 +146,14 @@ def vilt_rules(head: str) -> list[MappingRule]:
         *timm_vit_rules(r"transformer\.", model),
         Rename(r"pooler\.dense\." + P, model + r"pooler.dense.\g<p>"),
     ]
-    for module, description in HEAD_MODULES.items():
-        if module in KEPT_MODULES[head]:
-            rules += HEAD_RULES[module]
-        else:
-            rules.append(Drop(rf"{module}\..+", _not_held(description, head)))
-    return rules
+    for module in KEPT_MODULES[head]:
+        rules += HEAD_RULES[module]
+    return rules + VILT_HEADS.drop_rules(head, KEPT_MODULES[head])
 
 
 def modality_rows(state_dict: Mapping[str, torch.Tensor]) -> int:
-    """Rows of the modality table: 2 (text, image), or 3 in NLVR2 checkpoints (the second image)."""
-    rows = require_tensor(state_dict, MODALITY_ROWS)
-    if rows.dim() != 2 or rows.shape[0] not in (2, 3):
-        raise ConversionError(
-            f"{MODALITY_ROWS} has shape {list(rows.shape)}; ViLT's modality table has 2 rows (text, image), or 3 in "
-            "NLVR2 checkpoints."
-        )
-    return rows.shape[0]
+    """Rows of the modality table: 2 (text, image), or 3 in NLVR2 checkpoints."""
+    return modality_table_rows(state_dict, "ViLT", VILT_STATE_DICT)
 
 
 def map_vilt_state_dict(state_dict: Mapping[str, torch.Tensor], head: str) -> MappedStateDict:
@@ -201,14 +161,8 @@ def map_vilt_state_dict(state_dict: Mapping[str, torch.Tensor], head: str) -> Ma
     is dropped by name for the other heads); a retrieval head without ``rank_output`` gets the ITM head's "match" row,
     as the original initialises it."""
     mapped = map_state_dict(state_dict, vilt_rules(head))
-    rows = state_dict[MODALITY_ROWS]
-    mapped.sources[f"{'' if head == 'model' else 'vilt.'}modality_embeddings.weight"] = [f"{MODALITY_ROWS} (rows 0-1)"]
-    if rows.shape[0] == 3:
-        if head == "nlvr2":
-            mapped.tensors["second_image_modality_embedding"] = rows[2]
-            mapped.sources["second_image_modality_embedding"] = [f"{MODALITY_ROWS} (row 2)"]
-        else:
-            mapped.dropped[f"{MODALITY_ROWS}[2]"] = _not_held("the modality row of NLVR2's second image", head)
+    target = f"{'' if head == 'model' else 'vilt.'}modality_embeddings.weight"
+    VILT_HEADS.split_modality_rows(mapped, state_dict, head, target)
     if head == "retrieval" and "rank_output.weight" not in mapped.tensors:
         for name in ("weight", "bias"):
             mapped.tensors[f"rank_output.{name}"] = state_dict[f"itm_score.fc.{name}"][1:].clone()
@@ -234,12 +188,7 @@ VIT_NAME = re.compile(r"vit_(?P<family>base|large|huge)_patch(?P<patch_size>\d+)
 
 
 def require_tensor(state_dict: Mapping[str, torch.Tensor], key: str) -> torch.Tensor:
-    if key not in state_dict:
-        raise ConversionError(
-            f"Missing key {key!r}: the checkpoint is not a ViLT state dict (dandelin/ViLT's ViLTransformerSS) "
-            f"(it has {len(state_dict)} keys, e.g. {sorted(state_dict)[:5]})."
-        )
-    return state_dict[key]
+    return require_key(state_dict, key, VILT_STATE_DICT)
 
 
 def _layer_count(state_dict: Mapping[str, torch.Tensor], pattern: str) -> int:
@@ -269,18 +218,6 @@ def _variant_layer_norm_eps(variant: Mapping[str, Any]) -> float:
     """``norm_layer`` as ``"LayerNorm(eps=1e-6)"`` (the fixtures' note), else the ViT's 1e-6."""
     match = re.search(r"eps=([0-9.eE+-]+)", str(variant.get("norm_layer", "")))
     return float(match.group(1)) if match else VIT_LAYER_NORM_EPS
-
-
-def default_special_ids(vocab_size: int) -> dict[str, int | None]:
-    """Special-token ids without a tokenizer: bert-base-uncased's (the config defaults) when the vocabulary has its
-    size, else none (they are set from a tokenizer by name)."""
-    defaults = VlpViltConfig()
-    return {name: getattr(defaults, name) if vocab_size == BERT_VOCAB_SIZE else None for name in SPECIAL_TOKEN_FIELDS}
-
-
-def special_token_ids(tokenizer: Any) -> dict[str, int | None]:
-    """``pad/cls/sep/mask_token_id`` of a BERT tokenizer, read by the tokens' names."""
-    return {name: getattr(tokenizer, name, None) for name in SPECIAL_TOKEN_FIELDS}
 
 
 def check_original_config(original: Mapping[str, Any], described: str) -> None:
@@ -368,62 +305,10 @@ def vilt_config(
 
 
 def build_config(settings: Mapping[str, Any]) -> VlpViltConfig:
-    try:
-        return VlpViltConfig(**settings)
-    except (StrictDataclassError, ValueError, TypeError) as error:
-        raise ConversionError(f"The resulting configuration is invalid: {error}") from error
-
-
-def read_answers(path: str | Path, num_labels: int) -> dict[int, str]:
-    """The VQA answer vocabulary: the release's ``vqa_dict.json`` (``{"0": "net", ...}``, id -> answer), an answer ->
-    id object, or a list of answers; it must name every one of the ``num_labels`` classifier outputs exactly once."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConversionError(f"Answers file not found: {path}. Pass the release's vqa_dict.json (id -> answer).")
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ConversionError(f"Answers file {path} is not valid JSON: {error}") from error
-    pairs: list[tuple[Any, Any]] = []
-    if isinstance(raw, list):
-        pairs = list(enumerate(raw))
-    elif isinstance(raw, dict) and raw and all(type(value) is int for value in raw.values()):
-        pairs = [(value, key) for key, value in raw.items()]  # answer -> id
-    elif isinstance(raw, dict):
-        pairs = list(raw.items())  # id -> answer
-    id2label: dict[int, str] = {}
-    for index, answer in pairs:
-        try:
-            index = int(index)
-        except (TypeError, ValueError):
-            index = None
-        if index is None or not isinstance(answer, str) or index in id2label:
-            raise ConversionError(
-                f"Answers file {path} must map each answer id to its answer string once (vqa_dict.json: "
-                f'{{"0": "net", ...}}), an answer to its id, or list the answers; got {answer!r} at {index!r}.'
-            )
-        id2label[index] = answer
-    if sorted(id2label) != list(range(num_labels)):
-        raise ConversionError(
-            f"Answers file {path} names {len(id2label)} answers (ids {min(id2label, default=None)}.."
-            f"{max(id2label, default=None)}); the VQA classifier has {num_labels} outputs, ids 0..{num_labels - 1}."
-        )
-    return dict(sorted(id2label.items()))
+    return make_config(VlpViltConfig, settings)
 
 
 # --------------------------------------------------------------------------------------------------- processor
-
-
-def load_tokenizer(path: str | Path, vocab_size: int) -> Any:
-    """A lower-casing BERT tokenizer (WordPiece ``vocab.txt`` or a tokenizer directory) the size of the checkpoint's
-    vocabulary (the releases: bert-base-uncased)."""
-    tokenizer = load_bert_tokenizer(path)
-    if len(tokenizer) != vocab_size:
-        raise ConversionError(
-            f"The tokenizer has {len(tokenizer)} tokens but the checkpoint's vocabulary has {vocab_size}; pass the "
-            "vocab.txt the checkpoint was trained with (bert-base-uncased for the releases)."
-        )
-    return tokenizer
 
 
 def build_processor(
@@ -456,42 +341,6 @@ class ViltConversion:
     dropped: dict[str, str]
     differences: dict[str, float] | None = None  # None when no verification ran
     output: Path | None = None
-
-
-TRUSTED_FILE_HINT = (
-    "PyTorch Lightning checkpoints saved during training can pickle objects (callbacks keyed by class, sacred "
-    "ReadOnlyDict configs) that torch.load(weights_only=True) refuses, and this converter never runs pickled code. If "
-    "the file comes from a source you trust, extract its tensors and config once in a separate step, e.g. python -c "
-    "\"import json, sys, torch; c = torch.load(sys.argv[1], map_location='cpu', weights_only=False); "
-    "torch.save(c['state_dict'], sys.argv[2]); json.dump(c['hyper_parameters']['config'], open(sys.argv[3], 'w'))\" "
-    "FILE state_dict.pt config.json, then convert with --checkpoint state_dict.pt --original-config config.json."
-)
-
-
-def read_vilt_source(
-    checkpoint: str | Path, inputs: list[Path], output: Any, overwrite: bool, allow_non_finite: bool
-) -> Any:
-    """:func:`~conversion.common.read_original_source` with ViLT's hint when ``weights_only`` refuses the file."""
-    try:
-        return read_original_source(checkpoint, "vilt", inputs, output, overwrite, allow_non_finite)
-    except ConversionError as error:
-        if isinstance(error.__cause__, pickle.UnpicklingError):
-            raise ConversionError(f"{error} {TRUSTED_FILE_HINT}") from error
-        raise
-
-
-def original_settings(
-    source: Any, original_config: str | Path | Mapping[str, Any] | None
-) -> tuple[dict[str, Any], str]:
-    """The original config: ``original_config`` (a path or a mapping), else the checkpoint's
-    ``hyper_parameters['config']``; with its description for error messages."""
-    if isinstance(original_config, Mapping):
-        return dict(original_config), "original_config"
-    if original_config is not None:
-        return read_original_config(original_config, ORIGINAL_CONFIG), f"Original config {original_config}"
-    hyper = source.extra.get("hyper_parameters")
-    embedded = hyper.get("config") if isinstance(hyper, Mapping) else None
-    return (dict(embedded) if isinstance(embedded, Mapping) else {}), f"The config stored in {source.path}"
 
 
 def convert_vilt_checkpoint(
@@ -527,9 +376,9 @@ def convert_vilt_checkpoint(
         return convert_transformers_vilt(checkpoint, output, tokenizer, head=head, verify=verify, overwrite=overwrite,
                                          command=command, allow_non_finite=allow_non_finite)
     inputs = input_paths(checkpoint, original_config, tokenizer, answers)
-    source = read_vilt_source(checkpoint, inputs, output, overwrite, allow_non_finite)
+    source = read_lightning_source(checkpoint, "vilt", inputs, output, overwrite, allow_non_finite)
     state_dict = source.state_dict
-    original, described = original_settings(source, original_config)
+    original, described = lightning_config(source, original_config, ORIGINAL_CONFIG)
     check_original_config(original, described)
     modules = head_modules(state_dict)
     head = resolve_head(modules, head, modality_rows(state_dict))
@@ -574,23 +423,6 @@ def convert_vilt_checkpoint(
         )
         result.output = write_conversion(output, model, processor, readme, overwrite, inputs)
     return result
-
-
-def provenance(source: str, command: str, result: ViltConversion, compared_with: str, note: str = "") -> str:
-    """The conversion's provenance paragraph for the ViLT model card."""
-    reasons = sorted(set(result.dropped.values()))
-    verified = (
-        f"{compared_with}: max |diff| {format_differences(result.differences)}."
-        if result.differences is not None
-        else "Not compared with another implementation (pass `--verify`)."
-    )
-    lines = [
-        f"Converted from {source} to `{type(result.model).__name__}` with\n\n```bash\n{command}\n```\n",
-        "Tensors carried over exactly; dropped on purpose: " + "; ".join(reasons) + "." if reasons else "",
-        note,
-        verified,
-    ]
-    return "\n".join(line for line in lines if line)
 
 
 # --------------------------------------------------------------------------------------------------- CLI

@@ -207,8 +207,8 @@ def vlmo_rules(target: str, relative_positions: bool) -> list[MappingRule]:
 
 def vlmo_head_rules(head: str) -> list[MappingRule]:
     """The original's head modules -> the hf_vlp VLMo ``head``'s names (``pretraining``, ``masked_lm``, ``vqa``,
-    ``nlvr2``, ``retrieval``, ``model``); the modules a head does not hold are the converter's to drop. NLVR2's third
-    modality row is split off by the converter (one source tensor, two targets)."""
+    ``nlvr2``, ``retrieval``, ``model``); the modules a head does not hold, and the modality table (two rows to
+    the model, NLVR2's third to its head: one source tensor, two targets), are the converter's."""
     itm = [Rename(r"itm_score\.fc\." + P, r"itm_head.\g<p>")]
     mlm = [
         Rename(r"mlm_score\.transform\.dense\." + P, r"mlm_head.dense.\g<p>"),
@@ -234,5 +234,4 @@ def vlmo_head_rules(head: str) -> list[MappingRule]:
     }
     if head not in rules:
         raise ValueError(f"head must be one of {sorted(rules)}, got {head!r}")
-    modality = Rename(r"token_type_embeddings\.weight", "vlmo.modality_embeddings.weight")
-    return rules[head] + [modality]
+    return rules[head]

@@ -21,9 +21,9 @@ from transformers import HfArgumentParser, TrainingArguments
 from .training.job import JobArguments
 from .training.recipes import device_defaults
 from .training.runner import distributed_defaults, evaluate, task_of_saved_model, train
-from .training.tasks import architectures, get_task, task_names
+from .training.tasks import architectures, task_for_stage, task_names
 
-CONVERTER_FAMILIES = ("clip", "albef", "blip", "vilt")
+CONVERTER_FAMILIES = ("clip", "albef", "blip", "vilt", "vlmo")
 USAGE = """hf-vlp train ARCH [--task TASK] [options]   train ARCH's task with the stock Trainer ({tasks})
 hf-vlp evaluate DIR [options]                the task's metrics (retrieval, zero-shot, VQA, accuracy) of a saved model
 hf-vlp capfilt --captioner DIR --filter DIR --dataset SPEC --output DIR   bootstrap a dataset with BLIP's CapFilt
@@ -88,12 +88,13 @@ def _train_help() -> str:
     return parser.format_help()
 
 
-def _task_argument(arguments: Sequence[str]) -> str | None:
-    """The value of ``--task`` (``--task X`` or ``--task=X``) before the full parse, which needs the task's defaults."""
+def _peek_option(arguments: Sequence[str], option: str) -> str | None:
+    """The value of ``option`` (``--task X`` or ``--task=X``, ``--stage``) before the full parse, which needs the
+    task's defaults."""
     peek = argparse.ArgumentParser(add_help=False)
-    peek.add_argument("--task", default=None)
+    peek.add_argument(option, dest="value", default=None)
     known, _ = peek.parse_known_args(list(arguments))
-    return known.task
+    return known.value
 
 
 def _train(arguments: Sequence[str]) -> int:
@@ -108,7 +109,7 @@ def _train(arguments: Sequence[str]) -> int:
         return 2
     architecture, rest = arguments[0], list(arguments[1:])
     try:
-        task = get_task(architecture, _task_argument(rest))
+        task = task_for_stage(architecture, _peek_option(rest, "--task"), _peek_option(rest, "--stage"))
     except ValueError as error:
         print(f"hf-vlp train: {error}", file=sys.stderr)
         return 2
@@ -133,6 +134,10 @@ def _train(arguments: Sequence[str]) -> int:
     except ValueError as error:
         print(f"hf-vlp train {architecture}: {error}", file=sys.stderr)
         return 2
+    job.task = task.name  # --stage may have picked another task of --task's family
+    run_job = getattr(task, "run_job", None)  # a task that trains nothing (VLMo's image stage) runs itself
+    if run_job is not None:
+        return _run(lambda: run_job(job, training_args))
     return _run(lambda: train(architecture, job, training_args))
 
 

@@ -1,4 +1,4 @@
-"""``hf-vlp convert clip|albef|blip ...``: the families' command lines behind the package's entry point."""
+"""``hf-vlp convert clip|albef|blip|vilt|vlmo ...``: the families' command lines behind the package's entry point."""
 
 from __future__ import annotations
 
@@ -48,13 +48,13 @@ def test_convert_runs_each_family_and_records_the_command(tmp_path: Path, capsys
 
 def test_convert_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["convert"]) == 2
-    assert "name a family, one of ['clip', 'albef', 'blip', 'vilt']" in capsys.readouterr().err
-    assert cli.main(["convert", "vlmo", "--checkpoint", "x"]) == 2
-    assert "(got 'vlmo')" in capsys.readouterr().err
+    assert "name a family, one of ['clip', 'albef', 'blip', 'vilt', 'vlmo']" in capsys.readouterr().err
+    assert cli.main(["convert", "coca", "--checkpoint", "x"]) == 2
+    assert "(got 'coca')" in capsys.readouterr().err
     status = cli.main(["convert", "clip", "--checkpoint", str(tmp_path / "missing.pt"), "--output", str(tmp_path / "out")])
     assert status == 1 and "Checkpoint not found" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
-    assert "hf-vlp convert clip|albef|blip|vilt" in cli._usage()
+    assert "hf-vlp convert clip|albef|blip|vilt|vlmo" in cli._usage()
 
 
 @pytest.mark.parametrize("family", ["clip", "albef", "blip"])

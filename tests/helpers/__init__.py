@@ -4,6 +4,8 @@
 - ``tiny_models``: tiny configs and batches per architecture (a test names only the values it changes);
 - ``momentum_checks``: the checks and the shared test class of momentum-contrastive heads;
 - ``distributed_pretraining``: momentum pre-training on two gloo ranks against a single-process reference;
+- ``distributed_vlmo``: VLMo pre-training (gathered ITC, global hard negatives) on two gloo ranks against one process;
+- ``vlmo``: the VLMo fixture converted into any head;
 - ``toy_models``: toy dual encoders and their two-process worker (losses, momentum, callbacks);
 - ``benchmarks``: running a benchmark script in ``--smoke`` mode.
 

@@ -48,6 +48,14 @@ from hf_vlp import (
     VlpClipTextModelWithProjection,
     VlpClipVisionModel,
     VlpClipVisionModelWithProjection,
+    VlpVlmoForImageTextRetrieval,
+    VlpVlmoForMaskedLM,
+    VlpVlmoForPretraining,
+    VlpVlmoForQuestionAnswering,
+    VlpVlmoForVisualReasoning,
+    VlpVlmoImageProcessor,
+    VlpVlmoModel,
+    VlpVlmoProcessor,
 )
 from hf_vlp.integrations.model_card import (
     EvaluationData,
@@ -72,7 +80,7 @@ from hf_vlp.integrations.provenance import (
 from hf_vlp.models.blip.processing_blip import add_blip_special_tokens, blip_special_token_ids
 from hf_vlp.models.clip.tokenization_clip import clip_tokenizer_from_bpe
 from hf_vlp.training.tokenizers import synthetic_wordpiece_tokenizer
-from tests.helpers.tiny_models import tiny_albef_config, tiny_blip_config
+from tests.helpers.tiny_models import tiny_albef_config, tiny_blip_config, tiny_vlmo_config
 from tests.models.test_model_contract import CASES
 
 CLIP_BPE = Path(__file__).parents[1] / "fixtures" / "originals" / "clip_vit" / "bpe_simple_vocab_truncated.txt.gz"
@@ -121,14 +129,29 @@ def tiny_blip(model_class: type = VlpBlipModel) -> tuple[torch.nn.Module, VlpBli
     return model_class(config).eval(), processor
 
 
+def wordpiece_vocabulary(tokenizer) -> dict[str, int]:
+    """A text config's vocabulary size and special-token ids, from its BERT tokenizer."""
+    ids = {f"{name}_token_id": getattr(tokenizer, f"{name}_token_id") for name in ("pad", "cls", "sep", "mask")}
+    return {"vocab_size": len(tokenizer), **ids}
+
+
 def tiny_albef(model_class: type = VlpAlbefModel, **processor_options) -> tuple[torch.nn.Module, VlpAlbefProcessor]:
     tokenizer = synthetic_wordpiece_tokenizer()
-    ids = {"pad_token_id": tokenizer.pad_token_id, "cls_token_id": tokenizer.cls_token_id,
-           "sep_token_id": tokenizer.sep_token_id, "mask_token_id": tokenizer.mask_token_id}
-    config = tiny_albef_config(vision={"hidden_size": 16}, text={"vocab_size": len(tokenizer), **ids}, embed_dim=8,
+    config = tiny_albef_config(vision={"hidden_size": 16}, text=wordpiece_vocabulary(tokenizer), embed_dim=8,
                                queue_size=8)
     torch.manual_seed(0)
     processor = VlpAlbefProcessor(VlpAlbefImageProcessor(size=16), tokenizer, max_length=12, **processor_options)
+    return model_class(config).eval(), processor
+
+
+def tiny_vlmo(model_class: type = VlpVlmoModel) -> tuple[torch.nn.Module, VlpVlmoProcessor]:
+    """A tiny VLMo head with the original's 40 text tokens: the zero-shot pipeline's prompts are tokenised without
+    truncation."""
+    tokenizer = synthetic_wordpiece_tokenizer()
+    config = tiny_vlmo_config(**wordpiece_vocabulary(tokenizer), max_text_length=40, relative_position_text_length=40)
+    torch.manual_seed(0)
+    processor = VlpVlmoProcessor(VlpVlmoImageProcessor(size=config.image_size), tokenizer,
+                                 max_length=config.max_text_length)
     return model_class(config).eval(), processor
 
 
@@ -164,7 +187,7 @@ def test_every_heads_card_is_valid_hub_metadata_with_honest_fields(head, tmp_pat
     assert ModelCard(card.content).data.to_dict() == data
     assert data["library_name"] == "transformers"
     source_release = {"clip": "openai/CLIP", "albef": "salesforce/ALBEF", "blip": "salesforce/BLIP",
-                      "vilt": "dandelin/ViLT"}[head.model_card_template]
+                      "vilt": "dandelin/ViLT", "vlmo": "microsoft/unilm"}[head.model_card_template]
     assert data["license"] == SOURCE_RELEASES[source_release].license
     assert data["datasets"] == ["org/train"]  # a local path and synthetic-shapes are described in text only
     assert "base_model" not in data  # an original release has no Hub id
@@ -206,6 +229,7 @@ EXPECTED_PIPELINE_TAGS = {
     "VlpBlipForPretraining": "zero-shot-image-classification",
     "VlpBlipForImageTextRetrieval": "zero-shot-image-classification",
     "VlpBlipForConditionalGeneration": "image-text-to-text",
+    "VlpVlmoModel": "zero-shot-image-classification",
 }
 
 
@@ -226,6 +250,7 @@ PIPELINE_RUNS = [
     ("zero-shot-image-classification", lambda: tiny_blip(VlpBlipForImageTextRetrieval),
      AutoModelForZeroShotImageClassification),
     ("image-text-to-text", lambda: tiny_blip(VlpBlipForConditionalGeneration), AutoModelForImageTextToText),
+    ("zero-shot-image-classification", lambda: tiny_vlmo(), AutoModelForZeroShotImageClassification),
 ]
 
 
@@ -291,6 +316,10 @@ HOW_TO_HEADS = {
     "blip-pretraining": lambda: tiny_blip(VlpBlipForPretraining),
     "blip-retrieval": lambda: tiny_blip(VlpBlipForImageTextRetrieval),
     "blip-nlvr2": lambda: tiny_blip(VlpBlipForVisualReasoning),
+    "vlmo": lambda: tiny_vlmo(), "vlmo-pretraining": lambda: tiny_vlmo(VlpVlmoForPretraining),
+    "vlmo-retrieval": lambda: tiny_vlmo(VlpVlmoForImageTextRetrieval),
+    "vlmo-mlm": lambda: tiny_vlmo(VlpVlmoForMaskedLM), "vlmo-vqa": lambda: tiny_vlmo(VlpVlmoForQuestionAnswering),
+    "vlmo-nlvr2": lambda: tiny_vlmo(VlpVlmoForVisualReasoning),
 }
 
 

@@ -41,8 +41,9 @@ from hf_vlp.integrations.source_bundle import REMOTE_DEPENDENCIES, BundleError, 
 from hf_vlp.models.blip import blip_special_token_ids
 from hf_vlp.models.clip.tokenization_clip import clip_tokenizer_from_bpe
 from hf_vlp.models.vilt import VlpViltForQuestionAnswering, VlpViltImageProcessor, VlpViltProcessor
+from hf_vlp.models.vlmo import VlpVlmoForPretraining, VlpVlmoImageProcessor, VlpVlmoProcessor
 from tests.helpers.tiny_models import NO_DROPOUT, TINY_ALBEF_TEXT, TINY_BLIP_TEXT, TINY_VIT, WIDE_BLIP_TEXT
-from tests.helpers.tiny_models import tiny_vilt_config
+from tests.helpers.tiny_models import tiny_vilt_config, tiny_vlmo_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -83,6 +84,13 @@ def run_case(case: str, processor: Any, model: Any) -> dict[str, Any]:
                                return_tensors="pt")
             output = model(**inputs, labels=torch.full((2, model.config.num_labels), 0.3))
             results = {"loss": output.loss, "logits": output.logits}
+        elif case == "vlmo":  # the pre-training losses (drawn negatives and masking), then re-ranked retrieval
+            inputs = processor(images=images, text=["a dog sitting on grass", "a man riding a brown horse"],
+                               return_tensors="pt")
+            output = model(**inputs, return_loss=True, generator=torch.Generator().manual_seed(0))
+            scores = model.rank(inputs["pixel_values"], inputs["input_ids"], inputs["attention_mask"], k=1)
+            results = {name: output[name] for name in ("loss", "loss_itc", "loss_itm", "loss_mlm", "mlm_labels")}
+            results.update(image_to_text=scores.image_to_text, text_to_image=scores.text_to_image)
     return {**{f"inputs.{name}": value for name, value in inputs.items()}, **results}
 
 
@@ -163,16 +171,26 @@ def blip_case() -> tuple[VlpBlipForConditionalGeneration, VlpBlipProcessor]:
     return VlpBlipForConditionalGeneration(config).eval(), processor
 
 
+def bert_vocabulary(tokenizer: BertTokenizer) -> dict[str, int]:
+    """A single-stream config's vocabulary size and special-token ids, from its BERT tokenizer."""
+    ids = {f"{name}_token_id": getattr(tokenizer, f"{name}_token_id") for name in ("pad", "cls", "sep", "mask")}
+    return {"vocab_size": len(tokenizer), **ids}
+
+
 def vilt_case() -> tuple[VlpViltForQuestionAnswering, VlpViltProcessor]:
     tokenizer = BertTokenizer(vocab=str(ORIGINALS / "albef_pretrain" / "vocab.txt"))
-    config = tiny_vilt_config(
-        vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, cls_token_id=tokenizer.cls_token_id,
-        sep_token_id=tokenizer.sep_token_id, mask_token_id=tokenizer.mask_token_id,
-        id2label={0: "one", 1: "two", 2: "brown", 3: "white"},
-    )
+    config = tiny_vilt_config(**bert_vocabulary(tokenizer), id2label={0: "one", 1: "two", 2: "brown", 3: "white"})
     image_processor = VlpViltImageProcessor(size={"shortest_edge": 16, "longest_edge": 26}, size_divisor=8)
     processor = VlpViltProcessor(image_processor, tokenizer, max_length=config.max_position_embeddings)
     return VlpViltForQuestionAnswering(config).eval(), processor
+
+
+def vlmo_case() -> tuple[VlpVlmoForPretraining, VlpVlmoProcessor]:
+    tokenizer = BertTokenizer(vocab=str(ORIGINALS / "albef_pretrain" / "vocab.txt"))
+    config = tiny_vlmo_config(**bert_vocabulary(tokenizer), mlm_probability=0.5)
+    processor = VlpVlmoProcessor(VlpVlmoImageProcessor(size=config.image_size), tokenizer,
+                                 max_length=config.max_text_length)
+    return VlpVlmoForPretraining(config).eval(), processor
 
 
 # case -> (builder, the Auto class that loads its head, the hf_vlp classes it is compared with)
@@ -181,6 +199,7 @@ CASES = {
     "albef": (albef_case, "AutoModelForPreTraining", VlpAlbefForPretraining, VlpAlbefProcessor),
     "blip": (blip_case, "AutoModelForImageTextToText", VlpBlipForConditionalGeneration, VlpBlipProcessor),
     "vilt": (vilt_case, "AutoModelForVisualQuestionAnswering", VlpViltForQuestionAnswering, VlpViltProcessor),
+    "vlmo": (vlmo_case, "AutoModelForPreTraining", VlpVlmoForPretraining, VlpVlmoProcessor),
 }
 
 

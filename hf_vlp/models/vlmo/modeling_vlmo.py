@@ -270,13 +270,20 @@ class VlpVlmoModel(VlpVlmoPreTrainedModel):
 
     def encode_image(
         self,
-        pixel_values: torch.Tensor,
+        pixel_values: torch.Tensor | None = None,
         keep_vl_input: bool = False,
         output_hidden_states: bool = False,
         output_attentions: bool = False,
+        image_tokens: torch.Tensor | None = None,
     ) -> MultiwayOutput:
-        """Image-only mode: ``[class token, patches]`` through every block's V-FFN, then the final norm."""
-        tokens, grid = self.embed_image(pixel_values)
+        """Image-only mode: ``[class token, patches]`` through every block's V-FFN, then the final norm; from
+        ``pixel_values`` or from images embedded before (``image_tokens``, :meth:`embed_image`)."""
+        if image_tokens is None:
+            if pixel_values is None:
+                raise ValueError("the image encoder needs pixel_values (or embedded image_tokens)")
+            tokens, grid = self.embed_image(pixel_values)
+        else:
+            tokens, grid = image_tokens, self.square_grid(image_tokens)
         biases = self.position_biases("image", grid=grid)
         return self._encode_unimodal(
             tokens, "image", biases, None, keep_vl_input, output_hidden_states, output_attentions

@@ -84,9 +84,10 @@ class VlmoRetrievalMixin:
     def encode_images(self, pixel_values: torch.Tensor) -> RetrievalFeatures:
         """Gallery images: normalised ``image_projection([CLS])`` of the image-only pass, and the embedded image tokens
         a re-ranking fuses with each candidate text."""
-        outputs = self.vlmo.encode_image(pixel_values)
+        tokens = self.vlmo.embed_image(pixel_values)[0]
+        outputs = self.vlmo.encode_image(image_tokens=tokens)
         embeds = nn.functional.normalize(self.vlmo.image_projection(outputs.last_hidden_state[:, 0]), dim=-1)
-        return RetrievalFeatures(embeds, hidden_states=self.vlmo.embed_image(pixel_values)[0])
+        return RetrievalFeatures(embeds, hidden_states=tokens)
 
     @torch.no_grad()
     def encode_texts(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> RetrievalFeatures:
@@ -345,8 +346,6 @@ class VlpVlmoForImageTextRetrieval(VlmoRetrievalMixin, VlpVlmoPreTrainedModel):
     ``compute_irtr``), plus, with ``config.retrieval_itm_weight > 0``, ITM on global hard negatives so that the
     optional fused re-ranking (``score_matrices(..., k=...)``) is trained too. The ``itm_head`` loads from a
     pre-training checkpoint."""
-
-    model_card_task = "image-text-retrieval"
 
     def __init__(self, config: VlpVlmoConfig) -> None:
         super().__init__(config)
