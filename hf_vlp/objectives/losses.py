@@ -177,7 +177,8 @@ def sample_hard_negatives(
         sim_t2i: ``[b, N]`` text rows against image columns.
         positive_mask: bool ``[b, N]``, True where a column is a positive of the row (the diagonal, or
             equal image ids); applied to both directions.
-        generator: optional ``torch.Generator`` for reproducible draws.
+        generator: optional ``torch.Generator`` for reproducible draws, on any device (the draw runs on its device,
+            as :func:`~hf_vlp.objectives.mlm.mask_tokens` draws on the CPU: one CPU generator serves both).
 
     Returns:
         ``(negative_image_per_text, negative_text_per_image)``, each ``[b]`` column indices.
@@ -196,6 +197,9 @@ def sample_hard_negatives(
             "a row has no negative to sample: every column is a positive (or has zero weight). Make sure "
             "each batch holds at least two different images (shuffle, larger batch, or pass eps>0)."
         )
-    negative_image_per_text = torch.multinomial(weights_t2i, 1, generator=generator).squeeze(1)
-    negative_text_per_image = torch.multinomial(weights_i2t, 1, generator=generator).squeeze(1)
+    device = weights_t2i.device
+    if generator is not None:  # draw where the generator lives (a CPU generator works with GPU similarities)
+        weights_t2i, weights_i2t = weights_t2i.to(generator.device), weights_i2t.to(generator.device)
+    negative_image_per_text = torch.multinomial(weights_t2i, 1, generator=generator).squeeze(1).to(device)
+    negative_text_per_image = torch.multinomial(weights_i2t, 1, generator=generator).squeeze(1).to(device)
     return negative_image_per_text, negative_text_per_image
