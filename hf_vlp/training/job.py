@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from .data.sources import DEFAULT_EVAL_SPLIT_RATIO
 
 AUGMENT_CHOICES = ("auto", "paper", "flip", "none")
+# VLMo's stage-wise pre-training (image-only, text-only, image-text), then fine-tuning
+STAGE_CHOICES = ("image", "text", "image-text", "fine")
 
 
 def _help(text: str) -> dict[str, str]:
@@ -44,7 +46,19 @@ class JobArguments:
         default=False,
         metadata=_help("skip and count corrupt images instead of stopping at the first (which names file and row)"),
     )
-    preset: str | None = field(default=None, metadata=_help("a released CLIP size built from scratch (ViT-B/32, ViT-B/16, RN50, ...)"))
+    stage: str | None = field(
+        default=None,
+        metadata=_help(
+            "VLMo's stage-wise training: image (stage 1: the image experts from a BEiT, --vision-init BEIT_DIR; trains "
+            "nothing), text (stage 2: text-only MLM, everything but the text experts frozen), image-text (stage 3, "
+            "--task pretrain's default), fine (--task vqa/nlvr2/retrieval's default)"
+        ),
+    )
+    preset: str | None = field(
+        default=None,
+        metadata=_help("a released size built from scratch (CLIP: ViT-B/32, ViT-B/16, RN50, ...; VLMo: base, large, "
+                       "base_plus)"),
+    )
     from_pretrained: str | None = field(
         default=None, metadata=_help("a saved hf_vlp model directory to fine-tune (a pre-trained ALBEF feeds every task)")
     )
@@ -57,7 +71,9 @@ class JobArguments:
         ),
     )
     vision_init: str | None = field(
-        default=None, metadata=_help("a transformers ViT/DeiT directory initialising the image tower (with --text-init)")
+        default=None,
+        metadata=_help("a transformers ViT/DeiT directory initialising the image tower (with --text-init); VLMo's "
+                       "--stage image: a BEiT directory, alone"),
     )
     text_init: str | None = field(
         default=None, metadata=_help("a transformers BERT directory initialising the text tower (with --vision-init)")
@@ -96,6 +112,18 @@ class JobArguments:
     )
 
     def __post_init__(self) -> None:
+        if self.stage is not None and self.stage not in STAGE_CHOICES:
+            raise ValueError(f"--stage must be one of {STAGE_CHOICES}, got {self.stage!r}.")
+        self._check_towers()
+        self._check_values()
+
+    def _check_towers(self) -> None:
+        if self.stage == "image":  # VLMo's first stage puts a BEiT alone into any VLMo (new or --from-pretrained)
+            if self.text_init is not None:
+                raise ValueError(
+                    "--stage image takes only --vision-init (a BEiT): the text experts are trained by --stage text."
+                )
+            return
         if (self.vision_init is None) != (self.text_init is None):
             given, missing = ("--vision-init", "--text-init") if self.vision_init else ("--text-init", "--vision-init")
             raise ValueError(
@@ -107,6 +135,8 @@ class JobArguments:
                 "--from-pretrained cannot be combined with --vision-init/--text-init: start either from a saved "
                 "hf_vlp model or from unimodal towers."
             )
+
+    def _check_values(self) -> None:
         if self.augment not in AUGMENT_CHOICES:
             raise ValueError(f"--augment must be one of {AUGMENT_CHOICES}, got {self.augment!r}.")
         if self.queue_size is not None and self.queue_size < 1:

@@ -41,32 +41,20 @@ def _other_images(ids: Sequence[int], row: int) -> list[int]:
     return others or [other for other in range(len(ids)) if other != row]
 
 
-class ViltPretrainingCollator(ImageTextCollator):
-    """ViLT pre-training batches (``VlpViltForPretraining.forward``): the images (``pixel_values``, ``pixel_mask``), the
-    clean captions (``input_ids``, ``attention_mask``), the MLM pass's masked captions ``mlm_input_ids`` with their
-    ``labels``, and the ITM pairing ``itm_labels`` / ``itm_image_index``.
+class WholeWordMaskingCollator(ImageTextCollator):
+    """Base of the collators that mask captions for MLM as ViLT and VLMo pre-train: :meth:`mask` gives the masked
+    ids and their labels.
 
-    MLM: whole-word masking (``whole_word_masking``, the released model's setting; :func:`whole_word_mask_tokens`:
-    words of a WordPiece token and its ``##`` pieces, up to ``mlm_probability`` of the caption's tokens, 80% [MASK] /
-    10% random id below ``vocab_size`` / 10% kept), else 15% of the tokens one by one with [CLS], [SEP] and [PAD]
-    never masked (the original's ``DataCollatorForLanguageModeling``). ``count_padding_as_words`` reproduces the
-    original pre-training's quirk: its collator saw captions padded to ``max_length`` (40) and counted every [PAD] as a
-    candidate word of the 15% budget, then dropped them, so short captions get fewer masks than 15% (often none). It
-    pads the captions to ``max_length`` too; off by default (correct masking).
+    Whole-word masking (``whole_word_masking``, the released models' setting; :func:`whole_word_mask_tokens`: words of
+    a WordPiece token and its ``##`` pieces, up to ``mlm_probability`` of the caption's tokens, 80% [MASK] / 10% random
+    id below ``vocab_size`` / 10% kept), else ``mlm_probability`` of the tokens one by one with [CLS], [SEP] and [PAD]
+    never masked (the originals' ``DataCollatorForLanguageModeling``). ``count_padding_as_words`` reproduces ViLT's
+    pre-training quirk: its collator saw captions padded to ``max_length`` (40) and counted every [PAD] as a candidate
+    word of the 15% budget, then dropped them, so short captions get fewer masks than 15% (often none). It pads the
+    captions to ``max_length`` too; off by default (correct masking).
 
-    ITM, as the original's ``compute_itm_wpa``: exactly ``floor(B / 2)`` captions keep their own image, the others are
-    paired with another example's image of the batch, and which ones is a random permutation (the original shuffles
-    the labels with ``randperm``). The original's negatives are random images of the dataset; here each negative takes
-    the image of one of the batch's positives (a random one-to-one assignment, wrapping round for an odd batch), so
-    every image of the ITM pass is seen once matched and once mismatched and the image alone tells nothing about the
-    label (with in-batch images this roughly halves the steps a tiny model from scratch needs before ITM learns).
-    Never a caption's own image: a positive with the same ``image_id`` (captions of one image are positives of each
-    other) is skipped, and when every positive shows that image any other image of the batch is taken.
-    ``itm_image_index[b]`` is the row of ``pixel_values`` caption ``b`` is paired with. A batch of one has no other
-    image: its example stays a positive.
-
-    Every draw comes from generators seeded by ``(seed, epoch, sample indices)``, so resumed and multi-process runs
-    mask and pair exactly as one uninterrupted run.
+    Each row is masked with a generator seeded by ``(seed, epoch, sample index)``, so resumed and multi-process runs
+    mask exactly as one uninterrupted run.
     """
 
     def __init__(
@@ -78,7 +66,6 @@ class ViltPretrainingCollator(ImageTextCollator):
         whole_word_masking: bool = True,
         count_padding_as_words: bool = False,
         seed: int = 0,
-        id_key: str = "image_id",
         **kwargs: Any,
     ):
         kwargs.setdefault("max_length", getattr(processor, "max_length", None))
@@ -99,22 +86,6 @@ class ViltPretrainingCollator(ImageTextCollator):
         self.whole_word_masking = whole_word_masking
         self.count_padding_as_words = count_padding_as_words
         self.seed = seed
-        self.id_key = id_key
-
-    def __call__(self, rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
-        batch = self.collect(rows)
-        encoded = self.encode(batch.images, batch.texts)
-        indices = [self.row_index(row, position) for position, row in enumerate(batch.rows)]
-        mlm_input_ids, labels = self.mask(encoded["input_ids"], indices)
-        ids = [stable_image_id(row.get(self.id_key), index) for row, index in zip(batch.rows, indices)]
-        itm_labels, itm_image_index = self.itm_pairs(ids, indices)
-        return {
-            **encoded,
-            "mlm_input_ids": mlm_input_ids,
-            "labels": labels,
-            "itm_labels": itm_labels,
-            "itm_image_index": itm_image_index,
-        }
 
     def mask(self, input_ids: torch.Tensor, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """The masked captions and their MLM labels (-100 where nothing is masked), each row drawn from its sample's
@@ -144,6 +115,46 @@ class ViltPretrainingCollator(ImageTextCollator):
             masked_rows.append(masked[0])
             label_rows.append(labels[0])
         return torch.stack(masked_rows), torch.stack(label_rows)
+
+
+class ViltPretrainingCollator(WholeWordMaskingCollator):
+    """ViLT pre-training batches (``VlpViltForPretraining.forward``): the images (``pixel_values``, ``pixel_mask``), the
+    clean captions (``input_ids``, ``attention_mask``), the MLM pass's masked captions ``mlm_input_ids`` with their
+    ``labels`` (see :class:`WholeWordMaskingCollator`), and the ITM pairing ``itm_labels`` / ``itm_image_index``.
+
+    ITM, as the original's ``compute_itm_wpa``: exactly ``floor(B / 2)`` captions keep their own image, the others are
+    paired with another example's image of the batch, and which ones is a random permutation (the original shuffles
+    the labels with ``randperm``). The original's negatives are random images of the dataset; here each negative takes
+    the image of one of the batch's positives (a random one-to-one assignment, wrapping round for an odd batch), so
+    every image of the ITM pass is seen once matched and once mismatched and the image alone tells nothing about the
+    label (with in-batch images this roughly halves the steps a tiny model from scratch needs before ITM learns).
+    Never a caption's own image: a positive with the same ``image_id`` (captions of one image are positives of each
+    other) is skipped, and when every positive shows that image any other image of the batch is taken.
+    ``itm_image_index[b]`` is the row of ``pixel_values`` caption ``b`` is paired with. A batch of one has no other
+    image: its example stays a positive.
+
+    Every draw comes from generators seeded by ``(seed, epoch, sample indices)``, so resumed and multi-process runs
+    mask and pair exactly as one uninterrupted run.
+    """
+
+    def __init__(self, processor: Any, *, id_key: str = "image_id", **kwargs: Any):
+        super().__init__(processor, **kwargs)
+        self.id_key = id_key
+
+    def __call__(self, rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        batch = self.collect(rows)
+        encoded = self.encode(batch.images, batch.texts)
+        indices = [self.row_index(row, position) for position, row in enumerate(batch.rows)]
+        mlm_input_ids, labels = self.mask(encoded["input_ids"], indices)
+        ids = [stable_image_id(row.get(self.id_key), index) for row, index in zip(batch.rows, indices)]
+        itm_labels, itm_image_index = self.itm_pairs(ids, indices)
+        return {
+            **encoded,
+            "mlm_input_ids": mlm_input_ids,
+            "labels": labels,
+            "itm_labels": itm_labels,
+            "itm_image_index": itm_image_index,
+        }
 
     def itm_pairs(self, ids: Sequence[int], indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """``itm_labels`` (``floor(B / 2)`` ones in random places) and ``itm_image_index`` (own image for a one,
@@ -260,7 +271,10 @@ class ViltVisualReasoningCollator(VisualReasoningCollator):
     def encode_pairs(self, firsts: list[Image.Image], seconds: list[Image.Image], texts: list[str]) -> dict[str, Any]:
         encoded = self.encode(firsts, texts, images_2=seconds)
         if "pixel_values_2" not in encoded:
-            raise TypeError(f"{type(self.processor).__name__} returned no pixel_values_2; pass a VlpViltProcessor.")
+            raise TypeError(
+                f"{type(self.processor).__name__} returned no pixel_values_2; pass a processor that takes images_2 "
+                "(VlpViltProcessor, VlpVlmoProcessor)."
+            )
         return encoded
 
 
