@@ -504,3 +504,17 @@ def test_missing_template_is_a_clear_error():
     assert "{{ card_data }}" in template_text("clip")
     with pytest.raises(FileNotFoundError, match="nonexistent.md not found"):
         template_text("nonexistent")
+
+
+@pytest.mark.parametrize("architecture", ["vilt", "vlmo"])
+def test_only_a_vqa_models_card_names_an_answer_vocabulary(architecture: str) -> None:
+    """The single-stream cards state the answer vocabulary of a VQA model, and say nothing about answers for the other
+    heads (whose configs carry transformers' placeholder of 2 labels)."""
+    from tests.helpers.tiny_models import tiny_vilt_config
+
+    config_factory = tiny_vilt_config if architecture == "vilt" else tiny_vlmo_config
+    heads = {"vilt": (hf_vlp.VlpViltForQuestionAnswering, hf_vlp.VlpViltForPretraining),
+             "vlmo": (hf_vlp.VlpVlmoForQuestionAnswering, hf_vlp.VlpVlmoForPretraining)}[architecture]
+    vqa, other = (" ".join(render_model_card(head(config_factory(num_labels=7))).text.split()) for head in heads)
+    assert "fixed vocabulary of 7 answers" in vqa
+    assert "vocabulary of" not in other and "answers from" not in other

@@ -93,7 +93,8 @@ class VlpViltPreTrainedModel(VlpPreTrainedModel):
                 f"grid {config.image_size // config.patch_size}x{config.image_size // config.patch_size}, "
                 f"{config.max_position_embeddings} text positions"
             ),
-            "num_labels": config.num_labels,
+            # only a VQA model's card names its answer vocabulary (the other heads carry a placeholder label count)
+            "vqa_answers": config.num_labels if self.model_card_pipeline_tag == "visual-question-answering" else None,
             "text_positions": config.max_position_embeddings,
         }
 

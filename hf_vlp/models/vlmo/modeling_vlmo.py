@@ -112,7 +112,8 @@ class VlpVlmoPreTrainedModel(VlpPreTrainedModel):
                 f"{config.hidden_size}, {config.num_attention_heads} heads, patch {config.patch_size}, grid "
                 f"{grid}x{grid}, {config.position_embedding_type} positions, {config.max_text_length} text tokens"
             ),
-            "num_labels": config.num_labels,
+            # only a VQA model's card names its answer vocabulary (the other heads carry a placeholder label count)
+            "vqa_answers": config.num_labels if self.model_card_pipeline_tag == "visual-question-answering" else None,
             "text_positions": config.max_text_length,
         }
 
