@@ -28,7 +28,7 @@ from hf_vlp.training.job import JobArguments
 from hf_vlp.training.recipes import VILT_PAPER, get_recipe
 from hf_vlp.training.runner import train
 from hf_vlp.training.tasks import get_task, task_for_model_class, task_names
-from hf_vlp.training.tasks.vilt import answer_column_values, answer_vocabulary
+from hf_vlp.training.tasks.classifier_vqa import answer_column_values, answer_vocabulary
 from tests.training.task_runs import chance_mean_recall, recipe_job, recipe_training_args
 
 TASKS = ("pretrain", "vqa", "nlvr2", "retrieval")

@@ -66,12 +66,13 @@ from ..data import AnyDataset, BadSampleCounter, take_rows
 from ..job import JobArguments
 from ..recipes import get_recipe
 from ..transforms import FINETUNE_CROP_SCALE, albef_train_transform
-from ..vilt_collators import ViltQuestionAnsweringCollator, ViltVisualReasoningCollator
+from ..vilt_collators import ViltVisualReasoningCollator
 from ..vlmo_collators import VlmoPretrainingCollator, VlmoTextMlmCollator
 from .base import register_task, saved_model_class
 from .fusion import FusionTask, RetrievalEvaluation, VisualReasoningTask, retrieval_gallery, rows_of_first_images
 from .fusion_models import bert_tokenizer, load_processor
-from .vilt import NLVR2_LABELS, VQA_ANSWER_COLUMNS, ViltVqaTask, label_settings
+from .classifier_vqa import ClassifierVqaTaskMixin, label_settings
+from .vilt import NLVR2_LABELS
 
 logger = logging.getLogger(__name__)
 
@@ -529,31 +530,16 @@ class VlmoPretrainTask(VlmoTask):
 # --------------------------------------------------------------------------------------------- fine-tuning
 
 
-class VlmoVqaTask(VlmoTask):
-    """VLMo VQA: ViLT's task (classification over the answer vocabulary with soft scores, evaluated by the VQA
-    accuracy of the arg-max answer) on VLMo's fused ``[CLS]``; the classifier at 20 x the learning rate."""
+class VlmoVqaTask(ClassifierVqaTaskMixin, VlmoTask):
+    """VLMo VQA: classification over the answer vocabulary with soft scores on VLMo's fused ``[CLS]`` (ViLT's task,
+    :mod:`~hf_vlp.training.tasks.classifier_vqa`); the classifier at 20 x the learning rate."""
 
-    name = "vqa"
     recipe = get_recipe("vlmo", "vqa")
     model_classes = (VlpVlmoForQuestionAnswering,)
-    synthetic_task = "vqa"
-    text_column_candidates = ("question", "text")
-    optional_columns = VQA_ANSWER_COLUMNS
-    collator_class = ViltQuestionAnsweringCollator
-    # the same classifier over an answer vocabulary as ViLT's: its vocabulary, batches and evaluation
-    answer_vocabulary = ViltVqaTask.answer_vocabulary
-    collator_options = ViltVqaTask.collator_options
-    evaluate = ViltVqaTask.evaluate
+    vqa_model_class = VlpVlmoForQuestionAnswering
 
     def config_settings(self, job: JobArguments) -> dict[str, Any]:
-        return label_settings(dict(enumerate(self.answer_vocabulary(job))))
-
-    def from_saved(self, directory: str, job: JobArguments, **config_changes: Any) -> nn.Module:
-        """A saved VQA model keeps its answer vocabulary; any other VLMo gets the training split's and a fresh
-        classifier."""
-        if saved_model_class(directory) != VlpVlmoForQuestionAnswering.__name__:
-            config_changes = {**self.config_settings(job), **config_changes}
-        return super().from_saved(directory, job, **config_changes)
+        return self.answer_settings(job)
 
 
 class VlmoNlvr2Task(VisualReasoningTask, VlmoTask):
