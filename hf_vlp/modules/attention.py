@@ -63,6 +63,7 @@ class AttentionMemory:
             raise ValueError(f"AttentionMemory takes memory states [batch, length, width], got {_describe(states)}")
         self.states = states
         self._key_values: dict[int, tuple[nn.Module, torch.Tensor, torch.Tensor]] = {}
+        self._transformed: dict[int, tuple[nn.Module, AttentionMemory]] = {}
 
     @property
     def shape(self) -> torch.Size:
@@ -87,6 +88,15 @@ class AttentionMemory:
             entry = (attention, key, value)
             self._key_values[id(attention)] = entry
         return entry[1], entry[2]
+
+    def transformed(self, module: nn.Module) -> "AttentionMemory":
+        """The memory of ``module(states)`` (e.g. a LayerNorm over the memory tokens that a cross-attention block
+        applies before projecting them), computed on first use and reused afterwards like the keys/values."""
+        entry = self._transformed.get(id(module))
+        if entry is None or entry[0] is not module:
+            entry = (module, AttentionMemory(module(self.states)))
+            self._transformed[id(module)] = entry
+        return entry[1]
 
     def __repr__(self) -> str:
         return f"AttentionMemory(shape={tuple(self.states.shape)}, modules_projected={len(self._key_values)})"

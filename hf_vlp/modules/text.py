@@ -47,23 +47,38 @@ def end_of_text_positions(input_ids: torch.Tensor, eos_token_id: int) -> torch.T
 
 
 CLS_MASK_ALIGNMENTS = ("shifted", "aligned")
+# which query rows the pad mask of a class-token tower applies to: open_clip 3.x masks every row, <= 2.32 the class
+# token's only (the two give the same pooled output and the same token states at real positions)
+CLS_MASK_ROWS = ("all", "cls")
 
 
-def cls_row_mask(keep: torch.Tensor, alignment: str, dtype: torch.dtype) -> torch.Tensor:
-    """Additive mask ``[B, 1, L + 1, L + 1]`` hiding padded keys from the appended class token's query row only.
+def shifted_key_visibility(keep: torch.Tensor, num_keys: int) -> torch.Tensor:
+    """open_clip's pad visibility of ``num_keys`` keys from ``keep`` ``[B, L]`` (the real tokens): key ``j`` is visible
+    iff ``j == 0`` or token ``j - 1`` is real (its validity vector ``[True, keep]``, one position late)."""
+    keep = keep.bool()
+    return torch.cat([keep.new_ones(keep.shape[0], 1), keep], dim=1)[:, :num_keys]
+
+
+def cls_row_mask(keep: torch.Tensor, alignment: str, dtype: torch.dtype, rows: str = "cls") -> torch.Tensor:
+    """Additive mask ``[B, 1, L + 1, L + 1]`` hiding padded keys from the appended class token's query row
+    (``rows="cls"``) or from every query row (``rows="all"``, open_clip 3.x).
 
     ``keep`` ``[B, L]`` marks the real tokens. ``"aligned"``: the class token sees the real tokens and itself.
     ``"shifted"``: open_clip's ``build_cls_mask`` as the released CoCa models run it, whose validity vector is
     ``[True, keep]`` over the ``L + 1`` keys (one position late: the class token sees the first pad slot and, when the
     text is padded, not itself).
     """
+    if rows not in CLS_MASK_ROWS:
+        raise ValueError(f"rows must be one of {CLS_MASK_ROWS}, got {rows!r}")
     batch, length = keep.shape
     keep = keep.bool()
     if alignment == "shifted":
-        visible = torch.cat([keep.new_ones(batch, 1), keep], dim=1)
+        visible = shifted_key_visibility(keep, length + 1)
     else:
         visible = torch.cat([keep, keep.new_ones(batch, 1)], dim=1)
     mask = torch.zeros(batch, 1, length + 1, length + 1, dtype=dtype, device=keep.device)
+    if rows == "all":
+        return mask.masked_fill_(~visible[:, None, None, :], torch.finfo(dtype).min)
     mask[:, 0, -1].masked_fill_(~visible, torch.finfo(dtype).min)
     return mask
 
@@ -76,11 +91,11 @@ class CausalTextTransformer(nn.Module):
     CLIP's tokenizer does) unless ``use_padding_mask`` hides padded keys from every query.
 
     CoCa (``embed_cls=True``): a learned ``cls_embedding`` is appended after the tokens (with its own position, so
-    there are ``context_length + 1`` positions) and the causal mask is extended over it; its query row also hides the
-    pads (``attention_mask``, else ``input_ids != pad_token_id``; ``cls_mask_alignment`` as :func:`cls_row_mask`). The
-    pooled output is that last token after ``norm_final``; ``last_hidden_state`` holds the text tokens' states without
+    there are ``context_length + 1`` positions) and the causal mask is extended over it; its query row (every
+    query row with ``cls_mask_rows="all"``, open_clip 3.x) also hides the pads (``attention_mask``, else
+    ``input_ids != pad_token_id``; ``cls_mask_alignment`` as :func:`cls_row_mask`). The pooled output is that last token after ``norm_final``; ``last_hidden_state`` holds the text tokens' states without
     ``norm_final`` (open_clip's ``tokens``, the multimodal decoder's input); ``hidden_states`` include the class
-    token.
+    token. :meth:`token_states` runs the text tokens alone, incrementally with a key/value cache (caption decoding).
     """
 
     def __init__(
@@ -96,8 +111,11 @@ class CausalTextTransformer(nn.Module):
         embed_cls: bool = False,
         pad_token_id: int | None = 0,
         cls_mask_alignment: str = "shifted",
+        cls_mask_rows: str = "cls",
     ) -> None:
         super().__init__()
+        if cls_mask_rows not in CLS_MASK_ROWS:
+            raise ValueError(f"cls_mask_rows must be one of {CLS_MASK_ROWS}, got {cls_mask_rows!r}")
         if cls_mask_alignment not in CLS_MASK_ALIGNMENTS:
             raise ValueError(f"cls_mask_alignment must be one of {CLS_MASK_ALIGNMENTS}, got {cls_mask_alignment!r}")
         if eos_token_id is None and not embed_cls:
@@ -111,6 +129,7 @@ class CausalTextTransformer(nn.Module):
         self.embed_cls = embed_cls
         self.pad_token_id = pad_token_id
         self.cls_mask_alignment = cls_mask_alignment
+        self.cls_mask_rows = cls_mask_rows
         self.token_embedding = nn.Embedding(vocab_size, width)
         num_positions = context_length + 1 if embed_cls else context_length
         self.position_embedding = nn.Parameter(torch.empty(num_positions, width).normal_(std=0.01))
@@ -157,6 +176,57 @@ class CausalTextTransformer(nn.Module):
             attentions=encoded.attentions,
         )
 
+    def token_states(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        cache: Any = None,
+        output_hidden_states: bool = False,
+        output_attentions: bool = False,
+    ) -> BaseModelOutputWithPooling:
+        """The text tokens' states without the class token and without ``norm_final`` (a class-token tower's
+        ``last_hidden_state``; the class token comes last, so no text token sees it), computed incrementally: with a
+        key/value ``cache`` holding ``P`` positions, ``input_ids`` are the new tokens at positions ``P..``.
+
+        ``attention_mask`` ``[B, P + L]`` marks the real tokens of the whole sequence (cached and new); pads are hidden
+        from every query as :meth:`forward` hides them with ``cls_mask_rows="all"``. ``None``: every token is real (a
+        decoded sequence holds no padding). ``pooler_output`` is ``None``.
+        """
+        if not self.embed_cls:
+            raise ValueError("token_states is for a class-token tower (embed_cls=True); use forward")
+        past = cache.get_seq_length(self.encoder.layers[0].attn.layer_idx) if cache is not None else 0
+        length = input_ids.shape[1]
+        if past + length > self.context_length:
+            raise ValueError(
+                f"the text reaches position {past + length}, beyond the context length {self.context_length}; "
+                "generate at most that many tokens (max_length)"
+            )
+        tokens = self.token_embedding(input_ids) + self.position_embedding[past : past + length]
+        mask = None
+        if attention_mask is not None:
+            if attention_mask.shape[1] != past + length:
+                raise ValueError(
+                    f"attention_mask covers {attention_mask.shape[1]} positions, expected cached + new = {past + length}"
+                )
+            if self.cls_mask_alignment == "shifted":
+                visible = shifted_key_visibility(attention_mask, past + length)
+            else:
+                visible = attention_mask.bool()
+            mask = padding_mask(visible, tokens.dtype)
+        encoded = self.encoder(
+            tokens,
+            attention_mask=mask,
+            is_causal=True,
+            cache=cache,
+            output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions,
+        )
+        return BaseModelOutputWithPooling(
+            last_hidden_state=encoded.last_hidden_state,
+            hidden_states=encoded.hidden_states,
+            attentions=encoded.attentions,
+        )
+
     def _embed_with_cls(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -169,7 +239,7 @@ class CausalTextTransformer(nn.Module):
             if self.pad_token_id is None:
                 raise ValueError("pass attention_mask, or set pad_token_id so the class token can skip the pads")
             attention_mask = input_ids != self.pad_token_id
-        mask = cls_row_mask(attention_mask, self.cls_mask_alignment, tokens.dtype)
+        mask = cls_row_mask(attention_mask, self.cls_mask_alignment, tokens.dtype, self.cls_mask_rows)
         if self.use_padding_mask:
             keep = torch.cat([attention_mask.bool(), attention_mask.new_ones(batch, 1, dtype=torch.bool)], dim=1)
             mask = mask + padding_mask(keep, tokens.dtype)

@@ -17,7 +17,7 @@ from torch import nn
 from transformers.activations import ACT2FN
 from transformers.modeling_layers import GradientCheckpointingLayer
 
-from .attention import Attention
+from .attention import Attention, AttentionMemory
 
 # A relative-position bias for an encoder: one additive tensor shared by every layer, or one per layer.
 PositionBias = torch.Tensor | Sequence[torch.Tensor] | None
@@ -175,7 +175,12 @@ class PreNormBlock(GradientCheckpointingLayer):
         position_bias: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``position_bias`` is added to the attention scores (broadcastable to ``[B, heads, Lq, Lk]``)."""
-        kv = self.norm_kv(encoder_hidden_states) if self.cross_attention else None
+        kv = None
+        if self.cross_attention:
+            if isinstance(encoder_hidden_states, AttentionMemory):  # normalised once, like its keys/values
+                kv = encoder_hidden_states.transformed(self.norm_kv)
+            else:
+                kv = self.norm_kv(encoder_hidden_states)
         attended, weights = self.attn(
             self.norm1(hidden_states),
             kv,

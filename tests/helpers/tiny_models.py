@@ -12,6 +12,7 @@ import torch
 from hf_vlp.models.albef import VlpAlbefConfig
 from hf_vlp.models.blip import VlpBlipConfig
 from hf_vlp.models.clip import VlpClipConfig
+from hf_vlp.models.coca import VlpCocaConfig
 from hf_vlp.models.vilt import VlpViltConfig
 from hf_vlp.models.vlmo import VlpVlmoConfig
 
@@ -51,6 +52,21 @@ TINY_VLMO = dict(
     image_size=16, patch_size=8, vocab_size=40, max_text_length=12, relative_position_text_length=16, num_labels=5,
     pad_token_id=PAD_ID, cls_token_id=CLS_ID, sep_token_id=SEP_ID, mask_token_id=MASK_ID, drop_path_rate=0.0,
     embedding_dropout_prob=0.0,
+)
+
+
+# CoCa: a 16 px ViT with a 5-query pooler (1 contrastive + 4 decoder tokens), CLIP's tiny BPE ids with pad 0
+TINY_COCA = dict(
+    projection_dim=16,
+    vision_config=dict(
+        hidden_size=24, intermediate_size=48, num_hidden_layers=2, num_attention_heads=2, image_size=16, patch_size=8,
+        pooler_num_queries=5, pooler_num_attention_heads=2,
+    ),
+    text_config=dict(
+        vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
+        max_position_embeddings=12, pad_token_id=0, bos_token_id=62, eos_token_id=63,
+    ),
+    decoder_config=dict(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2),
 )
 
 
@@ -138,6 +154,23 @@ def tiny_blip_batch(batch: int = 8, seed: int = 0, **options: object) -> dict[st
 
 def tiny_vilt_config(**settings: object) -> VlpViltConfig:
     return VlpViltConfig(**{**TINY_VILT, **settings})
+
+
+def tiny_coca_config(**settings: object) -> VlpCocaConfig:
+    """``TINY_COCA``; ``vision``/``text``/``decoder`` override tower settings key by key."""
+    towers = {
+        name: {**TINY_COCA[name], **settings.pop(short, {})}  # type: ignore[dict-item]
+        for name, short in (("vision_config", "vision"), ("text_config", "text"), ("decoder_config", "decoder"))
+    }
+    return VlpCocaConfig(**{**TINY_COCA, **towers, **settings})
+
+
+def tiny_coca_batch(batch: int = 8, seed: int = 0) -> dict[str, torch.Tensor]:
+    """``tiny_batch``'s captions ending in CoCa's end-of-text (63) after a start-of-text (62), padded with 0, with 16 px
+    noise images."""
+    rows = tiny_batch(batch, seed, vocab_end=62, sep_id=63)
+    rows["input_ids"][:, 0] = 62
+    return rows
 
 
 def tiny_vlmo_config(**settings: object) -> VlpVlmoConfig:

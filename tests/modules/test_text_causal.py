@@ -105,3 +105,51 @@ def test_asking_for_attentions_changes_no_output(implementation: str, embed_cls:
     torch.testing.assert_close(probed.pooler_output, plain.pooler_output, atol=1e-6, rtol=1e-5)
     for weights in probed.attentions:  # causal: zero above the diagonal
         assert (weights.triu(1) == 0).all() and weights.shape[-1] == ids.shape[1] + embed_cls
+
+
+def _open_clip_3_mask(text: torch.Tensor, pad_id: int) -> torch.Tensor:
+    """open_clip 3.x ``TextTransformer``'s mask with a class token: causal, plus the shifted pad mask on every row."""
+    length = text.shape[1] + 1
+    causal = torch.full((length, length), float("-inf")).triu(1)
+    keep = F.pad(text != pad_id, (1, 0), value=True)
+    pad = torch.zeros(keep.shape).masked_fill(~keep, float("-inf"))
+    return causal[None] + pad[:, None, :]
+
+
+def test_every_row_pad_mask_matches_open_clip_3() -> None:
+    ids, mask = _ids()
+    ours = cls_row_mask(mask, "shifted", torch.float32, rows="all")[:, 0]
+    causal = torch.full((8, 8), torch.finfo(torch.float32).min).triu(1)
+    assert torch.equal((ours + causal) > -1e30, _open_clip_3_mask(ids, PAD) > -1e30)
+    with pytest.raises(ValueError, match="rows"):
+        cls_row_mask(mask, "shifted", torch.float32, rows="some")
+
+
+def test_every_row_mask_changes_only_the_rows_after_a_pad() -> None:
+    ids, mask = _ids()
+    cls_only, every_row = _tower(embed_cls=True), _tower(embed_cls=True, cls_mask_rows="all")
+    a, b = cls_only(ids, mask), every_row(ids, mask)
+    torch.testing.assert_close(a.pooler_output, b.pooler_output, atol=0, rtol=0)
+    torch.testing.assert_close(a.last_hidden_state[0, :5], b.last_hidden_state[0, :5], atol=0, rtol=0)
+    assert not torch.allclose(a.last_hidden_state[0, 5:], b.last_hidden_state[0, 5:])  # pad rows see fewer keys
+
+
+@pytest.mark.parametrize("rows", ["cls", "all"])
+def test_token_states_incrementally_with_a_cache_equal_the_full_pass(rows: str) -> None:
+    from transformers import DynamicCache
+
+    ids, mask = _ids()
+    tower = _tower(embed_cls=True, cls_mask_rows=rows)
+    full = tower(ids[1:]).last_hidden_state
+    torch.testing.assert_close(tower.token_states(ids[1:]).last_hidden_state, full, atol=1e-6, rtol=0)
+    cache, steps = DynamicCache(), []
+    for position in range(ids.shape[1]):
+        steps.append(tower.token_states(ids[1:, position : position + 1], cache=cache).last_hidden_state)
+    torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=0)
+    # a padded row: the keep mask over cached + new positions hides what forward hides
+    padded = tower.token_states(ids[:1], attention_mask=mask[:1]).last_hidden_state
+    torch.testing.assert_close(padded[:, :5], tower(ids[:1]).last_hidden_state[:, :5], atol=1e-6, rtol=0)
+    with pytest.raises(ValueError, match="context length"):
+        tower.token_states(torch.ones(1, 9, dtype=torch.long))
+    with pytest.raises(ValueError, match="embed_cls"):
+        _tower().token_states(ids)

@@ -68,6 +68,27 @@ def _normal_(module: nn.Module, std: float) -> None:
         init.normal_(weight, std=std)
 
 
+def init_openai_tower(module: VisionTransformer | CausalTextTransformer) -> None:
+    """OpenAI CLIP's initialisation of a tower (clip/model.py ``initialize_parameters``), which open_clip's CLIP and CoCa
+    towers share: ViT class/position embeddings N(0, width^-1/2); text token embeddings N(0, 0.02), positions (and an
+    appended class token) N(0, 0.01), and the blocks' projections scaled by width and depth."""
+    if isinstance(module, VisionTransformer):
+        width = module.class_embedding.shape[0]
+        init.normal_(module.class_embedding, std=width**-0.5)
+        init.normal_(module.position_embedding, std=width**-0.5)
+        return
+    init.normal_(module.token_embedding.weight, std=0.02)
+    init.normal_(module.position_embedding, std=0.01)
+    if getattr(module, "embed_cls", False):
+        init.normal_(module.cls_embedding, std=0.01)
+    width, depth = module.token_embedding.weight.shape[1], len(module.encoder.layers)
+    for layer in module.encoder.layers:
+        _normal_(layer.attn.qkv, std=width**-0.5)
+        _normal_(layer.attn.out_proj, std=width**-0.5 * (2 * depth) ** -0.5)
+        _normal_(layer.mlp.fc1, std=(2 * width) ** -0.5)
+        _normal_(layer.mlp.fc2, std=width**-0.5 * (2 * depth) ** -0.5)
+
+
 def build_tower_projection(config: VlpClipTextConfig | VlpClipVisionConfig) -> nn.Module:
     """A tower's projection: bias-free linear on the pooled token (text, ViT); none for a ResNet image tower (its
     attention pooling already projects)."""
@@ -118,19 +139,8 @@ class VlpClipPreTrainedModel(VlpPreTrainedModel):
     def _init_weights(self, module: nn.Module) -> None:
         """OpenAI's initialisation (clip/model.py ``initialize_parameters``) for every tower."""
         super()._init_weights(module)
-        if isinstance(module, VisionTransformer):
-            width = module.class_embedding.shape[0]
-            init.normal_(module.class_embedding, std=width**-0.5)
-            init.normal_(module.position_embedding, std=width**-0.5)
-        elif isinstance(module, CausalTextTransformer):
-            init.normal_(module.token_embedding.weight, std=0.02)
-            init.normal_(module.position_embedding, std=0.01)
-            width, depth = module.token_embedding.weight.shape[1], len(module.encoder.layers)
-            for layer in module.encoder.layers:
-                _normal_(layer.attn.qkv, std=width**-0.5)
-                _normal_(layer.attn.out_proj, std=width**-0.5 * (2 * depth) ** -0.5)
-                _normal_(layer.mlp.fc1, std=(2 * width) ** -0.5)
-                _normal_(layer.mlp.fc2, std=width**-0.5 * (2 * depth) ** -0.5)
+        if isinstance(module, (VisionTransformer, CausalTextTransformer)):
+            init_openai_tower(module)
         elif isinstance(module, AttentionPool2d):
             std = module.position_embedding.shape[1] ** -0.5
             init.normal_(module.position_embedding, std=std)
