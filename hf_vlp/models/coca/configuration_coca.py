@@ -10,7 +10,8 @@ from typing import Any
 from huggingface_hub.dataclasses import strict
 from transformers import PretrainedConfig
 
-from ..configuration_towers import TextTowerConfig, TransformerTowerConfig, VisionTowerConfig
+from ..clip.configuration_clip import VlpClipTextConfig
+from ..configuration_towers import TransformerTowerConfig, VisionTowerConfig
 
 # "single": open_clip's one pooler with N queries, query 0 -> contrastive embedding, queries 1.. -> decoder memory.
 # "parallel": the paper's task-specific pooling, a 1-query contrastive pooler beside an N-query decoder pooler.
@@ -59,28 +60,19 @@ class VlpCocaVisionConfig(VisionTowerConfig):
 
 
 @strict
-class VlpCocaTextConfig(TextTowerConfig):
-    """Unimodal text decoder: causal, pre-norm, a class token appended after ``max_position_embeddings`` text
-    positions (so ``max_position_embeddings + 1`` learned positions); open_clip's context of 76 tokens."""
+class VlpCocaTextConfig(VlpClipTextConfig):
+    """Unimodal text decoder: CLIP's causal text tower (exact GELU) with a class token appended after
+    ``max_position_embeddings`` text positions (so ``max_position_embeddings + 1`` learned positions); open_clip's
+    context of 76 tokens, padded with ``pad_token_id`` 0."""
 
     model_type = "hf_vlp_coca_text"
 
-    vocab_size: int = 49408
-    hidden_size: int = 512
-    intermediate_size: int = 2048
-    num_attention_heads: int = 8
     max_position_embeddings: int = 76
     hidden_act: str = "gelu"
-    layer_norm_eps: float = 1e-5
-    attention_dropout: float = 0.0
-    projection_dim: int = 512
-    pad_token_id: int | None = 0
-    bos_token_id: int | None = 49406
-    eos_token_id: int | None = 49407
 
     def validate_architecture(self) -> None:
         super().validate_architecture()
-        for name in ("pad_token_id", "bos_token_id", "eos_token_id"):
+        for name in ("pad_token_id", "bos_token_id"):
             value = getattr(self, name)
             if value is None or not 0 <= value < self.vocab_size:
                 raise ValueError(f"{name} must be an id below vocab_size {self.vocab_size}, got {value}")

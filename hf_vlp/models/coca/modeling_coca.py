@@ -27,10 +27,9 @@ from ...modules.decoder import MultimodalDecoder
 from ...modules.pooling import AttentionalPooler
 from ...modules.text import CausalTextTransformer
 from ...modules.towers import block_options, build_vision_tower
-from ...modules.vision import VisionTransformer
 from ...objectives.losses import contrastive_loss
-from ..clip.modeling_clip import CLIP_TEXT_ARGUMENTS, init_openai_tower
-from ..modeling_utils import OutputKwargs, VlpPreTrainedModel, float_tensor, model_forward
+from ..clip.modeling_clip import CLIP_TEXT_ARGUMENTS, VlpClipPreTrainedModel
+from ..modeling_utils import OutputKwargs, float_tensor, model_forward
 from ..towers import TextTowerMixin, VisionTowerMixin, check_both_modalities, with_pooled_features
 from .configuration_coca import VlpCocaConfig, VlpCocaTextConfig, VlpCocaVisionConfig
 
@@ -61,18 +60,14 @@ class VlpCocaOutput(ModelOutput):
     vision_model_output: VlpCocaVisionModelOutput | None = None
 
 
-class VlpCocaPreTrainedModel(VlpPreTrainedModel):
+class VlpCocaPreTrainedModel(VlpClipPreTrainedModel):
+    """CLIP's model contract (flags, OpenAI initialisation of the ViT and the text tower) with CoCa's card and
+    pooler/decoder initialisation."""
+
     config: VlpCocaConfig
     base_model_prefix = "coca"
-    main_input_name = "pixel_values"
-    input_modalities = ("image", "text")
-    supports_gradient_checkpointing = True
-    _supports_sdpa = True
-    _supports_attention_backend = True
     _no_split_modules = ["PreNormBlock", "MultimodalDecoderLayer"]
-    accepts_loss_kwargs = False
     model_card_template = "coca"
-    model_card_pipeline_tag = "zero-shot-image-classification"
 
     def model_card_fields(self) -> dict[str, Any]:
         config = self.config
@@ -111,9 +106,7 @@ class VlpCocaPreTrainedModel(VlpPreTrainedModel):
         leaves the multimodal decoder at PyTorch's defaults and its vocabulary projection uninitialised; the linear
         layers here get transformers' N(0, 0.02).)"""
         super()._init_weights(module)
-        if isinstance(module, (VisionTransformer, CausalTextTransformer)):
-            init_openai_tower(module)
-        elif isinstance(module, AttentionalPooler):
+        if isinstance(module, AttentionalPooler):
             init.normal_(module.query, std=1.0)
         elif isinstance(module, VlpCocaModel):
             for name in ("visual_projection", "text_projection", "lm_head"):
