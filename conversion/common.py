@@ -1,9 +1,10 @@
 """Shared machinery of the ``convert_<family>.py`` scripts: read a checkpoint, map its keys strictly, verify, write
 atomically, and one command-line skeleton.
 
-A converter describes its key mapping as a list of rules (:class:`Rename`, :class:`Fuse`, :class:`Drop`; the shared
-families are in :mod:`conversion.rules` and, for BERT's embeddings and layers, :mod:`hf_vlp.utils.key_rules`) and
-lets :func:`map_state_dict` and :func:`load_mapped_state_dict` enforce the contract of DESIGN.md §4: every source key
+A converter describes its key mapping as a list of rules (:class:`Rename`, :class:`Fuse`, :class:`Drop`, and
+:class:`Split` through :func:`map_state_dict_with_splits`; the shared families are in :mod:`conversion.rules` and, for
+BERT's embeddings and layers, :mod:`hf_vlp.utils.key_rules`) and lets :func:`map_state_dict` and
+:func:`load_mapped_state_dict` enforce the contract of DESIGN.md §4: every source key
 is consumed or explicitly dropped, every target key is filled, every shape matches, or a :class:`ConversionError`
 names all offending keys at once. Output directories are built next to the destination and renamed into place only
 when everything succeeded (:func:`write_output_dir`), so a failed conversion leaves nothing behind;
@@ -28,6 +29,7 @@ import shutil
 import socket
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -188,6 +190,27 @@ def load_bert_tokenizer(path: str | Path) -> Any:
     return BertTokenizer(vocab=str(path), do_lower_case=True, **BERT_SPECIAL_TOKENS)
 
 
+# the real CLIP merges file, as the wheels of open_clip (open_clip_torch) and of OpenAI's clip (clip-anytorch) ship it
+CLIP_BPE_FILE = "bpe_simple_vocab_16e6.txt.gz"
+
+
+def installed_clip_bpe() -> Path | None:
+    """The real CLIP merges file of an installed ``open_clip`` or ``clip`` package (no download, nothing imported), or
+    ``None`` when neither is installed."""
+    import importlib.util
+
+    for package in ("open_clip", "clip"):
+        try:
+            spec = importlib.util.find_spec(package)
+        except (ImportError, ValueError):
+            continue
+        if spec is not None and spec.origin is not None:
+            path = Path(spec.origin).parent / CLIP_BPE_FILE
+            if path.is_file():
+                return path
+    return None
+
+
 def read_transformers_config(path: Path, model_type: str, expected: str) -> dict[str, Any]:
     """The ``config.json`` of a transformers ``save_pretrained`` directory, checked to be of ``model_type``;
     ``expected`` names what to pass instead (for the error messages)."""
@@ -203,9 +226,64 @@ def read_transformers_config(path: Path, model_type: str, expected: str) -> dict
     return config
 
 
+# --------------------------------------------------------------------------------------------------- splits
+
+
+@dataclass(frozen=True)
+class Split:
+    """One source tensor cut along dim 0 into several targets, the inverse of a :class:`Fuse`: a source key fully
+    matching ``pattern`` gives, for each of ``parts``, ``target`` (a ``re`` template) with ``{part}`` replaced by the
+    part's name; the parts' sizes are in the ratio ``shares`` (e.g. a fused ``in_proj`` ``[3W, ...]`` cut into ``q``
+    ``[W, ...]`` and ``kv`` ``[2W, ...]`` with shares ``(1, 2)``). Applied by :func:`map_state_dict_with_splits`."""
+
+    pattern: str
+    target: str
+    parts: tuple[str, ...]
+    shares: tuple[int, ...]
+
+
+_SPLIT_MARK = re.compile(r"<split (?P<rule>\d+)>")
+
+
+def map_state_dict_with_splits(
+    source: Mapping[str, torch.Tensor], rules: Sequence[MappingRule | Split]
+) -> MappedStateDict:
+    """:func:`map_state_dict` with :class:`Split` rules among ``rules`` (first full match wins, as there): each split
+    source key is accounted for like any other, and its parts are named after it (``key[part]``) in
+    ``MappedStateDict.sources``. A tensor that does not cut in the ratio of its rule's shares raises a
+    :class:`ConversionError` naming it."""
+    plain: list[MappingRule] = []
+    splits: list[Split] = []
+    for rule in rules:
+        if isinstance(rule, Split):
+            plain.append(Rename(rule.pattern, rule.target.replace("{part}", f"<split {len(splits)}>")))
+            splits.append(rule)
+        else:
+            plain.append(rule)
+    mapped = map_state_dict(source, plain)
+    uneven = []
+    for key in [key for key in mapped.tensors if _SPLIT_MARK.search(key)]:
+        rule = splits[int(_SPLIT_MARK.search(key)["rule"])]
+        tensor, (origin,) = mapped.tensors.pop(key), mapped.sources.pop(key)
+        total = sum(rule.shares)
+        if tensor.dim() == 0 or tensor.shape[0] % total:
+            uneven.append(f"{origin} {list(tensor.shape)} (into {'/'.join(rule.parts)} in the ratio {rule.shares})")
+            continue
+        unit = tensor.shape[0] // total
+        for part, piece in zip(rule.parts, tensor.split([share * unit for share in rule.shares])):
+            target = _SPLIT_MARK.sub(part, key)
+            mapped.tensors[target], mapped.sources[target] = piece, [f"{origin}[{part}]"]
+    if uneven:
+        raise ConversionError(
+            f"The checkpoint does not match the expected layout: tensors that do not split into their parts "
+            f"({len(uneven)}): {', '.join(uneven)}."
+        )
+    return mapped
+
+
 # --------------------------------------------------------------------------------------------------- families
 
-FAMILY_NAMES = {"clip": "CLIP", "albef": "ALBEF", "blip": "BLIP", "vilt": "ViLT", "vlmo": "VLMo"}
+FAMILY_NAMES = {"clip": "CLIP", "albef": "ALBEF", "blip": "BLIP", "vilt": "ViLT", "vlmo": "VLMo", "coca": "CoCa"}
 # VLMo's multiway blocks: one feed-forward expert per modality (ViLT's timm blocks have one ``mlp``)
 _VLMO_BLOCK = re.compile(r"transformer\.blocks\.\d+\.(mlp|norm2)_(imag|text|vl)\.")
 
@@ -218,8 +296,14 @@ def checkpoint_family(state_dict: Mapping[str, torch.Tensor]) -> tuple[str, str]
     and ``transformer.resblocks.*`` (or transformers' ``text_model.*``/``vision_model.*`` with ``logit_scale``).
     ViLT has BERT's ``text_embeddings.*`` and a timm ViT's ``transformer.blocks.*`` in one model (or transformers'
     ``vilt.*``); VLMo has the same two, but multiway blocks (``mlp_imag``/``mlp_text`` experts) and one
-    ``relative_position_bias_table``, so it is told first."""
+    ``relative_position_bias_table``, so it is told first. open_clip's CoCa has CLIP's ``visual.*`` with an
+    attentional pooler (``visual.attn_pool.*``) and a multimodal decoder (``text_decoder.*``) or a text class token
+    (``text.cls_emb``)."""
     keys = list(state_dict)
+    if any(key.startswith("visual.attn_pool.") for key in keys) and (
+        "text.cls_emb" in state_dict or any(key.startswith("text_decoder.") for key in keys)
+    ):
+        return "coca", "open_clip CoCa keys (visual.attn_pool.*, text_decoder.* / text.cls_emb)"
     if any(key.startswith("visual_encoder.") for key in keys):
         text = [key for key in keys if key.startswith(("text_encoder.", "text_decoder."))]
         if not text:
@@ -288,7 +372,7 @@ def max_abs_differences(
                 f"Verification: {name} has shape {list(actual.shape)} in the converted model but "
                 f"{list(expected.shape)} in the source model."
             )
-        differences[name] = float((expected.float() - actual.float()).abs().max())
+        differences[name] = float((expected.double() - actual.double()).abs().max())
     return differences
 
 
@@ -584,17 +668,29 @@ def command_line(argv: Sequence[str] | None = None, program: str | None = None) 
 
 
 def converter_parser(
-    docstring: str, option_help: Mapping[str, str], heads: Sequence[str] = (), prog: str | None = None
+    docstring: str,
+    option_help: Mapping[str, str],
+    heads: Sequence[str] = (),
+    prog: str | None = None,
+    aliases: Mapping[str, Sequence[str]] | None = None,
 ) -> argparse.ArgumentParser:
     """The options every converter takes, described by the first paragraph of the converter's ``docstring``;
     ``option_help`` holds the family's help of ``checkpoint``, ``original_config``, ``tokenizer``, ``verify`` (and
     ``head``: a family with several target classes passes their names as ``heads``, ``auto`` first); ``prog`` is the
-    command shown in the usage line."""
+    command shown in the usage line; ``aliases`` adds the family's own names of the shared options
+    (``{"original_config": ["--model-config"]}``)."""
+    aliases = aliases or {}
     parser = argparse.ArgumentParser(prog=prog, description=docstring.split("\n\n")[0])
-    parser.add_argument("--checkpoint", required=True, help=option_help["checkpoint"])
-    parser.add_argument("--output", required=True, help="directory to write (absent or empty unless --overwrite)")
-    parser.add_argument("--original-config", help=option_help["original_config"])
-    parser.add_argument("--tokenizer", help=option_help["tokenizer"])
+    parser.add_argument("--checkpoint", *aliases.get("checkpoint", ()), required=True, help=option_help["checkpoint"])
+    parser.add_argument(
+        "--output", *aliases.get("output", ()), required=True,
+        help="directory to write (absent or empty unless --overwrite)",
+    )
+    parser.add_argument(
+        "--original-config", *aliases.get("original_config", ()), dest="original_config",
+        help=option_help["original_config"],
+    )
+    parser.add_argument("--tokenizer", *aliases.get("tokenizer", ()), dest="tokenizer", help=option_help["tokenizer"])
     parser.add_argument("--verify", action="store_true", help=option_help["verify"])
     parser.add_argument(
         "--overwrite", action="store_true",
@@ -650,6 +746,7 @@ def run_cli(main: Callable[[Sequence[str] | None], Any], argv: Sequence[str] | N
 
 __all__ = [
     "BERT_SPECIAL_TOKENS",
+    "CLIP_BPE_FILE",
     "CREATED_BY",
     "FAMILY_NAMES",
     "MARKER_FILE",
@@ -662,6 +759,7 @@ __all__ = [
     "PARALLEL_PREFIXES",
     "SAFETENSORS_SUFFIX",
     "TOWER_SIZES",
+    "Split",
     "WRAPPER_KEYS",
     "Checkpoint",
     "ConversionError",
@@ -687,11 +785,13 @@ __all__ = [
     "format_differences",
     "fused_projection",
     "input_paths",
+    "installed_clip_bpe",
     "is_converted_folder",
     "is_torchscript_archive",
     "load_bert_tokenizer",
     "load_mapped_state_dict",
     "map_state_dict",
+    "map_state_dict_with_splits",
     "max_abs_differences",
     "positive_int",
     "prepare_torchscript_for_cpu",

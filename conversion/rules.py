@@ -6,21 +6,27 @@
   the text-tower initialiser shares;
 - transformers' BLIP ViT names, which map one to one onto the timm ones: :func:`to_transformers_vit_name` and back
   (any such name table: :func:`prefix_renames` / :func:`rename_prefix`);
-- CLIP's residual attention blocks, under OpenAI / open_clip or transformers names: :func:`clip_block_rules`.
+- CLIP's residual attention blocks, under OpenAI / open_clip or transformers names: :func:`clip_block_rules`;
+- open_clip's CoCa, both ways (open_clip -> hf_vlp and back): :func:`coca_rules`, built from one name table
+  (:data:`COCA_NAMES`, :func:`template_rules`).
 
 Every separate q/k/v (or k/v) projection becomes one fused tensor through
-:func:`hf_vlp.utils.checkpoints.fused_projection`.
+:func:`hf_vlp.utils.checkpoints.fused_projection` (open_clip's pooler names its parts ``k_proj_weight``/
+``v_proj_weight``: one :class:`~hf_vlp.utils.checkpoints.Fuse`); a fused tensor cut into ours (an ``in_proj`` into ``q``
+and ``kv``) is a :class:`conversion.common.Split`.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
 from hf_vlp.utils.checkpoints import PARAMETER as P
-from hf_vlp.utils.checkpoints import Drop, MappingRule, Rename, fused_projection
+from hf_vlp.utils.checkpoints import Drop, Fuse, MappingRule, Rename, fused_projection, transpose
+
+from conversion.common import Split
 
 
 def flatten(tensor: torch.Tensor) -> torch.Tensor:
@@ -104,32 +110,156 @@ def from_transformers_vit_name(key: str) -> str:
     return rename_prefix(key, _TO_ORIGINAL)
 
 
+# --------------------------------------------------------------------------------------------------- name tables
+
+
+def _template_pattern(template: str) -> str:
+    return re.escape(template).replace(r"\{i\}", r"(?P<i>\d+)").replace(r"\{p\}", P)
+
+
+def _template_target(template: str) -> str:
+    return template.replace("{i}", r"\g<i>").replace("{p}", r"\g<p>")
+
+
+def template_rules(
+    pairs: Sequence[tuple[str, str]],
+    forward: bool = True,
+    transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> list[Rename]:
+    """Exact renames from ``(first, second)`` key templates (``{i}`` a layer index, ``{p}`` ``weight|bias``): first ->
+    second when ``forward``, else second -> first, each tensor through ``transform`` when given. One table then serves
+    a converter and its inverse."""
+    rules = []
+    for first, second in pairs:
+        source, target = (first, second) if forward else (second, first)
+        rules.append(Rename(_template_pattern(source), _template_target(target), transform))
+    return rules
+
+
 # --------------------------------------------------------------------------------------------------- CLIP blocks
+
+# OpenAI's (and open_clip's) ``ResidualAttentionBlock`` -> ours, within one block
+OPENAI_BLOCK_NAMES = (
+    ("attn.in_proj_{p}", "attn.qkv.{p}"),
+    ("attn.out_proj.{p}", "attn.out_proj.{p}"),
+    ("ln_1.{p}", "norm1.{p}"),
+    ("ln_2.{p}", "norm2.{p}"),
+    ("mlp.c_fc.{p}", "mlp.fc1.{p}"),
+    ("mlp.c_proj.{p}", "mlp.fc2.{p}"),
+)
+
+
+def block_names(
+    source: str, target: str, names: Sequence[tuple[str, str]] = OPENAI_BLOCK_NAMES
+) -> list[tuple[str, str]]:
+    """``names`` (within one block) under the block stacks ``{source}{i}.`` and ``{target}{i}.``, for
+    :func:`template_rules`; a ``{i}`` in ``source``/``target`` marks the layer index elsewhere than at the end."""
+    source, target = (name if "{i}" in name else name + "{i}." for name in (source, target))
+    return [(source + first, target + second) for first, second in names]
 
 
 def clip_block_rules(source: str, target: str, fused_attention: bool) -> list[MappingRule]:
     """A stack of CLIP's pre-norm residual attention blocks ``{source}{i}.`` -> ``{target}{i}.``: OpenAI's (and
     open_clip's) names with a fused ``in_proj`` (``fused_attention``), or transformers' ``CLIPEncoderLayer`` names with
     separate ``q/k/v_proj``."""
+    if fused_attention:
+        return [*template_rules(block_names(source, target))]
     src, dst = re.escape(source) + r"(?P<i>\d+)\.", target + r"\g<i>."
     param = r"\.(?P<p>weight|bias)"
-    if fused_attention:
-        attention: list[MappingRule] = [
-            Rename(src + r"attn\.in_proj_(?P<p>weight|bias)", dst + r"attn.qkv.\g<p>"),
-            Rename(src + r"attn\.out_proj" + param, dst + r"attn.out_proj.\g<p>"),
+    return [
+        fused_projection(src + r"self_attn\.", ("q_proj", "k_proj", "v_proj"), dst + "attn.qkv"),
+        Rename(src + r"self_attn\.out_proj" + param, dst + r"attn.out_proj.\g<p>"),
+        *(
+            Rename(src + original + param, dst + ours + r".\g<p>")
+            for original, ours in (
+                (r"layer_norm1", "norm1"), (r"layer_norm2", "norm2"), (r"mlp\.fc1", "mlp.fc1"), (r"mlp\.fc2", "mlp.fc2")
+            )
+        ),
+    ]
+
+
+# --------------------------------------------------------------------------------------------------- open_clip CoCa
+
+_POOLER = "vision_model.attentional_pooler."
+_POOL = "visual.attn_pool."
+# open_clip CoCa (3.x ``model.state_dict()``) <-> hf_vlp's VlpCocaForConditionalGeneration, tensors kept as they are
+COCA_NAMES: tuple[tuple[str, str], ...] = (
+    ("visual.conv1.weight", "vision_model.transformer.patch_embed.weight"),
+    ("visual.class_embedding", "vision_model.transformer.class_embedding"),
+    ("visual.positional_embedding", "vision_model.transformer.position_embedding"),
+    ("visual.ln_pre.{p}", "vision_model.transformer.norm_pre.{p}"),
+    *block_names("visual.transformer.resblocks.", "vision_model.transformer.encoder.layers."),
+    (_POOL + "query", _POOLER + "query"),
+    (_POOL + "ln_q.{p}", _POOLER + "norm_query.{p}"),
+    (_POOL + "ln_k.{p}", _POOLER + "norm_context.{p}"),
+    (_POOL + "attn.out_proj.{p}", _POOLER + "attn.out_proj.{p}"),
+    ("visual.ln_post.{p}", "vision_model.norm_post.{p}"),
+    ("text.token_embedding.weight", "text_model.transformer.token_embedding.weight"),
+    ("text.positional_embedding", "text_model.transformer.position_embedding"),
+    ("text.cls_emb", "text_model.transformer.cls_embedding"),
+    *block_names("text.transformer.resblocks.", "text_model.transformer.encoder.layers."),
+    ("text.ln_final.{p}", "text_model.transformer.norm_final.{p}"),
+)
+# the multimodal decoder: per layer a self-attention block, then a cross-attention block whose fused in_proj is our
+# q + kv (:func:`coca_rules`)
+COCA_DECODER_NAMES: tuple[tuple[str, str], ...] = (
+    *block_names("text_decoder.resblocks.", "text_decoder.layers.{i}.self_attention_block."),
+    *block_names(
+        "text_decoder.cross_attn.", "text_decoder.layers.{i}.cross_attention_block.",
+        (*(pair for pair in OPENAI_BLOCK_NAMES if pair[1] != "attn.qkv.{p}"), ("ln_1_kv.{p}", "norm_kv.{p}")),
+    ),
+    ("text_decoder.ln_final.{p}", "text_decoder.norm_final.{p}"),
+)
+# ``x @ W`` matrices of open_clip <-> our bias-free Linear weights (transposed both ways)
+COCA_PROJECTIONS = (("visual.proj", "visual_projection.weight"), ("text.text_projection", "text_projection.weight"))
+COCA_DECODER_PROJECTION = (("text_decoder.text_projection", "lm_head.weight"),)
+_CROSS_ATTENTION = (
+    "text_decoder.cross_attn.{i}.attn.in_proj_{p}", "text_decoder.layers.{i}.cross_attention_block.attn."
+)
+
+
+def coca_rules(decoder: bool, to_open_clip: bool = False, pooler_in_proj: bool = False) -> list[MappingRule | Split]:
+    """open_clip CoCa names -> hf_vlp's (``to_open_clip``: the way back), for
+    :func:`conversion.common.map_state_dict_with_splits`.
+
+    The attentional pooler's ``nn.MultiheadAttention`` has keys of another width than its queries, so open_clip stores
+    ``q_proj_weight``, ``k_proj_weight``, ``v_proj_weight`` and one ``in_proj_bias`` (``in_proj_weight`` instead of the
+    three when the widths are equal: ``pooler_in_proj``, which the way back must be told); ours holds ``q`` and a fused
+    ``kv``. The decoder's cross-attention ``in_proj`` is our ``q`` + ``kv``. Without ``decoder`` (the dual encoder,
+    ``VlpCocaModel``) open_clip's ``text_decoder.*`` is dropped by name; the way back needs the decoder."""
+    names = COCA_NAMES + (COCA_DECODER_NAMES if decoder else ())
+    projections = COCA_PROJECTIONS + (COCA_DECODER_PROJECTION if decoder else ())
+    in_proj, ours = _CROSS_ATTENTION
+    if not to_open_clip:
+        rules: list[MappingRule | Split] = [
+            *template_rules(names),
+            *template_rules(projections, transform=transpose),
+            Rename(r"logit_scale", "logit_scale", as_scalar),  # open_clip's nonscalar_logit_scale saves it as [1]
+            Rename(re.escape(_POOL) + r"attn\.q_proj_weight", _POOLER + "attn.q.weight"),
+            Fuse(re.escape(_POOL) + r"attn\.(?P<part>k|v)_proj_weight", _POOLER + "attn.kv.weight", ("k", "v")),
+            Split(re.escape(_POOL) + r"attn\.in_proj_" + P, _POOLER + r"attn.{part}.\g<p>", ("q", "kv"), (1, 2)),
         ]
-        norm1, norm2, fc1, fc2 = r"ln_1", r"ln_2", r"mlp\.c_fc", r"mlp\.c_proj"
-    else:
-        attention = [
-            fused_projection(src + r"self_attn\.", ("q_proj", "k_proj", "v_proj"), dst + "attn.qkv"),
-            Rename(src + r"self_attn\.out_proj" + param, dst + r"attn.out_proj.\g<p>"),
-        ]
-        norm1, norm2, fc1, fc2 = r"layer_norm1", r"layer_norm2", r"mlp\.fc1", r"mlp\.fc2"
-    return attention + [
-        Rename(src + norm1 + param, dst + r"norm1.\g<p>"),
-        Rename(src + norm2 + param, dst + r"norm2.\g<p>"),
-        Rename(src + fc1 + param, dst + r"mlp.fc1.\g<p>"),
-        Rename(src + fc2 + param, dst + r"mlp.fc2.\g<p>"),
+        if decoder:
+            target = _template_target(ours) + r"{part}.\g<p>"
+            rules.append(Split(_template_pattern(in_proj), target, ("q", "kv"), (1, 2)))
+        else:
+            rules.append(Drop(r"text_decoder\..+", "the multimodal text decoder (captioning), not in VlpCocaModel"))
+        return rules
+    if not decoder:
+        raise ValueError("open_clip's CoCa always has its multimodal decoder: the way back needs decoder=True")
+    pooler = re.escape(_POOLER) + r"attn\."
+    rules = [
+        *template_rules(names, forward=False),
+        *template_rules(projections, forward=False, transform=transpose),
+        Rename(r"logit_scale", "logit_scale"),
+        Fuse(_template_pattern(ours) + r"(?P<part>q|kv)\." + P, _template_target(in_proj), ("q", "kv")),
+    ]
+    if pooler_in_proj:
+        return rules + [Fuse(pooler + r"(?P<part>q|kv)\." + P, _POOL + r"attn.in_proj_\g<p>", ("q", "kv"))]
+    return rules + [
+        Rename(pooler + r"q\.weight", _POOL + "attn.q_proj_weight"),
+        Split(pooler + r"kv\.weight", _POOL + "attn.{part}_proj_weight", ("k", "v"), (1, 1)),
+        Fuse(pooler + r"(?P<part>q|kv)\.bias", _POOL + "attn.in_proj_bias", ("q", "kv")),
     ]
 
 

@@ -23,7 +23,7 @@ from .training.recipes import device_defaults
 from .training.runner import distributed_defaults, evaluate, task_of_saved_model, train
 from .training.tasks import architectures, task_for_stage, task_names
 
-CONVERTER_FAMILIES = ("clip", "albef", "blip", "vilt", "vlmo")
+CONVERTER_FAMILIES = ("clip", "albef", "blip", "vilt", "vlmo", "coca")
 USAGE = """hf-vlp train ARCH [--task TASK] [options]   train ARCH's task with the stock Trainer ({tasks})
 hf-vlp evaluate DIR [options]                the task's metrics (retrieval, zero-shot, VQA, accuracy) of a saved model
 hf-vlp capfilt --captioner DIR --filter DIR --dataset SPEC --output DIR   bootstrap a dataset with BLIP's CapFilt

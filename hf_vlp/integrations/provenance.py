@@ -59,13 +59,15 @@ SOURCE_RELEASES: dict[str, SourceRelease] = {
 }
 
 # the release an original checkpoint of each architecture family comes from (conversion/convert_<family>.py);
-# a CLIP file is OpenAI's release or an open_clip save in its layout, both MIT
+# a CLIP file is OpenAI's release or an open_clip save in its layout, both MIT; the open CoCa weights are open_clip's
+# releases (Google released none), so a CoCa file is attributed to open_clip's repository and its license
 FAMILY_RELEASES: dict[str, tuple[str, ...]] = {
     "clip": ("openai/CLIP", "mlfoundations/open_clip"),
     "albef": ("salesforce/ALBEF",),
     "blip": ("salesforce/BLIP",),
     "vilt": ("dandelin/ViLT",),
     "vlmo": ("microsoft/unilm",),
+    "coca": ("mlfoundations/open_clip",),  # open_clip's CoCa weights (coca_ViT-B-32, coca_ViT-L-14 and fine-tunes)
 }
 
 

@@ -1,4 +1,4 @@
-"""``hf-vlp convert clip|albef|blip|vilt|vlmo ...``: the families' command lines behind the package's entry point."""
+"""``hf-vlp convert clip|albef|blip|vilt|vlmo|coca ...``: the families' command lines behind the entry point."""
 
 from __future__ import annotations
 
@@ -48,16 +48,16 @@ def test_convert_runs_each_family_and_records_the_command(tmp_path: Path, capsys
 
 def test_convert_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["convert"]) == 2
-    assert "name a family, one of ['clip', 'albef', 'blip', 'vilt', 'vlmo']" in capsys.readouterr().err
-    assert cli.main(["convert", "coca", "--checkpoint", "x"]) == 2
-    assert "(got 'coca')" in capsys.readouterr().err
+    assert "name a family, one of ['clip', 'albef', 'blip', 'vilt', 'vlmo', 'coca']" in capsys.readouterr().err
+    assert cli.main(["convert", "flava", "--checkpoint", "x"]) == 2
+    assert "(got 'flava')" in capsys.readouterr().err
     status = cli.main(["convert", "clip", "--checkpoint", str(tmp_path / "missing.pt"), "--output", str(tmp_path / "out")])
     assert status == 1 and "Checkpoint not found" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
-    assert "hf-vlp convert clip|albef|blip|vilt|vlmo" in cli._usage()
+    assert "hf-vlp convert clip|albef|blip|vilt|vlmo|coca" in cli._usage()
 
 
-@pytest.mark.parametrize("family", ["clip", "albef", "blip"])
+@pytest.mark.parametrize("family", ["clip", "albef", "blip", "coca"])
 def test_script_exits_non_zero_on_error(
     family: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
