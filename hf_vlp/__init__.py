@@ -64,6 +64,22 @@ from .models.clip import (
     VlpClipVisionModel,
     VlpClipVisionModelWithProjection,
 )
+from .models.coca import (
+    COCA_PRESETS,
+    VlpCocaConfig,
+    VlpCocaDecoderConfig,
+    VlpCocaForConditionalGeneration,
+    VlpCocaForConditionalGenerationOutput,
+    VlpCocaImageProcessor,
+    VlpCocaModel,
+    VlpCocaOutput,
+    VlpCocaPreTrainedModel,
+    VlpCocaProcessor,
+    VlpCocaTextConfig,
+    VlpCocaTextModel,
+    VlpCocaVisionConfig,
+    VlpCocaVisionModel,
+)
 from .models.vilt import (
     VlpViltConfig,
     VlpViltForImageTextRetrieval,

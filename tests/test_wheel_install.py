@@ -80,7 +80,8 @@ def test_a_wheel_install_converts_trains_saves_and_loads(tmp_path):
     assert install.returncode == 0, install.stdout[-2000:] + install.stderr[-3000:]
     installed = {path.name for path in site.iterdir()}
     assert {"hf_vlp", "conversion", "model_cards"} <= installed, installed
-    assert sorted(path.name for path in (site / "model_cards").glob("*.md")) == ["albef.md", "blip.md", "clip.md", "vilt.md", "vlmo.md"]
+    assert sorted(path.name for path in (site / "model_cards").glob("*.md")) == [
+        "albef.md", "blip.md", "clip.md", "coca.md", "vilt.md", "vlmo.md"]
 
     script = tmp_path / "use_installed.py"
     script.write_text(SCRIPT)

@@ -56,6 +56,18 @@ from ..models.clip import (
     VlpClipVisionConfig,
     VlpClipVisionModel,
 )
+from ..models.coca import (
+    VlpCocaConfig,
+    VlpCocaDecoderConfig,
+    VlpCocaForConditionalGeneration,
+    VlpCocaImageProcessor,
+    VlpCocaModel,
+    VlpCocaProcessor,
+    VlpCocaTextConfig,
+    VlpCocaTextModel,
+    VlpCocaVisionConfig,
+    VlpCocaVisionModel,
+)
 from ..models.vilt import (
     VlpViltConfig,
     VlpViltForMaskedLM,
@@ -80,7 +92,8 @@ from .pipelines import register_pipelines
 @dataclass(frozen=True)
 class ArchitectureRegistration:
     """What one architecture registers: its configs, their base models, task heads and processors. A single-stream
-    architecture (ViLT) has no tower sub-configs and leaves ``vision_*``/``text_*`` unset."""
+    architecture (ViLT) has no tower sub-configs and leaves ``vision_*``/``text_*`` unset; ``other_configs`` are
+    sub-configs without a model of their own (CoCa's multimodal decoder), registered with ``AutoConfig`` only."""
 
     config: type[PretrainedConfig]
     vision_config: type[PretrainedConfig] | None
@@ -92,10 +105,11 @@ class ArchitectureRegistration:
     processor: type
     # (Auto class, head class) pairs registered on the composite config
     heads: tuple[tuple[type, type[PreTrainedModel]], ...] = field(default_factory=tuple)
+    other_configs: tuple[type[PretrainedConfig], ...] = ()
 
     def configs(self) -> list[type[PretrainedConfig]]:
-        """The composite config and the tower configs the architecture has."""
-        return [self.config, *(config for config, _ in self.tower_pairs())]
+        """The composite config, the tower configs and the other sub-configs the architecture has."""
+        return [self.config, *(config for config, _ in self.tower_pairs()), *self.other_configs]
 
     def tower_pairs(self) -> list[tuple[type[PretrainedConfig], type[PreTrainedModel]]]:
         """(tower config, tower model) of the architectures with separate towers."""
@@ -154,6 +168,16 @@ ARCHITECTURES: tuple[ArchitectureRegistration, ...] = (
             (AutoModelForMaskedLM, VlpVlmoForMaskedLM),
             (AutoModelForVisualQuestionAnswering, VlpVlmoForQuestionAnswering),
         ),
+    ),
+    ArchitectureRegistration(
+        VlpCocaConfig, VlpCocaVisionConfig, VlpCocaTextConfig,
+        VlpCocaModel, VlpCocaVisionModel, VlpCocaTextModel,
+        VlpCocaImageProcessor, VlpCocaProcessor,
+        heads=(
+            (AutoModelForZeroShotImageClassification, VlpCocaModel),
+            (AutoModelForImageTextToText, VlpCocaForConditionalGeneration),
+        ),
+        other_configs=(VlpCocaDecoderConfig,),
     ),
 )
 

@@ -430,6 +430,27 @@ inputs = processor(images=left_images, images_2=right_images, text=statements, r
 logits = model(**inputs).logits  # [n, 2]: 1 = the statement is true of the image pair''',
 }
 
+_COCA_ZERO_SHOT = '''
+classifier = pipeline("zero-shot-image-classification", model="{repo}")
+classifier(image, candidate_labels=["a cat", "a dog"])  # labels go into the processor's saved prompt template'''
+_COCA_USAGE = {
+    "VlpCocaModel": _COCA_ZERO_SHOT + '''
+inputs = processor(images=images, text=captions, return_tensors="pt")
+model(**inputs).logits_per_image  # [n_images, n_texts]: cosine similarities x exp(logit_scale)''',
+    "VlpCocaForConditionalGeneration": '''
+model.caption(images, processor)  # open_clip's decoding: beam search (2 beams), at most 30 tokens
+pipeline("image-text-to-text", model="{repo}")(images=image, text="")  # text="a photo of" continues a prompt
+inputs = processor(images=images, text=captions, return_tensors="pt")
+model(**inputs, return_loss=True).loss  # the config's contrastive_loss_weight and caption_loss_weight sum the terms
+# the same folder also loads as the dual encoder (VlpCocaModel):''' + _COCA_ZERO_SHOT,
+    "VlpCocaVisionModel": '''
+outputs = model(pixel_values=processor(images=images, return_tensors="pt")["pixel_values"])
+outputs.pooler_output, outputs.image_tokens  # the contrastive query and the decoder's memory, not projected''',
+    "VlpCocaTextModel": '''
+outputs = model(input_ids=processor(text=texts, return_tensors="pt")["input_ids"])
+outputs.pooler_output  # the appended class token's features, not projected''',
+}
+
 # head class -> code after loading model and processor ({repo}, {vqa_task} and {head} are filled in)
 HEAD_USAGE: dict[str, str] = {
     "VlpClipModel": '''
@@ -468,6 +489,7 @@ model.caption(images, processor)  # the original's decoding (beam search); the p
 pipeline("image-text-to-text", model="{repo}")(images=image, text="a picture of ")''',
     **_VILT_USAGE,
     **_VLMO_USAGE,
+    **_COCA_USAGE,
     "VlpAlbefForQuestionAnswering": _VQA,
     "VlpBlipForQuestionAnswering": _VQA + '''
 # Do not load this checkpoint with AutoModelForImageTextToText or the image-text-to-text pipeline: it holds an answer

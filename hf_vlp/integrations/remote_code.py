@@ -96,8 +96,10 @@ def model_auto_map(arch: ArchitectureRegistration, config_class: type) -> dict[s
     if config_class is arch.config:
         return {"AutoConfig": config_class, "AutoModel": arch.model,
                 **{auto_class.__name__: head for auto_class, head in arch.heads}}
-    tower = arch.vision_model if config_class is arch.vision_config else arch.text_model
-    return {"AutoConfig": config_class, "AutoModel": tower}
+    towers = dict(arch.tower_pairs())
+    if config_class in towers:
+        return {"AutoConfig": config_class, "AutoModel": towers[config_class]}
+    return {"AutoConfig": config_class}  # a sub-config without a model of its own (CoCa's decoder)
 
 
 def _architecture_classes(arch: ArchitectureRegistration, names: Any) -> list[type]:

@@ -48,6 +48,9 @@ from hf_vlp import (
     VlpClipTextModelWithProjection,
     VlpClipVisionModel,
     VlpClipVisionModelWithProjection,
+    VlpCocaForConditionalGeneration,
+    VlpCocaTextModel,
+    VlpCocaVisionModel,
     VlpVlmoForImageTextRetrieval,
     VlpVlmoForMaskedLM,
     VlpVlmoForPretraining,
@@ -81,6 +84,7 @@ from hf_vlp.models.blip.processing_blip import add_blip_special_tokens, blip_spe
 from hf_vlp.models.clip.tokenization_clip import clip_tokenizer_from_bpe
 from hf_vlp.training.tokenizers import synthetic_wordpiece_tokenizer
 from tests.helpers.tiny_models import tiny_albef_config, tiny_blip_config, tiny_vlmo_config
+from tests.models.coca.test_pipelines_coca import tiny_coca
 from tests.models.test_model_contract import CASES
 
 CLIP_BPE = Path(__file__).parents[1] / "fixtures" / "originals" / "clip_vit" / "bpe_simple_vocab_truncated.txt.gz"
@@ -187,7 +191,8 @@ def test_every_heads_card_is_valid_hub_metadata_with_honest_fields(head, tmp_pat
     assert ModelCard(card.content).data.to_dict() == data
     assert data["library_name"] == "transformers"
     source_release = {"clip": "openai/CLIP", "albef": "salesforce/ALBEF", "blip": "salesforce/BLIP",
-                      "vilt": "dandelin/ViLT", "vlmo": "microsoft/unilm"}[head.model_card_template]
+                      "vilt": "dandelin/ViLT", "vlmo": "microsoft/unilm",
+                      "coca": "mlfoundations/open_clip"}[head.model_card_template]
     assert data["license"] == SOURCE_RELEASES[source_release].license
     assert data["datasets"] == ["org/train"]  # a local path and synthetic-shapes are described in text only
     assert "base_model" not in data  # an original release has no Hub id
@@ -230,6 +235,8 @@ EXPECTED_PIPELINE_TAGS = {
     "VlpBlipForImageTextRetrieval": "zero-shot-image-classification",
     "VlpBlipForConditionalGeneration": "image-text-to-text",
     "VlpVlmoModel": "zero-shot-image-classification",
+    "VlpCocaModel": "zero-shot-image-classification",
+    "VlpCocaForConditionalGeneration": "image-text-to-text",
 }
 
 
@@ -251,6 +258,8 @@ PIPELINE_RUNS = [
      AutoModelForZeroShotImageClassification),
     ("image-text-to-text", lambda: tiny_blip(VlpBlipForConditionalGeneration), AutoModelForImageTextToText),
     ("zero-shot-image-classification", lambda: tiny_vlmo(), AutoModelForZeroShotImageClassification),
+    ("zero-shot-image-classification", lambda: tiny_coca(), AutoModelForZeroShotImageClassification),
+    ("image-text-to-text", lambda: tiny_coca(VlpCocaForConditionalGeneration), AutoModelForImageTextToText),
 ]
 
 
@@ -320,6 +329,8 @@ HOW_TO_HEADS = {
     "vlmo-retrieval": lambda: tiny_vlmo(VlpVlmoForImageTextRetrieval),
     "vlmo-mlm": lambda: tiny_vlmo(VlpVlmoForMaskedLM), "vlmo-vqa": lambda: tiny_vlmo(VlpVlmoForQuestionAnswering),
     "vlmo-nlvr2": lambda: tiny_vlmo(VlpVlmoForVisualReasoning),
+    "coca": lambda: tiny_coca(), "coca-captioning": lambda: tiny_coca(VlpCocaForConditionalGeneration),
+    "coca-vision": lambda: tiny_coca(VlpCocaVisionModel), "coca-text": lambda: tiny_coca(VlpCocaTextModel),
 }
 
 
@@ -350,6 +361,7 @@ def test_source_releases_carry_the_licenses_read_from_their_repositories():
         "openai/CLIP": "mit", "mlfoundations/open_clip": "mit", "salesforce/ALBEF": "bsd-3-clause",
         "salesforce/BLIP": "bsd-3-clause", "dandelin/ViLT": "apache-2.0", "microsoft/unilm": "mit",
     }
+    assert release_source("coca", "open_clip_pytorch_model.bin").license == "mit"  # open_clip's CoCa weights
     assert release_source("albef", "ALBEF.pth").license == "bsd-3-clause"
     clip = release_source("clip", "ViT-B-32.pt")
     assert clip.license == "mit" and "openai/CLIP" in clip.license_origin and "open_clip" in clip.license_origin
@@ -518,3 +530,14 @@ def test_only_a_vqa_models_card_names_an_answer_vocabulary(architecture: str) ->
     vqa, other = (" ".join(render_model_card(head(config_factory(num_labels=7))).text.split()) for head in heads)
     assert "fixed vocabulary of 7 answers" in vqa
     assert "vocabulary of" not in other and "answers from" not in other
+
+
+def test_coca_cards_say_which_parts_the_checkpoint_holds() -> None:
+    """The dual encoder's card says it does not caption, the captioner's how it decodes, a tower's what it returns."""
+    heads = (hf_vlp.VlpCocaModel, VlpCocaForConditionalGeneration, VlpCocaVisionModel, VlpCocaTextModel)
+    model, captioner, vision, text = (" ".join(render_model_card(tiny_coca(head)[0]).text.split()) for head in heads)
+    assert "holds the dual encoder only" in model and "does not caption" in model and "generate(" not in model
+    assert "holds all three parts" in captioner and "`text=\"\"` captions from start-of-text" in captioner
+    assert "CoCa trains on 1.0 x the contrastive loss + 2.0 x the captioning cross-entropy" in captioner
+    assert "# coca The image tower of a **CoCa** model" in vision and "`image_tokens`" in vision
+    assert "# coca The unimodal text decoder of a **CoCa** model" in text and "n/a" not in vision + text

@@ -34,9 +34,14 @@ from hf_vlp import (
     VlpClipImageProcessor,
     VlpClipModel,
     VlpClipProcessor,
+    VlpCocaDecoderConfig,
+    VlpCocaForConditionalGeneration,
+    VlpCocaProcessor,
+    VlpCocaVisionConfig,
+    VlpCocaVisionModel,
 )
 from hf_vlp.integrations import remote_code
-from hf_vlp.integrations.remote_code import ENTRY_MODULE, export_remote_code, find_registration
+from hf_vlp.integrations.remote_code import ENTRY_MODULE, export_remote_code, find_registration, model_auto_map
 from hf_vlp.integrations.source_bundle import REMOTE_DEPENDENCIES, BundleError, bundle_sources, undefined_names
 from hf_vlp.models.blip import blip_special_token_ids
 from hf_vlp.models.clip.tokenization_clip import clip_tokenizer_from_bpe
@@ -44,6 +49,7 @@ from hf_vlp.models.vilt import VlpViltForQuestionAnswering, VlpViltImageProcesso
 from hf_vlp.models.vlmo import VlpVlmoForPretraining, VlpVlmoImageProcessor, VlpVlmoProcessor
 from tests.helpers.tiny_models import NO_DROPOUT, TINY_ALBEF_TEXT, TINY_BLIP_TEXT, TINY_VIT, WIDE_BLIP_TEXT
 from tests.helpers.tiny_models import tiny_vilt_config, tiny_vlmo_config
+from tests.models.coca.test_pipelines_coca import tiny_coca
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -91,6 +97,13 @@ def run_case(case: str, processor: Any, model: Any) -> dict[str, Any]:
             scores = model.rank(inputs["pixel_values"], inputs["input_ids"], inputs["attention_mask"], k=1)
             results = {name: output[name] for name in ("loss", "loss_itc", "loss_itm", "loss_mlm", "mlm_labels")}
             results.update(image_to_text=scores.image_to_text, text_to_image=scores.text_to_image)
+        elif case == "coca":  # the joint loss, then open_clip's beam search from start-of-text, decoded
+            inputs = processor(images=images, text=["a dog sitting on grass", "a man riding a horse"],
+                               return_tensors="pt")
+            output = model(**inputs, return_loss=True)
+            generated = model.generate(inputs["pixel_values"], max_length=8)
+            results = {name: output[name] for name in ("loss", "contrastive_loss", "caption_loss", "logits_per_image")}
+            results.update(generated=generated, captions=processor.post_process_image_text_to_text(generated))
     return {**{f"inputs.{name}": value for name, value in inputs.items()}, **results}
 
 
@@ -193,6 +206,10 @@ def vlmo_case() -> tuple[VlpVlmoForPretraining, VlpVlmoProcessor]:
     return VlpVlmoForPretraining(config).eval(), processor
 
 
+def coca_case() -> tuple[VlpCocaForConditionalGeneration, VlpCocaProcessor]:
+    return tiny_coca(VlpCocaForConditionalGeneration)
+
+
 # case -> (builder, the Auto class that loads its head, the hf_vlp classes it is compared with)
 CASES = {
     "clip": (clip_case, "AutoModelForZeroShotImageClassification", VlpClipModel, VlpClipProcessor),
@@ -200,6 +217,7 @@ CASES = {
     "blip": (blip_case, "AutoModelForImageTextToText", VlpBlipForConditionalGeneration, VlpBlipProcessor),
     "vilt": (vilt_case, "AutoModelForVisualQuestionAnswering", VlpViltForQuestionAnswering, VlpViltProcessor),
     "vlmo": (vlmo_case, "AutoModelForPreTraining", VlpVlmoForPretraining, VlpVlmoProcessor),
+    "coca": (coca_case, "AutoModelForImageTextToText", VlpCocaForConditionalGeneration, VlpCocaProcessor),
 }
 
 
@@ -378,6 +396,13 @@ def test_tower_models_and_unregistered_heads_are_exported_too(exported, tmp_path
     (retrieval / "config.json").write_text(json.dumps({**config, "architectures": ["VlpAlbefForImageTextRetrieval"]}))
     export_remote_code(retrieval)
     assert "import VlpAlbefForImageTextRetrieval\n" in (retrieval / f"{ENTRY_MODULE}.py").read_text()
+
+
+def test_each_sub_config_maps_its_own_model_and_a_modelless_one_only_auto_config() -> None:
+    arch, config_class = find_registration("hf_vlp_coca_vision")
+    assert model_auto_map(arch, config_class) == {"AutoConfig": VlpCocaVisionConfig, "AutoModel": VlpCocaVisionModel}
+    arch, config_class = find_registration("hf_vlp_coca_decoder")  # CoCa's multimodal decoder has no model class
+    assert model_auto_map(arch, config_class) == {"AutoConfig": VlpCocaDecoderConfig}
 
 
 def test_not_main_process_saves_without_exporting(exported, tmp_path) -> None:

@@ -1,4 +1,5 @@
-"""The shared model contract (``tests/helpers/model_contract.py``) run on every head class of CLIP, ALBEF and BLIP.
+"""The shared model contract (``tests/helpers/model_contract.py``) run on every head class of CLIP, ALBEF, BLIP, ViLT,
+VLMo and CoCa.
 
 A new head or architecture adds one :class:`ModelContractCase` to ``CASES`` (a tiny config factory, an inputs
 factory, what it supports) and gets every check. A check a head fails today is listed in ``KNOWN_FAILURES`` with the
@@ -59,6 +60,12 @@ from hf_vlp.models.clip import (
     VlpClipVisionModel,
     VlpClipVisionModelWithProjection,
 )
+from hf_vlp.models.coca import (
+    VlpCocaForConditionalGeneration,
+    VlpCocaModel,
+    VlpCocaTextModel,
+    VlpCocaVisionModel,
+)
 from hf_vlp.models.modeling_utils import takes_output_kwargs
 from hf_vlp.models.vlmo import (
     VlpVlmoForImageTextRetrieval,
@@ -88,6 +95,8 @@ from tests.helpers.tiny_models import (
     tiny_blip_config,
     tiny_clip_config,
     tiny_clip_inputs,
+    tiny_coca_batch,
+    tiny_coca_config,
     tiny_vilt_batch,
     tiny_vilt_config,
     tiny_vlmo_batch,
@@ -98,6 +107,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 ARCHITECTURE_PACKAGES = (
     "hf_vlp.models.clip", "hf_vlp.models.albef", "hf_vlp.models.blip", "hf_vlp.models.vilt", "hf_vlp.models.vlmo",
+    "hf_vlp.models.coca",
 )
 
 
@@ -586,7 +596,69 @@ VLMO_CASES = [
     ),
 ]
 
-CASES: list[ModelContractCase] = [*CLIP_CASES, *ALBEF_CASES, *BLIP_CASES, *VILT_CASES, *VLMO_CASES]
+
+# --------------------------------------------------------------------------------------------------- CoCa
+
+
+def coca_inputs(config: PretrainedConfig, batch: int, seed: int) -> Inputs:
+    return tiny_coca_batch(batch, seed)
+
+
+def coca_image_inputs(config: PretrainedConfig, batch: int, seed: int) -> Inputs:
+    return pick(tiny_coca_batch(batch, seed), "pixel_values")
+
+
+def coca_text_inputs(config: PretrainedConfig, batch: int, seed: int) -> Inputs:
+    return pick(tiny_coca_batch(batch, seed), "input_ids", "attention_mask")
+
+
+def coca_text_states(path: str, text: PretrainedConfig, inputs: Inputs) -> StatesSpec:
+    """The unimodal text decoder runs over the text tokens and its appended class token."""
+    seq_len = inputs["input_ids"].shape[1] + 1
+    return StatesSpec(path, text.num_hidden_layers, text.num_attention_heads, seq_len, text.hidden_size)
+
+
+def coca_dual_states(config: PretrainedConfig, inputs: Inputs) -> tuple[StatesSpec, ...]:
+    return vit_states("vision_model_output", config.vision_config), coca_text_states(
+        "text_model_output", config.text_config, inputs
+    )
+
+
+def coca_captioning_states(config: PretrainedConfig, inputs: Inputs) -> tuple[StatesSpec, ...]:
+    """Both towers, and at the top level the multimodal decoder over the text tokens (no class token)."""
+    decoder = config.decoder_config
+    return (*coca_dual_states(config, inputs), text_states("", decoder, inputs))
+
+
+COCA_CASES = [
+    ModelContractCase(
+        VlpCocaModel, tiny_coca_config, coca_inputs, loss_inputs=return_loss,
+        auto_classes=(AutoModel, AutoModelForZeroShotImageClassification), has_text_embeddings=True, **BOTH_FLAGS,
+        states=coca_dual_states, batch_coupled_outputs=CONTRASTIVE_LOGITS,
+        encoders=(IMAGE_FEATURES, EncoderSpec("get_text_features", ("input_ids", "attention_mask"))),
+        projected_features=True,
+    ),
+    ModelContractCase(
+        VlpCocaVisionModel, lambda: tiny_coca_config().vision_config, coca_image_inputs, auto_classes=(AutoModel,),
+        **BOTH_FLAGS, states=lambda config, inputs: (vit_states("", config),),
+        encoders=(EncoderSpec("forward", ("pixel_values",)),),
+    ),
+    ModelContractCase(
+        VlpCocaTextModel, lambda: tiny_coca_config().text_config, coca_text_inputs, auto_classes=(AutoModel,),
+        has_text_embeddings=True, **BOTH_FLAGS, states=lambda config, inputs: (coca_text_states("", config, inputs),),
+        encoders=(EncoderSpec("forward", ("input_ids", "attention_mask")),),
+    ),
+    ModelContractCase(
+        VlpCocaForConditionalGeneration, tiny_coca_config, coca_inputs,
+        loss_inputs=lambda config, inputs: {"labels": inputs["input_ids"].clone()},
+        auto_classes=(AutoModelForImageTextToText,), has_text_embeddings=True, **BOTH_FLAGS,
+        states=coca_captioning_states, batch_coupled_outputs=CONTRASTIVE_LOGITS,
+    ),
+]
+
+CASES: list[ModelContractCase] = [
+    *CLIP_CASES, *ALBEF_CASES, *BLIP_CASES, *VILT_CASES, *VLMO_CASES, *COCA_CASES,
+]
 
 
 # --------------------------------------------------------------------------------------------------- known failures

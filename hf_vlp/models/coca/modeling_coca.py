@@ -225,6 +225,15 @@ class VlpCocaModel(VlpCocaPreTrainedModel):
     def set_input_embeddings(self, value: nn.Embedding) -> None:
         self.text_model.set_input_embeddings(value)
 
+    def resize_token_embeddings(
+        self, new_num_tokens: int | None = None, pad_to_multiple_of: int | None = None, mean_resizing: bool = True
+    ) -> nn.Embedding:
+        """transformers' resize (the token embeddings, and the captioner's ``lm_head``); the decoder config's
+        vocabulary follows the text config's, as the config requires."""
+        embeddings = super().resize_token_embeddings(new_num_tokens, pad_to_multiple_of, mean_resizing)
+        self.config.decoder_config.vocab_size = embeddings.num_embeddings
+        return embeddings
+
     @model_forward
     def get_image_features(
         self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool = False, **kwargs: Unpack[OutputKwargs]

@@ -106,14 +106,15 @@ class VlpCocaForConditionalGeneration(OriginalBeamScoringMixin, VlpCocaModel, Ge
         self.lm_head = value
 
     def default_generation_config(self) -> GenerationConfig:
-        """open_clip's ``CoCa.generate`` defaults (:data:`COCA_DECODING`) with the text config's special tokens."""
+        """open_clip's ``CoCa.generate`` defaults (:data:`COCA_DECODING`) with the text config's special tokens;
+        ``max_length`` at most the text context."""
         text = self.config.text_config
         return GenerationConfig(
             bos_token_id=text.bos_token_id,
             eos_token_id=text.eos_token_id,
             pad_token_id=text.pad_token_id,
             forced_eos_token_id=text.eos_token_id,
-            **COCA_DECODING,
+            **{**COCA_DECODING, "max_length": min(COCA_DECODING["max_length"], text.max_position_embeddings)},
         )
 
     def caption_labels(self, labels: torch.Tensor) -> torch.Tensor:
@@ -355,8 +356,11 @@ class VlpCocaForConditionalGeneration(OriginalBeamScoringMixin, VlpCocaModel, Ge
             input_ids = processor(text=[prompt], padding="longest", return_tensors="pt")["input_ids"].to(self.device)
         output = self.generate(pixel_values, input_ids, **generate_kwargs)
         sequences = output if isinstance(output, torch.Tensor) else output.sequences
+        # cut after end-of-text: the pads (id 0) would read as "!" (the processor's image-text-to-text decoding)
+        end = self.config.text_config.eos_token_id
+        rows = [row[: row.index(end) + 1] if end in row else row for row in sequences.tolist()]
         tokenizer = getattr(processor, "tokenizer", processor)
-        texts = [text.strip() for text in tokenizer.batch_decode(sequences, skip_special_tokens=True)]
+        texts = [text.strip() for text in tokenizer.batch_decode(rows, skip_special_tokens=True)]
         return [text[len(prompt) :].strip() if prompt and text.startswith(prompt) else text for text in texts]
 
 

@@ -283,3 +283,21 @@ def test_bad_inputs_and_configs_are_refused_with_the_fix() -> None:
     large = VlpCocaConfig.from_preset("coca_ViT-L-14")
     assert (large.projection_dim, large.vision_config.hidden_size, large.vision_config.patch_size) == (768, 1024, 14)
     assert large.text_config.max_position_embeddings == 76 and large.decoder_config.num_attention_heads == 12
+
+
+def test_caption_strings_stop_at_end_of_text_for_every_row_of_a_batch() -> None:
+    from hf_vlp.models.clip.tokenization_clip import clip_tokenizer_from_bpe
+    from tests.helpers.coca import FIXTURE_BPE
+
+    torch.manual_seed(0)
+    model = VlpCocaForConditionalGeneration(tiny_coca_config(text={"max_position_embeddings": 8})).eval()
+    assert model.generation_config.max_length == 8  # open_clip's 30, capped by the text context
+    tokenizer = clip_tokenizer_from_bpe(FIXTURE_BPE)
+    pixel_values = tiny_coca_batch(4)["pixel_values"]
+    sequences = model.generate(pixel_values, num_beams=1)
+    captions = model.caption(pixel_values, tokenizer, num_beams=1)
+    assert len(captions) == 4
+    for row, caption in zip(sequences.tolist(), captions):
+        end = row.index(63) + 1 if 63 in row else len(row)  # (63 is an ordinary token of the fixture's vocabulary)
+        assert caption == tokenizer.decode(row[:end], skip_special_tokens=True).strip()
+        assert not caption.endswith("!")
