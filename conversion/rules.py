@@ -203,18 +203,18 @@ COCA_NAMES: tuple[tuple[str, str], ...] = (
 # the multimodal decoder: per layer a self-attention block, then a cross-attention block whose fused in_proj is our
 # q + kv (:func:`coca_rules`)
 COCA_DECODER_NAMES: tuple[tuple[str, str], ...] = (
-    *block_names("text_decoder.resblocks.", "text_decoder.layers.{i}.self_attention_block."),
+    *block_names("text_decoder.resblocks.", "text_decoder.transformer.layers.{i}.self_attention_block."),
     *block_names(
-        "text_decoder.cross_attn.", "text_decoder.layers.{i}.cross_attention_block.",
+        "text_decoder.cross_attn.", "text_decoder.transformer.layers.{i}.cross_attention_block.",
         (*(pair for pair in OPENAI_BLOCK_NAMES if pair[1] != "attn.qkv.{p}"), ("ln_1_kv.{p}", "norm_kv.{p}")),
     ),
-    ("text_decoder.ln_final.{p}", "text_decoder.norm_final.{p}"),
+    ("text_decoder.ln_final.{p}", "text_decoder.transformer.norm_final.{p}"),
 )
 # ``x @ W`` matrices of open_clip <-> our bias-free Linear weights (transposed both ways)
 COCA_PROJECTIONS = (("visual.proj", "visual_projection.weight"), ("text.text_projection", "text_projection.weight"))
 COCA_DECODER_PROJECTION = (("text_decoder.text_projection", "lm_head.weight"),)
 _CROSS_ATTENTION = (
-    "text_decoder.cross_attn.{i}.attn.in_proj_{p}", "text_decoder.layers.{i}.cross_attention_block.attn."
+    "text_decoder.cross_attn.{i}.attn.in_proj_{p}", "text_decoder.transformer.layers.{i}.cross_attention_block.attn."
 )
 
 

@@ -94,6 +94,7 @@ class VlpCocaDecoderConfig(TransformerTowerConfig):
     hidden_act: str = "gelu"
     layer_norm_eps: float = 1e-5
     attention_dropout: float = 0.0
+    memory_size: int = 512
 
 
 def _tower(width: int, layers: int, heads: int) -> dict[str, Any]:
@@ -149,6 +150,7 @@ class VlpCocaConfig(PretrainedConfig):
         super().__post_init__(**kwargs)
         self.text_config.projection_dim = self.projection_dim
         self.vision_config.projection_dim = self.projection_dim
+        self.decoder_config.memory_size = self.projection_dim
 
     def validate_architecture(self) -> None:
         text, decoder = self.text_config, self.decoder_config

@@ -21,8 +21,9 @@ from typing import Any, Unpack
 import torch
 from torch import nn
 from transformers import initialization as init
-from transformers.modeling_outputs import BaseModelOutputWithPooling, ModelOutput
+from transformers.modeling_outputs import BaseModelOutputWithCrossAttentions, BaseModelOutputWithPooling, ModelOutput
 
+from ...modules.attention import AttentionMemory
 from ...modules.decoder import MultimodalDecoder
 from ...modules.pooling import AttentionalPooler
 from ...modules.text import CausalTextTransformer
@@ -31,7 +32,7 @@ from ...objectives.losses import contrastive_loss
 from ..clip.modeling_clip import CLIP_TEXT_ARGUMENTS, VlpClipPreTrainedModel
 from ..modeling_utils import OutputKwargs, float_tensor, model_forward
 from ..towers import TextTowerMixin, VisionTowerMixin, check_both_modalities, with_pooled_features
-from .configuration_coca import VlpCocaConfig, VlpCocaTextConfig, VlpCocaVisionConfig
+from .configuration_coca import VlpCocaConfig, VlpCocaDecoderConfig, VlpCocaTextConfig, VlpCocaVisionConfig
 
 
 @dataclass
@@ -183,16 +184,37 @@ class VlpCocaTextModel(TextTowerMixin, VlpCocaPreTrainedModel):
         return {name: value for name, value in kwargs.items() if name in CLIP_TEXT_ARGUMENTS}
 
 
-def build_multimodal_decoder(config: VlpCocaConfig) -> MultimodalDecoder:
-    """The multimodal text decoder of ``config``; its self-attention caches follow the unimodal decoder's layers."""
-    decoder = config.decoder_config
-    return MultimodalDecoder(
-        block_options(decoder, attention_dropout=decoder.attention_dropout),
-        decoder.num_hidden_layers,
-        config.projection_dim,
-        config=decoder,
-        first_cache_layer=config.text_config.num_hidden_layers,
-    )
+class VlpCocaMultimodalDecoder(VlpCocaPreTrainedModel):
+    """The multimodal text decoder (:class:`~hf_vlp.modules.decoder.MultimodalDecoder`) as a model of its own config,
+    as the towers are, so that attention settings given to the whole model (``attn_implementation``) reach its config
+    through transformers' checks. ``first_cache_layer`` is its first layer's key/value-cache index (CoCa caches the
+    unimodal decoder's layers first). ``forward`` is the decoder's."""
+
+    config: VlpCocaDecoderConfig
+
+    def __init__(self, config: VlpCocaDecoderConfig, first_cache_layer: int = 0) -> None:
+        super().__init__(config)
+        self.transformer = MultimodalDecoder(
+            block_options(config, attention_dropout=config.attention_dropout),
+            config.num_hidden_layers,
+            config.memory_size,
+            config=config,
+            first_cache_layer=first_cache_layer,
+        )
+        self.post_init()
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        memory: torch.Tensor | AttentionMemory,
+        cache: Any = None,
+        output_hidden_states: bool = False,
+        output_attentions: bool = False,
+    ) -> BaseModelOutputWithCrossAttentions:
+        return self.transformer(
+            hidden_states, memory, cache=cache, output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions,
+        )
 
 
 class VlpCocaModel(VlpCocaPreTrainedModel):
@@ -307,5 +329,5 @@ __all__ = [
     "VlpCocaTextModel",
     "VlpCocaVisionModel",
     "VlpCocaVisionModelOutput",
-    "build_multimodal_decoder",
+    "VlpCocaMultimodalDecoder",
 ]

@@ -26,7 +26,7 @@ from ...objectives.lm import IGNORE_INDEX, shifted_lm_loss
 from ...objectives.losses import contrastive_loss
 from ..modeling_utils import OutputKwargs
 from .configuration_coca import VlpCocaConfig
-from .modeling_coca import VlpCocaModel, VlpCocaVisionModelOutput, build_multimodal_decoder
+from .modeling_coca import VlpCocaModel, VlpCocaMultimodalDecoder, VlpCocaVisionModelOutput
 
 # open_clip 3.3.0's CoCa.generate defaults. Its beam search runs 6 beams in 3 groups with no diversity penalty, so the
 # three groups stay identical and the search equals 2-beam search (scored as transformers 4.x scored it, which
@@ -96,7 +96,9 @@ class VlpCocaForConditionalGeneration(OriginalBeamScoringMixin, VlpCocaModel, Ge
         self.generation_config = self.default_generation_config()
 
     def build_heads(self, config: VlpCocaConfig) -> None:
-        self.text_decoder = build_multimodal_decoder(config)
+        self.text_decoder = VlpCocaMultimodalDecoder(
+            config.decoder_config, first_cache_layer=config.text_config.num_hidden_layers
+        )
         self.lm_head = nn.Linear(config.decoder_config.hidden_size, config.decoder_config.vocab_size, bias=False)
 
     def get_output_embeddings(self) -> nn.Linear:
@@ -298,7 +300,7 @@ class VlpCocaForConditionalGeneration(OriginalBeamScoringMixin, VlpCocaModel, Ge
     def cache_layout(self) -> Any:
         """A config describing the decoding cache: the unimodal decoder's layers then the multimodal decoder's."""
         layout = copy.copy(self.config.decoder_config)
-        layout.num_hidden_layers = self.config.text_config.num_hidden_layers + len(self.text_decoder.layers)
+        layout.num_hidden_layers = self.config.text_config.num_hidden_layers + len(self.text_decoder.transformer.layers)
         return layout
 
     @torch.no_grad()
