@@ -57,7 +57,7 @@ class JobArguments:
     preset: str | None = field(
         default=None,
         metadata=_help("a released size built from scratch (CLIP: ViT-B/32, ViT-B/16, RN50, ...; VLMo: base, large, "
-                       "base_plus)"),
+                       "base_plus; CoCa: coca_ViT-B-32, coca_ViT-L-14, paper_base)"),
     )
     from_pretrained: str | None = field(
         default=None, metadata=_help("a saved hf_vlp model directory to fine-tune (a pre-trained ALBEF feeds every task)")

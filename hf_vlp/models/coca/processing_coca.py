@@ -27,6 +27,9 @@ class VlpCocaProcessor(VlpClipProcessor):
         **kwargs: Any,
     ):
         super().__init__(image_processor, tokenizer, context_length, pad_token_id, prompt_template, **kwargs)
+        # a CLIP tokenizer pads with end-of-text; the Trainer copies the tokenizer's pad id into the model, which would
+        # leave end-of-text out of the captioning loss (pads are ignored there): the tokenizer pads with id 0 too
+        self.tokenizer.pad_token = self.tokenizer.convert_ids_to_tokens(pad_token_id)
 
     def post_process_image_text_to_text(
         self, generated_outputs: Any, skip_special_tokens: bool = True, **kwargs: Any

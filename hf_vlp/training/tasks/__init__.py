@@ -19,7 +19,7 @@ from .base import (
     task_names,
 )
 
-_BUILTIN_MODULES = ("clip", "albef", "blip", "vilt", "vlmo")
+_BUILTIN_MODULES = ("clip", "albef", "blip", "vilt", "vlmo", "coca")
 
 
 def task_for_stage(architecture: str, name: str | None = None, stage: str | None = None) -> TrainingTask:

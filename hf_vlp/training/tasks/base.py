@@ -43,6 +43,7 @@ from ..data import (
     has_split,
     load_image_text_dataset,
     resolve_dataset_spec,
+    take_rows,
 )
 from ..job import JobArguments
 from ..recipes import Recipe
@@ -135,6 +136,14 @@ class TrainingTask(abc.ABC):
             hold_out=hold_out,
             **options,
         )
+
+    def usable_rows(self, spec: str, split: str, job: JobArguments) -> list[dict[str, Any]]:
+        """The first ``--eval-max-samples`` rows of ``split`` whose image decoded."""
+        dataset = self.load_dataset(spec, split, job, max_samples=job.eval_max_samples)
+        rows = [row for row in take_rows(dataset, job.eval_max_samples) if row.get("image") is not None]
+        if not rows:
+            raise ValueError("The evaluation dataset holds no usable row.")
+        return rows
 
     @staticmethod
     def held_out_split(spec: str, split: str, job: JobArguments) -> HeldOutSplit | None:

@@ -36,41 +36,62 @@ def pad_like_tokenizer(text_config: Any, processor: VlpClipProcessor) -> None:
 
 
 class ClipContrastiveTask(TrainingTask):
-    """CLIP contrastive pre-training / fine-tuning (``hf-vlp train clip``)."""
+    """CLIP contrastive pre-training / fine-tuning (``hf-vlp train clip``).
+
+    A dual encoder with a CLIP BPE tokenizer: :meth:`build` reads ``config_class``, ``processor_class`` and
+    ``image_processor_class`` and calls :meth:`fit_config` and :meth:`align_padding`, so a CLIP-like architecture
+    (CoCa) subclasses this task and overrides only those."""
 
     architecture = "clip"
     name = "contrastive"
     recipe = get_recipe("clip", "contrastive")
     model_classes = (VlpClipModel,)
     synthetic_task = "caption"
+    config_class: type = VlpClipConfig
+    processor_class: type = VlpClipProcessor
+    image_processor_class: type = VlpClipImageProcessor
 
     def build(self, job: JobArguments) -> tuple[nn.Module, Any]:
         """A converted/trained model (``--from-pretrained``), a released size (``--preset``) or the tiny recipe."""
         if job.vision_init is not None:
-            raise ValueError("--vision-init/--text-init initialise ALBEF/BLIP towers; CLIP starts from --preset or "
-                             "--from-pretrained.")
+            raise ValueError(f"--vision-init/--text-init initialise ALBEF/BLIP towers; {self.architecture} starts from "
+                             "--preset or --from-pretrained.")
         if job.from_pretrained:
-            model = AutoModel.from_pretrained(job.from_pretrained, dtype=torch.float32)
-            processor = AutoProcessor.from_pretrained(job.from_pretrained)
-            pad_like_tokenizer(model.config.text_config, processor)
-            return model, processor
-        tokenizer = load_clip_tokenizer(job.tokenizer or PACKAGED_BPE)
-        config = VlpClipConfig.from_preset(job.preset) if job.preset else VlpClipConfig(**self.recipe.tiny_config)
-        if job.image_size:
-            config.vision_config.image_size = job.image_size
+            model, processor = self.load_pretrained(job.from_pretrained)
+        else:
+            tokenizer = load_clip_tokenizer(job.tokenizer or PACKAGED_BPE)
+            config_class = self.config_class
+            config = config_class.from_preset(job.preset) if job.preset else config_class(**self.recipe.tiny_config)
+            if job.image_size:
+                config.vision_config.image_size = job.image_size
+            self.fit_config(config, tokenizer)
+            model = self.model_classes[0](config)
+            size, text = config.vision_config.image_size, config.text_config
+            processor = self.processor_class(
+                self.image_processor_class(size=size, crop_size=size),
+                tokenizer,
+                context_length=text.max_position_embeddings,
+                pad_token_id=text.pad_token_id,
+            )
+        self.align_padding(model, processor)
+        return model, processor
+
+    def load_pretrained(self, directory: str) -> tuple[nn.Module, Any]:
+        """The model and processor of a saved directory (``--from-pretrained``)."""
+        return AutoModel.from_pretrained(directory, dtype=torch.float32), AutoProcessor.from_pretrained(directory)
+
+    def fit_config(self, config: Any, tokenizer: Any) -> None:
+        """Size a new model's config to the tokenizer: vocabulary, start/end-of-text ids and (see
+        :func:`pad_like_tokenizer`) the tokenizer's pad token."""
         text = config.text_config
         text.vocab_size, text.eos_token_id, text.bos_token_id = len(tokenizer), tokenizer.eos_token_id, tokenizer.bos_token_id
-        if tokenizer.pad_token_id is not None:  # pad as the tokenizer does (end-of-text), see pad_like_tokenizer
+        if tokenizer.pad_token_id is not None:
             text.pad_token_id = tokenizer.pad_token_id
-        model = VlpClipModel(config)
-        size = config.vision_config.image_size
-        processor = VlpClipProcessor(
-            VlpClipImageProcessor(size=size, crop_size=size),
-            tokenizer,
-            context_length=text.max_position_embeddings,
-            pad_token_id=text.pad_token_id,
-        )
-        return model, processor
+
+    def align_padding(self, model: nn.Module, processor: Any) -> None:
+        """Make the model, the processor and its tokenizer agree on the pad id before the Trainer aligns the model's
+        special tokens with the tokenizer's (CLIP: the tokenizer's pad token wins, :func:`pad_like_tokenizer`)."""
+        pad_like_tokenizer(model.config.text_config, processor)
 
     def train_transform(self, image_size: int) -> ImageTransform:
         """CLIP/open_clip's RandomResizedCrop, ``scale=(0.9, 1.0)``."""

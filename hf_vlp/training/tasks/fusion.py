@@ -88,14 +88,6 @@ class FusionTask(TrainingTask):
             return callbacks
         return [MomentumCallback(alpha_warmup_epochs=self.alpha_warmup_epochs), *callbacks]
 
-    def usable_rows(self, spec: str, split: str, job: JobArguments) -> list[dict[str, Any]]:
-        """The first ``--eval-max-samples`` rows of ``split`` whose image decoded."""
-        dataset = self.load_dataset(spec, split, job, max_samples=job.eval_max_samples)
-        rows = [row for row in take_rows(dataset, job.eval_max_samples) if row.get("image") is not None]
-        if not rows:
-            raise ValueError("The evaluation dataset holds no usable row.")
-        return rows
-
 
 # --------------------------------------------------------------------------------------------------- retrieval
 

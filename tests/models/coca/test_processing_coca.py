@@ -79,6 +79,7 @@ def test_the_converters_processor_is_open_clips_and_survives_saving(tmp_path: Pa
     reloaded = AutoProcessor.from_pretrained(tmp_path)
     assert isinstance(reloaded, VlpCocaProcessor)
     assert (reloaded.context_length, reloaded.pad_token_id) == (76, 0)
+    assert reloaded.tokenizer.pad_token_id == 0  # what the stock Trainer copies into the model's pad id
     for candidate in (processor, reloaded):
         encoded = candidate(images=raw_images(), text=META["texts"], return_tensors="pt")
         assert torch.equal(encoded["input_ids"], inputs["input_ids"])
