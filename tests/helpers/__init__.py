@@ -6,6 +6,9 @@
 - ``distributed_pretraining``: momentum pre-training on two gloo ranks against a single-process reference;
 - ``distributed_vlmo``: VLMo pre-training (gathered ITC, global hard negatives) on two gloo ranks against one process;
 - ``vlmo``: the VLMo fixture converted into any head;
+- ``coca``: the CoCa fixture (open_clip's CoCa) converted into either head;
+- ``gloo_ranks``: running a function on each of two gloo ranks and comparing their losses with one process;
+- ``distributed_coca``: CoCa's joint loss on two gloo ranks against one process;
 - ``toy_models``: toy dual encoders and their two-process worker (losses, momentum, callbacks);
 - ``benchmarks``: running a benchmark script in ``--smoke`` mode.
 
