@@ -68,6 +68,13 @@ def ptb_tokenize(text: str) -> str:
     return " ".join(token for token in tokens if token not in PTB_PUNCTUATION)
 
 
+def caption_scorers_available() -> bool:
+    """Whether the COCO caption scorers (``pycocoevalcap``, the ``captioning`` extra) are installed."""
+    import importlib.util
+
+    return importlib.util.find_spec("pycocoevalcap") is not None
+
+
 def _scorers() -> tuple[Any, Any]:
     try:
         from pycocoevalcap.bleu.bleu import Bleu

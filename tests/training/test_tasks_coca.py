@@ -108,6 +108,24 @@ def test_a_saved_dual_encoder_is_evaluated_without_captions_and_not_fine_tuned(t
     assert code == 1 and "holds a VlpCocaModel; coca --task caption trains a VlpCocaForConditionalGeneration" in said
 
 
+def test_pretraining_without_the_caption_scorers_reports_zero_shot_and_says_why(monkeypatch, capsys):
+    import hf_vlp.training.tasks.coca as coca_tasks
+
+    monkeypatch.setattr(coca_tasks, "caption_scorers_available", lambda: False)
+    model, processor = _built("pretrain")
+    job = JobArguments(task="pretrain", eval_max_samples=8)
+    metrics = get_task("coca", "pretrain").evaluate(model.eval(), processor, job, "synthetic-shapes:n=8", "test", 8)
+    assert "zero_shot_top1" in metrics and "CIDEr" not in metrics
+    assert "pip install 'hf_vlp[captioning]'" in capsys.readouterr().out
+    with pytest.raises(ImportError, match="captioning"):  # the captioning task cannot be scored without them
+        monkeypatch.setattr("hf_vlp.evaluation.captioning._scorers", _missing_scorers)
+        get_task("coca", "caption").evaluate(model.eval(), processor, job, "synthetic-shapes:n=8", "test", 8)
+
+
+def _missing_scorers() -> None:
+    raise ImportError("Caption metrics need the COCO caption scorers: pip install 'hf_vlp[captioning]'")
+
+
 # ----------------------------------------------------------------------------------------- learning end to end
 
 # a shortened pre-training run: the recipe's model, optimizer and schedule, fewer and smaller steps

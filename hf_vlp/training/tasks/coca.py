@@ -24,7 +24,7 @@ from typing import Any
 from torch import nn
 from transformers import PreTrainedTokenizerBase, TrainerCallback
 
-from ...evaluation.captioning import evaluate_captioner
+from ...evaluation.captioning import INSTALL_HINT, caption_scorers_available, evaluate_captioner
 from ...models.coca import (
     VlpCocaConfig,
     VlpCocaForConditionalGeneration,
@@ -222,10 +222,15 @@ class CocaPretrainTask(ClipContrastiveTask):
     ) -> dict[str, float]:
         """Zero-shot and retrieval as CLIP's task (pre-training), then BLEU-1..4 and CIDEr (COCO's scorers) of one
         caption per image of the first ``--eval-max-samples`` rows, decoded with the model's generation config,
-        against all of the image's reference captions."""
+        against all of the image's reference captions. Pre-training without ``pycocoevalcap`` (the ``captioning``
+        extra) skips the caption metrics and says so; the captioning task needs them."""
         metrics: dict[str, float] = {}
         if self.evaluates_dual_encoder:
             metrics.update(super().evaluate(model, processor, job, spec, split, batch_size))
+            if not caption_scorers_available():  # pre-training still reports zero-shot and recall without them
+                print(f"caption metrics (BLEU, CIDEr) skipped: the COCO caption scorers are not installed; "
+                      f"{INSTALL_HINT}", flush=True)
+                return metrics
         if callable(getattr(model, "caption", None)):
             images, references = caption_references(self.usable_rows(spec, split, job))
             metrics.update(evaluate_captioner(model, processor, images, references, batch_size=batch_size))
