@@ -47,11 +47,6 @@ class VlpCocaVisionConfig(VisionTowerConfig):
                 f"the {self.pooler_layout!r} pooler layout needs at least {minimum} queries (one contrastive query "
                 f"and one decoder token in the single layout), got pooler_num_queries={self.pooler_num_queries}"
             )
-        if self.projection_dim % self.pooler_num_attention_heads:
-            raise ValueError(
-                f"projection_dim {self.projection_dim} is not a multiple of pooler_num_attention_heads "
-                f"{self.pooler_num_attention_heads}"
-            )
 
     @property
     def num_image_tokens(self) -> int:
@@ -163,6 +158,13 @@ class VlpCocaConfig(PretrainedConfig):
             raise ValueError(
                 f"the decoder predicts the text tokens: decoder_config.vocab_size ({decoder.vocab_size}) must equal "
                 f"text_config.vocab_size ({text.vocab_size})"
+            )
+        # checked here, after projection_dim reached the vision config (its own default is the base model's 512)
+        heads = self.vision_config.pooler_num_attention_heads
+        if self.projection_dim % heads:
+            raise ValueError(
+                f"the attentional pooler's queries are projection_dim ({self.projection_dim}) wide: it must be a "
+                f"multiple of vision_config.pooler_num_attention_heads ({heads})"
             )
         for name in ("contrastive_loss_weight", "caption_loss_weight"):
             if getattr(self, name) < 0:

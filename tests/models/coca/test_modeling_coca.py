@@ -301,3 +301,12 @@ def test_caption_strings_stop_at_end_of_text_for_every_row_of_a_batch() -> None:
         end = row.index(63) + 1 if 63 in row else len(row)  # (63 is an ordinary token of the fixture's vocabulary)
         assert caption == tokenizer.decode(row[:end], skip_special_tokens=True).strip()
         assert not caption.endswith("!")
+
+
+def test_pooler_heads_are_checked_against_the_projection_dim_the_model_uses() -> None:
+    towers = dict(text_config={"hidden_size": 40, "num_attention_heads": 4},
+                  decoder_config={"hidden_size": 40, "num_attention_heads": 4})
+    config = VlpCocaConfig(projection_dim=40, vision_config={"pooler_num_attention_heads": 5}, **towers)
+    assert (config.vision_config.projection_dim, config.decoder_config.memory_size) == (40, 40)
+    with pytest.raises(StrictDataclassClassValidationError, match="pooler_num_attention_heads"):
+        VlpCocaConfig(projection_dim=40, vision_config={"pooler_num_attention_heads": 3}, **towers)
