@@ -228,7 +228,7 @@ class CocaPretrainTask(ClipContrastiveTask):
         if self.evaluates_dual_encoder:
             metrics.update(super().evaluate(model, processor, job, spec, split, batch_size))
             if not caption_scorers_available():  # pre-training still reports zero-shot and recall without them
-                print(f"caption metrics (BLEU, CIDEr) skipped: the COCO caption scorers are not installed; "
+                print(f"\ncaption metrics (BLEU, CIDEr) skipped: the COCO caption scorers are not installed; "
                       f"{INSTALL_HINT}", flush=True)
                 return metrics
         if callable(getattr(model, "caption", None)):
