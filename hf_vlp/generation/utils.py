@@ -141,6 +141,32 @@ def uncached_tokens(input_ids: torch.Tensor, next_sequence_length: int | None) -
     return input_ids[:, -next_sequence_length:]
 
 
+def decoding_step_inputs(
+    model: Any,
+    input_ids: torch.Tensor,
+    states_name: str,
+    states: Any,
+    cache: Any,
+    next_sequence_length: int | None,
+    encoder: str = "image tower",
+) -> dict[str, Any]:
+    """One decoding step's ``forward`` inputs of a head decoding over states encoded once (BLIP's and CoCa's
+    captioners): the tokens the cache has not seen, the states under ``states_name`` (an ``AttentionMemory`` shared by
+    the beams, or with ``use_cache=False`` the states ``generate`` repeated per beam) and the cache. ``generate``'s
+    attention mask is dropped: the decoded sequences hold no padding (prompts are unpadded)."""
+    if states is None:
+        raise ValueError(
+            f"{type(model).__name__} decodes over {states_name}: call generate(pixel_values=...) (or "
+            f"generate({states_name}=...)), which runs the {encoder} once"
+        )
+    return {
+        "input_ids": uncached_tokens(input_ids, next_sequence_length),
+        states_name: states,
+        "cache": cache,
+        "use_cache": cache is not None,
+    }
+
+
 def decode_generated(tokenizer: Any, sequences: torch.Tensor) -> list[str]:
     """Decode generated ids with special tokens (start, end, padding) dropped and surrounding spaces stripped;
     ``tokenizer`` may be a processor holding one."""
@@ -151,6 +177,7 @@ def decode_generated(tokenizer: Any, sequences: torch.Tensor) -> list[str]:
 __all__ = [
     "add_decoder_cache",
     "decode_generated",
+    "decoding_step_inputs",
     "fill_special_tokens",
     "resolved_generation_value",
     "special_token_ids_from_tokenizer",

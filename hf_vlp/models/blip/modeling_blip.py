@@ -31,7 +31,7 @@ from transformers.cache_utils import Cache
 from transformers.modeling_outputs import BaseModelOutputWithPastAndCrossAttentions, ModelOutput
 
 from ...generation.beam_scoring import BEAM_SCORING, OriginalBeamScoringMixin
-from ...generation.utils import start_generation, uncached_tokens
+from ...generation.utils import decoding_step_inputs, start_generation
 from ...modules.attention import AttentionMemory, grouped_rows
 from ...modules.vision import check_finite_pixels
 from ...modules.towers import text_block_options
@@ -451,20 +451,9 @@ class VlpBlipForConditionalGeneration(
         next_sequence_length: int | None = None,
         **kwargs: Any,
     ) -> dict[str, Any]:
-        """One decoding step's ``forward`` inputs: the tokens the cache has not seen and the image states (an
-        ``AttentionMemory`` shared by the beams, or with ``use_cache=False`` the states ``generate`` repeated per beam).
-        ``generate``'s attention mask is dropped: the sequences hold no padding (prompts are unpadded)."""
-        if image_hidden_states is None:
-            raise ValueError(
-                "VlpBlipForConditionalGeneration decodes over image states: call generate(pixel_values=...) (or "
-                "generate(image_hidden_states=...)), which runs the image tower once"
-            )
-        return {
-            "input_ids": uncached_tokens(input_ids, next_sequence_length),
-            "image_hidden_states": image_hidden_states,
-            "cache": cache,
-            "use_cache": cache is not None,
-        }
+        """One decoding step's ``forward`` inputs (:func:`~hf_vlp.generation.utils.decoding_step_inputs`): the tokens
+        the cache has not seen and the image states."""
+        return decoding_step_inputs(self, input_ids, "image_hidden_states", image_hidden_states, cache, next_sequence_length)
 
     @torch.no_grad()
     def generate(

@@ -221,7 +221,12 @@ class VlpClipTextModel(TextTowerMixin, VlpClipPreTrainedModel):
             context_length=config.max_position_embeddings,
             eos_token_id=config.eos_token_id,
             config=config,
+            **self.pooling_options(config),
         )
+
+    def pooling_options(self, config: VlpClipTextConfig) -> dict[str, Any]:
+        """How the tower pools (:class:`CausalTextTransformer` options): CLIP's end-of-text token, no extra options."""
+        return {}
 
     def tower_kwargs(self, kwargs: dict[str, Any]) -> dict[str, Any]:
         return {name: value for name, value in kwargs.items() if name in CLIP_TEXT_ARGUMENTS}

@@ -26,12 +26,11 @@ from transformers.modeling_outputs import BaseModelOutputWithCrossAttentions, Ba
 from ...modules.attention import AttentionMemory
 from ...modules.decoder import MultimodalDecoder
 from ...modules.pooling import AttentionalPooler
-from ...modules.text import CausalTextTransformer
 from ...modules.towers import block_options, build_vision_tower
 from ...objectives.losses import contrastive_loss
-from ..clip.modeling_clip import CLIP_TEXT_ARGUMENTS, VlpClipPreTrainedModel
+from ..clip.modeling_clip import VlpClipPreTrainedModel, VlpClipTextModel
 from ..modeling_utils import OutputKwargs, float_tensor, model_forward
-from ..towers import TextTowerMixin, VisionTowerMixin, check_both_modalities, with_pooled_features
+from ..towers import VisionTowerMixin, check_both_modalities, with_pooled_features
 from .configuration_coca import VlpCocaConfig, VlpCocaDecoderConfig, VlpCocaTextConfig, VlpCocaVisionConfig
 
 
@@ -158,30 +157,17 @@ class VlpCocaVisionModel(VisionTowerMixin, VlpCocaPreTrainedModel):
         )
 
 
-class VlpCocaTextModel(TextTowerMixin, VlpCocaPreTrainedModel):
-    """The unimodal text decoder: ``pooler_output`` is the appended class token after ``norm_final`` (not projected);
-    ``last_hidden_state`` the text tokens' states without the final norm (the multimodal decoder's input).
-    ``forward(input_ids, attention_mask=None, output_hidden_states=None, output_attentions=None, return_dict=None)``;
-    without ``attention_mask`` the pads are the ``pad_token_id`` positions (open_clip's rule)."""
+class VlpCocaTextModel(VlpClipTextModel, VlpCocaPreTrainedModel):
+    """The unimodal text decoder: CLIP's text tower with a class token appended last. ``pooler_output`` is that token
+    after ``norm_final`` (not projected); ``last_hidden_state`` the text tokens' states without the final norm (the
+    multimodal decoder's input). Arguments as :class:`~hf_vlp.models.clip.modeling_clip.VlpClipTextModel`'s; without
+    ``attention_mask`` the pads are the ``pad_token_id`` positions (open_clip's rule)."""
 
     config: VlpCocaTextConfig
-    input_embeddings_path = "transformer.token_embedding"
 
-    def build_transformer(self, config: VlpCocaTextConfig) -> CausalTextTransformer:
-        return CausalTextTransformer(
-            block_options(config, attention_dropout=config.attention_dropout),
-            num_layers=config.num_hidden_layers,
-            vocab_size=config.vocab_size,
-            context_length=config.max_position_embeddings,
-            eos_token_id=config.eos_token_id,
-            config=config,
-            embed_cls=True,
-            pad_token_id=config.pad_token_id,
-            cls_mask_rows="all",
-        )
-
-    def tower_kwargs(self, kwargs: dict[str, Any]) -> dict[str, Any]:
-        return {name: value for name, value in kwargs.items() if name in CLIP_TEXT_ARGUMENTS}
+    def pooling_options(self, config: VlpCocaTextConfig) -> dict[str, Any]:
+        """The appended class token, its pad mask on every query row as open_clip 3.x."""
+        return {"embed_cls": True, "pad_token_id": config.pad_token_id, "cls_mask_rows": "all"}
 
 
 class VlpCocaMultimodalDecoder(VlpCocaPreTrainedModel):

@@ -19,7 +19,7 @@ from transformers.cache_utils import Cache
 from transformers.modeling_outputs import BaseModelOutputWithPooling, ModelOutput
 
 from ...generation.beam_scoring import OriginalBeamScoringMixin
-from ...generation.utils import resolved_generation_value, start_generation, uncached_tokens
+from ...generation.utils import decoding_step_inputs, resolved_generation_value, start_generation
 from ...modules.attention import AttentionMemory, grouped_rows
 from ...modules.vision import check_finite_pixels
 from ...objectives.lm import IGNORE_INDEX, shifted_lm_loss
@@ -282,20 +282,9 @@ class VlpCocaForConditionalGeneration(OriginalBeamScoringMixin, VlpCocaModel, Ge
         next_sequence_length: int | None = None,
         **kwargs: Any,
     ) -> dict[str, Any]:
-        """One decoding step's ``forward`` inputs: the tokens the cache has not seen and the image tokens (an
-        ``AttentionMemory`` shared by the beams, or with ``use_cache=False`` the tokens ``generate`` repeated per
-        beam). Decoded sequences hold no padding, so no attention mask is passed."""
-        if image_tokens is None:
-            raise ValueError(
-                "VlpCocaForConditionalGeneration decodes over image tokens: call generate(pixel_values=...) (or "
-                "generate(image_tokens=...)), which runs the image tower once"
-            )
-        return {
-            "input_ids": uncached_tokens(input_ids, next_sequence_length),
-            "image_tokens": image_tokens,
-            "cache": cache,
-            "use_cache": cache is not None,
-        }
+        """One decoding step's ``forward`` inputs (:func:`~hf_vlp.generation.utils.decoding_step_inputs`): the tokens
+        the cache has not seen and the image tokens."""
+        return decoding_step_inputs(self, input_ids, "image_tokens", image_tokens, cache, next_sequence_length)
 
     def cache_layout(self) -> Any:
         """A config describing the decoding cache: the unimodal decoder's layers then the multimodal decoder's."""

@@ -27,8 +27,13 @@ class VlpCocaProcessor(VlpClipProcessor):
         **kwargs: Any,
     ):
         super().__init__(image_processor, tokenizer, context_length, pad_token_id, prompt_template, **kwargs)
-        # a CLIP tokenizer pads with end-of-text; the Trainer copies the tokenizer's pad id into the model, which would
-        # leave end-of-text out of the captioning loss (pads are ignored there): the tokenizer pads with id 0 too
+        self.pad_with(pad_token_id)
+
+    def pad_with(self, pad_token_id: int) -> None:
+        """Pad with ``pad_token_id`` and make it the tokenizer's pad token too. A CLIP tokenizer pads with end-of-text,
+        and the stock Trainer copies the tokenizer's pad id into the model, whose captioning loss ignores pads: it
+        would never learn to emit end-of-text. The ids text is tokenised into do not change."""
+        self.pad_token_id = pad_token_id
         self.tokenizer.pad_token = self.tokenizer.convert_ids_to_tokens(pad_token_id)
 
     def post_process_image_text_to_text(

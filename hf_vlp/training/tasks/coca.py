@@ -203,16 +203,10 @@ class CocaPretrainTask(ClipContrastiveTask):
         text.bos_token_id, text.eos_token_id = tokenizer.bos_token_id, tokenizer.eos_token_id
 
     def align_padding(self, model: nn.Module, processor: Any) -> None:
-        """Pad with the model's pad id and make it the tokenizer's pad token too.
-
-        CoCa pads with 0 and leaves pad positions out of the captioning loss, which must learn to emit end-of-text.
-        A CLIP tokenizer pads with end-of-text, and the Trainer rewrites the model's pad id to the tokenizer's: the
-        captioner would then never be taught to stop. With the tokenizer's pad token set to the token of id 0 the
-        Trainer has nothing to rewrite (the ids text is tokenised into do not change)."""
-        pad_id = model.config.text_config.pad_token_id
-        tokenizer = processor.tokenizer
-        tokenizer.pad_token = tokenizer.convert_ids_to_tokens(pad_id)
-        processor.pad_token_id = pad_id
+        """The processor and its tokenizer pad with the model's pad id (0, open_clip's ``pad_id``; see
+        :meth:`~hf_vlp.models.coca.processing_coca.VlpCocaProcessor.pad_with`), so the Trainer has nothing to
+        rewrite."""
+        processor.pad_with(model.config.text_config.pad_token_id)
 
     def callbacks(self, model: nn.Module, collator: ImageTextCollator) -> list[TrainerCallback]:
         return [*super().callbacks(model, collator), CocaLossTermsCallback()]

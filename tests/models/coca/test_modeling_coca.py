@@ -310,3 +310,17 @@ def test_pooler_heads_are_checked_against_the_projection_dim_the_model_uses() ->
     assert (config.vision_config.projection_dim, config.decoder_config.memory_size) == (40, 40)
     with pytest.raises(StrictDataclassClassValidationError, match="pooler_num_attention_heads"):
         VlpCocaConfig(projection_dim=40, vision_config={"pooler_num_attention_heads": 3}, **towers)
+
+
+def test_generation_encodes_each_image_once_and_shares_its_tokens_across_beams() -> None:
+    torch.manual_seed(0)
+    model = VlpCocaForConditionalGeneration(tiny_coca_config()).eval()
+    images, projected = [], []
+    model.vision_model.register_forward_hook(lambda module, args, output: images.append(args[0].shape[0]))
+    attention = model.text_decoder.transformer.layers[0].cross_attention_block.attn
+    project = attention.project_key_value
+    attention.project_key_value = lambda states: projected.append(states.shape[0]) or project(states)
+    generated = model.generate(tiny_coca_batch(2)["pixel_values"], num_beams=3, max_length=8, min_length=8)
+    assert generated.shape == (2, 8)
+    assert images == [2]  # the image tower ran once, on the 2 images
+    assert projected == [2]  # 7 decoding steps x 3 beams, one key/value projection of 2 images' tokens
